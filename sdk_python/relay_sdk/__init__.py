@@ -1,0 +1,1 @@
+"""Relay SDK: typed gRPC stubs for the Relay gateway (generated from protos/)."""

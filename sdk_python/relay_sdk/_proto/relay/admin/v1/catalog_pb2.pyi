@@ -1,0 +1,99 @@
+from google.api import annotations_pb2 as _annotations_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CatalogModel(_message.Message):
+    __slots__ = ("id", "provider_id", "relay_name", "provider_name", "display_name", "kind", "input_cost_per_1m", "output_cost_per_1m", "context_window", "max_output_tokens", "supports_streaming", "supports_functions", "supports_vision", "status")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    RELAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DISPLAY_NAME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    INPUT_COST_PER_1M_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_COST_PER_1M_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_STREAMING_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_FUNCTIONS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_VISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    provider_id: str
+    relay_name: str
+    provider_name: str
+    display_name: str
+    kind: str
+    input_cost_per_1m: str
+    output_cost_per_1m: str
+    context_window: int
+    max_output_tokens: int
+    supports_streaming: bool
+    supports_functions: bool
+    supports_vision: bool
+    status: str
+    def __init__(self, id: _Optional[str] = ..., provider_id: _Optional[str] = ..., relay_name: _Optional[str] = ..., provider_name: _Optional[str] = ..., display_name: _Optional[str] = ..., kind: _Optional[str] = ..., input_cost_per_1m: _Optional[str] = ..., output_cost_per_1m: _Optional[str] = ..., context_window: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., status: _Optional[str] = ...) -> None: ...
+
+class Provider(_message.Message):
+    __slots__ = ("id", "name", "api", "base_url", "status", "priority")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    API_FIELD_NUMBER: _ClassVar[int]
+    BASE_URL_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    api: str
+    base_url: str
+    status: str
+    priority: int
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., api: _Optional[str] = ..., base_url: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
+
+class ListCatalogModelsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "provider_id")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    provider_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., provider_id: _Optional[str] = ...) -> None: ...
+
+class ListCatalogModelsResponse(_message.Message):
+    __slots__ = ("models", "next_page_token")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[CatalogModel]
+    next_page_token: str
+    def __init__(self, models: _Optional[_Iterable[_Union[CatalogModel, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class ListProvidersRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListProvidersResponse(_message.Message):
+    __slots__ = ("providers",)
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    providers: _containers.RepeatedCompositeFieldContainer[Provider]
+    def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ...) -> None: ...
+
+class UpsertCatalogModelRequest(_message.Message):
+    __slots__ = ("model", "request_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    model: CatalogModel
+    request_id: str
+    def __init__(self, model: _Optional[_Union[CatalogModel, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpsertCatalogModelResponse(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: CatalogModel
+    def __init__(self, model: _Optional[_Union[CatalogModel, _Mapping]] = ...) -> None: ...
