@@ -1,0 +1,1 @@
+"""Persistence: ``postgres`` (pools, migrations, RLS-scoped transactions) and ``redis``."""
