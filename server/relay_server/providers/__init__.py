@@ -1,0 +1,1 @@
+"""Provider backends behind the ``Provider`` protocol of ``providers.base``."""
