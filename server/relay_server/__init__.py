@@ -1,0 +1,1 @@
+"""Relay: a multi-tenant, OpenAI-compatible LLM API gateway (gRPC server)."""

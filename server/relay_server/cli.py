@@ -1,0 +1,71 @@
+"""The ``relay`` command: run the server and operate the stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from relay_server.settings import Settings
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from relay_server import logging_setup  # noqa: PLC0415  (keep `relay --help` fast)
+
+    logging_setup.configure(settings.log_level)
+    if args.workers > 1:
+        from relay_server.workers_supervisor import supervise  # noqa: PLC0415
+
+        return supervise(args.workers, [])
+    try:
+        import uvloop  # noqa: PLC0415
+
+        uvloop.install()
+    except ImportError:
+        pass
+    from relay_server.app import serve  # noqa: PLC0415
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from relay_server.storage.postgres.migrate import apply_migrations  # noqa: PLC0415
+
+    applied = apply_migrations(settings.database_url)
+    print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _seed_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from relay_server.storage.postgres.demo import seed_demo  # noqa: PLC0415
+
+    # The key saved by the last `make up` (if still active) is kept instead of minting another.
+    print(seed_demo(settings.database_url, settings.test_key or None))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant LLM API gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--workers", type=int, default=None, help="worker processes sharing the port")
+    serve.add_argument("--port", type=int, default=None, help="gRPC port (default RELAY_GRPC_PORT or 50051)")
+    sub.add_parser("migrate", help="apply database migrations")
+    sub.add_parser("seed-demo", help="create the demo tenant and test key (idempotent)")
+    args = parser.parse_args(argv)
+
+    overrides = {}
+    if getattr(args, "port", None):
+        overrides["grpc_port"] = args.port
+    settings = Settings.from_env(**overrides)
+    if args.command == "serve":
+        args.workers = args.workers or settings.workers
+        return _serve(args, settings)
+    if args.command == "migrate":
+        return _migrate(args, settings)
+    return _seed_demo(args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

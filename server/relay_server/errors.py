@@ -1,0 +1,107 @@
+"""Every error Relay can return, in one closed table.
+
+Each kind fixes the HTTP status, the OpenAI ``error.type``, the default
+``error.code`` and the gRPC status that native gRPC clients see.  The API layer
+(``api/error_mapping.py``) is the only place that turns a ``RelayError`` into
+wire metadata; everything else raises ``RelayError(kind, message)``.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    http_status: int
+    type: str
+    code: str
+    grpc_status: grpc.StatusCode
+    retryable: bool
+
+
+class ErrorKind(enum.Enum):
+    """The spec's error table, plus the HTTP-level failures a gateway must shape."""
+
+    INVALID_JSON = _Kind(400, "invalid_request_error", "invalid_json", grpc.StatusCode.INVALID_ARGUMENT, False)
+    BAD_REQUEST = _Kind(400, "invalid_request_error", "invalid_request", grpc.StatusCode.INVALID_ARGUMENT, False)
+    INVALID_API_KEY = _Kind(401, "invalid_request_error", "invalid_api_key", grpc.StatusCode.UNAUTHENTICATED, False)
+    TENANT_SUSPENDED = _Kind(402, "insufficient_quota", "tenant_suspended", grpc.StatusCode.FAILED_PRECONDITION, False)
+    QUOTA_EXCEEDED = _Kind(402, "insufficient_quota", "quota_exceeded", grpc.StatusCode.FAILED_PRECONDITION, False)
+    SPEND_CAP_EXCEEDED = _Kind(402, "insufficient_quota", "spend_cap_exceeded", grpc.StatusCode.FAILED_PRECONDITION, False)
+    PERMISSION_DENIED = _Kind(403, "permission_error", "permission_denied", grpc.StatusCode.PERMISSION_DENIED, False)
+    MODEL_NOT_FOUND = _Kind(404, "invalid_request_error", "model_not_found", grpc.StatusCode.NOT_FOUND, False)
+    NOT_FOUND = _Kind(404, "invalid_request_error", "not_found", grpc.StatusCode.NOT_FOUND, False)
+    CONFLICT = _Kind(409, "invalid_request_error", "conflict", grpc.StatusCode.ALREADY_EXISTS, False)
+    REQUEST_TOO_LARGE = _Kind(413, "invalid_request_error", "request_too_large", grpc.StatusCode.INVALID_ARGUMENT, False)
+    INVALID_REQUEST = _Kind(422, "invalid_request_error", "invalid_request", grpc.StatusCode.INVALID_ARGUMENT, False)
+    RATE_LIMIT_EXCEEDED = _Kind(429, "rate_limit_error", "rate_limit_exceeded", grpc.StatusCode.RESOURCE_EXHAUSTED, True)
+    INTERNAL = _Kind(500, "server_error", "internal_error", grpc.StatusCode.INTERNAL, True)
+    UNIMPLEMENTED = _Kind(501, "server_error", "not_implemented", grpc.StatusCode.UNIMPLEMENTED, False)
+    PROVIDER_ERROR = _Kind(502, "api_error", "provider_error", grpc.StatusCode.UNAVAILABLE, True)
+    NO_PROVIDER_AVAILABLE = _Kind(503, "api_error", "no_provider_available", grpc.StatusCode.UNAVAILABLE, True)
+    TENANT_PROVISIONING = _Kind(503, "api_error", "tenant_provisioning", grpc.StatusCode.UNAVAILABLE, True)
+    REQUEST_TIMEOUT = _Kind(504, "timeout_error", "request_timeout", grpc.StatusCode.DEADLINE_EXCEEDED, True)
+
+    @property
+    def http_status(self) -> int:
+        return self.value.http_status
+
+    @property
+    def grpc_status(self) -> grpc.StatusCode:
+        return self.value.grpc_status
+
+
+class RelayError(Exception):
+    """A failure that reaches the client in OpenAI's error shape.
+
+    ``code`` overrides the kind's default code (e.g. a provider's own code on a
+    passed-through 4xx); ``http_status`` overrides the kind's status for the
+    same reason.  ``details`` appears as ``error.details`` (rate limits, quotas).
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        http_status: int | None = None,
+        details: Mapping[str, Any] | None = None,
+        retry_after_s: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.param = param
+        self.code = code or kind.value.code
+        self.http_status = http_status or kind.value.http_status
+        self.details = dict(details) if details else None
+        self.retry_after_s = retry_after_s
+        self.headers = dict(headers) if headers else {}
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind.value.retryable
+
+    def body(self) -> dict[str, Any]:
+        """The OpenAI-shaped error body: ``{"error": {message, type, param, code}}``."""
+        error: dict[str, Any] = {
+            "message": self.message,
+            "type": self.kind.value.type,
+            "param": self.param,
+            "code": self.code,
+        }
+        if self.details is not None:
+            error["details"] = self.details
+        return {"error": error}
+
+    def __repr__(self) -> str:
+        return f"RelayError({self.kind.name}, {self.message!r})"

@@ -1,0 +1,54 @@
+"""``relay serve --workers N``: N worker processes sharing one gRPC port.
+
+Each worker is a separate interpreter (``relay serve --workers 1``) bound with
+SO_REUSEPORT, so the kernel spreads connections across them.  The supervisor
+forwards SIGTERM/SIGINT, restarts a worker that dies unexpectedly (with a
+back-off), and exits once every worker has stopped after a shutdown signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def supervise(workers: int, argv_tail: list[str]) -> int:
+    command = [sys.executable, "-m", "relay_server", "serve", "--workers", "1", *argv_tail]
+    procs: dict[int, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def start(slot: int) -> None:
+        procs[slot] = subprocess.Popen(command)
+        log.info("worker started", extra={"slot": slot, "pid": procs[slot].pid})
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    for slot in range(workers):
+        start(slot)
+    backoff = {slot: 0.5 for slot in procs}
+    while True:
+        time.sleep(0.2)
+        alive = 0
+        for slot, proc in list(procs.items()):
+            if proc.poll() is None:
+                alive += 1
+            elif not stopping:
+                log.warning("worker exited; restarting", extra={"slot": slot, "code": proc.returncode})
+                time.sleep(backoff[slot])
+                backoff[slot] = min(backoff[slot] * 2, 10.0)
+                start(slot)
+                alive += 1
+        if stopping and alive == 0:
+            return 0
