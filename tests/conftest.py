@@ -7,7 +7,12 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
+from redis.asyncio import Redis
+
+from relay_server.stack.processes import free_port
+from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.redis.client import create_redis
 from tests.support.pg import PgCluster, TestDatabase, start_cluster
 
 
@@ -31,3 +36,18 @@ async def database(pg_db: TestDatabase) -> AsyncIterator[Database]:
     await db.open()
     yield db
     await db.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisHandle]:
+    handle = start_redis(tmp_path_factory.mktemp("redis"), free_port())
+    yield handle
+    handle.stop()
+
+
+@pytest_asyncio.fixture
+async def redis_client(redis_server: RedisHandle) -> AsyncIterator[Redis]:
+    client = create_redis(redis_server.url)
+    await client.flushdb()
+    yield client
+    await client.aclose()

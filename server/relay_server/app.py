@@ -14,6 +14,7 @@ import signal
 from dataclasses import dataclass
 
 import grpc
+from redis.asyncio import Redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -46,6 +47,7 @@ from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.redis.client import create_redis
 
 log = logging.getLogger(__name__)
 
@@ -73,25 +75,29 @@ def _service_name(module, name: str) -> str:
 class App:
     settings: Settings
     db: Database
+    redis: Redis | None
     catalog: Catalog
     authenticator: Authenticator
     pipeline: InferencePipeline
 
     async def close(self) -> None:
         await self.catalog.stop()
+        if self.redis is not None:
+            await self.redis.aclose()
         await self.db.close()
 
 
 async def build(settings: Settings) -> App:
     db = Database(settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
     await db.open()
+    redis = create_redis(settings.redis_url) if settings.redis_url else None
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
     authenticator = Authenticator(PostgresKeyStore(db), cache_ttl_s=settings.auth_cache_ttl_s)
     router = Router(TestModeProvider(), timeout_s=settings.provider_timeout_s)
     pipeline = InferencePipeline(authenticator, catalog, router, LogRecorder())
-    return App(settings, db, catalog, authenticator, pipeline)
+    return App(settings, db, redis, catalog, authenticator, pipeline)
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:

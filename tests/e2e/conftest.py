@@ -7,14 +7,15 @@ import httpx
 import pytest
 from openai import OpenAI
 
+from relay_server.stack.redis import RedisHandle
 from tests.support.pg import PgCluster
 from tests.support.stack import RelayStack, start_stack
 
 
 @pytest.fixture(scope="session")
-def relay(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayStack]:
+def relay(pg_cluster: PgCluster, redis_server: RedisHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayStack]:
     db = pg_cluster.create_database()
-    stack = start_stack(db, Path(tmp_path_factory.mktemp("relay-e2e")))
+    stack = start_stack(db, Path(tmp_path_factory.mktemp("relay-e2e")), redis_url=redis_server.url)
     yield stack
     stack.stop()
     pg_cluster.drop_database(db)

@@ -36,6 +36,7 @@ class RelayStack:
     grpc_port: int
     admin_port: int
     workdir: Path
+    redis_url: str = ""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     def server_env(self, **extra: str) -> dict[str, str]:
@@ -44,6 +45,7 @@ class RelayStack:
             "RELAY_APP_DATABASE_URL": self.db.app_dsn,
             "RELAY_GRPC_PORT": str(self.grpc_port),
             "RELAY_ADMIN_TOKEN": self.admin_token,
+            "REDIS_URL": self.redis_url,
             "RELAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "RELAY_LOG_LEVEL": "INFO",
             **extra,
@@ -71,7 +73,7 @@ def _grpc_serving(addr: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_stack(db: TestDatabase, workdir: Path, *, workers: int = 1) -> RelayStack:
+def start_stack(db: TestDatabase, workdir: Path, *, redis_url: str, workers: int = 1) -> RelayStack:
     import os
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -86,6 +88,7 @@ def start_stack(db: TestDatabase, workdir: Path, *, workers: int = 1) -> RelaySt
         grpc_port=free_port(),
         admin_port=free_port(),
         workdir=workdir,
+        redis_url=redis_url,
     )
     stack.base_url = f"http://127.0.0.1:{stack.http_port}/v1"
     stack.grpc_addr = f"127.0.0.1:{stack.grpc_port}"

@@ -1,0 +1,1 @@
+"""Redis: rate-limit windows, spend reservations, caches, pub/sub invalidation."""
