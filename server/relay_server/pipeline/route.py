@@ -15,7 +15,7 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.catalog import CatalogEntry
 from relay_server.pipeline.context import RequestContext
 from relay_server.providers.base import Provider, ProviderCall
-from relay_server.providers.testmode_faults import FailingProvider, simulated_error
+from relay_server.providers.testmode_faults import SimulatingProvider, requested_simulation
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +45,8 @@ class Router:
                 request_id=ctx.request_id,
                 timeout_s=self._timeout_s,
             )
-            simulated = simulated_error(ctx.metadata)
-            provider = self._test if simulated is None else FailingProvider(self._test, *simulated)
+            simulation = requested_simulation(ctx.metadata)
+            provider = self._test if simulation is None else SimulatingProvider(self._test, simulation)
             return [Attempt("test", provider, call)]
         if self._live is None:
             raise RelayError(
