@@ -16,7 +16,8 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.workers > 1:
         from relay_server.workers_supervisor import supervise  # noqa: PLC0415
 
-        return supervise(args.workers, [])
+        # Children read the same environment; a --port given here must reach them too.
+        return supervise(args.workers, ["--port", str(settings.grpc_port)])
     try:
         import uvloop  # noqa: PLC0415
 

@@ -9,6 +9,7 @@ as they are and never stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -84,7 +85,8 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
     _ensure_envoy(settings, paths, config, echo)
 
     models = list_models(quickstart["RELAY_BASE_URL"], test_key)
-    _print_quickstart(quickstart, paths, models[0] if models else "MODEL", echo)
+    example = "gpt-4o-mini" if "gpt-4o-mini" in models else (models[0] if models else "MODEL")
+    _print_quickstart(quickstart, paths, example, echo)
     return quickstart
 
 
@@ -280,13 +282,21 @@ def _render_envoy(settings: Settings, paths: StackPaths) -> str:
 
 def _ensure_server(settings: Settings, paths: StackPaths, server_env: dict[str, str], echo: Echo) -> None:
     address = f"{_dial_host(settings.grpc_host)}:{settings.grpc_port}"
+    argv = [sys.executable, "-m", "relay_server", "serve", "--workers", str(max(1, settings.workers))]
+    # A running server started with other settings (ports, URLs, workers) is restarted, like Envoy on a new config.
+    launch = hashlib.sha256(json.dumps([argv, sorted(server_env.items())]).encode()).hexdigest()
+    launch_file = paths.root / "server.launch"
     pid = processes.read_pid(paths.pid("server"))
+    if pid is not None and (not launch_file.exists() or launch_file.read_text() != launch):
+        processes.stop(paths.pid("server"), timeout=settings.shutdown_grace_s + 5, group=True)
+        echo(f"server    stopped  pid {pid} (settings changed)")
+        pid = None
     if pid is None:
         _refuse_busy_port(_dial_host(settings.grpc_host), settings.grpc_port, "RELAY_GRPC_PORT")
-        argv = [sys.executable, "-m", "relay_server", "serve", "--workers", str(max(1, settings.workers))]
         env = processes.child_env(server_env, pythonpath=_pythonpath())
         pid = processes.spawn_detached(argv, log_path=paths.log("server"), pid_path=paths.pid("server"),
                                        env=env, cwd=REPO)  # fmt: skip
+        launch_file.write_text(launch)
         echo(f"server    started  pid {pid} ({settings.workers} worker(s)) on {address}")
     else:
         echo(f"server    running  pid {pid} on {address}")
