@@ -5,6 +5,8 @@ any difference):
 - `sdk_python/relay_sdk/_proto/`: pb2, pyi and grpc modules.  The server imports
   them from the SDK package, so one generated copy serves both.
 - `envoy/relay.pb`: the descriptor set Envoy's gRPC-JSON transcoder loads.
+- `docs/openapi.json`: the OpenAPI document of the REST surface (gen_openapi.py).
+- `sdk_python/relay_sdk/_generated_methods.py`: the SDK's typed methods (gen_sdk.py).
 
 Usage: python scripts/gen.py [--root DIR]   (DIR defaults to the repository)
 """
@@ -83,6 +85,17 @@ def generate(root: Path) -> None:
     descriptor = root / DESCRIPTOR_OUT
     descriptor.parent.mkdir(parents=True, exist_ok=True)
     _protoc(["--include_imports", f"--descriptor_set_out={descriptor}", *files])
+    import gen_openapi  # noqa: PLC0415  (scripts/ is on sys.path; it needs google.api)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Proto comments become the document's descriptions, hence source info
+        # (which envoy/relay.pb does without).
+        documented = Path(tmp) / "documented.pb"
+        _protoc(["--include_imports", "--include_source_info", f"--descriptor_set_out={documented}", *files])
+        gen_openapi.write_openapi(documented, root / gen_openapi.OPENAPI_OUT)
+    import gen_sdk  # noqa: PLC0415  (the SDK's typed method table, from the same protos)
+
+    gen_sdk.generate(root)
 
 
 def main() -> None:

@@ -272,6 +272,7 @@ def test_a_lua_syntax_error_fails_validation(descriptor: Path, tmp_path: Path) -
         {"route_prefixes": []},
         {"grpc_host": "bad host\n"},
         {"stream_idle_timeout": "10m"},
+        {"openapi_path": "/nonexistent/openapi.json"},
     ],
 )
 def test_render_rejects_bad_arguments(descriptor: Path, override: dict[str, object]) -> None:
@@ -291,6 +292,24 @@ def test_unspecified_host_is_dialled_on_loopback(descriptor: Path) -> None:
     )  # fmt: skip
     assert '"127.0.0.1", port_value: 50051' in text
     assert "type: STATIC" in text
+
+
+def test_openapi_route_tracks_the_document_and_its_size_cap(
+    descriptor: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = tmp_path / "openapi.json"
+    args: dict[str, object] = dict(
+        http_port=8080, grpc_host="127.0.0.1", grpc_port=50051, admin_port=9901,
+        descriptor_path=descriptor, services=[SERVICE], max_request_bytes=MAX_BYTES, openapi_path=document,
+    )  # fmt: skip
+    document.write_text('{"openapi": "3.1.0"}')
+    first = stack_envoy.render_envoy_config(**args)  # type: ignore[arg-type]
+    document.write_text('{"openapi": "3.1.1"}')
+    # Envoy reads the file only at start: a new document must be a new config.
+    assert stack_envoy.render_envoy_config(**args) != first  # type: ignore[arg-type]
+    monkeypatch.setattr(stack_envoy, "MAX_OPENAPI_BYTES", 8)
+    with pytest.raises(ValueError, match="at most 8"):
+        stack_envoy.render_envoy_config(**args)  # type: ignore[arg-type]
 
 
 def test_http_services_lists_only_annotated_services(descriptor: Path) -> None:
@@ -314,6 +333,17 @@ def test_unary_call_is_transcoded_with_request_id_and_authorization(client: http
     assert seen["x-request-id"] not in ("client-chosen", "")
     # ... and leaves the server's own response id alone.
     assert response.headers["x-request-id"] == "req_from_server"
+
+
+def test_openapi_document_is_served_by_envoy_itself(client: httpx.Client) -> None:
+    response = client.get("/v1/openapi.json")  # no credentials, no gRPC method behind it
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    # Byte for byte, far past Envoy's default 4 KiB direct-response cap, and not
+    # reshaped by the local-reply error formats.
+    assert response.content == stack_envoy.OPENAPI_PATH.read_bytes()
+    assert len(response.content) > 4096
+    assert_openai_error(client.post("/v1/openapi.json", content=b"{}"), 404, "unknown_url", "invalid_request_error")
 
 
 def test_stream_is_relayed_as_server_sent_events(client: httpx.Client) -> None:

@@ -27,6 +27,10 @@ def test_checked_in_generated_code_matches_a_fresh_generation(tmp_path: Path) ->
     assert filecmp.cmp(tmp_path / gen.DESCRIPTOR_OUT, REPO / gen.DESCRIPTOR_OUT, shallow=False), (
         "envoy/relay.pb drifted from protos/: run `make gen`"
     )
+    openapi = Path("docs/openapi.json")
+    assert (tmp_path / openapi).read_text() == (REPO / openapi).read_text(), (
+        "docs/openapi.json drifted from protos/ (or the error table): run `make gen`"
+    )
 
 
 def test_protos_pass_buf_standard_lint() -> None:
