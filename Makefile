@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
 
-.PHONY: up down status test test-unit test-integration test-e2e gen lint venv bench clean
+.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts bench clean
 
 venv: $(STAMP)
 
@@ -15,8 +16,15 @@ $(STAMP): requirements-dev.txt server/pyproject.toml sdk_python/pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e ./sdk_python -e ./server
 	touch $(STAMP)
 
+## sdk-ts: install the TypeScript SDK's pinned toolchain (protoc-gen-es, tsc) from package-lock.json
+sdk-ts: $(NPM_STAMP)
+
+$(NPM_STAMP): sdk_typescript/package.json sdk_typescript/package-lock.json
+	cd sdk_typescript && npm ci --no-audit --no-fund
+	touch $(NPM_STAMP)
+
 ## gen: regenerate pb2/pyi/grpc stubs and the Envoy descriptor from protos/
-gen: $(STAMP)
+gen: $(STAMP) $(NPM_STAMP)
 	$(PY) scripts/gen.py
 
 ## lint: buf STANDARD lint of protos/ (through a descriptor image: no network)
@@ -24,7 +32,7 @@ lint: $(STAMP)
 	$(PY) scripts/buf_lint.py
 
 ## up: install, start embedded Postgres + Redis, migrate, seed, start workers + Envoy
-up: $(STAMP)
+up: $(STAMP) $(NPM_STAMP)
 	$(PY) scripts/gen.py
 	$(PY) -m relay_server.stack up
 
@@ -36,7 +44,7 @@ status:
 	$(PY) -m relay_server.stack status
 
 ## test: unit + integration (real Postgres/Redis) + e2e (openai SDK → Envoy → server)
-test: $(STAMP)
+test: $(STAMP) $(NPM_STAMP)
 	$(PY) -m pytest
 
 test-unit: $(STAMP)

@@ -7,6 +7,7 @@ any difference):
 - `envoy/relay.pb`: the descriptor set Envoy's gRPC-JSON transcoder loads.
 - `docs/openapi.json`: the OpenAPI document of the REST surface (gen_openapi.py).
 - `sdk_python/relay_sdk/_generated_methods.py`: the SDK's typed methods (gen_sdk.py).
+- `sdk_typescript/src/gen/`: the TypeScript SDK's messages and services (gen_ts.py).
 
 Usage: python scripts/gen.py [--root DIR]   (DIR defaults to the repository)
 """
@@ -96,6 +97,9 @@ def generate(root: Path) -> None:
     import gen_sdk  # noqa: PLC0415  (the SDK's typed method table, from the same protos)
 
     gen_sdk.generate(root)
+    import gen_ts  # noqa: PLC0415  (TypeScript SDK, via protoc-gen-es from sdk_typescript/node_modules)
+
+    gen_ts.generate(root)
 
 
 def main() -> None:
