@@ -170,6 +170,7 @@ _BY_REASON: dict[str, type[RelayError]] = {
     "model_not_found": ModelNotFoundError,
     "not_found": NotFoundError,
     "conflict": ConflictError,
+    "failed_precondition": ConflictError,
     "request_too_large": RequestTooLargeError,
     # "invalid_request" is both 400 and 422: the HTTP status decides.
     "rate_limit_exceeded": RateLimitError,

@@ -132,6 +132,7 @@ const BY_REASON: Readonly<Record<string, ErrorClass>> = {
   model_not_found: ModelNotFoundError,
   not_found: NotFoundError,
   conflict: ConflictError,
+  failed_precondition: ConflictError,
   request_too_large: RequestTooLargeError,
   rate_limit_exceeded: RateLimitError,
   internal_error: InternalServerError,

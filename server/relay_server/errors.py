@@ -38,6 +38,8 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = _Kind(404, "invalid_request_error", "model_not_found", grpc.StatusCode.NOT_FOUND, False)
     NOT_FOUND = _Kind(404, "invalid_request_error", "not_found", grpc.StatusCode.NOT_FOUND, False)
     CONFLICT = _Kind(409, "invalid_request_error", "conflict", grpc.StatusCode.ALREADY_EXISTS, False)
+    # The resource exists but is in the wrong state for the call (e.g. an illegal lifecycle transition).
+    FAILED_PRECONDITION = _Kind(409, "invalid_request_error", "failed_precondition", grpc.StatusCode.FAILED_PRECONDITION, False)
     REQUEST_TOO_LARGE = _Kind(413, "invalid_request_error", "request_too_large", grpc.StatusCode.INVALID_ARGUMENT, False)
     INVALID_REQUEST = _Kind(422, "invalid_request_error", "invalid_request", grpc.StatusCode.INVALID_ARGUMENT, False)
     RATE_LIMIT_EXCEEDED = _Kind(429, "rate_limit_error", "rate_limit_exceeded", grpc.StatusCode.RESOURCE_EXHAUSTED, True)

@@ -27,6 +27,7 @@ EXPECTED: dict[ErrorKind, type[sdk.RelayError]] = {
     ErrorKind.MODEL_NOT_FOUND: sdk.ModelNotFoundError,
     ErrorKind.NOT_FOUND: sdk.NotFoundError,
     ErrorKind.CONFLICT: sdk.ConflictError,
+    ErrorKind.FAILED_PRECONDITION: sdk.ConflictError,
     ErrorKind.REQUEST_TOO_LARGE: sdk.RequestTooLargeError,
     ErrorKind.INVALID_REQUEST: sdk.UnprocessableEntityError,
     ErrorKind.RATE_LIMIT_EXCEEDED: sdk.RateLimitError,

@@ -1,32 +1,97 @@
-"""Who may call the control plane.
+"""Who may call the control plane, and as whom.
 
-Platform operators present the admin token from settings.  (Dashboard JWTs and
-management keys join here when the tenancy capability lands.)
+Three kinds of caller, told apart by the bearer token:
+
+* the platform operator token (``admin_token``): every tenant;
+* a management API key (``rly_…``, scope ``management``): child keys of its
+  own tenant, nothing else; an inference key is refused here;
+* a dashboard JWT (HS256, ``jwt_secret``): a user of one tenant, with the
+  permissions of its role.  The token's permissions are intersected with
+  what the database says the user holds *now*, so a removed member or a
+  demoted role stops working at once, not when the token expires.
+
+Comparisons of secrets are constant-time; secrets are never logged.
 """
 
 from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import bearer_token
+from relay_server.pipeline.authenticate import Authenticator, bearer_token
+from relay_server.storage.postgres.members import user_permissions
+from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy import tokens
+from relay_server.tenancy.rbac import MANAGEMENT_KEY_PERMISSIONS, PLATFORM, AdminPrincipal
 
-
-@dataclass(frozen=True, slots=True)
-class AdminPrincipal:
-    kind: str  # platform_admin
-    actor_id: str
+__all__ = ["AdminAuthenticator", "AdminPrincipal"]
 
 
 class AdminAuthenticator:
-    def __init__(self, admin_token: str) -> None:
+    def __init__(
+        self,
+        admin_token: str,
+        *,
+        keys: Authenticator | None = None,
+        db: Database | None = None,
+        jwt_secret: str = "",
+        jwt_issuer: str = "relay",
+    ) -> None:
         self._token = admin_token.encode()
+        self._keys = keys
+        self._db = db
+        self._jwt_secret = jwt_secret
+        self._jwt_issuer = jwt_issuer
+
+    def _is_operator(self, token: str) -> bool:
+        # An unset admin token disables operator access instead of accepting "".
+        return bool(self._token) and hmac.compare_digest(token.encode(), self._token)
 
     def authenticate(self, metadata: Mapping[str, str]) -> AdminPrincipal:
-        token = bearer_token(metadata).encode()
-        # An unset admin token disables operator access instead of accepting "".
-        if self._token and hmac.compare_digest(token, self._token):
-            return AdminPrincipal(kind="platform_admin", actor_id="platform_admin")
+        """Platform operators only (the catalog and other operator-only services)."""
+        if self._is_operator(bearer_token(metadata)):
+            return PLATFORM
         raise RelayError(ErrorKind.INVALID_API_KEY, "The admin credential is not valid.")
+
+    async def resolve(self, metadata: Mapping[str, str]) -> AdminPrincipal:
+        """Any admin principal: operator, management key or dashboard user."""
+        token = bearer_token(metadata)
+        if self._is_operator(token):
+            return PLATFORM
+        if token.startswith("rly_") and self._keys is not None:
+            principal = await self._keys.authenticate(metadata)
+            if principal.scope != "management":
+                raise RelayError(
+                    ErrorKind.PERMISSION_DENIED, "An inference key cannot call the admin API; use a management key."
+                )
+            return AdminPrincipal(
+                kind="api_key",
+                actor_id=principal.key_id,
+                tenant_id=principal.tenant_id,
+                permissions=MANAGEMENT_KEY_PERMISSIONS,
+                environment=principal.environment,
+            )
+        if token.count(".") == 2 and self._db is not None:
+            claims = tokens.verify(self._jwt_secret, self._jwt_issuer, token)
+            current = await self._current_permissions(claims.tenant_id, claims.user_id)
+            return AdminPrincipal(
+                kind="user",
+                actor_id=claims.user_id,
+                tenant_id=claims.tenant_id,
+                permissions=claims.permissions & current,
+                role=claims.role,
+            )
+        raise RelayError(ErrorKind.INVALID_API_KEY, "The admin credential is not valid.")
+
+    async def _current_permissions(self, tenant_id: str, user_id: str) -> frozenset[str]:
+        assert self._db is not None
+        async with self._db.tenant_tx(tenant_id) as conn:
+            tenant = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+            held = await user_permissions(conn, tenant_id, user_id)
+        if tenant is None or tenant["status"] == "deleted" or held is None:
+            raise RelayError(
+                ErrorKind.INVALID_API_KEY, "The dashboard token's user is no longer an active member of its tenant.",
+                code="invalid_token",
+            )
+        return held

@@ -1,7 +1,13 @@
 """Step 1: who is calling.  API key → Principal, or a 401/402/503.
 
-sha256(key) → in-process TTL cache → key store (Postgres).  The cache is short
-(seconds) and purged on revocation, so a revoked key fails on the next request.
+sha256(key) → in-process TTL cache (seconds) → shared cache (Redis, minutes)
+→ key store (Postgres).  Every change to a key or its tenant purges both
+caches at once on every worker (``relay_server.tenancy.auth_cache``), so a
+revoked key fails on the next request instead of when a cache expires; the
+short in-process TTL only bounds the damage if that purge message is lost.
+The shared cache is optional and its failures are the cache's problem: with
+Redis down, lookups go to Postgres.
+
 The raw key never leaves this module: logs and errors carry its hint only.
 """
 
@@ -45,10 +51,27 @@ class KeyRecord:
     grace_expires_at: datetime | None = None
     end_user_id: str | None = None
     allowed_models: tuple[str, ...] = ()
+    parent_key_id: str | None = None
+    rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
+    spend_cap_micros: int | None = None
+    spend_cap_window: str | None = None  # daily | monthly | total
 
 
 class KeyStore(Protocol):
     async def find_by_hash(self, key_hash: str) -> KeyRecord | None: ...
+
+
+class SharedKeyCache(Protocol):
+    """A cache shared by every worker.  Implementations swallow (and log) their
+    own failures: ``get`` then answers a miss and ``put`` does nothing.
+
+    ``get`` returns the record (None on a miss) and an opaque stamp of what it
+    saw, which ``put`` needs to refuse a fill that a concurrent purge made stale.
+    """
+
+    async def get(self, key_hash: str) -> tuple[KeyRecord | None, object]: ...
+
+    async def put(self, record: KeyRecord, seen: object) -> None: ...
 
 
 def hash_key(raw_key: str) -> str:
@@ -88,19 +111,36 @@ class Authenticator:
         store: KeyStore,
         *,
         cache_ttl_s: float = 5.0,
+        shared: SharedKeyCache | None = None,
+        on_use: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        max_entries: int = 100_000,
     ) -> None:
         self._store = store
         self._ttl = cache_ttl_s
+        self._shared = shared
+        self._on_use = on_use
         self._clock = clock
+        self._max_entries = max_entries
         self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
+        # Bumped by every purge.  A lookup that started before a purge must not
+        # cache what it read: it may be the state the purge was about.
+        self._epoch = 0
 
     def purge(self, key_hash: str | None = None) -> None:
         """Forget one key (or all): called when keys or tenants change."""
+        self._epoch += 1
         if key_hash is None:
             self._cache.clear()
         else:
             self._cache.pop(key_hash, None)
+
+    def purge_tenant(self, tenant_id: str) -> None:
+        """Forget every cached key of one tenant (its status or plan changed)."""
+        self._epoch += 1
+        for key_hash, (_, record) in list(self._cache.items()):
+            if record is not None and record.tenant_id == tenant_id:
+                self._cache.pop(key_hash, None)
 
     async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         token = bearer_token(metadata)
@@ -111,6 +151,8 @@ class Authenticator:
         if record is None or not hmac.compare_digest(record.key_hash, key_hash):
             raise RelayError(ErrorKind.INVALID_API_KEY, f"Incorrect API key provided: {_redact(token)}.")
         _check_usable(record, token)
+        if self._on_use is not None:
+            self._on_use(record.key_id)
         return Principal(
             tenant_id=record.tenant_id,
             key_id=record.key_id,
@@ -127,8 +169,16 @@ class Authenticator:
         cached = self._cache.get(key_hash)
         if cached is not None and cached[0] > now:
             return cached[1]
-        record = await self._store.find_by_hash(key_hash)
-        if len(self._cache) > 100_000:  # bound memory under a flood of random keys
+        epoch = self._epoch
+        record, seen = await self._shared.get(key_hash) if self._shared is not None else (None, None)
+        if record is None:
+            record = await self._store.find_by_hash(key_hash)
+            # Unknown keys are not shared: a flood of random keys stays local.
+            if record is not None and self._shared is not None:
+                await self._shared.put(record, seen)
+        if epoch != self._epoch:
+            return record  # a purge ran meanwhile: use the answer once, do not keep it
+        if len(self._cache) > self._max_entries:  # bound memory under a flood of random keys
             self._cache.clear()
         self._cache[key_hash] = (now + self._ttl, record)
         return record

@@ -1,22 +1,35 @@
-"""API keys by hash: the authentication lookup.
+"""API keys by hash: the authentication lookup, and ``last_used_at``.
 
-The lookup runs on the system pool because it is inherently cross-tenant: the
+Both run on the system pool because they are inherently cross-tenant: the
 tenant is what the key tells us.  Everything else about keys runs inside a
-tenant transaction.
+tenant transaction (``api_keys.py``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
 
 from relay_server.pipeline.authenticate import KeyRecord
 from relay_server.storage.postgres.pool import Database
 
 _FIND_BY_HASH = """
 SELECT k.id, k.key_hash, k.key_hint, k.tenant_id, k.environment, k.scope, k.status,
-       k.expires_at, k.grace_expires_at, k.end_user_id, k.allowed_models,
+       k.expires_at, k.grace_expires_at, k.end_user_id, k.allowed_models, k.parent_key_id,
+       k.rate_limit_overrides, k.spend_cap_micros, k.spend_cap_window,
        t.status AS tenant_status, t.plan AS tenant_plan
   FROM api_keys k
   JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = %s
+"""
+
+# One statement for a whole batch; GREATEST keeps a late, older batch from
+# moving the time backwards.
+_TOUCH = """
+UPDATE api_keys k
+   SET last_used_at = GREATEST(k.last_used_at, u.used_at)
+  FROM unnest(%s::text[], %s::timestamptz[]) AS u (id, used_at)
+ WHERE k.id = u.id
 """
 
 
@@ -43,4 +56,17 @@ class PostgresKeyStore:
             grace_expires_at=row["grace_expires_at"],
             end_user_id=row["end_user_id"],
             allowed_models=tuple(row["allowed_models"] or ()),
+            parent_key_id=row["parent_key_id"],
+            rate_limit_overrides={str(k): int(v) for k, v in (row["rate_limit_overrides"] or {}).items()},
+            spend_cap_micros=row["spend_cap_micros"],
+            spend_cap_window=row["spend_cap_window"],
         )
+
+    async def touch_last_used(self, used: Mapping[str, datetime]) -> int:
+        """Record when keys were last used, in one UPDATE; returns rows changed."""
+        if not used:
+            return 0
+        ids = list(used)
+        async with self._db.system_tx() as conn:
+            cur = await conn.execute(_TOUCH, (ids, [used[i] for i in ids]))
+        return cur.rowcount

@@ -1,0 +1,38 @@
+"""relay.admin.v1.AuditLogService: a tenant's audit events, newest first.
+
+Tenant principals read their own tenant's log (``audit_log:read``).  Platform
+operators name a tenant, or leave ``tenant_id`` empty for platform actions
+(hard deletions), which no tenant can see.
+"""
+
+from __future__ import annotations
+
+from relay_sdk._proto.relay.admin.v1 import audit_pb2, audit_pb2_grpc
+from relay_server.api import admin_messages as m
+from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import decode_cursor, handle, limit, paged
+from relay_server.storage.postgres.audit import list_audit
+from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.calls import Call
+
+
+class AuditLogServicer(audit_pb2_grpc.AuditLogServiceServicer):
+    def __init__(self, auth: AdminAuthenticator, db: Database) -> None:
+        self._auth = auth
+        self._db = db
+
+    async def ListAuditEvents(self, request, context):  # noqa: N802 (gRPC naming)
+        async def run(call: Call) -> audit_pb2.ListAuditEventsResponse:
+            principal = call.principal
+            principal.require("audit_log:read")
+            after, size = decode_cursor(request.page_token), limit(request.page_size)
+            action, resource_id = request.action or None, request.resource_id or None
+            platform_events = principal.is_platform and not request.tenant_id
+            tenant_id = None if platform_events else principal.tenant_scope(request.tenant_id)
+            tx = self._db.system_tx() if tenant_id is None else self._db.tenant_tx(tenant_id)
+            async with tx as conn:
+                rows = await list_audit(conn, tenant_id=tenant_id, after=after, limit=size, action=action, resource_id=resource_id)
+            rows, token = paged(rows, request.page_size, lambda r: (r.created_at, r.id))
+            return audit_pb2.ListAuditEventsResponse(events=[m.audit_message(r) for r in rows], next_page_token=token)
+
+        return await handle(context, self._auth, run)

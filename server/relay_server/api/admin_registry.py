@@ -1,0 +1,43 @@
+"""Registers the tenancy admin services (TenantService, ApiKeyService,
+AuditLogService) on a server; ``app.py`` calls ``register_admin_services``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, audit_pb2, audit_pb2_grpc, tenants_pb2, tenants_pb2_grpc
+from relay_server.api.admin_api_keys import ApiKeyServicer
+from relay_server.api.admin_audit import AuditLogServicer
+from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_tenants import TenantServicer
+
+SERVICES = (
+    tenants_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
+    api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
+    audit_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name,
+)
+
+
+def admin_authenticator(app: Any) -> AdminAuthenticator:
+    settings = app.settings
+    return AdminAuthenticator(
+        settings.admin_token,
+        keys=app.tenancy.authenticator,
+        db=app.db,
+        jwt_secret=settings.jwt_secret,
+        jwt_issuer=settings.jwt_issuer,
+    )
+
+
+def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
+    """Add the three services; returns their fully-qualified names (for reflection and health)."""
+    tenancy = app.tenancy
+    auth = admin_authenticator(app)
+    tenants_pb2_grpc.add_TenantServiceServicer_to_server(
+        TenantServicer(auth, tenancy.tenants, tenancy.members, tenancy.tenant_settings), server
+    )
+    api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(auth, tenancy.keys), server)
+    audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, app.db), server)
+    return list(SERVICES)

@@ -1,0 +1,119 @@
+"""What every admin RPC does around its handler: resolve the principal,
+build the ``Call`` (client IP, request ids), map any failure to the error
+wire format, and page tokens for keyset pagination.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime, timezone
+from typing import TypeVar
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.error_mapping import abort, as_relay_error
+from relay_server.api.openai_service import request_metadata
+from relay_server.api.pagination import decode_token, encode_token, page_size
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.pipeline.context import new_request_id
+from relay_server.tenancy.calls import Call
+
+T = TypeVar("T")
+
+
+def client_ip(metadata: Mapping[str, str], peer: str) -> str | None:
+    """The caller's address.
+
+    Envoy (``use_remote_address``) appends the address it accepted the
+    connection from to ``x-forwarded-for``, so the LAST entry is the one a
+    client cannot forge; without the header (direct gRPC) the peer counts.
+    """
+    forwarded = metadata.get("x-forwarded-for", "")
+    candidates = [part.strip() for part in forwarded.split(",") if part.strip()]
+    if candidates:
+        return _ip(candidates[-1])
+    # peer: "ipv4:127.0.0.1:5000" | "ipv6:[::1]:5000"
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6" and rest.startswith("["):
+        return _ip(rest[1 : rest.find("]")])
+    if kind == "ipv4":
+        return _ip(rest.rsplit(":", 1)[0])
+    return None
+
+
+def _ip(value: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return None
+
+
+async def handle(
+    context: grpc.aio.ServicerContext,
+    auth: AdminAuthenticator,
+    handler: Callable[[Call], Awaitable[T]],
+    *,
+    idempotency_key: str = "",
+) -> T:
+    request_id = new_request_id()
+    try:
+        metadata = request_metadata(context)
+        principal = await auth.resolve(metadata)
+        call = Call(principal, request_id, client_ip(metadata, context.peer() or "")).with_idempotency_key(idempotency_key)
+        response = await handler(call)
+    except Exception as exc:  # noqa: BLE001 (every failure becomes a typed error)
+        await abort(context, as_relay_error(exc), request_id)
+    await context.send_initial_metadata((("x-request-id", request_id),))
+    return response
+
+
+# --- keyset page tokens: (created_at, id) of the last row of a page ------------------------
+
+
+def decode_cursor(token: str) -> tuple[datetime, str] | None:
+    if not token:
+        return None
+    raw = decode_token(token)
+    stamp, sep, row_id = raw.partition("|")
+    try:
+        if not sep or not row_id:
+            raise ValueError(raw)
+        return datetime.fromisoformat(stamp), row_id
+    except ValueError:
+        raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
+
+
+def paged(rows: list[T], requested: int, cursor: Callable[[T], tuple[datetime, str]]) -> tuple[list[T], str]:
+    """Trim a page fetched with ``limit(requested)`` and give the next token ("" at the end)."""
+    size = page_size(requested)
+    if len(rows) <= size:
+        return rows, ""
+    rows = rows[:size]
+    stamp, row_id = cursor(rows[-1])
+    return rows, encode_token(f"{stamp.isoformat()}|{row_id}")
+
+
+def limit(requested: int) -> int:
+    """Rows to fetch for a page: one more than it holds, to know whether another follows."""
+    return page_size(requested) + 1
+
+
+# --- timestamps ---------------------------------------------------------------------------
+
+
+def timestamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def from_timestamp(message: object, field: str) -> datetime | None:
+    """The datetime in ``message.field`` if the field is set (aware, UTC)."""
+    if not message.HasField(field):  # type: ignore[attr-defined]
+        return None
+    return getattr(message, field).ToDatetime(tzinfo=timezone.utc)
