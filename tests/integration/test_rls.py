@@ -71,6 +71,7 @@ ROWS: dict[str, RowFn] = {
     "usage_daily": lambda t, n: {
         "tenant_id": t, "date": TODAY - timedelta(days=n), "model_id": "gpt-4o", "api_key_id": f"key_{t}_0",
     },
+    "usage_rollup_pending": lambda t, n: {"tenant_id": t, "date": TODAY - timedelta(days=n)},
     "billing_periods": lambda t, n: {
         "id": f"bp_{t}_{n}", "tenant_id": t,
         "period_start": date(2025, 12 - n, 1), "period_end": date(2025, 12 - n, 28),

@@ -1,25 +1,36 @@
-"""The request path, step by step: authenticate → model → route → provider →
-stream relay → meter.  Each step lives in its own module; this one only orders
-them and guarantees that every request is metered exactly once, however it ends
-(success, error, client cancellation).
+"""The request path, step by step: authenticate → model → limits and spend
+reservation → route → provider → stream relay → meter and settle.  Each step
+lives in its own module; this one only orders them and guarantees that every
+request is metered exactly once, however it ends (success, error, refusal,
+client cancellation), and that its reservation is settled exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from relay_server.errors import ErrorKind, RelayError
+from relay_server.pipeline.admission import AdmissionGate, Ticket
 from relay_server.pipeline.authenticate import Authenticator
+from relay_server.pipeline.cache import CacheLookup, ResponseCache, cached_metered
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.meter import DEFAULT_MARKUP, Outcome, RequestRecorder, price
+from relay_server.pipeline.failover import complete_with_failover, stream_with_failover
+from relay_server.pipeline.meter import DEFAULT_MARKUP, DefaultMarkup, MarkupSource, Metered, Outcome, RequestRecorder, price
 from relay_server.pipeline.route import Attempt, Router
 from relay_server.pipeline.stream import relay_stream
+from relay_server.pipeline.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
 from relay_server.providers.base import RequestKind, Usage
+
+log = logging.getLogger(__name__)
+
+_THREAD_COUNT_CHARS = 32_768  # count longer outputs off the event loop
 
 
 @dataclass(slots=True)
@@ -28,83 +39,191 @@ class Admitted:
 
     ctx: RequestContext
     entry: CatalogEntry
+    input_tokens: int = 0
+    markup: Decimal = DEFAULT_MARKUP
+    ticket: Ticket | None = None
+    credential_id: str | None = None
+    dispatched: bool = False
+    cache: CacheLookup | None = None
+    """What the response cache decided (None when no cache is configured)."""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Response headers decided at admission (``x-ratelimit-*``)."""
+        return dict(self.ticket.headers) if self.ticket is not None else {}
+
+
+@dataclass(frozen=True, slots=True)
+class UsagePolicy:
+    discrepancy_ratio: float = 1.5
+    discrepancy_slack: int = 512
 
 
 class InferencePipeline:
-    def __init__(self, authenticator: Authenticator, catalog: Catalog, router: Router, recorder: RequestRecorder) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        catalog: Catalog,
+        router: Router,
+        recorder: RequestRecorder,
+        *,
+        gate: AdmissionGate | None = None,
+        markups: MarkupSource | None = None,
+        usage_policy: UsagePolicy = UsagePolicy(),
+        cache: ResponseCache | None = None,
+    ) -> None:
+        self._cache = cache
         self._auth = authenticator
         self._catalog = catalog
         self._router = router
         self._recorder = recorder
+        self._gate = gate
+        self._markups = markups or DefaultMarkup()
+        self._usage_policy = usage_policy
+        self._metering: set[asyncio.Future[None]] = set()
 
     async def admit(
         self, kind: RequestKind, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str
     ) -> Admitted:
         ctx = RequestContext(request_id=request_id, kind=kind, body=body, metadata=metadata)
+        entry: CatalogEntry | None = None
+        markup = DEFAULT_MARKUP
         try:
             ctx.principal = await self._auth.authenticate(metadata)
             entry = self._catalog.resolve(str(body.get("model") or ""), ctx.principal, kind)
-        except RelayError as err:
-            self._finish(ctx, None, err)
+            ctx.model = entry.relay_name
+            ctx.stream = kind != "embedding" and body.get("stream") is True
+            options = body.get("stream_options") or {}
+            ctx.include_usage = ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
+            input_tokens = estimate_input_tokens(kind, body, entry.relay_name)
+            markup = await self._markup(ctx.principal.tenant_id)
+            admitted = Admitted(ctx, entry, input_tokens, markup)
+            if self._gate is not None:
+                admitted.ticket = await self._gate.admit(ctx, entry, input_tokens, markup)
+        except BaseException as err:
+            self._recorder.record(Metered(ctx, entry, _outcome(err), markup=markup))
             raise
-        ctx.model = entry.relay_name
-        ctx.stream = kind != "embedding" and body.get("stream") is True
-        options = body.get("stream_options") or {}
-        ctx.include_usage = ctx.stream and isinstance(options, dict) and options.get("include_usage") is True
-        return Admitted(ctx, entry)
+        return admitted
 
     async def complete(self, admitted: Admitted) -> dict[str, Any]:
         """Non-streaming chat / completion / embeddings: one response body."""
         ctx, entry = admitted.ctx, admitted.entry
+        counter = OutputCounter()
         try:
-            attempts = await self._router.plan(ctx, entry)
-            response = await self._first_success(ctx, attempts)
+            attempts = await self._plan(admitted)
+            admitted.dispatched = True
+            response = await self._first_success(admitted, attempts)
         except BaseException as exc:
-            self._finish(ctx, entry, exc)
+            await self._meter(admitted, exc, counter)
             raise
-        ctx.usage = Usage.from_openai(response.get("usage"))
-        self._finish(ctx, entry, None)
+        raw_usage = response.get("usage")
+        ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
+        counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
+        counter.add_response(response)
+        await self._meter(admitted, None, counter)
         return response
 
     async def stream(self, admitted: Admitted) -> AsyncIterator[dict[str, Any]]:
         """Streaming chat / completion: client-ready chunk dicts."""
         ctx, entry = admitted.ctx, admitted.entry
+        counter = OutputCounter()
         error: BaseException | None = None
         try:
-            attempts = await self._router.plan(ctx, entry)
-            attempt = attempts[0]
-            ctx.provider_id = attempt.provider_id
-            ctx.attempts = 1
-            async for chunk in relay_stream(ctx, attempt.provider.stream(attempt.call)):
-                yield chunk
+            attempts = await self._plan(admitted)
+            admitted.dispatched = True
+            upstream = stream_with_failover(ctx, attempts, served=admitted)
+            async with aclosing(upstream), aclosing(relay_stream(ctx, upstream, counter)) as relayed:
+                async for chunk in relayed:
+                    yield chunk
         except BaseException as exc:
             error = exc
             raise
         finally:
-            self._finish(ctx, entry, error)
+            await self._meter(admitted, error, counter)
 
-    async def _first_success(self, ctx: RequestContext, attempts: Sequence[Attempt]) -> dict[str, Any]:
-        last: RelayError | None = None
-        for attempt in attempts:
-            ctx.provider_id = attempt.provider_id
-            ctx.attempts += 1
-            try:
-                if ctx.kind == "embedding":
-                    return await attempt.provider.embed(attempt.call)
-                return await attempt.provider.complete(attempt.call)
-            except RelayError as err:
-                if not err.retryable:
-                    raise
-                last = err
-        raise last or RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, "No provider is available for this model.")
+    async def _plan(self, admitted: Admitted) -> Sequence[Attempt]:
+        """Route the request, unless the response cache answers it (then its replay is the one attempt)."""
+        if self._cache is None:
+            return await self._router.plan(admitted.ctx, admitted.entry)
+        admitted.cache = await self._cache.lookup(admitted.ctx, admitted.entry)
+        return await admitted.cache.attempts(self._router)
 
-    def _finish(self, ctx: RequestContext, entry: CatalogEntry | None, error: BaseException | None) -> None:
+    async def _first_success(self, admitted: Admitted, attempts: Sequence[Attempt]) -> dict[str, Any]:
+        return await complete_with_failover(admitted.ctx, attempts, served=admitted)
+
+    async def _markup(self, tenant_id: str) -> Decimal:
+        try:
+            return await self._markups.markup_rate(tenant_id)
+        except Exception:  # config never loaded and Postgres unreachable: serve, at the default markup
+            log.warning("tenant markup unavailable; using the default", extra={"tenant_id": tenant_id}, exc_info=True)
+            return DEFAULT_MARKUP
+
+    async def _meter(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
+        """Meter (exactly once: every path calls this once) and settle the reservation.
+
+        Shielded: a closing stream may be cancelled again while this runs, and
+        the request must still be recorded and its reservation settled.
+        """
+        task = asyncio.ensure_future(self._finish(admitted, error, counter))
+        self._metering.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._metering.discard)
+        await asyncio.shield(task)
+
+    async def _finish(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
+        if admitted.cache is not None and admitted.cache.hit is not None:
+            # Served from the response cache: billed nothing, no provider tokens; the record keeps the saving.
+            self._recorder.record(cached_metered(admitted, error, _outcome(error)))
+            if self._gate is not None and admitted.ticket is not None:
+                await self._gate.settle(admitted.ticket, cost_micros=0, total_tokens=0)
+            return
         outcome = _outcome(error)
-        cost = price(entry, ctx.usage, self._markup(ctx)) if entry is not None and ctx.usage is not None else None
-        self._recorder.record(ctx, entry, outcome, cost)
+        reconciled = await self._billable_usage(admitted, outcome, counter)
+        usage = reconciled.usage if reconciled else None
+        cost = price(admitted.entry, usage, admitted.markup) if usage is not None else None
+        self._recorder.record(
+            Metered(
+                admitted.ctx,
+                admitted.entry,
+                outcome,
+                usage=usage,
+                cost=cost,
+                markup=admitted.markup,
+                usage_source=reconciled.source if reconciled else None,
+                credential_id=admitted.credential_id,
+            )
+        )
+        if self._gate is not None and admitted.ticket is not None:
+            await self._gate.settle(
+                admitted.ticket,
+                cost_micros=cost.total_micros if cost else 0,
+                total_tokens=usage.total_tokens if usage else 0,
+            )
 
-    def _markup(self, ctx: RequestContext) -> Decimal:
-        return DEFAULT_MARKUP
+    async def _billable_usage(self, admitted: Admitted, outcome: Outcome, counter: OutputCounter) -> Reconciled | None:
+        """Provider usage, reconciled with the local count; the local count alone when the provider gave none.
+
+        Nothing is billed for a request that failed before the provider produced anything.
+        """
+        ctx = admitted.ctx
+        reported = ctx.usage
+        if reported is None:
+            produced = not counter.empty
+            if not admitted.dispatched or not (produced or outcome.status in ("success", "cancelled")):
+                return None
+        model = admitted.entry.relay_name
+        if counter.chars > _THREAD_COUNT_CHARS:
+            output = await asyncio.to_thread(counter.tokens, model)
+        else:
+            output = counter.tokens(model)
+        policy = self._usage_policy
+        return reconcile(
+            reported,
+            admitted.input_tokens,
+            output,
+            reasoning_tokens=counter.reasoning_tokens,
+            ratio=policy.discrepancy_ratio,
+            slack=policy.discrepancy_slack,
+        )
 
 
 def _outcome(error: BaseException | None) -> Outcome:

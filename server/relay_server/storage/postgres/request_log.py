@@ -1,0 +1,329 @@
+"""The request log: one ``requests`` row per request, written off the hot path.
+
+Requests hand finished rows to ``RequestLogWriter.submit`` (no I/O); a writer
+task inserts them in batches (``INSERT … ON CONFLICT (id, created_at) DO
+NOTHING``) together with the rollup marks of the days they touch.  When
+Postgres cannot take a batch, the batch goes to the durable spool
+(``storage/spool.py``) and later batches go straight there until a probe finds
+Postgres back; then the spool is replayed.  ``created_at`` is the request's
+start, fixed when the row is built, so a replayed row hits the same primary
+key: zero rows lost, none duplicated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import PoolTimeout
+
+from relay_server.storage.postgres.pool import Database
+from relay_server.storage.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRow:
+    """Every column of ``requests`` (migration 0005)."""
+
+    id: str
+    created_at: datetime
+    tenant_id: str
+    api_key_id: str
+    environment: str
+    request_type: str
+    stream: bool
+    started_at: datetime
+    status: str
+    end_user_id: str | None = None
+    requested_model: str | None = None
+    model_id: str | None = None
+    provider_id: str | None = None
+    credential_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    total_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    input_cost: Decimal | None = None
+    output_cost: Decimal | None = None
+    total_cost: Decimal | None = None
+    markup_rate: Decimal = Decimal("0.20")
+    relay_revenue: Decimal | None = None
+    cost_micros: int | None = None
+    first_token_at: datetime | None = None
+    completed_at: datetime | None = None
+    latency_ms: int | None = None
+    ttft_ms: int | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    http_status: int | None = None
+    attempts: int = 1
+    cache_hit: bool = False
+    cache_kind: str | None = None
+    cache_key: str | None = None
+    request_metadata: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Spool form: Decimals as strings, datetimes as ISO 8601 (exact round trip)."""
+        out: dict[str, Any] = {}
+        for name, value in asdict(self).items():
+            if isinstance(value, Decimal):
+                value = str(value)
+            elif isinstance(value, datetime):
+                value = value.isoformat()
+            out[name] = value
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestRow:
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name not in data:
+                continue
+            value = data[f.name]
+            if value is not None and f.name in _DECIMALS:
+                value = Decimal(value)
+            elif value is not None and f.name in _DATETIMES:
+                value = datetime.fromisoformat(value)
+            values[f.name] = value
+        return cls(**values)
+
+    def params(self) -> tuple[Any, ...]:
+        return tuple(
+            Jsonb(getattr(self, name)) if name == "request_metadata" and getattr(self, name) is not None else getattr(self, name)
+            for name in COLUMNS
+        )
+
+    def without_references(self) -> RequestRow:
+        """The row with its optional catalog references cleared (requested_model keeps the name)."""
+        return _replace(self, model_id=None, provider_id=None, credential_id=None)
+
+
+def _replace(row: RequestRow, **changes: Any) -> RequestRow:
+    data = {f.name: getattr(row, f.name) for f in fields(row)}
+    data.update(changes)
+    return RequestRow(**data)
+
+
+COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRow))
+_DECIMALS = {"input_cost", "output_cost", "total_cost", "markup_rate", "relay_revenue"}
+_DATETIMES = {"created_at", "started_at", "first_token_at", "completed_at"}
+
+_INSERT = (
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
+    "ON CONFLICT (id, created_at) DO NOTHING"
+)
+# DO UPDATE (not NOTHING) so the mark stays locked until this transaction commits:
+# the rollup worker skips locked marks, so it never recomputes a day without these rows.
+_MARK = """
+INSERT INTO usage_rollup_pending (tenant_id, date, environment) VALUES (%s, %s, %s)
+ON CONFLICT (tenant_id, date, environment) DO UPDATE SET marked_at = now()
+"""
+
+_POLL_S = 0.05
+# Postgres unreachable, restarting, or too slow: the batch goes to the spool.
+TRANSIENT = (psycopg.OperationalError, PoolTimeout, OSError, asyncio.TimeoutError)
+
+
+def utc_day(moment: datetime) -> Any:
+    return moment.astimezone(timezone.utc).date()
+
+
+class RequestLogStore:
+    """The SQL of the request log; used by the writer and by replays."""
+
+    def __init__(self, db: Database, *, timeout_s: float = 5.0) -> None:
+        self._db = db
+        self._timeout = timeout_s
+
+    async def insert(self, rows: list[RequestRow]) -> None:
+        """One transaction: the rows (duplicates ignored) and the rollup marks of their days."""
+        marks = sorted({(r.tenant_id, utc_day(r.created_at), r.environment) for r in rows})
+        params = [r.params() for r in rows]
+
+        async def run() -> None:
+            async with self._db.system.connection(timeout=self._timeout) as conn, conn.transaction():
+                async with conn.cursor() as cur:
+                    await cur.executemany(_INSERT, params)
+                    await cur.executemany(_MARK, marks)
+
+        await asyncio.wait_for(run(), timeout=self._timeout * 3)
+
+    async def ping(self) -> None:
+        async def run() -> None:
+            async with self._db.system.connection(timeout=self._timeout) as conn:
+                await conn.execute("SELECT 1")
+
+        await asyncio.wait_for(run(), timeout=self._timeout * 2)
+
+
+class RequestLogWriter:
+    def __init__(
+        self,
+        store: RequestLogStore,
+        spool: Spool,
+        *,
+        batch_size: int = 500,
+        flush_s: float = 0.2,
+        replay_s: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._spool = spool
+        self._batch = batch_size
+        self._flush_s = flush_s
+        self._replay_s = replay_s
+        self._queue: asyncio.Queue[RequestRow] = asyncio.Queue()
+        self._healthy = True
+        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.written = 0
+        self.spooled = 0
+        self.replayed = 0
+        self.dead = 0
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+    def submit(self, row: RequestRow) -> None:
+        """Hand a row over; never blocks, never raises."""
+        self._queue.put_nowait(row)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_forever(), name="request-log-writer"),
+            loop.create_task(self._replay_forever(), name="request-log-replay"),
+        ]
+
+    async def flush(self) -> None:
+        """Wait until every submitted row is in Postgres or in the spool."""
+        await self._queue.join()
+
+    async def stop(self) -> None:
+        """Graceful shutdown: write (or spool) everything submitted, then stop."""
+        self._stopping = True
+        if not self._tasks:  # never started: write what was submitted here
+            batch = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+            if batch:
+                await self._write(batch)
+                for _ in batch:
+                    self._queue.task_done()
+        await self.flush()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await asyncio.to_thread(self._spool.close_segment)
+
+    async def _write_forever(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            deadline = asyncio.get_running_loop().time() + self._flush_s
+            while len(batch) < self._batch:
+                if not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                    continue
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0 or self._stopping:
+                    break
+                try:  # short waits, so that stop() never waits for a whole flush interval
+                    batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, _POLL_S)))
+                except asyncio.TimeoutError:
+                    continue
+            try:
+                await self._write(batch)
+            except Exception:  # the spool itself failed (disk full?): keep the rows in memory and retry
+                log.exception("request log batch could not be written or spooled; retrying")
+                await asyncio.sleep(1.0)
+                for row in batch:
+                    self._queue.put_nowait(row)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    async def _write(self, batch: list[RequestRow]) -> None:
+        if self._healthy:
+            try:
+                await self._store.insert(batch)
+                self.written += len(batch)
+                return
+            except TRANSIENT as exc:
+                self._healthy = False
+                log.warning("request log: Postgres unavailable, spooling", extra={"rows": len(batch), "error": repr(exc)})
+            except (psycopg.IntegrityError, psycopg.DataError):
+                await self._write_one_by_one(batch)
+                return
+        await asyncio.to_thread(self._spool.append, [r.to_json() for r in batch])
+        self.spooled += len(batch)
+
+    async def _write_one_by_one(self, batch: list[RequestRow]) -> None:
+        """A batch with a bad row: write the others, then the bad ones without catalog references."""
+        for row in batch:
+            for candidate in (row, row.without_references()):
+                try:
+                    await self._store.insert([candidate])
+                    self.written += 1
+                    break
+                except (psycopg.IntegrityError, psycopg.DataError) as exc:
+                    error = exc
+            else:
+                self.dead += 1
+                log.error("request log row rejected; kept in the dead-letter file", extra={"request_id": row.id, "error": repr(error)})
+                await asyncio.to_thread(self._spool.dead_letter, [row.to_json()])
+
+    async def _replay_forever(self) -> None:
+        while True:
+            try:
+                await self.replay()
+            except Exception:
+                log.exception("request log replay failed; will retry")
+            await asyncio.sleep(self._replay_s)
+
+    async def replay(self) -> int:
+        """If Postgres answers, mark it healthy and write every spooled row; returns rows replayed."""
+        if not self._healthy or await asyncio.to_thread(self._spool.pending):
+            try:
+                await self._store.ping()
+            except TRANSIENT:
+                self._healthy = False
+                return 0
+            if not self._healthy:
+                log.info("request log: Postgres is back")
+            self._healthy = True
+        if not await asyncio.to_thread(self._spool.pending):
+            return 0
+        replayed = 0
+        for path in await asyncio.to_thread(self._spool.claim):
+            rows = [RequestRow.from_json(r) for r in await asyncio.to_thread(self._spool.read, path)]
+            try:
+                for start in range(0, len(rows), self._batch):
+                    chunk = rows[start : start + self._batch]
+                    try:
+                        await self._store.insert(chunk)
+                    except (psycopg.IntegrityError, psycopg.DataError):
+                        await self._write_one_by_one(chunk)
+            except TRANSIENT:
+                self._healthy = False
+                await asyncio.to_thread(self._spool.release, path)
+                return replayed
+            except BaseException:
+                await asyncio.to_thread(self._spool.release, path)
+                raise
+            await asyncio.to_thread(self._spool.done, path)
+            replayed += len(rows)
+            self.replayed += len(rows)
+        if replayed:
+            log.info("request log: spooled rows replayed", extra={"rows": replayed})
+        return replayed

@@ -1,0 +1,242 @@
+"""Usage: the daily rollup, the spend ledger behind cap seeding, and the
+queries behind the usage API.
+
+The rollup recomputes whole (tenant, UTC day, environment) buckets from
+``requests`` and upserts ``usage_daily`` — idempotent, so a bucket can be
+recomputed any number of times.  Which buckets: the marks the request-log
+writer leaves in ``usage_rollup_pending`` (see migration 0014 for why no mark
+is ever missed).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+from psycopg import sql
+
+from relay_server.storage.postgres.pool import Conn, Database
+
+_RECOMPUTE = """
+INSERT INTO usage_daily AS u (
+    tenant_id, date, model_id, environment, api_key_id, end_user_id, request_count, input_tokens, output_tokens,
+    total_tokens, cache_read_tokens, cache_write_tokens, total_cost, relay_revenue, cost_micros, cache_hits,
+    error_count, latency_ms_total, avg_latency_ms, updated_at)
+SELECT tenant_id, %(date)s, model_id, environment, api_key_id, max(end_user_id), count(*),
+       coalesce(sum(input_tokens), 0), coalesce(sum(output_tokens), 0), coalesce(sum(total_tokens), 0),
+       coalesce(sum(cache_read_tokens), 0), coalesce(sum(cache_write_tokens), 0),
+       coalesce(sum(total_cost), 0), coalesce(sum(relay_revenue), 0), coalesce(sum(cost_micros), 0),
+       count(*) FILTER (WHERE cache_hit), count(*) FILTER (WHERE status IN ('error', 'timeout')),
+       coalesce(sum(latency_ms), 0), (coalesce(sum(latency_ms), 0) / count(*))::int, now()
+  FROM requests
+ WHERE tenant_id = %(tenant)s AND environment = %(env)s AND model_id IS NOT NULL
+   AND created_at >= %(lo)s AND created_at < %(hi)s
+ GROUP BY tenant_id, model_id, environment, api_key_id
+ON CONFLICT (tenant_id, date, model_id, environment, api_key_id) DO UPDATE SET
+    end_user_id = EXCLUDED.end_user_id, request_count = EXCLUDED.request_count,
+    input_tokens = EXCLUDED.input_tokens, output_tokens = EXCLUDED.output_tokens,
+    total_tokens = EXCLUDED.total_tokens, cache_read_tokens = EXCLUDED.cache_read_tokens,
+    cache_write_tokens = EXCLUDED.cache_write_tokens, total_cost = EXCLUDED.total_cost,
+    relay_revenue = EXCLUDED.relay_revenue, cost_micros = EXCLUDED.cost_micros, cache_hits = EXCLUDED.cache_hits,
+    error_count = EXCLUDED.error_count, latency_ms_total = EXCLUDED.latency_ms_total,
+    avg_latency_ms = EXCLUDED.avg_latency_ms, updated_at = EXCLUDED.updated_at
+WHERE (u.request_count, u.cost_micros, u.total_tokens, u.error_count, u.latency_ms_total)
+      IS DISTINCT FROM (EXCLUDED.request_count, EXCLUDED.cost_micros, EXCLUDED.total_tokens,
+                        EXCLUDED.error_count, EXCLUDED.latency_ms_total)
+"""
+
+_CLAIM = """
+SELECT tenant_id, date, environment FROM usage_rollup_pending
+ ORDER BY marked_at LIMIT 1 FOR UPDATE SKIP LOCKED
+"""
+
+
+def day_bounds(day: date) -> tuple[datetime, datetime]:
+    lo = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    return lo, lo + timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    tenant_id: str
+    date: date
+    environment: str
+
+
+class UsageRollupStore:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def recompute(self, conn: Conn, bucket: Bucket) -> None:
+        lo, hi = day_bounds(bucket.date)
+        await conn.execute(
+            _RECOMPUTE, {"date": bucket.date, "tenant": bucket.tenant_id, "env": bucket.environment, "lo": lo, "hi": hi}
+        )
+
+    async def run_pending(self, max_buckets: int = 100) -> list[Bucket]:
+        """Claim and recompute marked buckets, one transaction each; safe with many workers."""
+        done: list[Bucket] = []
+        for _ in range(max_buckets):
+            async with self._db.system_tx() as conn:
+                row = await (await conn.execute(_CLAIM)).fetchone()
+                if row is None:
+                    break
+                bucket = Bucket(row["tenant_id"], row["date"], row["environment"])
+                await self.recompute(conn, bucket)
+                await conn.execute(
+                    "DELETE FROM usage_rollup_pending WHERE tenant_id = %s AND date = %s AND environment = %s",
+                    (bucket.tenant_id, bucket.date, bucket.environment),
+                )
+            done.append(bucket)
+        return done
+
+    async def pending_in(self, tenant_id: str, environment: str, start: date, end: date) -> bool:
+        """Whether buckets of this tenant in [start, end) still wait for a recompute."""
+        async with self._db.system.connection() as conn:
+            row = await (
+                await conn.execute(
+                    "SELECT 1 FROM usage_rollup_pending WHERE tenant_id = %s AND environment = %s "
+                    "AND date >= %s AND date < %s LIMIT 1",
+                    (tenant_id, environment, start, end),
+                )
+            ).fetchone()
+        return row is not None
+
+
+class PostgresSpendLedger:
+    """What was billed in a window, from the request log (the truth behind Redis' cap windows)."""
+
+    def __init__(self, db: Database, *, timeout_s: float = 2.0) -> None:
+        self._db = db
+        self._timeout = timeout_s
+
+    async def spent_micros(
+        self, tenant_id: str, *, key_id: str | None, environment: str | None, start: datetime | None, end: datetime | None
+    ) -> int:
+        where: list[sql.Composable] = [sql.SQL("tenant_id = %s")]
+        params: list[Any] = [tenant_id]
+        for column, op, value in (("api_key_id", "=", key_id), ("environment", "=", environment),
+                                  ("created_at", ">=", start), ("created_at", "<", end)):  # fmt: skip
+            if value is not None:
+                where.append(sql.SQL("{} " + op + " %s").format(sql.Identifier(column)))
+                params.append(value)
+        query = sql.SQL("SELECT coalesce(sum(cost_micros), 0) AS spent FROM requests WHERE {}").format(
+            sql.SQL(" AND ").join(where)
+        )
+        async with self._db.system.connection(timeout=self._timeout) as conn:
+            row = await (await conn.execute(query, params)).fetchone()
+        return int(row["spent"]) if row else 0
+
+
+# --- usage API ---------------------------------------------------------------------
+
+GROUP_COLUMNS = {
+    "day": sql.SQL("to_char(date, 'YYYY-MM-DD')"),
+    "model": sql.SQL("model_id"),
+    "api_key": sql.SQL("api_key_id"),
+    "end_user": sql.SQL("coalesce(end_user_id, '')"),
+}
+
+_SUMS = sql.SQL(
+    "count(*) AS buckets, coalesce(sum(request_count), 0) AS request_count, "
+    "coalesce(sum(input_tokens), 0) AS input_tokens, coalesce(sum(output_tokens), 0) AS output_tokens, "
+    "coalesce(sum(total_tokens), 0) AS total_tokens, coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens, "
+    "coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens, coalesce(sum(cache_hits), 0) AS cache_hits, "
+    "coalesce(sum(error_count), 0) AS error_count, coalesce(sum(total_cost), 0) AS provider_cost, "
+    "coalesce(sum(relay_revenue), 0) AS relay_revenue, coalesce(sum(cost_micros), 0) AS cost_micros"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class UsageFilter:
+    start: date
+    end: date  # inclusive
+    environment: str = "live"
+    api_key_id: str | None = None
+    model_id: str | None = None
+    end_user_id: str | None = None
+
+
+class UsageQueries:
+    """Reads for the usage API, inside the tenant's RLS-scoped transaction."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def usage(self, tenant_id: str, f: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
+        """Rows grouped by ``group_by`` (a key of GROUP_COLUMNS), or one total row for None."""
+        where: list[sql.Composable] = [sql.SQL("date >= %s AND date <= %s AND environment = %s")]
+        params: list[Any] = [f.start, f.end, f.environment]
+        for column, value in (("api_key_id", f.api_key_id), ("model_id", f.model_id), ("end_user_id", f.end_user_id)):
+            if value:
+                where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        group = GROUP_COLUMNS[group_by] if group_by else sql.SQL("''")
+        query = sql.SQL("SELECT {g} AS grp, {sums} FROM usage_daily WHERE {w} GROUP BY 1 ORDER BY 1").format(
+            g=group, sums=_SUMS, w=sql.SQL(" AND ").join(where)
+        )
+        async with self._db.tenant_tx(tenant_id) as conn:
+            return list(await (await conn.execute(query, params)).fetchall())
+
+    async def key_exists(self, tenant_id: str, key_id: str) -> dict[str, Any] | None:
+        async with self._db.tenant_tx(tenant_id) as conn:
+            return await (
+                await conn.execute(
+                    "SELECT id, environment, spend_cap_micros, spend_cap_window FROM api_keys WHERE id = %s", (key_id,)
+                )
+            ).fetchone()
+
+    async def requests(
+        self, tenant_id: str, filters: dict[str, Any], start: datetime | None, end: datetime | None,
+        after: tuple[datetime, str] | None, limit: int,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Newest first; ``after`` is the (created_at, id) of the last row of the previous page."""
+        where: list[sql.Composable] = [sql.SQL("true")]
+        params: list[Any] = []
+        for column, value in filters.items():
+            if value:
+                where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if start is not None:
+            where.append(sql.SQL("created_at >= %s"))
+            params.append(start)
+        if end is not None:
+            where.append(sql.SQL("created_at < %s"))
+            params.append(end)
+        if after is not None:
+            where.append(sql.SQL("(created_at, id) < (%s, %s)"))
+            params += [after[0], after[1]]
+        query = sql.SQL("SELECT * FROM requests WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s").format(
+            sql.SQL(" AND ").join(where)
+        )
+        async with self._db.tenant_tx(tenant_id) as conn:
+            return list(await (await conn.execute(query, [*params, limit])).fetchall())
+
+
+def encode_cursor(created_at: datetime, request_id: str) -> str:
+    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{request_id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[datetime, str]:
+    """Raises ValueError on a malformed token."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        moment, _, request_id = raw.partition("|")
+        parsed = datetime.fromisoformat(moment)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
+        raise ValueError("malformed cursor") from exc
+    if not request_id or parsed.tzinfo is None:
+        raise ValueError("malformed cursor")
+    return parsed, request_id
+
+
+def money_micros(amount: Decimal | int | None) -> int:
+    """USD decimal → micro-USD, half-even (for display of NUMERIC sums)."""
+    if amount is None:
+        return 0
+    return int((Decimal(amount) * 1_000_000).to_integral_value())
