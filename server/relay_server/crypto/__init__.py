@@ -1,0 +1,1 @@
+"""Envelope encryption of provider credentials (AES-256-GCM, master-key keyring)."""

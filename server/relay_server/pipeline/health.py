@@ -1,0 +1,240 @@
+"""Provider health: one circuit breaker per provider, and the attempt window.
+
+Closed → (``threshold`` consecutive failures) → open: no traffic for
+``cooldown_s`` → half-open: one probe request at a time (a lease) → closed on
+its success (which also clears the attempt window: the outage's failures no
+longer describe the provider), open again (fresh cool-down) on its failure.  The health
+monitor's probes report here too, so a provider with no traffic still opens
+and recovers.
+
+State lives in Redis, shared by every worker.  When Redis fails the tracker
+carries on with in-process state (same rules, this worker only) and says so
+in the log, once per minute: routing must not stop because Redis did.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.exceptions import RedisError
+
+from relay_server.storage.redis.health import (
+    LATENCY_BOUNDS_MS,
+    WINDOW_S,
+    CircuitState,
+    RedisHealthStore,
+    Transition,
+    WindowStats,
+    latency_bin,
+    p95_from_bins,
+)
+
+log = logging.getLogger(__name__)
+
+Availability = Literal["closed", "open", "half_open"]
+Outcome = Literal["success", "failure", "neutral"]
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitPolicy:
+    threshold: int = 5
+    cooldown_s: float = 30.0
+
+    @property
+    def cooldown_ms(self) -> int:
+        return int(self.cooldown_s * 1000)
+
+
+def availability(state: CircuitState, now_ms: int) -> Availability:
+    if state.state != "open":
+        return "closed"
+    if now_ms < state.open_until_ms or state.probe_until_ms > now_ms:
+        return "open"
+    return "half_open"
+
+
+class LocalHealth:
+    """The same breaker and window in process memory (no Redis, or Redis down)."""
+
+    def __init__(self, policy: CircuitPolicy, clock: Callable[[], float]) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._circuits: dict[str, CircuitState] = {}
+        self._attempts: dict[str, deque[tuple[float, bool, int]]] = {}
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def state(self, provider_id: str) -> CircuitState:
+        return self._circuits.get(provider_id, CircuitState("closed", 0, 0))
+
+    def failure(self, provider_id: str) -> Transition:
+        s = self.state(provider_id)
+        failures = s.failures + 1
+        if s.state == "open" or failures >= self._policy.threshold:
+            new = CircuitState("open", failures, self._now_ms() + self._policy.cooldown_ms)
+        else:
+            new = CircuitState("closed", failures, 0)
+        self._circuits[provider_id] = new
+        return Transition(new.state, failures, new.open_until_ms, s.state != "open" and new.state == "open")
+
+    def success(self, provider_id: str) -> Transition:
+        s = self.state(provider_id)
+        self._circuits[provider_id] = CircuitState("closed", 0, 0)
+        return Transition("closed", 0, 0, s.state == "open")
+
+    def probe(self, provider_id: str) -> bool:
+        s = self.state(provider_id)
+        now = self._now_ms()
+        if availability(s, now) == "closed":
+            return True
+        if availability(s, now) == "open":
+            return False
+        self._circuits[provider_id] = CircuitState(s.state, s.failures, s.open_until_ms, now + self._policy.cooldown_ms)
+        return True
+
+    def release(self, provider_id: str) -> None:
+        s = self.state(provider_id)
+        self._circuits[provider_id] = CircuitState(s.state, s.failures, s.open_until_ms, 0)
+
+    def record_attempt(self, provider_id: str, ok: bool, latency_ms: int) -> None:
+        window = self._attempts.setdefault(provider_id, deque())
+        now = self._clock()
+        window.append((now, ok, latency_ms))
+        while window and window[0][0] <= now - WINDOW_S:
+            window.popleft()
+
+    def reset_window(self, provider_id: str) -> None:
+        self._attempts.pop(provider_id, None)
+
+    def window(self, provider_id: str) -> WindowStats:
+        now = self._clock()
+        items = [a for a in self._attempts.get(provider_id, ()) if a[0] > now - WINDOW_S]
+        bins = [0] * (len(LATENCY_BOUNDS_MS) + 1)
+        for _, _, latency in items:
+            bins[latency_bin(latency)] += 1
+        return WindowStats(len(items), sum(1 for _, ok, _ in items if not ok), p95_from_bins(bins))
+
+
+class HealthTracker:
+    def __init__(
+        self,
+        store: RedisHealthStore | None,
+        policy: CircuitPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.policy = policy or CircuitPolicy()
+        self._clock = clock
+        self._local = LocalHealth(self.policy, clock)
+        self._warned_at = -1e9
+
+    def _degraded(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._warned_at > 60:
+            self._warned_at = now
+            log.warning("redis unavailable for provider health; using this worker's own state", extra={"error": repr(exc)})
+
+    async def _op(self, provider_id: str, op: str) -> list | None:
+        if self._store is None:
+            return None
+        try:
+            return await self._store.circuit_op(
+                provider_id, op, threshold=self.policy.threshold, cooldown_ms=self.policy.cooldown_ms,
+                lease_ms=self.policy.cooldown_ms,
+            )
+        except (RedisError, OSError) as exc:
+            self._degraded(exc)
+            return None
+
+    async def availability(self, provider_ids: Sequence[str]) -> dict[str, Availability]:
+        now_ms = int(self._clock() * 1000)
+        states: dict[str, CircuitState] | None = None
+        if self._store is not None:
+            try:
+                states = await self._store.circuits(list(provider_ids))
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+        if states is None:
+            states = {pid: self._local.state(pid) for pid in provider_ids}
+        return {pid: availability(states[pid], now_ms) for pid in provider_ids}
+
+    async def acquire_probe(self, provider_id: str) -> bool:
+        """May a request go to this provider now?  (Takes the half-open probe lease if needed.)"""
+        reply = await self._op(provider_id, "probe")
+        if reply is None:
+            return self._local.probe(provider_id)
+        return bool(int(reply[0]))
+
+    async def release_probe(self, provider_id: str) -> None:
+        if await self._op(provider_id, "release") is None:
+            self._local.release(provider_id)
+
+    async def record(self, provider_id: str, outcome: Outcome, latency_ms: int | None = None) -> Transition | None:
+        """Feed one attempt's result to the breaker and the window.
+
+        ``neutral`` (the provider answered, but with a client error or a
+        per-key refusal) counts as a healthy sample without touching the breaker.
+        """
+        transition: Transition | None = None
+        if outcome != "neutral":
+            reply = await self._op(provider_id, outcome)
+            if reply is None:
+                transition = self._local.failure(provider_id) if outcome == "failure" else self._local.success(provider_id)
+            else:
+                state, failures, open_until, changed = reply
+                transition = Transition(
+                    state.decode() if isinstance(state, bytes) else str(state), int(failures), int(open_until), bool(int(changed))
+                )
+            if transition.changed:
+                log.warning(
+                    "provider circuit %s", "opened" if transition.state == "open" else "closed",
+                    extra={"provider_id": provider_id, "failures": transition.failures},
+                )
+                if transition.state == "closed":
+                    # Recovered: the outage's failures no longer describe the provider.
+                    await self._reset_window(provider_id)
+        if latency_ms is not None:
+            await self._record_attempt(provider_id, outcome != "failure", latency_ms)
+        return transition
+
+    async def _record_attempt(self, provider_id: str, ok: bool, latency_ms: int) -> None:
+        if self._store is not None:
+            try:
+                await self._store.record_attempt(provider_id, ok=ok, latency_ms=latency_ms)
+                return
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+        self._local.record_attempt(provider_id, ok, latency_ms)
+
+    async def _reset_window(self, provider_id: str) -> None:
+        self._local.reset_window(provider_id)
+        if self._store is not None:
+            try:
+                await self._store.reset_window(provider_id)
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+
+    async def window(self, provider_id: str) -> WindowStats:
+        if self._store is not None:
+            try:
+                return await self._store.window(provider_id)
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+        return self._local.window(provider_id)
+
+    async def try_lead(self, name: str, owner: str, ttl_ms: int) -> bool:
+        """Lead a background loop across workers; without Redis every worker leads."""
+        if self._store is None:
+            return True
+        try:
+            return await self._store.try_lead(name, owner, ttl_ms)
+        except (RedisError, OSError) as exc:
+            self._degraded(exc)
+            return True

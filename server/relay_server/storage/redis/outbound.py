@@ -1,0 +1,98 @@
+"""Outbound limits: how much of each provider key's RPM/TPM the last 60 s used.
+
+Keys ``rl:out:{provider}:{credential}:rpm|tpm|cool``; the braces make the
+provider a Redis Cluster hash tag, so one script can read all keys of a
+provider.  Windows are sliding minutes (hash epoch-second -> count).
+
+* ``usage`` (read-only) orders a provider's keys by remaining capacity;
+* ``acquire`` atomically checks and takes one request + estimated tokens;
+* ``settle`` corrects the estimate with the real count and, after a provider
+  429, cools the key down so nobody sends to it until the provider's
+  ``retry-after`` (or a default) has passed.
+
+Redis errors propagate: the caller decides to fail open (outbound limits
+protect Relay's keys, they never refuse a tenant's request by themselves).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+from redis.asyncio import Redis
+
+
+def _script(name: str) -> str:
+    return resources.files("relay_server.storage.redis").joinpath("scripts", name).read_text(encoding="utf-8")
+
+
+def window_keys(provider_id: str, credential_id: str) -> tuple[str, str, str]:
+    base = f"rl:out:{{{provider_id}}}:{credential_id}"
+    return f"{base}:rpm", f"{base}:tpm", f"{base}:cool"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyUsage:
+    requests: int
+    tokens: int
+    cooling_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    second: int
+    tokens: int
+
+
+# acquire's refusal reasons
+REFUSED_RPM, REFUSED_TPM, REFUSED_COOLING = 1, 2, 3
+
+
+class OutboundWindows:
+    def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.time) -> None:
+        self._redis = redis
+        self._clock = clock
+        self._usage = redis.register_script(_script("outbound_usage.lua"))
+        self._acquire = redis.register_script(_script("outbound_acquire.lua"))
+        self._settle = redis.register_script(_script("outbound_settle.lua"))
+
+    def _now(self) -> int:
+        return int(self._clock())
+
+    async def usage(self, groups: Mapping[str, Sequence[str]]) -> dict[str, dict[str, KeyUsage]]:
+        """provider id -> credential ids  =>  provider id -> credential id -> usage (one round trip)."""
+        groups = {pid: list(ids) for pid, ids in groups.items() if ids}
+        if not groups:
+            return {}
+        now = self._now()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for pid, ids in groups.items():
+                await self._usage(keys=[k for cid in ids for k in window_keys(pid, cid)], args=[now], client=pipe)
+            replies = await pipe.execute()
+        result: dict[str, dict[str, KeyUsage]] = {}
+        for (pid, ids), flat in zip(groups.items(), replies, strict=True):
+            values = [int(v) for v in flat]
+            result[pid] = {cid: KeyUsage(*values[3 * i : 3 * i + 3]) for i, cid in enumerate(ids)}
+        return result
+
+    async def acquire(
+        self, provider_id: str, credential_id: str, *, rpm_limit: int | None, tpm_limit: int | None, tokens: int
+    ) -> Taken | int:
+        """A ``Taken`` slot, or the refusal reason (``REFUSED_*``)."""
+        reply = await self._acquire(
+            keys=list(window_keys(provider_id, credential_id)),
+            args=[self._now(), rpm_limit or 0, tpm_limit or 0, max(0, tokens)],
+        )
+        ok, value = int(reply[0]), int(reply[1])
+        return Taken(value, max(0, tokens)) if ok else value
+
+    async def settle(
+        self, provider_id: str, credential_id: str, taken: Taken, *, actual_tokens: int | None, cool_ms: int = 0
+    ) -> None:
+        delta = 0 if actual_tokens is None else actual_tokens - taken.tokens
+        if delta == 0 and cool_ms <= 0:
+            return
+        _, tpm, cool = window_keys(provider_id, credential_id)
+        await self._settle(keys=[tpm, cool], args=[taken.second, self._now(), delta, max(0, cool_ms)])
