@@ -56,6 +56,10 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
+## bench: own stack on free ports, mock upstream; prints one table, writes bench/results/latest.json (bench/README.md)
+bench: $(STAMP)
+	$(PY) bench/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf .pytest_cache
 	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

@@ -253,13 +253,13 @@ _OPEN_AI_SERVICE__GET_MODEL = MethodSpec(
 _THREAD_SERVICE__CREATE_THREAD = MethodSpec(
     "/relay.v1.ThreadService/CreateThread",
     relay_v1_threads_pb2.CreateThreadRequest,
-    relay_v1_threads_pb2.CreateThreadResponse,
+    relay_v1_threads_pb2.Thread,
     admin=False,
 )
 _THREAD_SERVICE__GET_THREAD = MethodSpec(
     "/relay.v1.ThreadService/GetThread",
     relay_v1_threads_pb2.GetThreadRequest,
-    relay_v1_threads_pb2.GetThreadResponse,
+    relay_v1_threads_pb2.Thread,
     admin=False,
 )
 _THREAD_SERVICE__LIST_THREADS = MethodSpec(
@@ -283,7 +283,7 @@ _THREAD_SERVICE__LIST_MESSAGES = MethodSpec(
 _THREAD_SERVICE__GET_MESSAGE = MethodSpec(
     "/relay.v1.ThreadService/GetMessage",
     relay_v1_threads_pb2.GetMessageRequest,
-    relay_v1_threads_pb2.GetMessageResponse,
+    relay_v1_threads_pb2.ThreadMessage,
     admin=False,
 )
 _THREAD_SERVICE__SEARCH_MESSAGES = MethodSpec(
@@ -688,8 +688,8 @@ class TenantServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_tenants_pb2.TransitionTenantResponse:
-        """Move a tenant through its lifecycle; illegal transitions fail with
-        FAILED_PRECONDITION and change nothing.
+        """Move a tenant through its lifecycle; an illegal transition fails with
+        HTTP 409 (code invalid_status_transition) and changes nothing.
 
         Unary ``/relay.admin.v1.TenantService/TransitionTenant``.
         """
@@ -1094,9 +1094,12 @@ class ThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.CreateThreadResponse:
+    ) -> relay_v1_threads_pb2.Thread:
         """Create a thread, optionally for an end user. An `Idempotency-Key` header
         (or `request_id`) makes a retry return the same thread.
+        Returns the resource itself (AIP-133), so REST clients get the object.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 
         Unary ``/relay.v1.ThreadService/CreateThread``.
         """
@@ -1110,8 +1113,10 @@ class ThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.GetThreadResponse:
-        """Get one thread.
+    ) -> relay_v1_threads_pb2.Thread:
+        """Get one thread (the resource itself, AIP-131).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 
         Unary ``/relay.v1.ThreadService/GetThread``.
         """
@@ -1171,8 +1176,9 @@ class ThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.GetMessageResponse:
+    ) -> relay_v1_threads_pb2.ThreadMessage:
         """One message; a reply still being produced shows what was generated so far.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 
         Unary ``/relay.v1.ThreadService/GetMessage``.
         """
@@ -1589,8 +1595,8 @@ class AsyncTenantServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_tenants_pb2.TransitionTenantResponse:
-        """Move a tenant through its lifecycle; illegal transitions fail with
-        FAILED_PRECONDITION and change nothing.
+        """Move a tenant through its lifecycle; an illegal transition fails with
+        HTTP 409 (code invalid_status_transition) and changes nothing.
 
         Unary ``/relay.admin.v1.TenantService/TransitionTenant``.
         """
@@ -1995,9 +2001,12 @@ class AsyncThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.CreateThreadResponse:
+    ) -> relay_v1_threads_pb2.Thread:
         """Create a thread, optionally for an end user. An `Idempotency-Key` header
         (or `request_id`) makes a retry return the same thread.
+        Returns the resource itself (AIP-133), so REST clients get the object.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 
         Unary ``/relay.v1.ThreadService/CreateThread``.
         """
@@ -2011,8 +2020,10 @@ class AsyncThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.GetThreadResponse:
-        """Get one thread.
+    ) -> relay_v1_threads_pb2.Thread:
+        """Get one thread (the resource itself, AIP-131).
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
 
         Unary ``/relay.v1.ThreadService/GetThread``.
         """
@@ -2072,8 +2083,9 @@ class AsyncThreadServiceClient:
         timeout: float | None = None,
         extra_metadata: Metadata | None = None,
         **fields: Any,
-    ) -> relay_v1_threads_pb2.GetMessageResponse:
+    ) -> relay_v1_threads_pb2.ThreadMessage:
         """One message; a reply still being produced shows what was generated so far.
+        buf:lint:ignore RPC_RESPONSE_STANDARD_NAME
 
         Unary ``/relay.v1.ThreadService/GetMessage``.
         """

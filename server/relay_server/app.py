@@ -18,53 +18,34 @@ from redis.asyncio import Redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from relay_sdk._proto.relay.admin.v1 import (
-    api_keys_pb2,
-    api_keys_pb2_grpc,
-    audit_pb2,
-    audit_pb2_grpc,
-    catalog_pb2,
-    catalog_pb2_grpc,
-    credentials_pb2,
-    credentials_pb2_grpc,
-    tenants_pb2,
-    tenants_pb2_grpc,
-    usage_pb2,
-    usage_pb2_grpc,
-)
+from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_sdk._proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
 from relay_server.api.admin_catalog import ModelCatalogServicer
+from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_registry import register_admin_services
+from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
+from relay_server.api.openai_wire import validate
+from relay_server.api.thread_service import register_thread_service
 from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
-from relay_server.pipeline.meter import LogRecorder
-from relay_server.pipeline.route import Router
-from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
-from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
+from relay_server.tenancy.components import Tenancy, build_tenancy
+from relay_server.threads.components import Conversations, build_conversations
+from relay_server.workers.metering import Metering, build_metering
+from relay_server.workers.routing import Routing, build_routing
 
 log = logging.getLogger(__name__)
 
 # Services whose implementation arrives with later capabilities: registered with
 # their generated base class, which answers UNIMPLEMENTED (never a fake success).
-_PENDING_ADMIN = (
-    (tenants_pb2, "TenantService", tenants_pb2_grpc.add_TenantServiceServicer_to_server, tenants_pb2_grpc.TenantServiceServicer),
-    (api_keys_pb2, "ApiKeyService", api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server, api_keys_pb2_grpc.ApiKeyServiceServicer),
-    (
-        credentials_pb2,
-        "ProviderCredentialService",
-        credentials_pb2_grpc.add_ProviderCredentialServiceServicer_to_server,
-        credentials_pb2_grpc.ProviderCredentialServiceServicer,
-    ),
-    (usage_pb2, "UsageService", usage_pb2_grpc.add_UsageServiceServicer_to_server, usage_pb2_grpc.UsageServiceServicer),
-    (audit_pb2, "AuditLogService", audit_pb2_grpc.add_AuditLogServiceServicer_to_server, audit_pb2_grpc.AuditLogServiceServicer),
-)
+_PENDING_ADMIN: tuple = ()
 
 
 def _service_name(module, name: str) -> str:
@@ -79,8 +60,17 @@ class App:
     catalog: Catalog
     authenticator: Authenticator
     pipeline: InferencePipeline
+    tenancy: Tenancy
+    metering: Metering
+    routing: Routing
+    conversations: Conversations | None = None  # response cache and threads
 
     async def close(self) -> None:
+        if self.conversations is not None:
+            await self.conversations.stop()  # thread replies finish (or are persisted as interrupted) first
+        await self.metering.stop()  # writes (or spools) the request rows still queued
+        await self.routing.stop()
+        await self.tenancy.stop()
         await self.catalog.stop()
         if self.redis is not None:
             await self.redis.aclose()
@@ -94,10 +84,20 @@ async def build(settings: Settings) -> App:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
-    authenticator = Authenticator(PostgresKeyStore(db), cache_ttl_s=settings.auth_cache_ttl_s)
-    router = Router(TestModeProvider(), timeout_s=settings.provider_timeout_s)
-    pipeline = InferencePipeline(authenticator, catalog, router, LogRecorder())
-    return App(settings, db, redis, catalog, authenticator, pipeline)
+    tenancy = build_tenancy(settings, db, redis, catalog)
+    authenticator = tenancy.authenticator
+    routing = await build_routing(settings, db, redis, catalog, tenancy.runner)
+    router = routing.router
+    metering = build_metering(settings, db, redis, tenancy.runner)
+    conversations = build_conversations(settings, db, redis, tenancy.runner)
+    pipeline = InferencePipeline(
+        authenticator, catalog, router, metering.recorder,
+        gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
+        cache=conversations.cache,
+    )  # fmt: skip
+    conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
+    await metering.start()
+    return App(settings, db, redis, catalog, authenticator, pipeline, tenancy, metering, routing, conversations=conversations)
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
@@ -113,6 +113,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         _service_name(inference_service_pb2, "InferenceService"),
         _service_name(catalog_pb2, "ModelCatalogService"),
     ]
+    names.extend(register_admin_services(server, app))
+    names.append(register_usage_service(server, app))
+    names.append(register_credential_service(server, app))
+    names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
     for module, name, add, base in _PENDING_ADMIN:
         add(base(), server)
         names.append(_service_name(module, name))
@@ -139,6 +143,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     server.add_insecure_port(settings.grpc_address)
     await server.start()
+    await app.tenancy.start()
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("relay worker serving", extra={"address": settings.grpc_address})

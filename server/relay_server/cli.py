@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="gRPC port (default RELAY_GRPC_PORT or 50051)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("seed-demo", help="create the demo tenant and test key (idempotent)")
+    from relay_server import cli_admin  # noqa: PLC0415
+
+    cli_admin.register(sub)  # relay tenants … / relay keys …
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -65,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, settings)
     if args.command == "migrate":
         return _migrate(args, settings)
+    if args.command in ("tenants", "keys"):
+        return cli_admin.run(args, settings)
     return _seed_demo(args, settings)
 
 

@@ -57,6 +57,56 @@ class Settings:
     shutdown_grace_s: float = 10.0
     auth_cache_ttl_s: float = 5.0
 
+    # Tenancy: keys, lifecycle, admin principals, background jobs
+    auth_redis_ttl_s: int = 300  # the shared (Redis) key cache; purged on every change
+    last_used_flush_s: float = 5.0  # api_keys.last_used_at is written in one batch this often
+    key_rotation_grace_s: int = 86400  # the old secret keeps working this long after a rotation
+    trial_days: int = 14
+    suspended_grace_days: int = 30  # suspended this long → deleted
+    expired_grace_days: int = 30  # trial expired this long → deleted
+    deletion_retention_days: int = 30  # soft-deleted this long → every row removed
+    provisioning_stuck_s: int = 300  # provisioning this long → the monitor re-queues it
+    config_cache_ttl_s: int = 60
+    jwt_issuer: str = "relay"
+    background_jobs: bool = True  # run the job runner and lifecycle sweeps in this process
+    jobs_poll_s: float = 1.0
+    lifecycle_sweep_s: float = 30.0
+    # JSON object: silo database name (tenants.silo_database) → its owner DSN.
+    silo_databases: str = field(default="", repr=False)
+    # Where the `relay tenants|keys` commands connect (default: grpc_host:grpc_port).
+    grpc_addr: str = ""
+
+    # Metering: rate limits, spend caps, request log, rollups, billing (docs/metering.md)
+    spend_cap_fail_closed: bool = True  # Redis unreachable: refuse requests of capped keys/tenants
+    policy_cache_ttl_s: float = 5.0  # plan quotas, overrides, key caps and tenant config in memory
+    reservation_input_margin: float = 0.10  # spend reservations over-estimate input tokens by this share
+    usage_discrepancy_ratio: float = 1.5  # provider count above estimate × this (+ slack): bill the estimate
+    usage_discrepancy_slack_tokens: int = 512
+    request_log_batch: int = 500
+    request_log_flush_s: float = 0.2
+    spool_replay_s: float = 2.0
+    metering_workers: bool = True  # run usage rollup, billing and webhook delivery loops in this process
+    rollup_interval_s: float = 5.0
+    billing_interval_s: float = 60.0
+    billing_finalize_delay_s: int = 3600  # a month is finalized this long after it ends
+    webhook_poll_s: float = 2.0
+    webhook_max_attempts: int = 12
+    webhook_signing_key: str = field(default="", repr=False)  # derives a tenant's secret without webhook_secret
+    noisy_share_threshold: float = 0.5  # share of all traffic in the last minute that flags a tenant
+    noisy_min_requests: int = 600  # ... once the platform sees at least this many requests per minute
+    noisy_limit_factor: float = 0.5  # flagged tenants' limits are multiplied by this
+    noisy_duration_s: int = 300
+    billing_url: str = "https://relay.lorbic.com/billing"  # the upgrade_url in limit and cap errors
+
+    # Routing, failover, provider health and credentials (docs/providers.md)
+    old_master_keys: str = field(default="", repr=False)  # retired master keys, comma-separated, for rotation
+    credential_cache_ttl_s: float = 5.0  # a worker re-reads a tenant's provider credentials this often
+    retry_backoff_s: float = 0.1  # first backoff between provider attempts (doubles each time)
+    circuit_failure_threshold: int = 5  # consecutive provider failures that open its circuit
+    circuit_cooldown_s: float = 30.0  # an open circuit lets one probe request through after this
+    health_monitor: bool = True  # probe providers and record health events from this process
+    health_probe_interval_s: float = 15.0
+
     # Files
     state_dir: Path = Path(".relay")
     log_level: str = "INFO"

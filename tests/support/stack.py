@@ -73,7 +73,9 @@ def _grpc_serving(addr: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def start_stack(db: TestDatabase, workdir: Path, *, redis_url: str, workers: int = 1) -> RelayStack:
+def start_stack(
+    db: TestDatabase, workdir: Path, *, redis_url: str, workers: int = 1, extra_env: dict[str, str] | None = None
+) -> RelayStack:
     import os
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -96,7 +98,7 @@ def start_stack(db: TestDatabase, workdir: Path, *, redis_url: str, workers: int
         server_log = (workdir / "server.log").open("ab")
         server = subprocess.Popen(
             [sys.executable, "-m", "relay_server", "serve", "--workers", str(workers)],
-            env={**os.environ, **stack.server_env()},
+            env={**os.environ, **stack.server_env(**(extra_env or {}))},
             stdout=server_log,
             stderr=subprocess.STDOUT,
             cwd=REPO,

@@ -129,6 +129,11 @@ def request_row(m: Metered) -> RequestRow | None:
         metadata["usage_source"] = m.usage_source
     if ctx.stream:
         metadata["include_usage"] = ctx.include_usage
+    # Cache hits are recorded by pipeline/cache.py's CachedMetered, which adds these fields.
+    cache_kind: str | None = getattr(m, "cache_kind", None)
+    cost_saved: Cost | None = getattr(m, "cost_saved", None)
+    if cost_saved is not None:
+        metadata["cost_saved"] = str(cost_saved.total_cost)
     return RequestRow(
         id=ctx.request_id,
         created_at=started,
@@ -163,6 +168,9 @@ def request_row(m: Metered) -> RequestRow | None:
         error_message=(m.outcome.error_message or None) and m.outcome.error_message[:_MAX_ERROR_MESSAGE],
         http_status=m.outcome.http_status,
         attempts=ctx.attempts,
+        cache_hit=cache_kind is not None,
+        cache_kind=cache_kind,
+        cache_key=getattr(m, "cache_key", None) or None,
         request_metadata=metadata or None,
     )
 

@@ -9,6 +9,7 @@ as they are and never stopped.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -58,6 +59,9 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
 
     owner_dsn, app_dsn = ensure_postgres(settings, paths, stack_env, echo)
     redis_url = _ensure_redis(settings, paths, stack_env, echo)
+    # Provider credentials are encrypted under this key: generated once, kept (0600) with the stack.
+    master_key = settings.master_key or stack_env.get("RELAY_MASTER_KEY") or base64.b64encode(secrets.token_bytes(32)).decode()
+    stack_env["RELAY_MASTER_KEY"] = master_key
     write_env_file(paths.stack_env, stack_env, header=_STACK_ENV_HEADER)
 
     admin_token = settings.admin_token or quick.get("RELAY_ADMIN_TOKEN") or secrets.token_urlsafe(32)
@@ -66,6 +70,7 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "RELAY_APP_DATABASE_URL": app_dsn,
         "REDIS_URL": redis_url,
         "RELAY_ADMIN_TOKEN": admin_token,
+        "RELAY_MASTER_KEY": master_key,
         "RELAY_GRPC_HOST": settings.grpc_host,
         "RELAY_GRPC_PORT": str(settings.grpc_port),
         "RELAY_STATE_DIR": str(paths.root),

@@ -72,7 +72,7 @@ class SpendCap(_message.Message):
     def __init__(self, amount_usd: _Optional[str] = ..., window: _Optional[_Union[SpendCapWindow, str]] = ...) -> None: ...
 
 class ApiKey(_message.Message):
-    __slots__ = ("id", "tenant_id", "name", "key_prefix", "key_hint", "environment", "scope", "status", "end_user_id", "parent_key_id", "allowed_models", "rate_limits", "spend_cap", "expire_time", "last_used_time", "create_time", "revoke_time")
+    __slots__ = ("id", "tenant_id", "name", "key_prefix", "key_hint", "environment", "scope", "status", "end_user_id", "parent_key_id", "allowed_models", "rate_limits", "spend_cap", "expire_time", "last_used_time", "create_time", "revoke_time", "rotated_to_key_id", "grace_expire_time", "created_by")
     ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class ApiKey(_message.Message):
     LAST_USED_TIME_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
     REVOKE_TIME_FIELD_NUMBER: _ClassVar[int]
+    ROTATED_TO_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    GRACE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     id: str
     tenant_id: str
     name: str
@@ -107,7 +110,10 @@ class ApiKey(_message.Message):
     last_used_time: _timestamp_pb2.Timestamp
     create_time: _timestamp_pb2.Timestamp
     revoke_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., key_prefix: _Optional[str] = ..., key_hint: _Optional[str] = ..., environment: _Optional[_Union[KeyEnvironment, str]] = ..., scope: _Optional[_Union[KeyScope, str]] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., end_user_id: _Optional[str] = ..., parent_key_id: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., spend_cap: _Optional[_Union[SpendCap, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    rotated_to_key_id: str
+    grace_expire_time: _timestamp_pb2.Timestamp
+    created_by: str
+    def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., key_prefix: _Optional[str] = ..., key_hint: _Optional[str] = ..., environment: _Optional[_Union[KeyEnvironment, str]] = ..., scope: _Optional[_Union[KeyScope, str]] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., end_user_id: _Optional[str] = ..., parent_key_id: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., spend_cap: _Optional[_Union[SpendCap, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotated_to_key_id: _Optional[str] = ..., grace_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
     __slots__ = ("tenant_id", "api_key", "request_id")

@@ -4,6 +4,7 @@ from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from relay_sdk._proto.relay.admin.v1 import api_keys_pb2 as _api_keys_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -31,7 +32,7 @@ TENANT_STATUS_EXPIRED: TenantStatus
 TENANT_STATUS_DELETED: TenantStatus
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "slug", "name", "plan", "status", "create_time", "update_time", "delete_time", "trial_end_time", "metadata")
+    __slots__ = ("id", "slug", "name", "plan", "status", "create_time", "update_time", "delete_time", "trial_end_time", "metadata", "silo_database", "status_change_time")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +50,8 @@ class Tenant(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     TRIAL_END_TIME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    SILO_DATABASE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_CHANGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     slug: str
     name: str
@@ -59,10 +62,12 @@ class Tenant(_message.Message):
     delete_time: _timestamp_pb2.Timestamp
     trial_end_time: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., plan: _Optional[str] = ..., status: _Optional[_Union[TenantStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    silo_database: str
+    status_change_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., plan: _Optional[str] = ..., status: _Optional[_Union[TenantStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., silo_database: _Optional[str] = ..., status_change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("slug", "name", "owner_email", "plan", "metadata", "request_id")
+    __slots__ = ("slug", "name", "owner_email", "plan", "metadata", "request_id", "first_key_environment", "silo_database")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -76,21 +81,29 @@ class CreateTenantRequest(_message.Message):
     PLAN_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_KEY_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    SILO_DATABASE_FIELD_NUMBER: _ClassVar[int]
     slug: str
     name: str
     owner_email: str
     plan: str
     metadata: _containers.ScalarMap[str, str]
     request_id: str
-    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., owner_email: _Optional[str] = ..., plan: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    first_key_environment: _api_keys_pb2.KeyEnvironment
+    silo_database: str
+    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., owner_email: _Optional[str] = ..., plan: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., first_key_environment: _Optional[_Union[_api_keys_pb2.KeyEnvironment, str]] = ..., silo_database: _Optional[str] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
-    __slots__ = ("tenant", "owner_user_id")
+    __slots__ = ("tenant", "owner_user_id", "first_api_key_id", "first_api_key_secret")
     TENANT_FIELD_NUMBER: _ClassVar[int]
     OWNER_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_API_KEY_SECRET_FIELD_NUMBER: _ClassVar[int]
     tenant: Tenant
     owner_user_id: str
-    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ..., owner_user_id: _Optional[str] = ...) -> None: ...
+    first_api_key_id: str
+    first_api_key_secret: str
+    def __init__(self, tenant: _Optional[_Union[Tenant, _Mapping]] = ..., owner_user_id: _Optional[str] = ..., first_api_key_id: _Optional[str] = ..., first_api_key_secret: _Optional[str] = ...) -> None: ...
 
 class GetTenantRequest(_message.Message):
     __slots__ = ("tenant_id",)
@@ -204,3 +217,139 @@ class UpdateTenantConfigResponse(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     config: _containers.ScalarMap[str, str]
     def __init__(self, config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Member(_message.Message):
+    __slots__ = ("user_id", "tenant_id", "email", "name", "role", "status", "create_time")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    tenant_id: str
+    email: str
+    name: str
+    role: str
+    status: str
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., status: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListMembersRequest(_message.Message):
+    __slots__ = ("tenant_id", "page_size", "page_token")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    page_size: int
+    page_token: str
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListMembersResponse(_message.Message):
+    __slots__ = ("members", "next_page_token")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[Member]
+    next_page_token: str
+    def __init__(self, members: _Optional[_Iterable[_Union[Member, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class AddMemberRequest(_message.Message):
+    __slots__ = ("tenant_id", "email", "name", "role", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    email: str
+    name: str
+    role: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., email: _Optional[str] = ..., name: _Optional[str] = ..., role: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class AddMemberResponse(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: Member
+    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class RemoveMemberResponse(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: Member
+    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class TenantFeature(_message.Message):
+    __slots__ = ("feature", "enabled", "source", "reason", "expire_time")
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    feature: str
+    enabled: bool
+    source: str
+    reason: str
+    expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, feature: _Optional[str] = ..., enabled: _Optional[bool] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListTenantFeaturesRequest(_message.Message):
+    __slots__ = ("tenant_id",)
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    def __init__(self, tenant_id: _Optional[str] = ...) -> None: ...
+
+class ListTenantFeaturesResponse(_message.Message):
+    __slots__ = ("features",)
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.RepeatedCompositeFieldContainer[TenantFeature]
+    def __init__(self, features: _Optional[_Iterable[_Union[TenantFeature, _Mapping]]] = ...) -> None: ...
+
+class SetFeatureOverrideRequest(_message.Message):
+    __slots__ = ("tenant_id", "feature", "enabled", "reason", "expire_time", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    feature: str
+    enabled: bool
+    reason: str
+    expire_time: _timestamp_pb2.Timestamp
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., feature: _Optional[str] = ..., enabled: _Optional[bool] = ..., reason: _Optional[str] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SetFeatureOverrideResponse(_message.Message):
+    __slots__ = ("feature",)
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    feature: TenantFeature
+    def __init__(self, feature: _Optional[_Union[TenantFeature, _Mapping]] = ...) -> None: ...
+
+class DeleteFeatureOverrideRequest(_message.Message):
+    __slots__ = ("tenant_id", "feature", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    feature: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., feature: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteFeatureOverrideResponse(_message.Message):
+    __slots__ = ("feature",)
+    FEATURE_FIELD_NUMBER: _ClassVar[int]
+    feature: TenantFeature
+    def __init__(self, feature: _Optional[_Union[TenantFeature, _Mapping]] = ...) -> None: ...

@@ -71,6 +71,36 @@ class TenantServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigResponse.FromString,
                 _registered_method=True)
+        self.ListMembers = channel.unary_unary(
+                '/relay.admin.v1.TenantService/ListMembers',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersResponse.FromString,
+                _registered_method=True)
+        self.AddMember = channel.unary_unary(
+                '/relay.admin.v1.TenantService/AddMember',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberResponse.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/relay.admin.v1.TenantService/RemoveMember',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
+                _registered_method=True)
+        self.ListTenantFeatures = channel.unary_unary(
+                '/relay.admin.v1.TenantService/ListTenantFeatures',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesResponse.FromString,
+                _registered_method=True)
+        self.SetFeatureOverride = channel.unary_unary(
+                '/relay.admin.v1.TenantService/SetFeatureOverride',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideResponse.FromString,
+                _registered_method=True)
+        self.DeleteFeatureOverride = channel.unary_unary(
+                '/relay.admin.v1.TenantService/DeleteFeatureOverride',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideResponse.FromString,
+                _registered_method=True)
 
 
 class TenantServiceServicer:
@@ -108,8 +138,8 @@ class TenantServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TransitionTenant(self, request, context):
-        """Move a tenant through its lifecycle; illegal transitions fail with
-        FAILED_PRECONDITION and change nothing.
+        """Move a tenant through its lifecycle; an illegal transition fails with
+        HTTP 409 (code invalid_status_transition) and changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -124,6 +154,50 @@ class TenantServiceServicer:
 
     def UpdateTenantConfig(self, request, context):
         """Set configuration entries; invalidates the configuration cache.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMembers(self, request, context):
+        """List the dashboard users of a tenant, paginated.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMember(self, request, context):
+        """Add a dashboard user with one of the tenant's roles.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Remove a dashboard user (soft delete); the last owner cannot be removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTenantFeatures(self, request, context):
+        """The tenant's effective feature flags: plan defaults and overrides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetFeatureOverride(self, request, context):
+        """Turn a feature on or off for one tenant, optionally until a time
+        (platform operators only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteFeatureOverride(self, request, context):
+        """Remove a feature override: the plan default applies again
+        (platform operators only).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -166,6 +240,36 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.UpdateTenantConfig,
                     request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigResponse.SerializeToString,
+            ),
+            'ListMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMembers,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersResponse.SerializeToString,
+            ),
+            'AddMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMember,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberResponse.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'ListTenantFeatures': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTenantFeatures,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesResponse.SerializeToString,
+            ),
+            'SetFeatureOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetFeatureOverride,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideResponse.SerializeToString,
+            ),
+            'DeleteFeatureOverride': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteFeatureOverride,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -359,6 +463,168 @@ class TenantService:
             '/relay.admin.v1.TenantService/UpdateTenantConfig',
             relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateTenantConfigResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/ListMembers',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/AddMember',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.AddMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/RemoveMember',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTenantFeatures(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/ListTenantFeatures',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetFeatureOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/SetFeatureOverride',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SetFeatureOverrideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteFeatureOverride(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/DeleteFeatureOverride',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.DeleteFeatureOverrideResponse.FromString,
             options,
             channel_credentials,
             insecure,
