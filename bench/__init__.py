@@ -1,0 +1,1 @@
+"""Relay's performance harness (see bench/README.md)."""
