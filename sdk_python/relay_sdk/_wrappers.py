@@ -36,7 +36,7 @@ __all__ = [
 
 ReqT = TypeVar("ReqT", bound=Message)
 RespT = TypeVar("RespT", bound=Message)
-Metadata = Sequence[tuple[str, str | bytes]]
+Metadata = Sequence[tuple[str, str | bytes]] | Mapping[str, str | bytes]
 
 # Fields whose Python value is plain JSON (str, list, dict, None …), parsed with json_format.
 _JSON_TYPES = frozenset({"google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.ListValue"})
@@ -64,7 +64,8 @@ class Credentials:
     admin_token: str | None = None
 
     def metadata(self, spec: MethodSpec[Any, Any], extra: Metadata | None) -> tuple[tuple[str, str | bytes], ...]:
-        extra = tuple(extra or ())
+        # Accept a mapping ({"x-header": "v"}) as well as gRPC's sequence of pairs.
+        extra = tuple(extra.items()) if isinstance(extra, Mapping) else tuple(extra or ())
         token = (self.admin_token or self.api_key) if spec.admin else self.api_key
         # A caller-supplied authorization entry wins (e.g. acting with another key for one call).
         if token and not any(key.lower() == "authorization" for key, _ in extra):

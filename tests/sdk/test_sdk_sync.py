@@ -169,3 +169,11 @@ def test_a_closed_client_refuses_calls(grpc_addr: str, services: Services) -> No
 def test_negative_max_retries_is_rejected() -> None:
     with pytest.raises(ValueError):
         Relay(max_retries=-1)
+
+
+def test_extra_metadata_may_be_a_mapping() -> None:
+    from relay_sdk._wrappers import Credentials
+
+    spec = type("Spec", (), {"admin": False})()
+    md = Credentials(api_key="rly_test_sk_x").metadata(spec, {"x-relay-test-error": "provider_error"})  # type: ignore[arg-type]
+    assert md == (("authorization", "Bearer rly_test_sk_x"), ("x-relay-test-error", "provider_error"))
