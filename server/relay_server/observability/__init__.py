@@ -1,0 +1,2 @@
+"""Observability: the request context every log line carries, Prometheus metrics,
+OpenTelemetry traces and provider anomaly detection (docs/observability.md)."""
