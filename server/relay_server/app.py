@@ -29,16 +29,19 @@ from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.thread_service import register_thread_service
+from relay_server.observability.components import Observability, build_observability
+from relay_server.observability.sampler import Sources
 from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.tenancy.components import Tenancy, build_tenancy
 from relay_server.threads.components import Conversations, build_conversations
-from relay_server.workers.metering import Metering, build_metering
+from relay_server.workers.metering import Metering, build_metering, spool_dir
 from relay_server.workers.routing import Routing, build_routing
 
 log = logging.getLogger(__name__)
@@ -64,11 +67,15 @@ class App:
     metering: Metering
     routing: Routing
     conversations: Conversations | None = None  # response cache and threads
+    observability: Observability | None = None  # metrics, traces, provider anomalies
 
     async def close(self) -> None:
         if self.conversations is not None:
             await self.conversations.stop()  # thread replies finish (or are persisted as interrupted) first
+        await self.pipeline.drain()  # requests that ended are metered and settled before the writer stops
         await self.metering.stop()  # writes (or spools) the request rows still queued
+        if self.observability is not None:
+            await self.observability.stop()  # after the writer: the last sample sees its final counts
         await self.routing.stop()
         await self.tenancy.stop()
         await self.catalog.stop()
@@ -86,26 +93,43 @@ async def build(settings: Settings) -> App:
     catalog.start()
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
-    routing = await build_routing(settings, db, redis, catalog, tenancy.runner)
+    observability = build_observability(settings)
+    routing = await build_routing(settings, db, redis, catalog, tenancy.runner, anomalies=observability.detector)
     router = routing.router
     metering = build_metering(settings, db, redis, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
     pipeline = InferencePipeline(
-        authenticator, catalog, router, metering.recorder,
+        authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
-        cache=conversations.cache,
+        cache=conversations.cache, settle_after_response=True,
     )  # fmt: skip
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     await metering.start()
-    return App(settings, db, redis, catalog, authenticator, pipeline, tenancy, metering, routing, conversations=conversations)
+    return App(
+        settings, db, redis, catalog, authenticator, pipeline, tenancy, metering, routing,
+        conversations=conversations, observability=observability,
+    )  # fmt: skip
+
+
+def start_observability(app: App) -> None:
+    """Sample the request log, spool, circuits and gate; record provider anomalies; serve /metrics."""
+    if app.observability is None:
+        return
+    sources = Sources(
+        gate=app.metering.gate, writer=app.metering.writer, spool_dir=spool_dir(app.settings),
+        health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
+    )  # fmt: skip
+    app.observability.start(sources, PostgresProviderStore(app.db))
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     """Register every servicer; returns the fully-qualified service names."""
     openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server(
-        OpenAIServicer(app.pipeline, app.authenticator, app.catalog), server
+        OpenAIServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
     )
-    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(InferenceServicer(app.pipeline), server)
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(app.pipeline, observability=app.observability), server
+    )
     admin_auth = AdminAuthenticator(app.settings.admin_token)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
     names = [
@@ -144,6 +168,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     server.add_insecure_port(settings.grpc_address)
     await server.start()
     await app.tenancy.start()
+    start_observability(app)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("relay worker serving", extra={"address": settings.grpc_address})

@@ -107,6 +107,19 @@ class Settings:
     health_monitor: bool = True  # probe providers and record health events from this process
     health_probe_interval_s: float = 15.0
 
+    # Observability (docs/observability.md)
+    metrics_port: int = 9464  # Prometheus /metrics on its own plain-HTTP port (never through Envoy); 0 = off
+    metrics_host: str = "127.0.0.1"
+    metrics_sample_s: float = 5.0  # queue/spool depth, circuit states and gate counters are sampled this often
+    # OpenTelemetry traces, read from the standard OTEL_* names too; no endpoint = tracing off.
+    otel_exporter_otlp_endpoint: str = ""  # OTLP/HTTP base URL, e.g. http://collector:4318
+    otel_exporter_otlp_headers: str = field(default="", repr=False)  # "k=v,k2=v2"
+    otel_service_name: str = "relay"
+    anomaly_z_threshold: float = 3.0  # provider error rate / latency this many deviations above its baseline
+    anomaly_window_s: float = 60.0  # the current window, compared with the windows before it
+    anomaly_baseline_s: float = 1800.0
+    anomaly_min_samples: int = 20  # attempts a window needs before it counts
+
     # Files
     state_dir: Path = Path(".relay")
     log_level: str = "INFO"
@@ -116,9 +129,9 @@ class Settings:
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
         for f in fields(cls):
-            # DATABASE_URL / REDIS_URL follow the common convention without a prefix.
+            # DATABASE_URL / REDIS_URL and OpenTelemetry's OTEL_* follow common conventions without a prefix.
             for name in (_PREFIX + f.name.upper(), f.name.upper()):
-                if name in env and (name.startswith(_PREFIX) or f.name.endswith("_url")):
+                if name in env and (name.startswith(_PREFIX) or f.name.endswith("_url") or f.name.startswith("otel_")):
                     values[f.name] = _coerce(f.type, env[name])
                     break
         values.update(overrides)

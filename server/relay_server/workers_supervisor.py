@@ -4,26 +4,35 @@ Each worker is a separate interpreter (``relay serve --workers 1``) bound with
 SO_REUSEPORT, so the kernel spreads connections across them.  The supervisor
 forwards SIGTERM/SIGINT, restarts a worker that dies unexpectedly (with a
 back-off), and exits once every worker has stopped after a shutdown signal.
+It also serves the workers' merged Prometheus metrics (observability/exposition.py).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import subprocess
 import sys
 import time
 
+from relay_server.observability.exposition import SupervisorMetrics
+from relay_server.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
-def supervise(workers: int, argv_tail: list[str]) -> int:
+def supervise(workers: int, argv_tail: list[str], settings: Settings | None = None) -> int:
     command = [sys.executable, "-m", "relay_server", "serve", "--workers", "1", *argv_tail]
     procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
+    metrics = SupervisorMetrics(settings or Settings.from_env())
+    metrics.start()
+    # Workers inherit this environment, plus the shared metrics directory (their own /metrics off).
+    env = {**os.environ, **metrics.child_env()} if metrics.enabled else None
 
     def start(slot: int) -> None:
-        procs[slot] = subprocess.Popen(command)
+        procs[slot] = subprocess.Popen(command, env=env)
         log.info("worker started", extra={"slot": slot, "pid": procs[slot].pid})
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -46,9 +55,11 @@ def supervise(workers: int, argv_tail: list[str]) -> int:
                 alive += 1
             elif not stopping:
                 log.warning("worker exited; restarting", extra={"slot": slot, "code": proc.returncode})
+                metrics.worker_exited(proc.pid)
                 time.sleep(backoff[slot])
                 backoff[slot] = min(backoff[slot] * 2, 10.0)
                 start(slot)
                 alive += 1
         if stopping and alive == 0:
+            metrics.stop()
             return 0

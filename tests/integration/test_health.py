@@ -68,6 +68,7 @@ async def test_the_attempt_window_is_shared_too(redis_client: Redis) -> None:
     for ok, latency in [(True, 40), (True, 90), (False, 3000), (True, 150)]:
         await worker_a.record("openai", "success" if ok else "failure", latency)
     await worker_b.record("openai", "neutral", 20)
+    await worker_a.close()  # samples are batched (flushed every second, and on shutdown)
     stats = await worker_b.window("openai")
     assert (stats.attempts, stats.errors, stats.p95_ms) == (5, 1, 3200)
     clock.now += 301
@@ -193,3 +194,28 @@ async def test_only_the_lease_holder_runs_a_round(redis_client: Redis, monitor) 
     assert await mon.tick() == []
     await redis_client.delete("relay:lease:provider-health-monitor")
     assert await mon.tick() != []
+
+
+async def test_a_success_on_a_quiet_circuit_sends_nothing_but_one_after_failures_does(redis_client: Redis) -> None:
+    clock = Clock()
+    worker = tracker(redis_client, clock)
+    assert (await worker.availability(["openai"]))["openai"] == "closed"
+    await redis_client.hset(circuit_key("openai"), mapping={"state": "closed", "failures": 2})
+    # Plan-time state said closed with no failures: the success is not sent (it would change nothing).
+    await worker.record("openai", "success", 10)
+    assert await redis_client.hget(circuit_key("openai"), "failures") == b"2"
+    # Once this worker has seen failures, its next success resets the shared count.
+    assert (await worker.availability(["openai"]))["openai"] == "closed"
+    await worker.record("openai", "success", 10)
+    assert await redis_client.hget(circuit_key("openai"), "failures") == b"0"
+
+
+async def test_buffered_attempt_samples_reach_redis_on_flush(redis_client: Redis) -> None:
+    clock = Clock()
+    worker_a, worker_b = tracker(redis_client, clock), tracker(redis_client, clock)
+    await worker_a.record("openai", "failure", 100)
+    await worker_a.record("openai", "neutral", 100)
+    assert (await worker_b.window("openai")).attempts == 0, "not flushed yet"
+    await worker_a.flush()
+    stats = await worker_b.window("openai")
+    assert (stats.attempts, stats.errors) == (2, 1)

@@ -291,3 +291,14 @@ async def test_closing_a_stream_closes_the_upstream_request(rig: Rig) -> None:
     await stream.aclose()
     await asyncio.wait_for(rig.openai.disconnected.wait(), 5)
     assert rig.openai.disconnects == 1
+
+
+async def test_outbound_usage_of_several_providers_in_one_round_trip_survives_a_script_flush(redis_client: Redis) -> None:
+    windows = OutboundWindows(redis_client)
+    taken = await windows.acquire("openai", "cred_a", rpm_limit=10, tpm_limit=None, tokens=5)
+    assert not isinstance(taken, int)
+    await redis_client.script_flush()  # as after a Redis restart: the pipelined EVALSHA gets NOSCRIPT
+    usage = await windows.usage({"openai": ["cred_a"], "groq": ["cred_b"]})
+    assert usage["openai"]["cred_a"].requests == 1 and usage["openai"]["cred_a"].tokens == 5
+    assert usage["groq"]["cred_b"].requests == 0
+    assert await windows.usage({}) == {}

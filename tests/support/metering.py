@@ -112,6 +112,7 @@ class Harness:
         return await self.pipeline.admit(kind, body, key.metadata, new_request_id())  # type: ignore[arg-type]
 
     async def rows(self, tenant_id: str) -> list[dict[str, Any]]:
+        await self.pipeline.drain()  # requests metered after their response (settle_after_response)
         await self.metering.writer.flush()
         async with self.db.system_tx() as conn:
             return list(
@@ -119,11 +120,13 @@ class Harness:
             )
 
     async def close(self) -> None:
+        await self.pipeline.drain()
         await self.metering.stop()
 
 
 async def build_harness(
-    db: Database, redis: Redis | None, settings: Settings, *, provider: Provider | None = None
+    db: Database, redis: Redis | None, settings: Settings, *, provider: Provider | None = None,
+    settle_after_response: bool = False,
 ) -> Harness:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
@@ -136,6 +139,7 @@ async def build_harness(
         gate=metering.gate,
         markups=metering.tenant_config,
         usage_policy=metering.usage_policy,
+        settle_after_response=settle_after_response,
     )
     await metering.start()
     return Harness(pipeline, metering, db)

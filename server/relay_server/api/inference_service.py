@@ -18,6 +18,7 @@ from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2,
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
+from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.context import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.providers.base import RequestKind
@@ -44,8 +45,9 @@ def _typed(payload: dict[str, Any], message_type: type[Message]) -> Message:
 
 
 class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
-    def __init__(self, pipeline: InferencePipeline) -> None:
+    def __init__(self, pipeline: InferencePipeline, *, observability: Any = None) -> None:
         self._pipeline = pipeline
+        self._observability = observability
 
     async def CreateChatCompletion(self, request, context):  # noqa: N802 (gRPC naming)
         return await self._unary("chat", request, context, chat_pb2.ChatCompletion)
@@ -57,31 +59,33 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         return await self._unary("embedding", request, context, embeddings_pb2.EmbeddingList)
 
     async def StreamChatCompletion(self, request, context):  # noqa: N802
-        async for message in self._stream("chat", request, context, chat_pb2.ChatCompletionChunk):
-            yield message
+        with bind_request(new_request_id(), "chat", self._observability, request_metadata(context)) as scope:
+            async for message in self._stream("chat", request, context, chat_pb2.ChatCompletionChunk, scope.request_id):
+                yield message
 
     async def StreamCompletion(self, request, context):  # noqa: N802
-        async for message in self._stream("completion", request, context, completions_pb2.Completion):
-            yield message
+        with bind_request(new_request_id(), "completion", self._observability, request_metadata(context)) as scope:
+            async for message in self._stream("completion", request, context, completions_pb2.Completion, scope.request_id):
+                yield message
 
     async def _unary(
         self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message]
     ) -> Message:
-        request_id = new_request_id()
-        try:
-            body = to_openai_json(request, stream=False) if kind != "embedding" else _embedding_json(request)
-            validate(kind, body)
-            admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
-            response = await self._pipeline.complete(admitted)
-        except Exception as exc:  # noqa: BLE001
-            await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        return _typed(response, out)
+        with bind_request(new_request_id(), kind, self._observability, request_metadata(context)) as scope:
+            request_id = scope.request_id
+            try:
+                body = to_openai_json(request, stream=False) if kind != "embedding" else _embedding_json(request)
+                validate(kind, body)
+                admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
+                response = await self._pipeline.complete(admitted)
+            except Exception as exc:  # noqa: BLE001
+                await abort(context, as_relay_error(exc), request_id)
+            await context.send_initial_metadata((("x-request-id", request_id),))
+            return _typed(response, out)
 
     async def _stream(
-        self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message]
+        self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message], request_id: str
     ) -> AsyncIterator[Message]:
-        request_id = new_request_id()
         chunks = None
         try:
             body = to_openai_json(request, stream=True)

@@ -22,6 +22,7 @@ from relay_sdk._proto.relay.v1 import models_pb2, openai_service_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_wire import decode_body, validate
 from relay_server.errors import RelayError
+from relay_server.observability.request_context import bind_request, overhead_headers
 from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.cache import cache_headers
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
@@ -47,56 +48,67 @@ def _model(entry: CatalogEntry) -> models_pb2.Model:
 
 
 class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
-    def __init__(self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog) -> None:
+    def __init__(
+        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog, *, observability: Any = None
+    ) -> None:
         self._pipeline = pipeline
         self._auth = authenticator
         self._catalog = catalog
+        self._observability = observability
+
+    def _bind(self, kind: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
+        """This request's scope: its id on every log line and span (observability.request_context)."""
+        return bind_request(new_request_id(), kind, self._observability, request_metadata(context))
 
     async def CreateChatCompletion(self, request, context):  # noqa: N802 (gRPC naming)
-        async for frame in self._generate("chat", request, context):
-            yield frame
+        with self._bind("chat", context) as scope:
+            async for frame in self._generate("chat", request, context, scope.request_id):
+                yield frame
 
     async def CreateCompletion(self, request, context):  # noqa: N802
-        async for frame in self._generate("completion", request, context):
-            yield frame
+        with self._bind("completion", context) as scope:
+            async for frame in self._generate("completion", request, context, scope.request_id):
+                yield frame
 
     async def CreateEmbedding(self, request, context):  # noqa: N802
-        request_id = new_request_id()
-        try:
-            body = decode_body(request.data)
-            validate("embedding", body)
-            admitted = await self._pipeline.admit("embedding", body, request_metadata(context), request_id)
-            response = await self._pipeline.complete(admitted)
-        except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
-            await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata((("x-request-id", request_id), *admitted.headers.items()))
-        return httpbody_pb2.HttpBody(content_type=_JSON, data=orjson.dumps(response))
+        with self._bind("embedding", context) as scope:
+            request_id = scope.request_id
+            try:
+                body = decode_body(request.data)
+                validate("embedding", body)
+                admitted = await self._pipeline.admit("embedding", body, request_metadata(context), request_id)
+                response = await self._pipeline.complete(admitted)
+            except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
+                await abort(context, as_relay_error(exc), request_id)
+            await context.send_initial_metadata(
+                (("x-request-id", request_id), *admitted.headers.items(), *overhead_headers())
+            )
+            return httpbody_pb2.HttpBody(content_type=_JSON, data=orjson.dumps(response))
 
     async def ListModels(self, request, context):  # noqa: N802
-        request_id = new_request_id()
-        try:
-            principal = await self._auth.authenticate(request_metadata(context))
-        except Exception as exc:  # noqa: BLE001
-            await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        return models_pb2.ListModelsResponse(
-            object="list", data=[_model(e) for e in self._catalog.visible_to(principal)]
-        )
+        with self._bind("models", context) as scope:
+            try:
+                principal = await self._auth.authenticate(request_metadata(context))
+            except Exception as exc:  # noqa: BLE001
+                await abort(context, as_relay_error(exc), scope.request_id)
+            await context.send_initial_metadata((("x-request-id", scope.request_id),))
+            return models_pb2.ListModelsResponse(
+                object="list", data=[_model(e) for e in self._catalog.visible_to(principal)]
+            )
 
     async def GetModel(self, request, context):  # noqa: N802
-        request_id = new_request_id()
-        try:
-            principal = await self._auth.authenticate(request_metadata(context))
-            entry = self._catalog.resolve(request.model, principal)
-        except Exception as exc:  # noqa: BLE001
-            await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata((("x-request-id", request_id),))
-        return _model(entry)
+        with self._bind("models", context) as scope:
+            try:
+                principal = await self._auth.authenticate(request_metadata(context))
+                entry = self._catalog.resolve(request.model, principal)
+            except Exception as exc:  # noqa: BLE001
+                await abort(context, as_relay_error(exc), scope.request_id)
+            await context.send_initial_metadata((("x-request-id", scope.request_id),))
+            return _model(entry)
 
     async def _generate(
-        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext
+        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext, request_id: str
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        request_id = new_request_id()
         headers: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
@@ -113,6 +125,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
                 # every failure can still be a proper HTTP status.
                 first = await anext(chunks, None)
             headers += tuple(cache_headers(admitted))  # x-relay-cache: hit | miss | bypass
+            headers += overhead_headers()  # x-relay-overhead-ms: Relay's time so far, providers' excluded
         except Exception as exc:  # noqa: BLE001
             if chunks is not None:
                 await chunks.aclose()

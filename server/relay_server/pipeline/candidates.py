@@ -47,6 +47,7 @@ MAX_FALLBACK_MODELS = 5
 DEFAULT_COOL_DOWN_S = 5  # a provider 429 without retry-after
 MAX_COOL_DOWN_S = 60
 _FAIL_OPEN = Taken(-1, 0)  # Redis down: the key is used without outbound accounting
+_UNCOUNTED = Taken(-2, 0)  # a key without rpm/tpm limits: nothing to count (a 429 still cools it)
 
 
 def estimate_tokens(body: Mapping[str, object]) -> int:
@@ -116,10 +117,16 @@ class OutboundGuard:
             return {}
 
     async def acquire(self, cred: RoutableCredential, tokens: int) -> Taken | None:
-        """A slot on the key, or None if its windows are full.  Unlimited keys are
-        counted too: their usage still orders them against the others."""
+        """A slot on the key, or None if its windows are full.
+
+        Keys without limits are not counted (two round trips saved per request):
+        their headroom is 1.0 whatever their usage, and a cooling one was already
+        left out of the plan by ``usage``.
+        """
         if self._windows is None:
             return _FAIL_OPEN
+        if not cred.rpm_limit and not cred.tpm_limit:
+            return _UNCOUNTED
         try:
             taken = await self._windows.acquire(
                 cred.provider_id, cred.id, rpm_limit=cred.rpm_limit, tpm_limit=cred.tpm_limit, tokens=tokens
@@ -133,7 +140,7 @@ class OutboundGuard:
         if self._windows is None:
             return
         try:
-            if taken is not _FAIL_OPEN:
+            if taken is not _FAIL_OPEN and taken is not _UNCOUNTED:
                 await self._windows.settle(cred.provider_id, cred.id, taken, actual_tokens=actual_tokens, cool_ms=cool_s * 1000)
             elif cool_s:
                 await self._windows.settle(cred.provider_id, cred.id, Taken(0, 0), actual_tokens=None, cool_ms=cool_s * 1000)

@@ -7,9 +7,6 @@ reloaded from the store periodically; it never blocks a request on Postgres.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -17,10 +14,8 @@ from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.context import Principal
+from relay_server.pipeline.reload import PeriodicReload
 from relay_server.providers.base import RequestKind
-
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True, slots=True)
 class CatalogEntry:
@@ -52,9 +47,8 @@ _KIND_FOR_REQUEST: dict[RequestKind, str] = {"chat": "chat", "completion": "comp
 class Catalog:
     def __init__(self, store: CatalogStore, *, refresh_s: float = 30.0) -> None:
         self._store = store
-        self._refresh_s = refresh_s
         self._by_name: dict[str, CatalogEntry] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._reload = PeriodicReload(self.load, every_s=refresh_s, name="catalog")
 
     async def load(self) -> None:
         self.replace(await self._store.load_catalog())
@@ -67,21 +61,10 @@ class Catalog:
         self._by_name = by_name
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever(), name="catalog-refresh")
+        self._reload.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.load()
-            except Exception:  # keep serving the last good catalog
-                log.warning("catalog refresh failed; keeping the previous catalog", exc_info=True)
+        await self._reload.stop()
 
     def entries(self) -> list[CatalogEntry]:
         return sorted({e.relay_name: e for e in self._by_name.values()}.values(), key=lambda e: e.relay_name)

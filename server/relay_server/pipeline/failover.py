@@ -31,6 +31,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from relay_server.errors import ErrorKind, RelayError
+from relay_server.observability.attempts import observe_attempt
 from relay_server.pipeline.catalog import CatalogEntry
 from relay_server.pipeline.context import RequestContext
 from relay_server.pipeline.route import Attempt, AttemptOutcome, AttemptResult, RetryPolicy, RoutePlan, Ticket
@@ -165,6 +166,7 @@ async def complete_with_failover(
     while (step := await walk.next()) is not None:
         attempt, call, ticket = step
         started = time.monotonic()
+        observed = observe_attempt(attempt)  # span, provider time, anomaly sample (observability/attempts.py)
         try:
             if ctx.kind == "embedding":
                 response = await attempt.provider.embed(call)
@@ -172,12 +174,16 @@ async def complete_with_failover(
                 response = await attempt.provider.complete(call)
         except RelayError as err:
             outcome = outcome_of(err)
+            observed.finish(outcome, err)
             await _close(ticket, AttemptResult(outcome, _elapsed_ms(started), retry_after_s=err.retry_after_s))
             walk.failed(attempt, err, outcome)
             continue
         except BaseException:
+            observed.finish("cancelled")
             await _close(ticket, AttemptResult("cancelled"))
             raise
+        observed.usage(response.get("usage"))
+        observed.finish("success")
         await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(response.get("usage"))))
         return response
     raise walk.final_error()
@@ -220,25 +226,30 @@ async def _stream(
     while (step := await walk.next()) is not None:
         attempt, call, ticket = step
         started = time.monotonic()
+        observed = observe_attempt(attempt)
         upstream = attempt.provider.stream(call)
         try:
             first = await anext(upstream)
         except StopAsyncIteration:
             err: RelayError = malformed_failure("the stream ended before its first chunk")
+            observed.finish("failure", err)
             await _close(ticket, AttemptResult("failure", _elapsed_ms(started)))
             walk.failed(attempt, err, "failure")
             continue
         except RelayError as exc:
             await _aclose_quietly(upstream)
             outcome = outcome_of(exc)
+            observed.finish(outcome, exc)
             await _close(ticket, AttemptResult(outcome, _elapsed_ms(started), retry_after_s=exc.retry_after_s))
             walk.failed(attempt, exc, outcome)
             continue
         except BaseException:
+            observed.finish("cancelled")
             await _aclose_quietly(upstream)
             await _close(ticket, AttemptResult("cancelled"))
             raise
         # Committed: from here on this attempt is the answer, whatever happens.
+        observed.first_chunk()
         latency = _elapsed_ms(started)
         tokens: int | None = None
         result = AttemptResult("cancelled", latency)
@@ -247,6 +258,7 @@ async def _stream(
             while True:
                 if not chunk.get("choices") and chunk.get("usage") is not None:
                     tokens = _usage_tokens(chunk["usage"]) or tokens
+                    observed.usage(chunk["usage"])
                 yield chunk
                 chunk = await anext(upstream)
         except StopAsyncIteration:
@@ -261,6 +273,7 @@ async def _stream(
             )  # fmt: skip
             raise
         finally:
+            observed.finish(result.outcome)
             await _aclose_quietly(upstream)
             await _close(ticket, result)
         return

@@ -14,6 +14,7 @@ in the log, once per minute: routing must not stop because Redis did.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -128,12 +129,21 @@ class HealthTracker:
         policy: CircuitPolicy | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        flush_s: float = 1.0,
     ) -> None:
         self._store = store
         self.policy = policy or CircuitPolicy()
         self._clock = clock
         self._local = LocalHealth(self.policy, clock)
         self._warned_at = -1e9
+        # The circuit states this worker last saw in Redis (plan-time reads and op replies):
+        # a success on a circuit known closed with no failures changes nothing, so it is not sent.
+        self._seen: dict[str, CircuitState] = {}
+        # Attempt-window samples waiting for the next flush (one pipeline per second instead of
+        # one round trip per attempt); flushed early when this worker reads a window.
+        self._pending: list[tuple[str, float, bool, int]] = []
+        self._flush_s = flush_s
+        self._flusher: asyncio.Task[None] | None = None
 
     def _degraded(self, exc: Exception) -> None:
         now = time.monotonic()
@@ -153,12 +163,21 @@ class HealthTracker:
             self._degraded(exc)
             return None
 
+    def _note(self, provider_id: str, reply: list) -> Transition:
+        state, failures, open_until, changed = reply
+        transition = Transition(
+            state.decode() if isinstance(state, bytes) else str(state), int(failures), int(open_until), bool(int(changed))
+        )
+        self._seen[provider_id] = CircuitState(transition.state, transition.failures, transition.open_until_ms)
+        return transition
+
     async def availability(self, provider_ids: Sequence[str]) -> dict[str, Availability]:
         now_ms = int(self._clock() * 1000)
         states: dict[str, CircuitState] | None = None
         if self._store is not None:
             try:
                 states = await self._store.circuits(list(provider_ids))
+                self._seen.update(states)
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
         if states is None:
@@ -183,15 +202,15 @@ class HealthTracker:
         per-key refusal) counts as a healthy sample without touching the breaker.
         """
         transition: Transition | None = None
-        if outcome != "neutral":
+        if outcome == "success" and self._store is not None and self._quiet(provider_id):
+            transition = Transition("closed", 0, 0, False)  # what circuit.lua would answer, without the round trip
+        elif outcome != "neutral":
             reply = await self._op(provider_id, outcome)
             if reply is None:
+                self._seen.pop(provider_id, None)  # unknown in Redis now: send the next success
                 transition = self._local.failure(provider_id) if outcome == "failure" else self._local.success(provider_id)
             else:
-                state, failures, open_until, changed = reply
-                transition = Transition(
-                    state.decode() if isinstance(state, bytes) else str(state), int(failures), int(open_until), bool(int(changed))
-                )
+                transition = self._note(provider_id, reply)
             if transition.changed:
                 log.warning(
                     "provider circuit %s", "opened" if transition.state == "open" else "closed",
@@ -201,19 +220,49 @@ class HealthTracker:
                     # Recovered: the outage's failures no longer describe the provider.
                     await self._reset_window(provider_id)
         if latency_ms is not None:
-            await self._record_attempt(provider_id, outcome != "failure", latency_ms)
+            self._record_attempt(provider_id, outcome != "failure", latency_ms)
         return transition
 
-    async def _record_attempt(self, provider_id: str, ok: bool, latency_ms: int) -> None:
-        if self._store is not None:
-            try:
-                await self._store.record_attempt(provider_id, ok=ok, latency_ms=latency_ms)
-                return
-            except (RedisError, OSError) as exc:
-                self._degraded(exc)
-        self._local.record_attempt(provider_id, ok, latency_ms)
+    def _quiet(self, provider_id: str) -> bool:
+        seen = self._seen.get(provider_id)
+        return seen is not None and seen.state == "closed" and seen.failures == 0
+
+    def _record_attempt(self, provider_id: str, ok: bool, latency_ms: int) -> None:
+        if self._store is None:
+            self._local.record_attempt(provider_id, ok, latency_ms)
+            return
+        self._pending.append((provider_id, self._clock(), ok, latency_ms))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        try:
+            await asyncio.sleep(self._flush_s)
+        finally:
+            self._flusher = None
+        await self.flush()
+
+    async def flush(self) -> None:
+        """Write the buffered attempt samples to Redis (into this worker's memory if Redis is down)."""
+        pending, self._pending = self._pending, []
+        if not pending or self._store is None:
+            return
+        try:
+            await self._store.record_attempts([(pid, at, ok, ms) for pid, at, ok, ms in pending])
+        except (RedisError, OSError) as exc:
+            self._degraded(exc)
+            for pid, _, ok, ms in pending:
+                self._local.record_attempt(pid, ok, ms)
+
+    async def close(self) -> None:
+        """Flush what is buffered (graceful shutdown)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        await self.flush()
 
     async def _reset_window(self, provider_id: str) -> None:
+        self._pending = [p for p in self._pending if p[0] != provider_id]  # the outage's samples too
         self._local.reset_window(provider_id)
         if self._store is not None:
             try:
@@ -223,6 +272,7 @@ class HealthTracker:
 
     async def window(self, provider_id: str) -> WindowStats:
         if self._store is not None:
+            await self.flush()
             try:
                 return await self._store.window(provider_id)
             except (RedisError, OSError) as exc:

@@ -16,6 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 from relay_server.errors import ErrorKind, RelayError
+from relay_server.observability.request_context import attach
+from relay_server.observability.tracing import step
 from relay_server.pipeline.admission import AdmissionGate, Ticket
 from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.cache import CacheLookup, ResponseCache, cached_metered
@@ -71,6 +73,7 @@ class InferencePipeline:
         markups: MarkupSource | None = None,
         usage_policy: UsagePolicy = UsagePolicy(),
         cache: ResponseCache | None = None,
+        settle_after_response: bool = False,
     ) -> None:
         self._cache = cache
         self._auth = authenticator
@@ -81,15 +84,20 @@ class InferencePipeline:
         self._markups = markups or DefaultMarkup()
         self._usage_policy = usage_policy
         self._metering: set[asyncio.Future[None]] = set()
+        # Metering and settling run after the answer has been handed back (``drain`` waits for them):
+        # the reservation taken at admission keeps bounding concurrent spend until the settlement lands.
+        self._settle_after = settle_after_response
 
     async def admit(
         self, kind: RequestKind, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str
     ) -> Admitted:
         ctx = RequestContext(request_id=request_id, kind=kind, body=body, metadata=metadata)
+        attach(ctx)  # log lines and spans of this request carry its tenant, key hint, model and provider
         entry: CatalogEntry | None = None
         markup = DEFAULT_MARKUP
         try:
-            ctx.principal = await self._auth.authenticate(metadata)
+            with step("relay.authenticate"):
+                ctx.principal = await self._auth.authenticate(metadata)
             entry = self._catalog.resolve(str(body.get("model") or ""), ctx.principal, kind)
             ctx.model = entry.relay_name
             ctx.stream = kind != "embedding" and body.get("stream") is True
@@ -99,7 +107,8 @@ class InferencePipeline:
             markup = await self._markup(ctx.principal.tenant_id)
             admitted = Admitted(ctx, entry, input_tokens, markup)
             if self._gate is not None:
-                admitted.ticket = await self._gate.admit(ctx, entry, input_tokens, markup)
+                with step("relay.admission"):  # rate limits and spend cap reservation
+                    admitted.ticket = await self._gate.admit(ctx, entry, input_tokens, markup)
         except BaseException as err:
             self._recorder.record(Metered(ctx, entry, _outcome(err), markup=markup))
             raise
@@ -144,9 +153,12 @@ class InferencePipeline:
     async def _plan(self, admitted: Admitted) -> Sequence[Attempt]:
         """Route the request, unless the response cache answers it (then its replay is the one attempt)."""
         if self._cache is None:
-            return await self._router.plan(admitted.ctx, admitted.entry)
-        admitted.cache = await self._cache.lookup(admitted.ctx, admitted.entry)
-        return await admitted.cache.attempts(self._router)
+            with step("relay.route"):
+                return await self._router.plan(admitted.ctx, admitted.entry)
+        with step("relay.cache_lookup"):
+            admitted.cache = await self._cache.lookup(admitted.ctx, admitted.entry)
+        with step("relay.route"):
+            return await admitted.cache.attempts(self._router)
 
     async def _first_success(self, admitted: Admitted, attempts: Sequence[Attempt]) -> dict[str, Any]:
         return await complete_with_failover(admitted.ctx, attempts, served=admitted)
@@ -161,13 +173,26 @@ class InferencePipeline:
     async def _meter(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
         """Meter (exactly once: every path calls this once) and settle the reservation.
 
-        Shielded: a closing stream may be cancelled again while this runs, and
-        the request must still be recorded and its reservation settled.
+        A tracked task of its own, so a closing stream that is cancelled again
+        cannot lose the record or the settlement.  With ``settle_after_response``
+        (the server's setting) the caller does not wait for it: the response, or
+        a stream's ``[DONE]``, goes out first and ``drain`` collects the rest.
         """
         task = asyncio.ensure_future(self._finish(admitted, error, counter))
         self._metering.add(task)  # the loop keeps only weak references to tasks
-        task.add_done_callback(self._metering.discard)
-        await asyncio.shield(task)
+        task.add_done_callback(self._finished)
+        if not self._settle_after:
+            await asyncio.shield(task)
+
+    def _finished(self, task: asyncio.Future[None]) -> None:
+        self._metering.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("metering a request failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait until every request that has ended is metered and settled (graceful shutdown, tests)."""
+        while self._metering:
+            await asyncio.gather(*list(self._metering), return_exceptions=True)
 
     async def _finish(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
         if admitted.cache is not None and admitted.cache.hit is not None:

@@ -8,17 +8,13 @@ copy.  Provider objects are rebuilt only when a row's API or base URL changes
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 from typing import Protocol
 
+from relay_server.pipeline.reload import PeriodicReload
 from relay_server.providers.base import Provider
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.registry import build_provider
 from relay_server.storage.postgres.providers import Directory, ProviderRow, RouteRow
-
-log = logging.getLogger(__name__)
 
 
 class DirectoryStore(Protocol):
@@ -37,30 +33,18 @@ class ProviderDirectory:
         self._store = store
         self._client = client
         self._timeouts = timeouts
-        self._refresh_s = refresh_s
         self._directory = Directory({}, {})
         self._built: dict[str, tuple[tuple[str, str], Provider]] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._reload = PeriodicReload(self.load, every_s=refresh_s, name="provider-directory")
 
     async def load(self) -> None:
         self._directory = await self._store.load_directory()
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._refresh_forever(), name="provider-directory-refresh")
+        self._reload.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self._refresh_s)
-            try:
-                await self.load()
-            except Exception:  # keep routing with the last good copy
-                log.warning("provider directory refresh failed; keeping the previous one", exc_info=True)
+        await self._reload.stop()
 
     def routable_providers(self) -> list[ProviderRow]:
         """Providers that go over the network and are not disabled by an operator."""

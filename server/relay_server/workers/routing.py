@@ -26,6 +26,7 @@ from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
+from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDetector
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
@@ -46,12 +47,19 @@ class Routing:
     keyring: Keyring | None
 
     async def stop(self) -> None:
+        await self.health.close()  # the attempt samples still buffered
         await self.directory.stop()
         await self.client.close()
 
 
 async def build_routing(
-    settings: Settings, db: Database, redis: Redis | None, catalog: Catalog, runner: BackgroundRunner | None
+    settings: Settings,
+    db: Database,
+    redis: Redis | None,
+    catalog: Catalog,
+    runner: BackgroundRunner | None,
+    *,
+    anomalies: AnomalyDetector | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
     client = HttpClient.create()
@@ -75,9 +83,12 @@ async def build_routing(
     )  # fmt: skip
     router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
     vault = CredentialVault(db, keyring, on_change=credentials.invalidate)
+    # With a detector, a probe's "healthy" does not overrule a live latency/error-rate anomaly.
+    statuses = PostgresProviderStore(db)
     monitor = HealthMonitor(
-        directory, health, PostgresProviderStore(db), source.pooled, keyring, interval_s=settings.health_probe_interval_s
-    )
+        directory, health, statuses if anomalies is None else AnomalyAwareStatuses(statuses, anomalies),
+        source.pooled, keyring, interval_s=settings.health_probe_interval_s,
+    )  # fmt: skip
     if runner is not None:
         if settings.health_monitor:
             runner.add_periodic(Periodic("provider-health", settings.health_probe_interval_s, monitor.tick))

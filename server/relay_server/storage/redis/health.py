@@ -12,6 +12,7 @@ Redis errors propagate; ``pipeline/health.py`` falls back to in-process state.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -107,14 +108,24 @@ class RedisHealthStore:
         return states
 
     async def record_attempt(self, provider_id: str, *, ok: bool, latency_ms: int) -> None:
-        bucket = int(self._clock()) // BUCKET_S * BUCKET_S
-        key = stats_key(provider_id, bucket)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key, "n", 1)
+        await self.record_attempts([(provider_id, self._clock(), ok, latency_ms)])
+
+    async def record_attempts(self, samples: Sequence[tuple[str, float, bool, int]]) -> None:
+        """Many attempts (provider id, epoch seconds, ok, latency ms), summed per bucket, in one round trip."""
+        counts: dict[str, Counter[str]] = {}
+        for provider_id, at, ok, latency_ms in samples:
+            fields = counts.setdefault(stats_key(provider_id, int(at) // BUCKET_S * BUCKET_S), Counter())
+            fields["n"] += 1
             if not ok:
-                pipe.hincrby(key, "err", 1)
-            pipe.hincrby(key, f"b{latency_bin(latency_ms)}", 1)
-            pipe.expire(key, WINDOW_S + 2 * BUCKET_S)
+                fields["err"] += 1
+            fields[f"b{latency_bin(latency_ms)}"] += 1
+        if not counts:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, fields in counts.items():
+                for name, n in fields.items():
+                    pipe.hincrby(key, name, n)
+                pipe.expire(key, WINDOW_S + 2 * BUCKET_S)
             await pipe.execute()
 
     async def window(self, provider_id: str) -> WindowStats:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
 
 
 def _script(name: str) -> str:
@@ -67,15 +68,28 @@ class OutboundWindows:
         if not groups:
             return {}
         now = self._now()
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for pid, ids in groups.items():
-                await self._usage(keys=[k for cid in ids for k in window_keys(pid, cid)], args=[now], client=pipe)
-            replies = await pipe.execute()
+        keys = {pid: [k for cid in ids for k in window_keys(pid, cid)] for pid, ids in groups.items()}
+        if len(keys) == 1:
+            # The usual case, called directly: a Script inside a pipeline costs an extra SCRIPT EXISTS.
+            replies = [await self._usage(keys=next(iter(keys.values())), args=[now])]
+        else:
+            replies = await self._usage_pipelined(keys, now)
         result: dict[str, dict[str, KeyUsage]] = {}
         for (pid, ids), flat in zip(groups.items(), replies, strict=True):
             values = [int(v) for v in flat]
             result[pid] = {cid: KeyUsage(*values[3 * i : 3 * i + 3]) for i, cid in enumerate(ids)}
         return result
+
+    async def _usage_pipelined(self, keys: Mapping[str, list[str]], now: int) -> list:
+        for _ in range(2):
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for provider_keys in keys.values():
+                        pipe.evalsha(self._usage.sha, len(provider_keys), *provider_keys, now)
+                    return await pipe.execute()
+            except NoScriptError:
+                await self._redis.script_load(self._usage.script)  # Redis restarted or flushed its scripts
+        raise NoScriptError("the outbound usage script could not be loaded")
 
     async def acquire(
         self, provider_id: str, credential_id: str, *, rpm_limit: int | None, tpm_limit: int | None, tokens: int
