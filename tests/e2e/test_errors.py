@@ -156,3 +156,24 @@ def test_tenant_status_decides_access(relay: RelayStack, tenant_status: str, sta
     if status == 402:
         assert "billing" in error["message"]
         assert response.headers["x-should-retry"] == "false"
+
+
+def test_request_metadata_header_is_logged_and_validated(relay: RelayStack, http: httpx.Client) -> None:
+    import time
+
+    tags = {"feature": "search", "tier": "pro"}
+    response = http.post("/chat/completions", json=CHAT, headers={"x-relay-metadata": json.dumps(tags)})
+    assert response.status_code == 200
+    row = None
+    for _ in range(250):  # the request log is written in batches, off the request path
+        with psycopg.connect(relay.db.owner_dsn) as conn:
+            row = conn.execute(
+                "SELECT request_metadata FROM requests WHERE id = %s", (response.headers["x-request-id"],)
+            ).fetchone()
+        if row is not None:
+            break
+        time.sleep(0.02)
+    assert row is not None and row[0]["tags"] == tags
+    bad = http.post("/chat/completions", json=CHAT, headers={"x-relay-metadata": "[1, 2]"})
+    error = _assert_openai_error(bad, 400, "invalid_header")
+    assert "x-relay-metadata" in error["message"]

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
 from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.pipeline.candidates import CandidatePlanner, OutboundGuard
 from relay_server.pipeline.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.provider_directory import ProviderDirectory
 from relay_server.providers.http_client import HttpClient
@@ -24,6 +25,7 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.health import RedisHealthStore, circuit_key
+from relay_server.storage.redis.outbound import OutboundWindows
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
 from relay_server.workers.health_monitor import HealthMonitor
@@ -89,6 +91,20 @@ async def test_with_redis_down_the_breaker_keeps_working_in_process() -> None:
     finally:
         await dead.aclose()
 
+
+
+async def test_plan_time_reads_with_redis_down_use_this_workers_circuits_and_no_outbound_usage() -> None:
+    dead = create_redis(f"redis://127.0.0.1:{free_port()}/0")
+    clock = Clock()
+    health = tracker(dead, clock, threshold=2)
+    planner = CandidatePlanner(None, None, None, health, OutboundGuard(OutboundWindows(dead)), None)  # type: ignore[arg-type]
+    try:
+        await health.record("openai", "failure", 10)
+        await health.record("openai", "failure", 10)
+        available, usage = await planner._read_state(["openai", "anthropic"], {"openai": ["c1"], "anthropic": ["c2"]})
+        assert available == {"openai": "open", "anthropic": "closed"} and usage == {}
+    finally:
+        await dead.aclose()
 
 async def test_the_monitor_lease_has_one_holder(redis_client: Redis) -> None:
     health = tracker(redis_client, Clock())

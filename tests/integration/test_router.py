@@ -302,3 +302,14 @@ async def test_outbound_usage_of_several_providers_in_one_round_trip_survives_a_
     assert usage["openai"]["cred_a"].requests == 1 and usage["openai"]["cred_a"].tokens == 5
     assert usage["groq"]["cred_b"].requests == 0
     assert await windows.usage({}) == {}
+
+
+async def test_plan_time_reads_fall_back_when_the_usage_script_is_flushed(rig: Rig, redis_client: Redis) -> None:
+    # Circuits and outbound usage are read in one pipeline; a NOSCRIPT there must not lose the usage.
+    await rig.key("openai", "sk-first-1111", priority=10)
+    await rig.key("openai", "sk-second-2222", priority=20)
+    rig.openai.inject(Fault(status=429, retry_after="20"))
+    await rig.complete(rig.request())  # cools the first key
+    await redis_client.script_flush()
+    await rig.complete(rig.request())  # the cooling key is still left out of the plan
+    assert authorizations(rig.openai) == ["sk-first-1111", "sk-second-2222", "sk-second-2222"]

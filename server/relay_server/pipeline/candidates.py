@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import orjson
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from relay_server.crypto.envelope import DecryptionError, open_sealed
 from relay_server.crypto.keyring import Keyring
@@ -38,6 +38,7 @@ from relay_server.pipeline.route import Attempt, AttemptResult, RetryPolicy, Rou
 from relay_server.providers.base import Credential, ProviderCall
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import RouteRow
+from relay_server.storage.redis.health import queue_circuits
 from relay_server.storage.redis.outbound import KeyUsage, OutboundWindows, Taken
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,10 @@ class OutboundGuard:
 
     def __init__(self, windows: OutboundWindows | None) -> None:
         self._windows = windows
+
+    @property
+    def windows(self) -> OutboundWindows | None:
+        return self._windows
 
     async def usage(self, groups: Mapping[str, Sequence[str]]) -> dict[str, dict[str, KeyUsage]]:
         if self._windows is None:
@@ -230,6 +235,7 @@ class KeyGate:
                 await self.health.release_probe(pid)
             return None
         try:
+            # Decrypted for this one call only: plaintext never outlives the attempt.
             secret = open_sealed(self.keyring, self.cred.sealed, self.cred.ref)
         except DecryptionError:
             log.error("provider credential does not decrypt; skipping it", extra={"credential_id": self.cred.id})
@@ -291,8 +297,9 @@ class CandidatePlanner:
             by_provider.setdefault(cred.provider_id, []).append(cred)
         routes = [(m, r) for m in models for r in self._directory.routes_for(m.model_id) if r.provider_id in by_provider]
         provider_ids = list(dict.fromkeys(r.provider_id for _, r in routes))
-        available = await self._health.availability(provider_ids)
-        usage = await self._outbound.usage({pid: [c.id for c in by_provider[pid]] for pid in provider_ids})
+        available, usage = await self._read_state(
+            provider_ids, {pid: [c.id for c in by_provider[pid]] for pid in provider_ids}
+        )
         tokens = estimate_tokens(ctx.body)
         state = _RequestState()
         attempts: list[Attempt] = []
@@ -308,6 +315,33 @@ class CandidatePlanner:
         if not attempts:
             raise RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, f"No provider is available to serve `{entry.relay_name}` right now.")
         return RoutePlan(attempts, self._policy)
+
+    async def _read_state(
+        self, provider_ids: list[str], groups: dict[str, list[str]]
+    ) -> tuple[dict[str, Availability], dict[str, dict[str, KeyUsage]]]:
+        """Circuits and outbound usage in ONE Redis round trip when both live on the same client.
+
+        An error reply (the usage script flushed) falls back to the two separate reads; Redis
+        unreachable degrades both at once, as the separate reads would (circuits from this
+        worker's memory, keys used without outbound accounting).
+        """
+        store, windows = self._health.store, self._outbound.windows
+        if provider_ids and store is not None and windows is not None and store.client is windows.client:
+            try:
+                async with store.client.pipeline(transaction=False) as pipe:
+                    read_circuits = queue_circuits(pipe, provider_ids)
+                    read_usage = windows.queue_usage(pipe, groups)
+                    replies = await pipe.execute(raise_on_error=False)
+                n = len(provider_ids)
+                states, usage = read_circuits(replies[:n]), read_usage(replies[n:])
+            except ResponseError:
+                pass  # e.g. NOSCRIPT after a flush: the separate reads below reload the script
+            except (RedisError, OSError) as exc:  # unreachable: degrade at once, no second try
+                log.warning("outbound windows unavailable; routing without them", exc_info=True)
+                return self._health.availability_without_redis(provider_ids, exc), {}
+            else:
+                return self._health.availability_from(provider_ids, states), usage
+        return await self._health.availability(provider_ids), await self._outbound.usage(groups)
 
     @staticmethod
     def _order(keys: list[RoutableCredential], usage: Mapping[str, KeyUsage], tokens: int) -> list[RoutableCredential]:

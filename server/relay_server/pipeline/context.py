@@ -53,6 +53,8 @@ class RequestContext:
     usage: Usage | None = None
     provider_id: str | None = None
     attempts: int = 0
+    tags: dict[str, str] | None = None
+    """The caller's ``x-relay-metadata`` pairs, kept in the request log."""
 
     @property
     def model_name(self) -> str:

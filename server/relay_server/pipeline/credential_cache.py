@@ -1,10 +1,11 @@
 """Each tenant's routable provider credentials, cached briefly per worker.
 
-What is cached is ciphertext (rows as stored); decryption happens per call
-in the router's gate.  Entries live ``ttl_s`` (a disabled or rotated key is
-out of every worker within that time; this worker drops it at once through
-``invalidate``).  Concurrent misses for one tenant share one query, and when
-Postgres fails a stale entry keeps routing rather than failing requests.
+``CredentialCache`` holds ciphertext (rows as stored).  Entries live ``ttl_s``
+(a disabled or rotated key is out of every worker within that time; this
+worker drops it at once through ``invalidate``).  Concurrent misses for one
+tenant share one query, and when Postgres fails a stale entry keeps routing
+rather than failing requests.  Plaintext is never cached: the router's gate
+decrypts a credential for the one call that uses it.
 """
 
 from __future__ import annotations

@@ -171,17 +171,34 @@ class HealthTracker:
         self._seen[provider_id] = CircuitState(transition.state, transition.failures, transition.open_until_ms)
         return transition
 
+    @property
+    def store(self) -> RedisHealthStore | None:
+        return self._store
+
     async def availability(self, provider_ids: Sequence[str]) -> dict[str, Availability]:
-        now_ms = int(self._clock() * 1000)
         states: dict[str, CircuitState] | None = None
         if self._store is not None:
             try:
                 states = await self._store.circuits(list(provider_ids))
-                self._seen.update(states)
             except (RedisError, OSError) as exc:
                 self._degraded(exc)
         if states is None:
             states = {pid: self._local.state(pid) for pid in provider_ids}
+            return self._available(provider_ids, states)
+        return self.availability_from(provider_ids, states)
+
+    def availability_from(self, provider_ids: Sequence[str], states: dict[str, CircuitState]) -> dict[str, Availability]:
+        """``availability`` from circuit states read in Redis by the caller (``queue_circuits``)."""
+        self._seen.update(states)
+        return self._available(provider_ids, states)
+
+    def availability_without_redis(self, provider_ids: Sequence[str], exc: Exception) -> dict[str, Availability]:
+        """``availability`` after the caller's Redis read failed: this worker's own state."""
+        self._degraded(exc)
+        return self._available(provider_ids, {pid: self._local.state(pid) for pid in provider_ids})
+
+    def _available(self, provider_ids: Sequence[str], states: dict[str, CircuitState]) -> dict[str, Availability]:
+        now_ms = int(self._clock() * 1000)
         return {pid: availability(states[pid], now_ms) for pid in provider_ids}
 
     async def acquire_probe(self, provider_id: str) -> bool:

@@ -25,6 +25,7 @@ from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import RequestContext
 from relay_server.pipeline.failover import complete_with_failover, stream_with_failover
 from relay_server.pipeline.meter import DEFAULT_MARKUP, DefaultMarkup, MarkupSource, Metered, Outcome, RequestRecorder, price
+from relay_server.pipeline.request_tags import parse_request_tags
 from relay_server.pipeline.route import Attempt, Router
 from relay_server.pipeline.stream import relay_stream
 from relay_server.pipeline.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
@@ -100,6 +101,7 @@ class InferencePipeline:
                 ctx.principal = await self._auth.authenticate(metadata)
             entry = self._catalog.resolve(str(body.get("model") or ""), ctx.principal, kind)
             ctx.model = entry.relay_name
+            ctx.tags = parse_request_tags(metadata)
             ctx.stream = kind != "embedding" and body.get("stream") is True
             options = body.get("stream_options") or {}
             ctx.include_usage = ctx.stream and isinstance(options, dict) and options.get("include_usage") is True

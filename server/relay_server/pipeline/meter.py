@@ -129,6 +129,8 @@ def request_row(m: Metered) -> RequestRow | None:
         metadata["usage_source"] = m.usage_source
     if ctx.stream:
         metadata["include_usage"] = ctx.include_usage
+    if ctx.tags:
+        metadata["tags"] = ctx.tags
     # Cache hits are recorded by pipeline/cache.py's CachedMetered, which adds these fields.
     cache_kind: str | None = getattr(m, "cache_kind", None)
     cost_saved: Cost | None = getattr(m, "cost_saved", None)

@@ -14,6 +14,7 @@ the margin allows for — test mode counts exactly what Relay estimates).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping
@@ -51,9 +52,17 @@ class CapWindow:
 
 
 def cap_window(name: str, now: datetime) -> CapWindow:
+    # Called for every admitted request; the window only changes with the UTC day, so the
+    # datetime arithmetic runs once per (window, day) and the frozen result is shared.
     now = now.astimezone(timezone.utc)
+    return _cap_window(name, now.year, now.month, now.day)
+
+
+@functools.lru_cache(maxsize=64)
+def _cap_window(name: str, year: int, month: int, day: int) -> CapWindow:
+    now = datetime(year, month, day, tzinfo=timezone.utc)
     if name == "daily":
-        start = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        start = now
         return CapWindow(name, start.strftime("d%Y%m%d"), start, start + timedelta(days=1))
     if name == "monthly":
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -15,9 +15,11 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 from importlib import resources
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 BUCKET_S = 10
 WINDOW_S = 300
@@ -80,6 +82,29 @@ def p95_from_bins(bins: Sequence[int]) -> int | None:
     return None
 
 
+def queue_circuits(pipe: Pipeline, provider_ids: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, CircuitState]]:
+    """Queue the circuit reads on ``pipe`` (shared with other plan-time reads: one round trip).
+
+    Returns the parser of their replies (the next ``len(provider_ids)`` of the pipeline's).
+    """
+    ids = list(provider_ids)
+    for pid in ids:
+        pipe.hmget(circuit_key(pid), "state", "failures", "open_until", "probe_until")
+
+    def read(replies: Sequence[Any]) -> dict[str, CircuitState]:
+        states: dict[str, CircuitState] = {}
+        for pid, reply in zip(ids, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            state, failures, open_until, probe_until = reply
+            states[pid] = CircuitState(
+                (state or b"closed").decode(), int(failures or 0), int(open_until or 0), int(probe_until or 0)
+            )
+        return states
+
+    return read
+
+
 class RedisHealthStore:
     def __init__(self, redis: Redis, *, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
@@ -93,19 +118,16 @@ class RedisHealthStore:
             keys=[circuit_key(provider_id)], args=[op, now_ms, threshold, cooldown_ms, lease_ms]
         )
 
+    @property
+    def client(self) -> Redis:
+        return self._redis
+
     async def circuits(self, provider_ids: Sequence[str]) -> dict[str, CircuitState]:
         if not provider_ids:
             return {}
         async with self._redis.pipeline(transaction=False) as pipe:
-            for pid in provider_ids:
-                pipe.hmget(circuit_key(pid), "state", "failures", "open_until", "probe_until")
-            replies = await pipe.execute()
-        states: dict[str, CircuitState] = {}
-        for pid, (state, failures, open_until, probe_until) in zip(provider_ids, replies, strict=True):
-            states[pid] = CircuitState(
-                (state or b"closed").decode(), int(failures or 0), int(open_until or 0), int(probe_until or 0)
-            )
-        return states
+            read = queue_circuits(pipe, provider_ids)
+            return read(await pipe.execute())
 
     async def record_attempt(self, provider_id: str, *, ok: bool, latency_ms: int) -> None:
         await self.record_attempts([(provider_id, self._clock(), ok, latency_ms)])

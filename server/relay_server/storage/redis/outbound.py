@@ -20,8 +20,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 
@@ -47,6 +49,14 @@ class Taken:
     tokens: int
 
 
+def _parse_usage(groups: Mapping[str, list[str]], replies: Sequence[Any]) -> dict[str, dict[str, KeyUsage]]:
+    result: dict[str, dict[str, KeyUsage]] = {}
+    for (pid, ids), flat in zip(groups.items(), replies, strict=True):
+        values = [int(v) for v in flat]
+        result[pid] = {cid: KeyUsage(*values[3 * i : 3 * i + 3]) for i, cid in enumerate(ids)}
+    return result
+
+
 # acquire's refusal reasons
 REFUSED_RPM, REFUSED_TPM, REFUSED_COOLING = 1, 2, 3
 
@@ -62,6 +72,33 @@ class OutboundWindows:
     def _now(self) -> int:
         return int(self._clock())
 
+    @property
+    def client(self) -> Redis:
+        return self._redis
+
+    def queue_usage(
+        self, pipe: Pipeline, groups: Mapping[str, Sequence[str]]
+    ) -> Callable[[Sequence[Any]], dict[str, dict[str, KeyUsage]]]:
+        """``usage`` queued on a pipeline shared with other plan-time reads (one round trip).
+
+        EVALSHA, not the ``Script`` object (a Script in a pipeline costs a SCRIPT EXISTS);
+        the parser re-raises a ``NoScriptError`` reply, and the caller then falls back to
+        ``usage``, whose Script call loads the script.
+        """
+        groups = {pid: list(ids) for pid, ids in groups.items() if ids}
+        now = self._now()
+        for pid, ids in groups.items():
+            keys = [k for cid in ids for k in window_keys(pid, cid)]
+            pipe.evalsha(self._usage.sha, len(keys), *keys, now)
+
+        def read(replies: Sequence[Any]) -> dict[str, dict[str, KeyUsage]]:
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            return _parse_usage(groups, replies)
+
+        return read
+
     async def usage(self, groups: Mapping[str, Sequence[str]]) -> dict[str, dict[str, KeyUsage]]:
         """provider id -> credential ids  =>  provider id -> credential id -> usage (one round trip)."""
         groups = {pid: list(ids) for pid, ids in groups.items() if ids}
@@ -74,11 +111,7 @@ class OutboundWindows:
             replies = [await self._usage(keys=next(iter(keys.values())), args=[now])]
         else:
             replies = await self._usage_pipelined(keys, now)
-        result: dict[str, dict[str, KeyUsage]] = {}
-        for (pid, ids), flat in zip(groups.items(), replies, strict=True):
-            values = [int(v) for v in flat]
-            result[pid] = {cid: KeyUsage(*values[3 * i : 3 * i + 3]) for i, cid in enumerate(ids)}
-        return result
+        return _parse_usage(groups, replies)
 
     async def _usage_pipelined(self, keys: Mapping[str, list[str]], now: int) -> list:
         for _ in range(2):
