@@ -146,6 +146,16 @@ describe("RelayClient against a real Relay", { skip }, () => {
     assert.equal(new Set(names).size, names.length, "pages do not overlap");
   });
 
+  it("lists a page of the demo tenant's API keys as typed objects", async () => {
+    const page = await client.apiKeys.listApiKeys({ tenantId: "ten_demo", pageSize: 1 });
+    assert.equal(page.apiKeys.length, 1);
+    const key = page.apiKeys[0]!;
+    assert.equal(key.tenantId, "ten_demo");
+    assert.equal(key.keyPrefix, "rly_test_");
+    assert.equal(key.keyHint, apiKey?.slice(-4));
+    assert.ok(key.id.startsWith("key_"));
+  });
+
   it("refuses the admin catalog to an API key", async () => {
     const keyOnly = new RelayClient({ target: target ?? "", apiKey, maxRetries: 0 });
     try {
