@@ -6,7 +6,7 @@ any difference):
   them from the SDK package, so one generated copy serves both.
 - `envoy/relay.pb`: the descriptor set Envoy's gRPC-JSON transcoder loads.
 - `docs/openapi.json`: the OpenAPI document of the REST surface (gen_openapi.py).
-- `sdk_python/relay_sdk/_generated_methods.py`: the SDK's typed methods (gen_sdk.py).
+- `sdk_python/relay_sdk/_gen/methods.py`: the SDK's typed methods (gen_sdk.py).
 - `sdk_typescript/src/gen/`: the TypeScript SDK's messages and services (gen_ts.py).
 
 Usage: python scripts/gen.py [--root DIR]   (DIR defaults to the repository)

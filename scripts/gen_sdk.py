@@ -1,6 +1,6 @@
 """Generate the SDK's typed method layer from the service descriptors in `protos/`.
 
-Output: `sdk_python/relay_sdk/_generated_methods.py`, checked in.  For every
+Output: `sdk_python/relay_sdk/_gen/methods.py`, checked in.  For every
 service of `relay.*` it writes a sync and an async client class with one
 snake_case method per RPC (HttpBody RPCs are skipped: they exist for REST), an
 `iter_*` pager per AIP-158 `List*` RPC, and the mixins that hang the service
@@ -28,7 +28,7 @@ from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
-OUT = Path("sdk_python/relay_sdk/_generated_methods.py")
+OUT = Path("sdk_python/relay_sdk/_gen/methods.py")
 
 # The attribute of a service on the clients is the snake_case of its name without
 # "Service", in the plural when it lists that resource (ApiKeyService has ListApiKeys:

@@ -1,7 +1,7 @@
 """The two clients: :class:`Relay` (blocking) and :class:`AsyncRelay` (``grpc.aio``).
 
 Each owns one channel and exposes one attribute per service of the protos
-(``client.inference``, ``client.api_keys``, …; see ``_generated_methods.py``)
+(``client.inference``, ``client.api_keys``, …; see ``_gen/methods.py``)
 plus the everyday helpers ``chat``, ``chat_stream`` and ``embed``.
 """
 
@@ -15,7 +15,7 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format, struct_pb2
 
-from relay_sdk._generated_methods import AsyncServices, SyncServices
+from relay_sdk._gen.methods import AsyncServices, SyncServices
 from relay_sdk._proto.relay.v1 import chat_pb2, embeddings_pb2
 from relay_sdk._retry import RetryPolicy
 from relay_sdk._wrappers import (

@@ -1,6 +1,6 @@
 """What every generated method does: build the request, add auth, call, retry, map errors.
 
-The generated ``_generated_methods.py`` holds one ``MethodSpec`` per RPC and
+The generated ``_gen/methods.py`` holds one ``MethodSpec`` per RPC and
 thin typed methods; they all end in :class:`SyncInvoker` or
 :class:`AsyncInvoker` here, so the behaviour is written (and tested) once.
 """

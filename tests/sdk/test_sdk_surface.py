@@ -13,7 +13,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 
 import relay_sdk
 from relay_sdk import AsyncRelay, Relay
-from relay_sdk._generated_methods import SERVICE_ATTRIBUTES
+from relay_sdk._gen.methods import SERVICE_ATTRIBUTES
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "scripts"))
@@ -57,7 +57,7 @@ def test_every_rpc_has_a_snake_case_method(client_type: type) -> None:
         if not _typed_methods(service):
             continue
         service_client = hints[SERVICE_ATTRIBUTES[service.full_name]]
-        cls = getattr(importlib.import_module("relay_sdk._generated_methods"), service_client)
+        cls = getattr(importlib.import_module("relay_sdk._gen.methods"), service_client)
         for method in service.methods:
             name = _snake(method.name)
             if method.name not in _typed_methods(service):
@@ -73,14 +73,14 @@ def test_every_rpc_has_a_snake_case_method(client_type: type) -> None:
 
 
 def test_openai_rest_rpcs_are_skipped_but_its_model_reads_are_there() -> None:
-    assert {"list_models", "get_model"} <= set(dir(relay_sdk._generated_methods.OpenAIServiceClient))
-    assert not hasattr(relay_sdk._generated_methods.OpenAIServiceClient, "create_chat_completion")
+    assert {"list_models", "get_model"} <= set(dir(relay_sdk._gen.methods.OpenAIServiceClient))
+    assert not hasattr(relay_sdk._gen.methods.OpenAIServiceClient, "create_chat_completion")
 
 
 def test_the_generated_layer_matches_the_protos() -> None:
     fresh = gen_sdk.render(gen_sdk.descriptor_set())
     checked_in = (REPO / gen_sdk.OUT).read_text()
-    assert fresh == checked_in, "sdk_python/relay_sdk/_generated_methods.py drifted: run `make gen`"
+    assert fresh == checked_in, "sdk_python/relay_sdk/_gen/methods.py drifted: run `make gen`"
 
 
 def test_the_package_exports_its_public_names_lazily() -> None:
