@@ -118,3 +118,16 @@ def test_public_rest_port_does_not_proxy_native_grpc(relay: RelayStack) -> None:
     with grpc.insecure_channel(f"127.0.0.1:{relay.http_port}") as ch:
         with pytest.raises(grpc.RpcError):
             health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+
+
+def test_typed_answers_carry_the_same_headers_as_rest(relay: RelayStack, channel: grpc.Channel) -> None:
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    _, call = stub.CreateChatCompletion.with_call(_request(), metadata=_auth(relay))
+    unary = dict(call.initial_metadata())
+    stream = stub.StreamChatCompletion(_request(), metadata=_auth(relay))
+    list(stream)
+    streamed = dict(stream.initial_metadata())
+    for headers in (unary, streamed):
+        assert headers["x-request-id"].startswith("req_")
+        assert int(headers["x-ratelimit-remaining-requests"]) >= 0 and "x-ratelimit-limit-tokens" in headers
+        assert float(headers["x-relay-overhead-ms"]) >= 0

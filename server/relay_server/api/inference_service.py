@@ -18,6 +18,7 @@ from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2,
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
+from relay_server.api.response_headers import success_headers
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.context import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
@@ -78,9 +79,10 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
                 validate(kind, body)
                 admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
                 response = await self._pipeline.complete(admitted)
+                headers = success_headers(request_id, admitted)
             except Exception as exc:  # noqa: BLE001
                 await abort(context, as_relay_error(exc), request_id)
-            await context.send_initial_metadata((("x-request-id", request_id),))
+            await context.send_initial_metadata(headers)
             return _typed(response, out)
 
     async def _stream(
@@ -93,11 +95,12 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
             admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
             chunks = self._pipeline.stream(admitted)
             first = await anext(chunks, None)
+            headers = success_headers(request_id, admitted)
         except Exception as exc:  # noqa: BLE001
             if chunks is not None:
                 await chunks.aclose()
             await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata((("x-request-id", request_id),))
+        await context.send_initial_metadata(headers)
         try:
             if first is not None:
                 yield _typed(first, out)

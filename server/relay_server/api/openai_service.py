@@ -21,10 +21,10 @@ from google.api import httpbody_pb2
 from relay_sdk._proto.relay.v1 import models_pb2, openai_service_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_wire import decode_body, validate
+from relay_server.api.response_headers import success_headers
 from relay_server.errors import RelayError
-from relay_server.observability.request_context import bind_request, overhead_headers
+from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.authenticate import Authenticator
-from relay_server.pipeline.cache import cache_headers
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
@@ -81,7 +81,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
                 await abort(context, as_relay_error(exc), request_id)
             await context.send_initial_metadata(
-                (("x-request-id", request_id), *admitted.headers.items(), *overhead_headers())
+                success_headers(request_id, admitted)
             )
             return httpbody_pb2.HttpBody(content_type=_JSON, data=orjson.dumps(response))
 
@@ -109,13 +109,11 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
     async def _generate(
         self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext, request_id: str
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        headers: tuple[tuple[str, str], ...] = (("x-request-id", request_id),)
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
             body = decode_body(request.data)
             validate(kind, body)
             admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
-            headers += tuple(admitted.headers.items())  # x-ratelimit-*, as OpenAI sends them
             if not admitted.ctx.stream:
                 response = await self._pipeline.complete(admitted)
                 first = None
@@ -124,8 +122,7 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
                 # Wait for the provider's first chunk before sending anything: until then
                 # every failure can still be a proper HTTP status.
                 first = await anext(chunks, None)
-            headers += tuple(cache_headers(admitted))  # x-relay-cache: hit | miss | bypass
-            headers += overhead_headers()  # x-relay-overhead-ms: Relay's time so far, providers' excluded
+            headers = success_headers(request_id, admitted)
         except Exception as exc:  # noqa: BLE001
             if chunks is not None:
                 await chunks.aclose()
