@@ -14,9 +14,9 @@ import signal
 from dataclasses import dataclass
 
 import grpc
-from redis.asyncio import Redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
 
 from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_sdk._proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
@@ -45,11 +45,6 @@ from relay_server.workers.metering import Metering, build_metering, spool_dir
 from relay_server.workers.routing import Routing, build_routing
 
 log = logging.getLogger(__name__)
-
-# Services whose implementation arrives with later capabilities: registered with
-# their generated base class, which answers UNIMPLEMENTED (never a fake success).
-_PENDING_ADMIN: tuple = ()
-
 
 def _service_name(module, name: str) -> str:
     return module.DESCRIPTOR.services_by_name[name].full_name
@@ -85,7 +80,9 @@ class App:
 
 
 async def build(settings: Settings) -> App:
-    db = Database(settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max)
+    db = Database(
+        settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
     await db.open()
     redis = create_redis(settings.redis_url) if settings.redis_url else None
     catalog = Catalog(PostgresCatalogStore(db))
@@ -141,9 +138,6 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))
     names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
-    for module, name, add, base in _PENDING_ADMIN:
-        add(base(), server)
-        names.append(_service_name(module, name))
     return names
 
 

@@ -18,7 +18,6 @@ from aiohttp import web
 from tests.fakes.faults import (
     FakeServer,
     Fault,
-    Reply,
     count_tokens,
     json_error,
     json_pieces,

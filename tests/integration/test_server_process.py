@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import psutil
-import pytest
 from google.protobuf import struct_pb2
 
 from relay_sdk._proto.relay.v1 import chat_pb2, inference_service_pb2_grpc

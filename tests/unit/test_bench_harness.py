@@ -6,7 +6,6 @@ Run: ``PYTHONPATH=server:sdk_python:. .venv/bin/pytest -q bench/test_bench.py``
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import AsyncIterator
 from typing import Any

@@ -118,7 +118,7 @@ class InferencePipeline:
 
     async def complete(self, admitted: Admitted) -> dict[str, Any]:
         """Non-streaming chat / completion / embeddings: one response body."""
-        ctx, entry = admitted.ctx, admitted.entry
+        ctx = admitted.ctx
         counter = OutputCounter()
         try:
             attempts = await self._plan(admitted)
@@ -136,7 +136,7 @@ class InferencePipeline:
 
     async def stream(self, admitted: Admitted) -> AsyncIterator[dict[str, Any]]:
         """Streaming chat / completion: client-ready chunk dicts."""
-        ctx, entry = admitted.ctx, admitted.entry
+        ctx = admitted.ctx
         counter = OutputCounter()
         error: BaseException | None = None
         try:
