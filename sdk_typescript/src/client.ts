@@ -5,8 +5,8 @@
  * (relay.admin.v1) with the admin token when one is given, else the API key
  * (a management key may manage its own tenant's keys).
  */
-import type { DescService } from "@bufbuild/protobuf";
-import type { Client, Transport } from "@connectrpc/connect";
+import type { DescService, JsonValue } from "@bufbuild/protobuf";
+import type { CallOptions, Client, Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { ApiKeyService } from "./gen/relay/admin/v1/api_keys_pb.js";
@@ -14,9 +14,13 @@ import { AuditLogService } from "./gen/relay/admin/v1/audit_pb.js";
 import { ModelCatalogService } from "./gen/relay/admin/v1/catalog_pb.js";
 import { ProviderCredentialService } from "./gen/relay/admin/v1/credentials_pb.js";
 import { TenantService } from "./gen/relay/admin/v1/tenants_pb.js";
+import type { ChatCompletion, ChatCompletionChunk } from "./gen/relay/v1/chat_pb.js";
+import type { EmbeddingList } from "./gen/relay/v1/embeddings_pb.js";
 import { UsageService } from "./gen/relay/admin/v1/usage_pb.js";
 import { InferenceService } from "./gen/relay/v1/inference_service_pb.js";
 import { OpenAIService } from "./gen/relay/v1/openai_service_pb.js";
+import { paginate, type ListMethod, type PageItem, type PageRequest, type PageResponse, type Pager } from "./pagers.js";
+import { chatRequest, embeddingRequest, type ChatMessageJson, type RequestParams } from "./requests.js";
 import { DEFAULT_RETRY_POLICY, sleep, type RetryPolicy } from "./retry.js";
 import { bindService, type CallPolicy } from "./services.js";
 
@@ -122,6 +126,42 @@ export class RelayClient {
   /** A typed client of any generated service descriptor, with the same conventions. */
   service<S extends DescService>(service: S): Client<S> {
     return bindService(service, this.transport, this.policy);
+  }
+
+  /**
+   * One chat completion from OpenAI-style messages and parameters
+   * (`{ temperature: 0.2, max_completion_tokens: 64 }`); parameters the typed
+   * schema lacks go in `extraBody`.  Never retried, like every inference call.
+   */
+  async chat(model: string, messages: readonly ChatMessageJson[], params?: RequestParams, options?: CallOptions): Promise<ChatCompletion> {
+    return this.inference.createChatCompletion(chatRequest(model, messages, params), options);
+  }
+
+  /**
+   * A streamed chat completion: `for await` over its chunks (breaking out cancels
+   * the call).  Pass `{ stream_options: { include_usage: true } }` for a final usage chunk.
+   */
+  chatStream(model: string, messages: readonly ChatMessageJson[], params?: RequestParams, options?: CallOptions): AsyncIterable<ChatCompletionChunk> {
+    return this.inference.streamChatCompletion(chatRequest(model, messages, params), options);
+  }
+
+  /** Embeddings of `input` (a string, a list of strings, or token ids). */
+  async embed(model: string, input: JsonValue, params?: RequestParams, options?: CallOptions): Promise<EmbeddingList> {
+    return this.inference.createEmbedding(embeddingRequest(model, input, params), options);
+  }
+
+  /**
+   * A lazy pager over a paginated `List*` method of this client's services:
+   * `for await (const key of client.paginate(client.apiKeys.listApiKeys, { tenantId }))`
+   * yields every item, `.pages()` every raw page; a page is fetched only when
+   * the loop reaches it.  `options` apply to each page's call.
+   */
+  paginate<Req extends PageRequest, Page extends PageResponse>(
+    list: ListMethod<Req, Page>,
+    request: Req,
+    options?: CallOptions,
+  ): Pager<PageItem<Page>, Page> {
+    return paginate(list, request, options);
   }
 
   /** Close the connection (open streams end). An idle client does not keep Node running either way. */

@@ -32,6 +32,8 @@ export {
   type OpenAIErrorObject,
   type RelayErrorInit,
 } from "./errors.js";
+export { Pager, paginate, type ListMethod, type PageItem, type PageRequest, type PageResponse } from "./pagers.js";
+export { chatRequest, embeddingRequest, type ChatMessageJson, type RequestParams } from "./requests.js";
 export { DEFAULT_RETRY_POLICY, type RetryPolicy } from "./retry.js";
 export { fromValue, toValue } from "./values.js";
 /** Messages, enums and service descriptors of relay.v1: `relay.ChatCompletionRequestSchema`, … */

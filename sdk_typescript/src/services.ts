@@ -109,6 +109,15 @@ function bindServerStream(invoke: StreamFn, method: DescMethod, policy: CallPoli
   };
 }
 
+// Which RPC each bound method calls: lets paginate() read a method's shape from
+// its descriptor given only the function (`client.apiKeys.listApiKeys`).
+const boundMethods = new WeakMap<object, DescMethod>();
+
+/** The RPC a method of a bound client calls, or undefined for any other value. */
+export function methodDescriptor(fn: unknown): DescMethod | undefined {
+  return typeof fn === "function" ? boundMethods.get(fn) : undefined;
+}
+
 /** A typed client of `service` over `transport`, with Relay's conventions on every method. */
 export function bindService<S extends DescService>(service: S, transport: Transport, policy: CallPolicy): Client<S> {
   const raw = createClient(service, transport) as unknown as Record<string, UnaryFn & StreamFn>;
@@ -130,6 +139,7 @@ export function bindService<S extends DescService>(service: S, transport: Transp
         // works as connect made it, without retries or error mapping.
         bound[method.localName] = invoke;
     }
+    boundMethods.set(bound[method.localName] as object, method);
   }
   return bound as Client<S>;
 }

@@ -156,6 +156,63 @@ describe("RelayClient against a real Relay", { skip }, () => {
     assert.ok(key.id.startsWith("key_"));
   });
 
+  it("iterates the demo tenant's keys one page at a time", async () => {
+    const pages = [];
+    for await (const page of client.paginate(client.apiKeys.listApiKeys, { tenantId: "ten_demo", pageSize: 1 }).pages()) {
+      assert.ok(page.apiKeys.length <= 1, "pageSize is forwarded to every page");
+      pages.push(page);
+    }
+    const ids: string[] = [];
+    for await (const key of client.paginate(client.apiKeys.listApiKeys, { tenantId: "ten_demo", pageSize: 1 })) {
+      assert.equal(key.tenantId, "ten_demo");
+      ids.push(key.id);
+    }
+    assert.ok(ids.length >= 1);
+    assert.ok(pages.length >= ids.length, "one key per page");
+    assert.equal(new Set(ids).size, ids.length, "pages do not overlap");
+    const whole = await client.apiKeys.listApiKeys({ tenantId: "ten_demo", pageSize: 1000 });
+    assert.deepEqual([...ids].sort(), whole.apiKeys.map((k) => k.id).sort());
+  });
+
+  it("iterates the whole catalog through the pager", async () => {
+    const names: string[] = [];
+    let pages = 0;
+    for await (const page of client.paginate(client.catalog.listCatalogModels, { pageSize: 5 }).pages()) {
+      pages += 1;
+      names.push(...page.models.map((m) => m.relayName));
+    }
+    const items: string[] = [];
+    for await (const model of client.paginate(client.catalog.listCatalogModels, { pageSize: 5 })) {
+      items.push(model.relayName);
+    }
+    assert.deepEqual(items, names);
+    assert.ok(pages >= 2 && names.length > 5, `${names.length} models in ${pages} pages`);
+    assert.ok(names.includes("gpt-4o-mini"));
+    assert.equal(new Set(names).size, names.length, "pages do not overlap");
+  });
+
+  it("answers the same through client.chat and client.chatStream", async () => {
+    const messages = [{ role: "user", content: "Say hello" }];
+    const reply = await client.chat("gpt-4o-mini", messages, { max_completion_tokens: 64 });
+    assert.equal(reply.object, "chat.completion");
+    let text = "";
+    let usage: relay.ChatCompletionChunk["usage"];
+    for await (const chunk of client.chatStream("gpt-4o-mini", messages, { max_completion_tokens: 64, stream_options: { include_usage: true } })) {
+      text += chunk.choices[0]?.delta?.content ?? "";
+      usage = chunk.usage ?? usage;
+    }
+    assert.ok(text.length > 0);
+    assert.equal(text, reply.choices[0]?.message?.content);
+    assert.equal(usage?.totalTokens, reply.usage?.totalTokens);
+  });
+
+  it("embeds through client.embed", async () => {
+    const list = await client.embed("text-embedding-3-small", ["a", "b"], { encoding_format: "float", dimensions: 4 });
+    assert.equal(list.data.length, 2);
+    const vector = fromValue(list.data[1]?.embedding);
+    assert.ok(Array.isArray(vector) && vector.length === 4);
+  });
+
   it("refuses the admin catalog to an API key", async () => {
     const keyOnly = new RelayClient({ target: target ?? "", apiKey, maxRetries: 0 });
     try {
