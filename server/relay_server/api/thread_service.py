@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from relay_sdk._proto.relay.v1 import threads_pb2, threads_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_service import request_metadata
+from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.context import new_request_id
 from relay_server.threads.render import message_proto, thread_proto
 from relay_server.threads.service import SendInput, Threads
@@ -125,38 +126,41 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         return threads_pb2.DeleteThreadResponse(id=request.thread_id, object="thread.deleted", deleted=True)
 
     async def SendMessage(self, request, context):  # noqa: N802
-        request_id = new_request_id()
-        frames: AsyncIterator[bytes] | None = None
-        first: bytes | None = None
-        try:
-            metadata = request_metadata(context)
-            principal = await self._threads.caller(metadata)
-            send = _send_input(request, metadata.get(IDEMPOTENCY_HEADER, ""))
-            sent = await self._threads.send(principal, metadata, send, request_id)
-            if not request.stream:
-                sent = await self._threads.wait(principal, sent)
-                body = orjson.dumps({
-                    "user_message": await self._threads.message_json(sent.user_message),
-                    "assistant_message": await self._threads.message_json(sent.reply),
-                })
-            else:
-                frames = self._threads.stream(principal, sent.reply.thread_id, sent.reply.id, 0)
-                first = await anext(frames, None)
-        except Exception as exc:  # noqa: BLE001
-            if frames is not None:
-                await frames.aclose()  # type: ignore[attr-defined]
-            await abort(context, as_relay_error(exc), request_id)
-        headers = (
-            ("x-request-id", sent.reply.request_id or request_id),
-            ("x-relay-thread-message-id", sent.reply.id),
-            ("x-relay-idempotent-replay", "true" if sent.run is None else "false"),
-        )
-        await context.send_initial_metadata(headers)
-        if frames is None:
-            yield httpbody_pb2.HttpBody(content_type=_JSON, data=body)
-            return
-        async for frame in self._relay(frames, first):
-            yield frame
+        # The reply runs in a background task that inherits this scope, so its log lines
+        # (and those of its provider attempts) carry the request id, tenant and model too.
+        with bind_request(new_request_id(), "chat", None, request_metadata(context)) as scope:
+            request_id = scope.request_id
+            frames: AsyncIterator[bytes] | None = None
+            first: bytes | None = None
+            try:
+                metadata = request_metadata(context)
+                principal = await self._threads.caller(metadata)
+                send = _send_input(request, metadata.get(IDEMPOTENCY_HEADER, ""))
+                sent = await self._threads.send(principal, metadata, send, request_id)
+                if not request.stream:
+                    sent = await self._threads.wait(principal, sent)
+                    body = orjson.dumps({
+                        "user_message": await self._threads.message_json(sent.user_message),
+                        "assistant_message": await self._threads.message_json(sent.reply),
+                    })
+                else:
+                    frames = self._threads.stream(principal, sent.reply.thread_id, sent.reply.id, 0)
+                    first = await anext(frames, None)
+            except Exception as exc:  # noqa: BLE001
+                if frames is not None:
+                    await frames.aclose()  # type: ignore[attr-defined]
+                await abort(context, as_relay_error(exc), request_id)
+            headers = (
+                ("x-request-id", sent.reply.request_id or request_id),
+                ("x-relay-thread-message-id", sent.reply.id),
+                ("x-relay-idempotent-replay", "true" if sent.run is None else "false"),
+            )
+            await context.send_initial_metadata(headers)
+            if frames is None:
+                yield httpbody_pb2.HttpBody(content_type=_JSON, data=body)
+                return
+            async for frame in self._relay(frames, first):
+                yield frame
 
     async def StreamMessage(self, request, context):  # noqa: N802
         request_id = new_request_id()
