@@ -13,6 +13,7 @@ from relay_server.stack.processes import free_port
 from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
+from relay_server.storage.redis.wire import RedisWire
 from tests.support.pg import PgCluster, TestDatabase, start_cluster
 
 
@@ -51,3 +52,11 @@ async def redis_client(redis_server: RedisHandle) -> AsyncIterator[Redis]:
     await client.flushdb()
     yield client
     await client.aclose()
+
+
+@pytest_asyncio.fixture
+async def redis_wire(redis_server: RedisHandle, redis_client: Redis) -> AsyncIterator[RedisWire]:
+    """The per-request pipelined connection, on the same (flushed) Redis as ``redis_client``."""
+    wire = RedisWire.from_url(redis_server.url)
+    yield wire
+    await wire.close()

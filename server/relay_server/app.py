@@ -39,6 +39,7 @@ from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
+from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.components import Tenancy, build_tenancy
 from relay_server.threads.components import Conversations, build_conversations
 from relay_server.workers.metering import Metering, build_metering, spool_dir
@@ -55,6 +56,7 @@ class App:
     settings: Settings
     db: Database
     redis: Redis | None
+    wire: RedisWire | None  # the per-request Redis connection (storage/redis/wire.py)
     catalog: Catalog
     authenticator: Authenticator
     pipeline: InferencePipeline
@@ -74,6 +76,8 @@ class App:
         await self.routing.stop()
         await self.tenancy.stop()
         await self.catalog.stop()
+        if self.wire is not None:
+            await self.wire.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.close()
@@ -85,15 +89,16 @@ async def build(settings: Settings) -> App:
     )
     await db.open()
     redis = create_redis(settings.redis_url) if settings.redis_url else None
+    wire = RedisWire.from_url(settings.redis_url) if settings.redis_url else None
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
-    routing = await build_routing(settings, db, redis, catalog, tenancy.runner, anomalies=observability.detector)
+    routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
     router = routing.router
-    metering = build_metering(settings, db, redis, tenancy.runner)
+    metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
@@ -103,7 +108,7 @@ async def build(settings: Settings) -> App:
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     await metering.start()
     return App(
-        settings, db, redis, catalog, authenticator, pipeline, tenancy, metering, routing,
+        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
         conversations=conversations, observability=observability,
     )  # fmt: skip
 

@@ -26,6 +26,7 @@ from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.health import RedisHealthStore, circuit_key
 from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
 from relay_server.workers.health_monitor import HealthMonitor
@@ -97,7 +98,10 @@ async def test_plan_time_reads_with_redis_down_use_this_workers_circuits_and_no_
     dead = create_redis(f"redis://127.0.0.1:{free_port()}/0")
     clock = Clock()
     health = tracker(dead, clock, threshold=2)
-    planner = CandidatePlanner(None, None, None, health, OutboundGuard(OutboundWindows(dead)), None)  # type: ignore[arg-type]
+    dead_wire = RedisWire.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    planner = CandidatePlanner(
+        None, None, None, health, OutboundGuard(OutboundWindows(dead)), None, state_reads=dead_wire,  # type: ignore[arg-type]
+    )  # fmt: skip
     try:
         await health.record("openai", "failure", 10)
         await health.record("openai", "failure", 10)

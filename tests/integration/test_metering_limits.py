@@ -20,6 +20,7 @@ from relay_server.stack.processes import free_port
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.limits import AdmitReply, RedisAdmission, WindowArg, noisy_key
+from relay_server.storage.redis.wire import RedisWire
 from tests.support.metering import MESSAGES, Harness, build_harness, make_key, make_tenant, settings_for
 from tests.support.pg import TestDatabase
 
@@ -153,8 +154,8 @@ def _rpm(key: str, limit: int, cost: int = 1) -> WindowArg:
     return WindowArg(key, "m", limit, cost, scalable=True)
 
 
-async def test_the_sliding_minute_frees_capacity_as_old_seconds_leave(redis_client: Redis) -> None:
-    script = RedisAdmission(redis_client)
+async def test_the_sliding_minute_frees_capacity_as_old_seconds_leave(redis_wire: RedisWire) -> None:
+    script = RedisAdmission(redis_wire)
     key, noisy = "relay:{t}:rl:rpm", "relay:{t}:noisy"
     t0 = 1_700_000_000_000
     for i in range(3):  # three requests at t0, t0+10s, t0+20s
@@ -173,8 +174,8 @@ async def test_the_sliding_minute_frees_capacity_as_old_seconds_leave(redis_clie
     assert (limit, remaining) == (3, 0) and reset_ms == 10_000  # the t0+10s request is now the oldest
 
 
-async def test_nothing_is_recorded_when_any_window_refuses(redis_client: Redis) -> None:
-    script = RedisAdmission(redis_client)
+async def test_nothing_is_recorded_when_any_window_refuses(redis_client: Redis, redis_wire: RedisWire) -> None:
+    script = RedisAdmission(redis_wire)
     tenant_rpm, key_rpm = "relay:{t}:rl:rpm", "relay:{t}:rl:key:k:rpm"
     t0 = 1_700_000_000_000
     windows = [_rpm(tenant_rpm, 100), WindowArg(key_rpm, "m", 1, 1, scalable=False)]

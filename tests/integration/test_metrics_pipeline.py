@@ -33,7 +33,7 @@ from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.workers.metering import Metering, build_metering
-from tests.support.metering import MESSAGES, Key, make_key, make_tenant, settings_for
+from tests.support.metering import MESSAGES, Key, make_key, make_tenant, settings_for, wire_for
 from tests.support.pg import TestDatabase
 
 pytestmark = pytest.mark.asyncio
@@ -72,7 +72,8 @@ async def served(
     settings = settings_for(pg_db.owner_dsn, pg_db.app_dsn, tmp_path, metrics_port=0)
     catalog = Catalog(PostgresCatalogStore(database))
     await catalog.load()
-    metering = build_metering(settings, database, redis_client, runner=None)
+    wire = wire_for(redis_client)
+    metering = build_metering(settings, database, redis_client, wire, runner=None)
     hub = build_observability(settings, span_exporter=exporter)
     pipeline = InferencePipeline(
         Authenticator(PostgresKeyStore(database), cache_ttl_s=60), catalog, Router(TestModeProvider()),
@@ -83,6 +84,7 @@ async def served(
     await pipeline.drain()
     await metering.stop()
     await hub.stop()
+    await wire.close()
 
 
 @pytest.fixture

@@ -36,6 +36,7 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
 from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
@@ -108,7 +109,7 @@ def authorizations(fake: FakeOpenAI) -> list[str]:
 
 
 @pytest_asyncio.fixture
-async def rig(pg_db: TestDatabase, database: Database, redis_client: Redis) -> AsyncIterator[Rig]:
+async def rig(pg_db: TestDatabase, database: Database, redis_client: Redis, redis_wire: RedisWire) -> AsyncIterator[Rig]:
     seed_demo(pg_db.owner_dsn)
     keyring = Keyring.parse(base64.b64encode(os.urandom(32)).decode())
     assert keyring is not None
@@ -123,7 +124,7 @@ async def rig(pg_db: TestDatabase, database: Database, redis_client: Redis) -> A
         windows = OutboundWindows(redis_client, clock=clock)
         planner = CandidatePlanner(
             catalog, directory, credentials, health, OutboundGuard(windows), keyring,
-            policy=RetryPolicy(sleep=sleeps), timeout_s=0.5,
+            policy=RetryPolicy(sleep=sleeps), timeout_s=0.5, state_reads=redis_wire,
         )  # fmt: skip
         rig = Rig(
             database, CredentialVault(database, keyring, on_change=credentials.invalidate), directory,

@@ -29,6 +29,7 @@ from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.redis.wire import Endpoint, RedisWire
 from relay_server.workers.metering import Metering, build_metering
 
 MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
@@ -99,6 +100,7 @@ class Harness:
     pipeline: InferencePipeline
     metering: Metering
     db: Database
+    wire: RedisWire | None = None
 
     async def chat(self, key: Key, **body: Any) -> dict[str, Any] | RelayError:
         """A non-streaming chat request; the RelayError instead of raising it."""
@@ -122,6 +124,8 @@ class Harness:
     async def close(self) -> None:
         await self.pipeline.drain()
         await self.metering.stop()
+        if self.wire is not None:
+            await self.wire.close()
 
 
 async def build_harness(
@@ -130,7 +134,8 @@ async def build_harness(
 ) -> Harness:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
-    metering = build_metering(settings, db, redis, runner=None)
+    wire = wire_for(redis) if redis is not None else None
+    metering = build_metering(settings, db, redis, wire, runner=None)
     pipeline = InferencePipeline(
         Authenticator(PostgresKeyStore(db), cache_ttl_s=60),
         catalog,
@@ -142,4 +147,10 @@ async def build_harness(
         settle_after_response=settle_after_response,
     )
     await metering.start()
-    return Harness(pipeline, metering, db)
+    return Harness(pipeline, metering, db, wire)
+
+
+def wire_for(redis: Redis) -> RedisWire:
+    """The per-request connection to the same Redis as a test's redis-py client."""
+    kwargs = redis.connection_pool.connection_kwargs
+    return RedisWire(Endpoint(host=kwargs["host"], port=kwargs["port"], db=int(kwargs.get("db") or 0)))

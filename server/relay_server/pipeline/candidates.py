@@ -38,8 +38,9 @@ from relay_server.pipeline.route import Attempt, AttemptResult, RetryPolicy, Rou
 from relay_server.providers.base import Credential, ProviderCall
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import RouteRow
-from relay_server.storage.redis.health import queue_circuits
+from relay_server.storage.redis.health import circuit_reads
 from relay_server.storage.redis.outbound import KeyUsage, OutboundWindows, Taken
+from relay_server.storage.redis.wire import RedisWire
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +259,10 @@ class CandidatePlanner:
         *,
         policy: RetryPolicy | None = None,
         timeout_s: float = 600.0,
+        state_reads: RedisWire | None = None,
     ) -> None:
         self._catalog = catalog
+        self._wire = state_reads  # circuits + outbound usage in one round trip (``_read_state``)
         self._directory = directory
         self._credentials = credentials
         self._health = health
@@ -319,20 +322,19 @@ class CandidatePlanner:
     async def _read_state(
         self, provider_ids: list[str], groups: dict[str, list[str]]
     ) -> tuple[dict[str, Availability], dict[str, dict[str, KeyUsage]]]:
-        """Circuits and outbound usage in ONE Redis round trip when both live on the same client.
+        """Circuits and outbound usage in ONE Redis round trip (over the per-request connection).
 
-        An error reply (the usage script flushed) falls back to the two separate reads; Redis
-        unreachable degrades both at once, as the separate reads would (circuits from this
-        worker's memory, keys used without outbound accounting).
+        An error reply (the usage script flushed) falls back to the two separate reads, which
+        reload it; Redis unreachable degrades both at once, as the separate reads would (circuits
+        from this worker's memory, keys used without outbound accounting).
         """
-        store, windows = self._health.store, self._outbound.windows
-        if provider_ids and store is not None and windows is not None and store.client is windows.client:
+        windows = self._outbound.windows
+        if provider_ids and self._wire is not None and self._health.store is not None and windows is not None:
+            circuit_commands, read_circuits = circuit_reads(provider_ids)
+            usage_commands, read_usage = windows.usage_reads(groups)
             try:
-                async with store.client.pipeline(transaction=False) as pipe:
-                    read_circuits = queue_circuits(pipe, provider_ids)
-                    read_usage = windows.queue_usage(pipe, groups)
-                    replies = await pipe.execute(raise_on_error=False)
-                n = len(provider_ids)
+                replies = await self._wire.batch([*circuit_commands, *usage_commands])
+                n = len(circuit_commands)
                 states, usage = read_circuits(replies[:n]), read_usage(replies[n:])
             except ResponseError:
                 pass  # e.g. NOSCRIPT after a flush: the separate reads below reload the script

@@ -188,7 +188,7 @@ class HealthTracker:
         return self.availability_from(provider_ids, states)
 
     def availability_from(self, provider_ids: Sequence[str], states: dict[str, CircuitState]) -> dict[str, Availability]:
-        """``availability`` from circuit states read in Redis by the caller (``queue_circuits``)."""
+        """``availability`` from circuit states read in Redis by the caller (``circuit_reads``)."""
         self._seen.update(states)
         return self._available(provider_ids, states)
 

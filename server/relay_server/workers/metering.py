@@ -32,6 +32,7 @@ from relay_server.storage.postgres.usage import PostgresSpendLedger, UsageRollup
 from relay_server.storage.postgres.webhooks import PostgresEvents, WebhookStore
 from relay_server.storage.redis.limits import RedisAdmission
 from relay_server.storage.redis.spend import RedisSpend
+from relay_server.storage.redis.wire import RedisWire
 from relay_server.storage.spool import Spool
 from relay_server.workers.billing import BillingWorker
 from relay_server.workers.rollup import UsageRollup
@@ -70,7 +71,9 @@ def spool_dir(settings: Settings) -> Path:
     return settings.state_dir / "spool" / hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
-def build_metering(settings: Settings, db: Database, redis: Redis | None, runner: BackgroundRunner | None) -> Metering:
+def build_metering(
+    settings: Settings, db: Database, redis: Redis | None, wire: RedisWire | None, runner: BackgroundRunner | None
+) -> Metering:
     events = PostgresEvents(db)
     limits = LimitResolver(PostgresQuotaStore(db), ttl_s=settings.policy_cache_ttl_s)
     tenant_config = TenantMeteringConfig(PostgresTenantConfig(db), ttl_s=settings.policy_cache_ttl_s)
@@ -85,7 +88,7 @@ def build_metering(settings: Settings, db: Database, redis: Redis | None, runner
             duration_s=settings.noisy_duration_s,
         )
     gate = AdmissionGate(
-        redis=RedisAdmission(redis) if redis is not None else None,
+        redis=RedisAdmission(wire) if wire is not None else None,
         spend=RedisSpend(redis) if redis is not None else None,
         limits=limits,
         tenant_caps=tenant_config,

@@ -30,6 +30,7 @@ from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDete
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.wire import RedisWire
 from relay_server.workers.credential_rotation import rotate_in_background
 from relay_server.workers.health_monitor import HealthMonitor
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -56,6 +57,7 @@ async def build_routing(
     settings: Settings,
     db: Database,
     redis: Redis | None,
+    wire: RedisWire | None,
     catalog: Catalog,
     runner: BackgroundRunner | None,
     *,
@@ -80,6 +82,7 @@ async def build_routing(
         catalog, directory, credentials, health,
         OutboundGuard(OutboundWindows(redis) if redis is not None else None), keyring,
         policy=RetryPolicy(backoff_s=settings.retry_backoff_s), timeout_s=settings.provider_timeout_s,
+        state_reads=wire if redis is not None else None,
     )  # fmt: skip
     router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
     vault = CredentialVault(db, keyring, on_change=credentials.invalidate)

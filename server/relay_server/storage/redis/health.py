@@ -15,11 +15,10 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 from importlib import resources
+from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 
 BUCKET_S = 10
 WINDOW_S = 300
@@ -82,14 +81,11 @@ def p95_from_bins(bins: Sequence[int]) -> int | None:
     return None
 
 
-def queue_circuits(pipe: Pipeline, provider_ids: Sequence[str]) -> Callable[[Sequence[Any]], dict[str, CircuitState]]:
-    """Queue the circuit reads on ``pipe`` (shared with other plan-time reads: one round trip).
-
-    Returns the parser of their replies (the next ``len(provider_ids)`` of the pipeline's).
-    """
+def circuit_reads(provider_ids: Sequence[str]) -> tuple[list[list[Any]], Callable[[Sequence[Any]], dict[str, CircuitState]]]:
+    """The circuit reads as commands (sent with other plan-time reads: one round trip) and
+    the parser of their replies, in order."""
     ids = list(provider_ids)
-    for pid in ids:
-        pipe.hmget(circuit_key(pid), "state", "failures", "open_until", "probe_until")
+    commands: list[list[Any]] = [["HMGET", circuit_key(pid), "state", "failures", "open_until", "probe_until"] for pid in ids]
 
     def read(replies: Sequence[Any]) -> dict[str, CircuitState]:
         states: dict[str, CircuitState] = {}
@@ -102,7 +98,7 @@ def queue_circuits(pipe: Pipeline, provider_ids: Sequence[str]) -> Callable[[Seq
             )
         return states
 
-    return read
+    return commands, read
 
 
 class RedisHealthStore:
@@ -125,8 +121,10 @@ class RedisHealthStore:
     async def circuits(self, provider_ids: Sequence[str]) -> dict[str, CircuitState]:
         if not provider_ids:
             return {}
+        commands, read = circuit_reads(provider_ids)
         async with self._redis.pipeline(transaction=False) as pipe:
-            read = queue_circuits(pipe, provider_ids)
+            for command in commands:
+                pipe.execute_command(*command)
             return read(await pipe.execute())
 
     async def record_attempt(self, provider_id: str, *, ok: bool, latency_ms: int) -> None:

@@ -21,11 +21,10 @@ from datetime import datetime
 from importlib import resources
 from typing import Any, Literal, TypeVar
 
-from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import MaxConnectionsError
 
 from relay_server.storage.redis.client import tenant_key
+from relay_server.storage.redis.wire import RedisWire, Script
 
 WindowKind = Literal["m", "d"]
 T = TypeVar("T")
@@ -91,12 +90,13 @@ class SettleCap:
 
 
 class RedisAdmission:
-    """Runs the two scripts; raises ``redis.exceptions.RedisError`` (incl. timeouts) to the caller."""
+    """Runs the two scripts over the per-request connection (``RedisWire``);
+    raises ``redis.exceptions.RedisError`` (incl. timeouts) to the caller."""
 
-    def __init__(self, redis: Redis) -> None:
-        self._redis = redis
-        self._admit = redis.register_script(load_script("admit.lua"))
-        self._settle = redis.register_script(load_script("settle.lua"))
+    def __init__(self, wire: RedisWire) -> None:
+        self._wire = wire
+        self._admit = Script.of(load_script("admit.lua"))
+        self._settle = Script.of(load_script("settle.lua"))
 
     async def admit(
         self, *, noisy: str, request_id: str, now_ms: int, windows: list[WindowArg], caps: list[CapArg]
@@ -110,7 +110,7 @@ class RedisAdmission:
             keys += [c.hash_key, c.zset_key]
             args += [c.cap_micros, c.amount, c.lease_until_ms, c.ttl_ms]
         keys.append(noisy)
-        reply = await _call(self._admit, keys, args)
+        reply = await self._wire.script(self._admit, keys, args)
         values = tuple(int(v) for v in reply)
         return AdmitReply(values[0], values[1:])
 
@@ -132,12 +132,8 @@ class RedisAdmission:
         for c in caps:
             keys += [c.hash_key, c.zset_key]
             args += [c.actual_micros, c.warn_at_micros]
-        reply = [int(v) for v in await _call(self._settle, keys, args)]
+        reply = [int(v) for v in await self._wire.script(self._settle, keys, args)]
         return [(reply[i], reply[i + 1] == 1) for i in range(0, len(reply), 2)]
-
-
-async def _call(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-    return await pooled(lambda: script(keys=keys, args=args))
 
 
 async def pooled(call: Callable[[], Awaitable[T]]) -> T:

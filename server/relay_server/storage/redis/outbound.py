@@ -23,7 +23,6 @@ from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import NoScriptError
 
 
@@ -76,20 +75,20 @@ class OutboundWindows:
     def client(self) -> Redis:
         return self._redis
 
-    def queue_usage(
-        self, pipe: Pipeline, groups: Mapping[str, Sequence[str]]
-    ) -> Callable[[Sequence[Any]], dict[str, dict[str, KeyUsage]]]:
-        """``usage`` queued on a pipeline shared with other plan-time reads (one round trip).
+    def usage_reads(
+        self, groups: Mapping[str, Sequence[str]]
+    ) -> tuple[list[list[Any]], Callable[[Sequence[Any]], dict[str, dict[str, KeyUsage]]]]:
+        """``usage`` as commands sent with other plan-time reads (one round trip), and their parser.
 
-        EVALSHA, not the ``Script`` object (a Script in a pipeline costs a SCRIPT EXISTS);
-        the parser re-raises a ``NoScriptError`` reply, and the caller then falls back to
-        ``usage``, whose Script call loads the script.
+        Raw EVALSHA: the parser re-raises an error reply (``NOSCRIPT`` after a Redis
+        restart), and the caller then falls back to ``usage``, which loads the script.
         """
         groups = {pid: list(ids) for pid, ids in groups.items() if ids}
         now = self._now()
+        commands: list[list[Any]] = []
         for pid, ids in groups.items():
             keys = [k for cid in ids for k in window_keys(pid, cid)]
-            pipe.evalsha(self._usage.sha, len(keys), *keys, now)
+            commands.append(["EVALSHA", self._usage.sha, len(keys), *keys, now])
 
         def read(replies: Sequence[Any]) -> dict[str, dict[str, KeyUsage]]:
             for reply in replies:
@@ -97,7 +96,7 @@ class OutboundWindows:
                     raise reply
             return _parse_usage(groups, replies)
 
-        return read
+        return commands, read
 
     async def usage(self, groups: Mapping[str, Sequence[str]]) -> dict[str, dict[str, KeyUsage]]:
         """provider id -> credential ids  =>  provider id -> credential id -> usage (one round trip)."""

@@ -1,0 +1,269 @@
+"""``RedisWire``: the per-request Redis connection — one multiplexed, pipelined
+RESP2 connection per worker.
+
+Why not redis-py here: every request makes three Redis calls (admit, plan-time
+reads, settle), and redis-py spends ~50 µs of CPU on each (pool checkout, retry
+wrapper, pure-Python command packing); over a single connection that is
+pipelined the same call costs a few µs.  redis-py stays the client for
+everything else (caches, stream buffers, health windows, blocking reads).
+
+How it works: commands are written in order on one connection and replies come
+back in the same order, so each call is a future at the tail of a FIFO.
+Commands issued in the same event-loop tick leave in one ``write`` (a burst of
+concurrent requests costs one syscall, not one each).  Replies are parsed by
+``hiredis``.
+
+Failure contract (the callers' fail-open / fail-closed rules depend on it):
+errors are redis-py's exception types — ``ConnectionError`` when the connection
+cannot be made or is lost, ``TimeoutError`` when a reply is late (the
+connection is then dropped: a late reply would otherwise arrive for the wrong
+caller, and a stalled Redis must not queue every request behind it), and
+``ResponseError`` for error replies.  The next call reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import hiredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+Command = Sequence[bytes | str | int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class Script:
+    """A Lua script called by its SHA1; loaded on the first NOSCRIPT reply."""
+
+    source: str
+    sha: str
+
+    @classmethod
+    def of(cls, source: str) -> Script:
+        return cls(source, hashlib.sha1(source.encode()).hexdigest())  # noqa: S324 (Redis names scripts by SHA1)
+
+    def call(self, keys: Sequence[str], args: Sequence[Any]) -> list[Any]:
+        return ["EVALSHA", self.sha, len(keys), *keys, *args]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    host: str = "127.0.0.1"
+    port: int = 6379
+    unix_path: str | None = None
+    tls: bool = False
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"unsupported Redis URL scheme {parts.scheme!r}")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        if parts.scheme == "unix":
+            query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+            return cls(unix_path=parts.path, db=int(query.get("db", 0)), username=user, password=password)
+        db_text = parts.path.lstrip("/")
+        return cls(
+            host=parts.hostname or "127.0.0.1", port=parts.port or 6379, tls=parts.scheme == "rediss",
+            db=int(db_text) if db_text else 0, username=user, password=password,
+        )  # fmt: skip
+
+
+def _pack(command: Command) -> bytes:
+    out = [b"*%d\r\n" % len(command)]
+    for arg in command:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        else:
+            data = str(arg).encode()  # ints and floats, as redis-py encodes them
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    """One connection: writes coalesced per loop tick, replies matched to waiters in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+        self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        self._out: list[bytes] = []
+        self._transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
+        if self.closed:
+            raise RedisConnectionError("Redis connection closed")
+        futures = [self._loop.create_future() for _ in range(replies)]
+        self._waiters.extend(futures)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(payload)
+        return futures
+
+    def _flush(self) -> None:
+        if self._out and self._transport is not None and not self.closed:
+            self._transport.write(b"".join(self._out))
+        self._out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        self._reader.feed(data)
+        try:
+            while (reply := self._reader.gets()) is not False:
+                waiter = self._waiters.popleft()
+                if not waiter.done():  # a timed-out caller has gone; its reply is dropped
+                    waiter.set_result(reply)
+        except (InvalidResponse, IndexError) as exc:  # garbage or a reply nobody asked for
+            self.abort(RedisConnectionError(f"Redis protocol error: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(RedisConnectionError(f"Redis connection lost: {exc}" if exc else "Redis closed the connection"))
+
+    def abort(self, exc: Exception) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self.closed = True
+        self._out.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+
+class RedisWire:
+    """A lazily (re)connected pipelined connection.  Use inside one event loop."""
+
+    def __init__(self, endpoint: Endpoint, *, timeout_s: float = 0.25, ssl_context: ssl.SSLContext | None = None) -> None:
+        self._endpoint = endpoint
+        self._timeout_s = timeout_s
+        self._ssl = ssl_context if ssl_context is not None else (ssl.create_default_context() if endpoint.tls else None)
+        self._conn: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout_s: float = 0.25) -> RedisWire:
+        return cls(Endpoint.parse(url), timeout_s=timeout_s)
+
+    async def execute(self, *command: Any) -> Any:
+        """One command's reply; an error reply raises ``ResponseError``."""
+        (reply,) = await self.batch([command])
+        if isinstance(reply, ResponseError):
+            raise reply
+        return reply
+
+    async def batch(self, commands: Sequence[Command]) -> list[Any]:
+        """Every reply in order, one round trip; error replies are returned as ``ResponseError``
+        values (the caller decides), transport failures raise."""
+        if not commands:
+            return []
+        conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
+        futures = conn.send(b"".join(_pack(c) for c in commands), len(commands))
+        timer = asyncio.get_running_loop().call_later(self._timeout_s, self._late, conn, futures[-1])
+        try:
+            await futures[-1]  # replies arrive in order: the last one done means all are
+        except BaseException:
+            # Failed, timed out or the caller was cancelled: settle every future of the batch so
+            # late replies are dropped and no exception is left unretrieved.
+            for f in futures:
+                if not f.done():
+                    f.cancel()
+                elif not f.cancelled():
+                    f.exception()
+            raise
+        finally:
+            timer.cancel()
+        return [f.result() for f in futures]
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """EVALSHA, loading the script once if Redis does not know it (restart, flush)."""
+        try:
+            return await self.execute(*script.call(keys, args))
+        except ResponseError as exc:
+            if not is_noscript(exc):
+                raise
+        await self.execute("SCRIPT", "LOAD", script.source)
+        return await self.execute(*script.call(keys, args))
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._conn is not None:
+            self._conn.abort(RedisConnectionError("Redis connection closed by Relay"))
+            self._conn = None
+
+    def _late(self, conn: _Protocol, last: asyncio.Future[Any]) -> None:
+        if not last.done():
+            conn.abort(RedisTimeoutError(f"Redis did not answer within {self._timeout_s * 1000:.0f} ms"))
+
+    async def _connect(self) -> _Protocol:
+        if self._closed:
+            raise RedisConnectionError("Redis connection closed by Relay")
+        if self._connecting is None:
+            # Concurrent callers share one attempt; a failed attempt is not cached.
+            self._connecting = asyncio.ensure_future(self._open())
+            self._connecting.add_done_callback(self._connected)
+        return await asyncio.shield(self._connecting)
+
+    def _connected(self, attempt: asyncio.Future[_Protocol]) -> None:
+        self._connecting = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._conn = attempt.result()
+
+    async def _open(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        ep = self._endpoint
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if ep.unix_path is not None:
+                    _, conn = await loop.create_unix_connection(lambda: _Protocol(loop), ep.unix_path)
+                else:
+                    server_hostname = ep.host if self._ssl is not None else None
+                    _, conn = await loop.create_connection(
+                        lambda: _Protocol(loop), ep.host, ep.port, ssl=self._ssl, server_hostname=server_hostname
+                    )
+                await self._handshake(conn)
+        except TimeoutError:
+            raise RedisTimeoutError(f"Redis connect timed out after {self._timeout_s * 1000:.0f} ms") from None
+        except OSError as exc:
+            raise RedisConnectionError(f"cannot connect to Redis: {exc.strerror or exc}") from None
+        return conn
+
+    async def _handshake(self, conn: _Protocol) -> None:
+        ep = self._endpoint
+        commands: list[Command] = []
+        if ep.password is not None:
+            commands.append(("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password))
+        if ep.db:
+            commands.append(("SELECT", ep.db))
+        if not commands:
+            return
+        futures = conn.send(b"".join(_pack(c) for c in commands), len(commands))
+        for reply in [await f for f in futures]:
+            if isinstance(reply, ResponseError):
+                conn.abort(RedisConnectionError(f"Redis refused the connection: {reply}"))
+                raise RedisConnectionError(f"Redis refused the connection: {reply}")
+
+
+def is_noscript(exc: BaseException) -> bool:
+    return isinstance(exc, NoScriptError) or (isinstance(exc, ResponseError) and str(exc).startswith("NOSCRIPT"))
