@@ -36,8 +36,7 @@ def test_undecodable_bodies_are_400_invalid_json(raw: bytes, fragment: str) -> N
 
 def test_a_valid_chat_request_keeps_unknown_fields() -> None:
     body = decode_body(b'{"model":"m","messages":[{"role":"user","content":"hi"}],"future_field":{"x":[1]}}')
-    typed = validate("chat", body)
-    assert typed.model == "m"
+    validate("chat", body)
     assert body["future_field"] == {"x": [1]}
 
 

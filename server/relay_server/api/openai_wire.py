@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
+from relay_server.api.schema_check import SchemaCheck
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.base import RequestKind
 
@@ -27,6 +28,9 @@ _SCHEMAS: dict[RequestKind, type[Message]] = {
     "completion": completions_pb2.CompletionRequest,
     "embedding": embeddings_pb2.EmbeddingRequest,
 }
+
+# Most bodies are plainly well typed: skip ParseDict for them (schema_check.py says why).
+_CHECKS = {kind: SchemaCheck(schema.DESCRIPTOR) for kind, schema in _SCHEMAS.items()}
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -74,19 +78,11 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def validate(kind: RequestKind, body: Mapping[str, Any]) -> Message:
-    """Check ``body`` against the typed schema and OpenAI's rules; return the typed message."""
+def validate(kind: RequestKind, body: Mapping[str, Any]) -> None:
+    """Check ``body`` against the typed schema and OpenAI's rules."""
     _require_model(body)
-    try:
-        typed = json_format.ParseDict(body, _SCHEMAS[kind](), ignore_unknown_fields=True)
-    except json_format.ParseError as exc:
-        match = _FIELD_RE.search(str(exc))
-        param = (match.group(1) or match.group(2)) if match else None
-        detail = str(exc).split(" at ", 1)[0]
-        message = f"Invalid type for '{param}': {detail}." if param else f"Invalid request body: {detail}."
-        raise RelayError(ErrorKind.BAD_REQUEST, message, param=param, code="invalid_type") from None
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise RelayError(ErrorKind.BAD_REQUEST, f"Invalid request body: {exc}", code="invalid_type") from None
+    if not _CHECKS[kind].certainly_valid(body):
+        _parse_typed(kind, body)  # the authority on types, and the source of every type error
     _check_ranges(kind, body)
     _check_stream_options(body)
     if kind == "chat":
@@ -95,7 +91,19 @@ def validate(kind: RequestKind, body: Mapping[str, Any]) -> Message:
         _require_present(body, "prompt")
     else:
         _check_embedding_input(body)
-    return typed
+
+
+def _parse_typed(kind: RequestKind, body: Mapping[str, Any]) -> None:
+    try:
+        json_format.ParseDict(body, _SCHEMAS[kind](), ignore_unknown_fields=True)
+    except json_format.ParseError as exc:
+        match = _FIELD_RE.search(str(exc))
+        param = (match.group(1) or match.group(2)) if match else None
+        detail = str(exc).split(" at ", 1)[0]
+        message = f"Invalid type for '{param}': {detail}." if param else f"Invalid request body: {detail}."
+        raise RelayError(ErrorKind.BAD_REQUEST, message, param=param, code="invalid_type") from None
+    except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+        raise RelayError(ErrorKind.BAD_REQUEST, f"Invalid request body: {exc}", code="invalid_type") from None
 
 
 def _require_model(body: Mapping[str, Any]) -> None:
