@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,11 +114,17 @@ def test_log_lines_carry_the_request_context_and_never_a_secret(stack: RelayStac
     minted = {m.group(0) for m in KEY_PATTERN.finditer(created.text)}
     assert minted, "the new tenant's first key is in the response (and must not be in the log)"
 
-    log = _log(stack)
+    # Info lines are written in batches (at most ~0.1 s late): wait for the request's own line.
+    deadline = time.monotonic() + 10
+    while True:
+        log = _log(stack)
+        lines = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
+        mine = [entry for entry in lines if entry.get("request_id") == request_id]
+        if any(entry["msg"] == "request" for entry in mine) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     for secret in (stack.test_key, unknown, stack.admin_token, *minted):
         assert secret not in log
-    lines = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
-    mine = [entry for entry in lines if entry.get("request_id") == request_id]
     assert {"provider attempt failed", "request"} <= {entry["msg"] for entry in mine}
     tenant_ids = {entry.get("tenant_id") for entry in mine}
     assert len(tenant_ids) == 1 and None not in tenant_ids
