@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -157,6 +158,18 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
+def freeze_startup_heap() -> None:
+    """Hide what start-up built (catalog, descriptors, tokenizers, pools) from the cyclic GC.
+
+    It lives as long as the worker, yet every full collection walked it (~88,000
+    objects, 14–32 ms per collection, a latency spike for every request in flight).
+    After ``gc.freeze()`` a full collection scans only what requests left behind
+    (~1,300 objects in a streaming bench).
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
     server = grpc.aio.server(options=grpc_options(settings))
@@ -170,6 +183,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     start_observability(app)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    freeze_startup_heap()
     log.info("relay worker serving", extra={"address": settings.grpc_address})
 
     stop = stop or asyncio.Event()
