@@ -1,13 +1,22 @@
 """The one outbound HTTP client every HTTP provider shares.
 
-One ``aiohttp.ClientSession`` (created at start-up by the composition root and
-passed in) gives connection pooling and keep-alive across providers.  Transport
-failures become ``ProviderFailure`` here, so translators only ever see HTTP
-statuses and bodies.
+One ``HttpClient`` (created at start-up by the composition root and passed in)
+keeps a keep-alive connection pool across providers: HTTP/1.1 over TCP, or TLS
+for https (system trust store, SNI, ALPN ``http/1.1``).  It is Relay's own lean
+client (asyncio protocol + httptools, see ``http_connection``) because this is
+the hot path of every live request.  Transport failures become
+``ProviderFailure`` here, so translators only ever see HTTP statuses and bodies.
 
-Timeouts per call: ``connect_s`` (TCP + TLS), ``first_byte_s`` (until response
-headers), ``idle_s`` (between two reads of a stream) and the call's own total
-(``ProviderCall.timeout_s``), which aiohttp enforces across body reads too.
+Timeouts per call: ``connect_s`` (waiting for a pool slot, TCP and TLS),
+``first_byte_s`` (from the call's start until the response headers),
+``idle_s`` (streams: longest silence between two reads, from the request on)
+and the call's own total (``ProviderCall.timeout_s``), which covers the body
+reads too.  A timeout, an error or a caller that leaves early closes the
+connection at once.
+
+One retry, only for a stale keep-alive connection: the server closed it while
+idle and the close crossed our request, so the request was never processed
+(``Connection.stale_failure``).  Every other failure is the router's to retry.
 
 Nothing here logs headers or bodies: they carry credentials and prompts.
 """
@@ -15,18 +24,19 @@ Nothing here logs headers or bodies: they carry credentials and prompts.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from types import TracebackType
 
-import aiohttp
 import orjson
 
+from relay_server.providers.http_connection import INFINITY, Connection, ConnectionBroken
+from relay_server.providers.http_message import ResponseHeaders, Target, encode_request, parse_target
+from relay_server.providers.http_pool import Pool
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import (
-    ProviderFailure,
     UpstreamRequest,
     connection_failure,
     timeout_failure,
@@ -37,6 +47,8 @@ log = logging.getLogger(__name__)
 # After a stream's end marker the body should end at once; wait at most this long
 # for the terminator so the connection can go back to the pool, else close it.
 _DRAIN_S = 0.5
+# Parsed URLs by URL string: providers call a handful of URLs over and over.
+_TARGET_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,119 +68,162 @@ class UpstreamResponse:
 
 
 class HttpClient:
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
+    __slots__ = ("_loop", "_pool", "_targets")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool) -> None:
+        self._loop = loop
+        self._pool = pool
+        self._targets: dict[str, Target] = {}
 
     @classmethod
-    def create(cls, *, max_connections: int = 512, max_per_host: int = 0) -> HttpClient:
-        """Build the shared session.  Call inside the running event loop."""
-        connector = aiohttp.TCPConnector(
-            limit=max_connections,
-            limit_per_host=max_per_host,
-            ttl_dns_cache=300,
-            keepalive_timeout=30,
-        )
-        session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None),
-            trust_env=False,
-            headers={"User-Agent": "relay-gateway"},
-        )
-        return cls(session)
+    def create(
+        cls, *, max_connections: int = 512, max_per_host: int = 0, ssl_context: ssl.SSLContext | None = None
+    ) -> HttpClient:
+        """Build the shared client.  Call inside the running event loop.
+
+        ``max_connections`` / ``max_per_host``: 0 means unlimited.
+        ``ssl_context``: ``None`` for the system trust store (tests pass one
+        trusting their own certificate)."""
+        loop = asyncio.get_running_loop()
+        pool = Pool(loop, max_connections=max_connections, max_per_host=max_per_host, ssl_context=ssl_context)
+        return cls(loop, pool)
 
     async def close(self) -> None:
-        await self._session.close()
+        await self._pool.close()
 
     async def send(self, req: UpstreamRequest, timeouts: Timeouts, total_s: float) -> UpstreamResponse:
         """A whole request/response exchange (non-streaming calls, error bodies)."""
-        try:
-            async with self._open(req, timeouts, total_s, stream=False) as resp:
-                body = await resp.read()
-                return UpstreamResponse(resp.status, resp.headers, body)
-        except ProviderFailure:
-            raise
-        except TimeoutError:
-            raise timeout_failure() from None
-        except aiohttp.ClientError as exc:
-            raise connection_failure(_describe(exc)) from None
+        conn, body = await self._exchange(req, timeouts, total_s, stream=False)
+        response = UpstreamResponse(conn.status, ResponseHeaders(conn.raw_headers), body)
+        self._pool.release(conn)
+        return response
 
-    @contextlib.asynccontextmanager
-    async def open_stream(
-        self, req: UpstreamRequest, timeouts: Timeouts, total_s: float
-    ) -> AsyncIterator[UpstreamStream]:
-        """Open a streaming response.  Leaving the block early (error, client gone,
-        task cancelled) closes the upstream connection at once, so the provider
-        stops generating tokens nobody will read."""
-        async with self._open(req, timeouts, total_s, stream=True) as resp:
-            yield UpstreamStream(resp)
+    def open_stream(self, req: UpstreamRequest, timeouts: Timeouts, total_s: float) -> UpstreamStream:
+        """Open a streaming response: ``async with client.open_stream(...) as stream``.
 
-    @contextlib.asynccontextmanager
-    async def _open(
+        Leaving the block early (error, client gone, task cancelled) closes the
+        upstream connection at once, so the provider stops generating tokens
+        nobody will read."""
+        return UpstreamStream(self, req, timeouts, total_s)
+
+    async def _exchange(
         self, req: UpstreamRequest, timeouts: Timeouts, total_s: float, *, stream: bool
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        client_timeout = aiohttp.ClientTimeout(
-            total=total_s,
-            sock_connect=timeouts.connect_s,
-            sock_read=timeouts.idle_s if stream else None,
-        )
-        data = orjson.dumps(req.json_body) if req.json_body is not None else None
-        headers = dict(req.headers)
-        if data is not None:
-            headers.setdefault("Content-Type", "application/json")
+    ) -> tuple[Connection, bytes]:
+        """Send ``req`` and wait for the whole response (``stream=False``) or its
+        headers (``stream=True``, body ``b""``).  The connection is the caller's
+        to ``release`` on success; on failure it is already discarded."""
+        loop = self._loop
+        now = loop.time()
+        deadline = now + total_s
+        first_byte_at = now + timeouts.first_byte_s if timeouts.first_byte_s is not None else INFINITY
+        target, payload = self._encode(req)
+        pool = self._pool
+        fresh = False
+        while True:
+            conn = None if fresh else pool.take_idle(target.key, now)
+            if conn is None:
+                conn = await self._connect(target, min(now + timeouts.connect_s, first_byte_at, deadline))
+            conn.start(payload, deadline, first_byte_at, timeouts.idle_s if stream else None, stream=stream)
+            try:
+                if stream:
+                    await conn.wait_headers()
+                    body = b""
+                else:
+                    body = await conn.read_whole()
+            except ConnectionBroken as exc:
+                pool.discard(conn)
+                if not fresh and conn.stale_failure(loop.time() - now):
+                    fresh = True
+                    continue
+                raise connection_failure(str(exc)) from None
+            except TimeoutError:
+                pool.discard(conn)
+                raise timeout_failure() from None
+            except BaseException:  # cancelled: hang up now
+                pool.discard(conn)
+                raise
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("upstream %s %s%s -> %d", req.method, target.host_header, target.log_path, conn.status)
+            return conn, body
+
+    def _encode(self, req: UpstreamRequest) -> tuple[Target, bytes]:
+        target = self._targets.get(req.url)
+        if target is None:
+            try:
+                target = parse_target(req.url)
+            except ValueError as exc:
+                raise connection_failure(f"invalid upstream URL: {exc}") from None
+            if len(self._targets) >= _TARGET_CACHE_SIZE:
+                self._targets.clear()
+            self._targets[req.url] = target
+        body = orjson.dumps(req.json_body) if req.json_body is not None else None
+        # A header with CR/LF raises ValueError: a bug or a corrupt credential, not the upstream's fault.
+        return target, encode_request(req.method, target, req.headers, body)
+
+    async def _connect(self, target: Target, limit_at: float) -> Connection:
         try:
-            # asyncio.timeout wraps only the await for the headers (no yield inside),
-            # so it can never fire while the caller's own code is running.
-            async with asyncio.timeout(timeouts.first_byte_s):
-                resp = await self._session.request(
-                    req.method, req.url, data=data, headers=headers, timeout=client_timeout
-                )
+            return await self._pool.connect(target.key, limit_at)
         except TimeoutError:
             raise timeout_failure() from None
-        except aiohttp.ClientError as exc:
+        except ConnectionBroken as exc:
+            raise connection_failure(str(exc)) from None
+        except (OSError, ValueError) as exc:  # refused, DNS, TLS (ssl errors are OSErrors)
             raise connection_failure(_describe(exc)) from None
-        if log.isEnabledFor(logging.DEBUG):
-            parts = urlsplit(req.url)
-            log.debug("upstream %s %s%s -> %d", req.method, parts.netloc, parts.path, resp.status)
-        try:
-            yield resp
-        finally:
-            if resp.content.at_eof():
-                resp.release()  # body fully read: the connection goes back to the pool
-            else:
-                resp.close()  # unread body (cancel, error, early stop): drop the connection now
 
 
 class UpstreamStream:
-    """Reads a streaming body as SSE events, as they arrive (no buffering)."""
+    """A streaming response, read as SSE events as they arrive (no buffering
+    beyond ``HIGH_WATER`` unread bytes: then the socket is not read)."""
 
-    __slots__ = ("_resp", "_parser", "status", "headers")
+    __slots__ = ("_client", "_req", "_timeouts", "_total_s", "_conn", "_parser", "status", "headers")
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
-        self._resp = resp
+    def __init__(self, client: HttpClient, req: UpstreamRequest, timeouts: Timeouts, total_s: float) -> None:
+        self._client = client
+        self._req = req
+        self._timeouts = timeouts
+        self._total_s = total_s
+        self._conn: Connection | None = None
         self._parser = SSEParser()
-        self.status = resp.status
-        self.headers: Mapping[str, str] = resp.headers
+        self.status = 0
+        self.headers: Mapping[str, str] = ResponseHeaders([])
+
+    async def __aenter__(self) -> UpstreamStream:
+        conn, _ = await self._client._exchange(self._req, self._timeouts, self._total_s, stream=True)
+        self._conn = conn
+        self.status = conn.status
+        self.headers = ResponseHeaders(conn.raw_headers)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._client._pool.release(conn)  # pooled only if the body was read to its end
 
     async def read_body(self) -> bytes:
         """The whole body (used for error responses, which are not streams)."""
+        conn = self._live()
+        parts: list[bytes] = []
         try:
-            return await self._resp.read()
+            while chunk := await conn.read_some():
+                parts.append(chunk)
         except TimeoutError:
             raise timeout_failure() from None
-        except aiohttp.ClientError as exc:
-            raise connection_failure(_describe(exc)) from None
+        except ConnectionBroken as exc:
+            raise connection_failure(str(exc)) from None
+        return b"".join(parts)
 
     async def next_events(self) -> list[SSEEvent] | None:
         """Events completed by the next network read; ``None`` at end of body.
 
         May return an empty list (a read that ended mid-event)."""
         try:
-            chunk = await self._resp.content.readany()
+            chunk = await self._live().read_some()
         except TimeoutError:
             raise timeout_failure("the upstream provider stalled mid-stream") from None
-        except aiohttp.ClientError as exc:
-            # Includes ClientPayloadError: the connection was cut mid-body.
-            raise connection_failure(_describe(exc), "the connection to the upstream provider was lost mid-stream") from None
+        except ConnectionBroken as exc:
+            raise connection_failure(str(exc), "the connection to the upstream provider was lost mid-stream") from None
         if not chunk:
             return None
         return self._parser.feed(chunk)
@@ -176,12 +231,14 @@ class UpstreamStream:
     async def drain(self) -> None:
         """Read to the end after the provider's end marker, briefly, so the
         connection can be reused; give up quietly (the exit closes it)."""
-        with contextlib.suppress(TimeoutError, aiohttp.ClientError):
-            async with asyncio.timeout(_DRAIN_S):
-                while await self._resp.content.readany():
-                    pass
+        await self._live().drain(_DRAIN_S)
+
+    def _live(self) -> Connection:
+        if self._conn is None:
+            raise RuntimeError("the stream is not open (use `async with client.open_stream(...)`)")
+        return self._conn
 
 
 def _describe(exc: BaseException) -> str:
-    # Exception text only: aiohttp's messages name host and port, never headers.
+    # Exception text only: socket and TLS errors name host and port, never headers.
     return f"{type(exc).__name__}: {exc}"
