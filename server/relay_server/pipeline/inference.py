@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import attach
@@ -49,6 +49,8 @@ class Admitted:
     dispatched: bool = False
     cache: CacheLookup | None = None
     """What the response cache decided (None when no cache is configured)."""
+    route: asyncio.Future[Sequence[Attempt]] | None = None
+    """The live route, planned while admission ran (``InferencePipeline._prefetch_route``)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -93,6 +95,7 @@ class InferencePipeline:
         self, kind: RequestKind, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str
     ) -> Admitted:
         ctx = RequestContext(request_id=request_id, kind=kind, body=body, metadata=metadata)
+        admitted: Admitted | None = None
         attach(ctx)  # log lines and spans of this request carry its tenant, key hint, model and provider
         entry: CatalogEntry | None = None
         markup = DEFAULT_MARKUP
@@ -109,12 +112,27 @@ class InferencePipeline:
             markup = await self._markup(ctx.principal.tenant_id)
             admitted = Admitted(ctx, entry, input_tokens, markup)
             if self._gate is not None:
+                admitted.route = self._prefetch_route(ctx, entry)
                 with step("relay.admission"):  # rate limits and spend cap reservation
                     admitted.ticket = await self._gate.admit(ctx, entry, input_tokens, markup)
         except BaseException as err:
+            if admitted is not None:
+                _discard(admitted.route)
             self._recorder.record(Metered(ctx, entry, _outcome(err), markup=markup))
             raise
         return admitted
+
+    def _prefetch_route(self, ctx: RequestContext, entry: CatalogEntry) -> asyncio.Future[Sequence[Attempt]] | None:
+        """Plan a live request while admission runs: the planner's Redis reads (circuits,
+        outbound usage) leave with admission's script, one round trip for both.
+
+        Planning reads only, so planning a request that admission then refuses costs
+        nothing but the reads; its errors surface after admission's, as before.
+        """
+        assert ctx.principal is not None
+        if ctx.principal.is_test:
+            return None  # test keys plan without I/O
+        return asyncio.ensure_future(self._router.plan(ctx, entry))
 
     async def complete(self, admitted: Admitted) -> dict[str, Any]:
         """Non-streaming chat / completion / embeddings: one response body."""
@@ -154,13 +172,17 @@ class InferencePipeline:
 
     async def _plan(self, admitted: Admitted) -> Sequence[Attempt]:
         """Route the request, unless the response cache answers it (then its replay is the one attempt)."""
-        if self._cache is None:
+        router: _Planner = self._router if admitted.route is None else _Prefetched(admitted.route)
+        try:
+            if self._cache is None:
+                with step("relay.route"):
+                    return await router.plan(admitted.ctx, admitted.entry)
+            with step("relay.cache_lookup"):
+                admitted.cache = await self._cache.lookup(admitted.ctx, admitted.entry)
             with step("relay.route"):
-                return await self._router.plan(admitted.ctx, admitted.entry)
-        with step("relay.cache_lookup"):
-            admitted.cache = await self._cache.lookup(admitted.ctx, admitted.entry)
-        with step("relay.route"):
-            return await admitted.cache.attempts(self._router)
+                return await admitted.cache.attempts(router)
+        finally:
+            _discard(admitted.route)  # a cache hit (or a failure) did not need it
 
     async def _first_success(self, admitted: Admitted, attempts: Sequence[Attempt]) -> dict[str, Any]:
         return await complete_with_failover(admitted.ctx, attempts, served=admitted)
@@ -251,6 +273,29 @@ class InferencePipeline:
             ratio=policy.discrepancy_ratio,
             slack=policy.discrepancy_slack,
         )
+
+
+class _Planner(Protocol):
+    async def plan(self, ctx: RequestContext, entry: CatalogEntry) -> Sequence[Attempt]: ...
+
+
+class _Prefetched:
+    """A router whose plan was already started (``_prefetch_route``)."""
+
+    def __init__(self, route: asyncio.Future[Sequence[Attempt]]) -> None:
+        self._route = route
+
+    async def plan(self, ctx: RequestContext, entry: CatalogEntry) -> Sequence[Attempt]:
+        return await self._route
+
+
+def _discard(route: asyncio.Future[Sequence[Attempt]] | None) -> None:
+    """Drop a prefetched plan nobody will use; its result or error is consumed, never reported."""
+    if route is None:
+        return
+    if not route.done():
+        route.cancel()
+    route.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _outcome(error: BaseException | None) -> Outcome:
