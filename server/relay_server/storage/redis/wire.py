@@ -82,17 +82,9 @@ class Endpoint:
         )  # fmt: skip
 
 
-def _pack(command: Command) -> bytes:
-    out = [b"*%d\r\n" % len(command)]
-    for arg in command:
-        if isinstance(arg, bytes):
-            data = arg
-        elif isinstance(arg, str):
-            data = arg.encode()
-        else:
-            data = str(arg).encode()  # ints and floats, as redis-py encodes them
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+def _pack(commands: Sequence[Command]) -> bytes:
+    # hiredis encodes in C (≈ 2 µs for an admission call, 5.5 in Python).
+    return b"".join([hiredis.pack_command(c if isinstance(c, tuple) else tuple(c)) for c in commands])
 
 
 class _Protocol(asyncio.Protocol):
@@ -179,7 +171,7 @@ class RedisWire:
         if not commands:
             return []
         conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
-        futures = conn.send(b"".join(_pack(c) for c in commands), len(commands))
+        futures = conn.send(_pack(commands), len(commands))
         timer = asyncio.get_running_loop().call_later(self._timeout_s, self._late, conn, futures[-1])
         try:
             await futures[-1]  # replies arrive in order: the last one done means all are
@@ -258,7 +250,7 @@ class RedisWire:
             commands.append(("SELECT", ep.db))
         if not commands:
             return
-        futures = conn.send(b"".join(_pack(c) for c in commands), len(commands))
+        futures = conn.send(_pack(commands), len(commands))
         for reply in [await f for f in futures]:
             if isinstance(reply, ResponseError):
                 conn.abort(RedisConnectionError(f"Redis refused the connection: {reply}"))
