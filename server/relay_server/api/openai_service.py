@@ -56,27 +56,30 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         self._catalog = catalog
         self._observability = observability
 
-    def _bind(self, kind: str, context: grpc.aio.ServicerContext):  # noqa: ANN202
+    def _bind(self, kind: str, metadata: Mapping[str, str]):  # noqa: ANN202
         """This request's scope: its id on every log line and span (observability.request_context)."""
-        return bind_request(new_request_id(), kind, self._observability, request_metadata(context))
+        return bind_request(new_request_id(), kind, self._observability, metadata)
 
     async def CreateChatCompletion(self, request, context):  # noqa: N802 (gRPC naming)
-        with self._bind("chat", context) as scope:
-            async for frame in self._generate("chat", request, context, scope.request_id):
+        metadata = request_metadata(context)
+        with self._bind("chat", metadata) as scope:
+            async for frame in self._generate("chat", request, context, scope.request_id, metadata):
                 yield frame
 
     async def CreateCompletion(self, request, context):  # noqa: N802
-        with self._bind("completion", context) as scope:
-            async for frame in self._generate("completion", request, context, scope.request_id):
+        metadata = request_metadata(context)
+        with self._bind("completion", metadata) as scope:
+            async for frame in self._generate("completion", request, context, scope.request_id, metadata):
                 yield frame
 
     async def CreateEmbedding(self, request, context):  # noqa: N802
-        with self._bind("embedding", context) as scope:
+        metadata = request_metadata(context)
+        with self._bind("embedding", metadata) as scope:
             request_id = scope.request_id
             try:
                 body = decode_body(request.data)
                 validate("embedding", body)
-                admitted = await self._pipeline.admit("embedding", body, request_metadata(context), request_id)
+                admitted = await self._pipeline.admit("embedding", body, metadata, request_id)
                 response = await self._pipeline.complete(admitted)
             except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
                 await abort(context, as_relay_error(exc), request_id)
@@ -86,9 +89,10 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             return httpbody_pb2.HttpBody(content_type=_JSON, data=orjson.dumps(response))
 
     async def ListModels(self, request, context):  # noqa: N802
-        with self._bind("models", context) as scope:
+        metadata = request_metadata(context)
+        with self._bind("models", metadata) as scope:
             try:
-                principal = await self._auth.authenticate(request_metadata(context))
+                principal = await self._auth.authenticate(metadata)
             except Exception as exc:  # noqa: BLE001
                 await abort(context, as_relay_error(exc), scope.request_id)
             await context.send_initial_metadata((("x-request-id", scope.request_id),))
@@ -97,9 +101,10 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             )
 
     async def GetModel(self, request, context):  # noqa: N802
-        with self._bind("models", context) as scope:
+        metadata = request_metadata(context)
+        with self._bind("models", metadata) as scope:
             try:
-                principal = await self._auth.authenticate(request_metadata(context))
+                principal = await self._auth.authenticate(metadata)
                 entry = self._catalog.resolve(request.model, principal)
             except Exception as exc:  # noqa: BLE001
                 await abort(context, as_relay_error(exc), scope.request_id)
@@ -107,13 +112,14 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             return _model(entry)
 
     async def _generate(
-        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext, request_id: str
+        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext, request_id: str,
+        metadata: Mapping[str, str],
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
         chunks: AsyncIterator[dict[str, Any]] | None = None
         try:
             body = decode_body(request.data)
             validate(kind, body)
-            admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
+            admitted = await self._pipeline.admit(kind, body, metadata, request_id)
             if not admitted.ctx.stream:
                 response = await self._pipeline.complete(admitted)
                 first = None
