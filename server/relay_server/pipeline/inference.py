@@ -293,8 +293,11 @@ def _discard(route: asyncio.Future[Sequence[Attempt]] | None) -> None:
     """Drop a prefetched plan nobody will use; its result or error is consumed, never reported."""
     if route is None:
         return
-    if not route.done():
-        route.cancel()
+    if route.done():
+        if not route.cancelled():
+            route.exception()  # marks it retrieved (usually it was awaited already)
+        return
+    route.cancel()
     route.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 

@@ -140,7 +140,9 @@ class _Protocol(asyncio.Protocol):
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_exception(exc)
+                # One exception object per waiter: raised in many tasks, a shared one would
+                # pile every task's traceback onto itself.
+                waiter.set_exception(type(exc)(*exc.args))
 
 
 class RedisWire:
