@@ -92,6 +92,7 @@ class Settings:
     webhook_poll_s: float = 2.0
     webhook_max_attempts: int = 12
     webhook_signing_key: str = field(default="", repr=False)  # derives a tenant's secret without webhook_secret
+    webhook_allow_private: bool = False  # deliver to loopback/private addresses too (dev, own network); link-local never
     noisy_share_threshold: float = 0.5  # share of all traffic in the last minute that flags a tenant
     noisy_min_requests: int = 600  # ... once the platform sees at least this many requests per minute
     noisy_limit_factor: float = 0.5  # flagged tenants' limits are multiplied by this

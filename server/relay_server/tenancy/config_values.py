@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from relay_server.errors import ErrorKind, RelayError
+from relay_server.workers.webhook_destinations import RefusedDestination, classify, parse_literal
 
 MAX_CACHE_TTL_S = 30 * 86400
 MAX_MARKUP = Decimal("9.9999")  # requests.markup_rate is NUMERIC(5,4)
@@ -102,6 +103,15 @@ def _url(value: str, _: ModelExists | None) -> str:
     secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
     if not secure or not parts.hostname or len(value) > 2048:
         raise _Invalid("an https:// URL (http:// only for localhost).")
+    # IP literals that can never receive a webhook (metadata services, ...) are refused now,
+    # not at the first delivery.  Names are judged only when delivered: DNS can change.
+    try:
+        address = parse_literal(parts.hostname)
+    except RefusedDestination:
+        raise _Invalid(f"a URL whose host is a name or a canonical IP address (not {parts.hostname}).") from None
+    verdict = classify(address) if address is not None else None
+    if verdict is not None and verdict.always:
+        raise _Invalid(f"a URL Relay may deliver to ({parts.hostname} is {verdict.noun}, never a webhook destination).")
     return value
 
 

@@ -117,7 +117,10 @@ def build_metering(
         rollup=UsageRollup(UsageRollupStore(db)),
         billing=BillingWorker(BillingStore(db), finalize_delay=timedelta(seconds=settings.billing_finalize_delay_s)),
         webhooks=WebhookDispatcher(
-            WebhookStore(db), signing_key=settings.webhook_signing_key, max_attempts=settings.webhook_max_attempts
+            WebhookStore(db),
+            signing_key=settings.webhook_signing_key,
+            max_attempts=settings.webhook_max_attempts,
+            allow_private=settings.webhook_allow_private,
         ),
         noisy=noisy,
     )

@@ -10,6 +10,11 @@ is success; anything else is retried with exponential backoff up to
 ``max_attempts``, then the delivery is ``dead``.  Claims use SKIP LOCKED and a
 lease, so several processes deliver each event once (at least once if a
 process dies mid-delivery: receivers dedupe on the event id).
+
+Destinations are checked on every attempt (``webhook_destinations``): a URL
+that reaches a loopback, private, link-local or otherwise internal address is
+refused before any byte is sent, and the delivery is ``dead`` at once with the
+reason — retrying would meet the same rule.
 """
 
 from __future__ import annotations
@@ -22,8 +27,10 @@ import time
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from relay_server.storage.postgres.webhooks import Delivery, WebhookStore
+from relay_server.workers.webhook_destinations import GuardedResolver, check_host, refusal_of
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +61,42 @@ def verify(secret: str, header: str, body: bytes, *, tolerance_s: int = 300, now
 
 
 class WebhookDispatcher:
-    def __init__(self, store: WebhookStore, *, signing_key: str = "", max_attempts: int = 12, batch: int = 20) -> None:
+    def __init__(
+        self,
+        store: WebhookStore,
+        *,
+        signing_key: str = "",
+        max_attempts: int = 12,
+        batch: int = 20,
+        allow_private: bool = False,
+    ) -> None:
         self._store = store
         self._signing_key = signing_key
         self._max_attempts = max_attempts
         self._batch = batch
+        self._allow_private = allow_private  # loopback/private destinations (settings.webhook_allow_private)
         self._session: aiohttp.ClientSession | None = None
+        self._resolver: GuardedResolver | None = None
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._resolver is not None:  # the connector does not close a resolver it was given
+            await self._resolver.close()
+            self._resolver = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Built on first use: the resolver needs the running loop.
+        if self._session is None:
+            self._resolver = GuardedResolver(allow_private=self._allow_private)
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(resolver=self._resolver),
+                timeout=_TIMEOUT,
+                # A proxy from the environment would resolve the destination itself, past the guard.
+                trust_env=False,
+            )
+        return self._session
 
     async def run_once(self) -> int:
         """Deliver what is due; returns how many deliveries were attempted."""
@@ -94,13 +126,22 @@ class WebhookDispatcher:
             "x-relay-delivery-attempt": str(delivery.attempts),
             SIGNATURE_HEADER: sign(secret, int(time.time()), body),
         }
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=_TIMEOUT)
         try:
-            async with self._session.post(delivery.url, data=body, headers=headers, allow_redirects=False) as response:
+            # Parsed once, by aiohttp's own URL type, so the host judged is the host dialled.
+            url = URL(delivery.url)
+            # IP-literal hosts never reach the resolver in aiohttp: judge them here.
+            check_host(url.raw_host or "", allow_private=self._allow_private)
+            # No redirects: a 30x could point anywhere, past the checks.
+            async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 status = response.status
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+            refused = refusal_of(exc)
+            if refused is not None:
+                # Dead at once (this attempt counts as the last): the same rule would refuse every retry.
+                await self._store.failed(delivery, refused, None, max_attempts=delivery.attempts)
+                log.warning("webhook destination refused", extra={"event_id": delivery.event_id, "reason": refused})
+                return
             outcome = await self._store.failed(delivery, repr(exc), None, max_attempts=self._max_attempts)
             log.info("webhook delivery failed", extra={"event_id": delivery.event_id, "outcome": outcome})
             return
