@@ -42,23 +42,50 @@ for j = 1, n_c do
 end
 local permille = tonumber(redis.call('GET', KEYS[n_w + 2 * n_c + 1]) or '1000') or 1000
 
+-- Sum of the live buckets and the oldest live second; stale buckets are dropped.
+-- No per-bucket tables and no sort: admission runs this for every window of every
+-- request, and only a refusal needs the buckets in order (retry_after below).
 local function minute_usage(key)
   local flat = redis.call('HGETALL', key)
-  local used, buckets, stale = 0, {}, {}
+  local used, oldest, stale = 0, nil, {}
+  local horizon = now_s - SPAN
   for i = 1, #flat, 2 do
-    local sec, n = tonumber(flat[i]), tonumber(flat[i + 1])
-    if sec <= now_s - SPAN then
+    local sec = tonumber(flat[i])
+    if sec <= horizon then
       stale[#stale + 1] = flat[i]
     else
-      used = used + n
-      buckets[#buckets + 1] = {sec, n}
+      used = used + tonumber(flat[i + 1])
+      if oldest == nil or sec < oldest then
+        oldest = sec
+      end
     end
   end
   if #stale > 0 then
     redis.call('HDEL', key, unpack(stale))
   end
+  return used, oldest
+end
+
+-- When enough of a sliding minute will have expired to fit `need` more: the
+-- end of the bucket (oldest first) at which the freed count reaches `need`.
+local function minute_retry_ms(key, need)
+  local flat = redis.call('HGETALL', key)
+  local buckets = {}
+  for i = 1, #flat, 2 do
+    local sec = tonumber(flat[i])
+    if sec > now_s - SPAN then
+      buckets[#buckets + 1] = {sec, tonumber(flat[i + 1])}
+    end
+  end
   table.sort(buckets, function(x, y) return x[1] < y[1] end)
-  return used, buckets
+  local freed = 0
+  for _, b in ipairs(buckets) do
+    freed = freed + b[2]
+    if freed >= need then
+      return (b[1] + SPAN) * 1000 - now_ms
+    end
+  end
+  return SPAN * 1000
 end
 
 -- 1. Rate limits: check all, record nothing yet.
@@ -68,9 +95,9 @@ for i, w in ipairs(windows) do
   if w.scalable and permille < 1000 then
     limit = math.max(1, math.floor(limit * permille / 1000))
   end
-  local used, buckets = 0, {}
+  local used, oldest = 0, nil
   if w.kind == 'm' then
-    used, buckets = minute_usage(KEYS[i])
+    used, oldest = minute_usage(KEYS[i])
   else
     used = tonumber(redis.call('GET', KEYS[i]) or '0')
   end
@@ -82,21 +109,14 @@ for i, w in ipairs(windows) do
       if w.cost > limit then
         too_large = 1
       else
-        local need, freed = used + w.cost - limit, 0
-        for _, b in ipairs(buckets) do
-          freed = freed + b[2]
-          if freed >= need then
-            retry = (b[1] + SPAN) * 1000 - now_ms
-            break
-          end
-        end
+        retry = minute_retry_ms(KEYS[i], used + w.cost - limit)
       end
     elseif w.cost > limit then
       too_large = 1
     end
     return {1, i, limit, used, retry, too_large}
   end
-  state[i] = {limit = limit, used = used, buckets = buckets}
+  state[i] = {limit = limit, used = used, oldest = oldest}
 end
 
 -- 2. Spend caps: every window key must exist (else the caller seeds it from Postgres).
@@ -139,11 +159,7 @@ for i, w in ipairs(windows) do
       redis.call('HINCRBY', KEYS[i], now_s, w.cost)
     end
     redis.call('EXPIRE', KEYS[i], SPAN * 2)
-    local oldest = now_s
-    if #s.buckets > 0 then
-      oldest = s.buckets[1][1]
-    end
-    reset = (oldest + SPAN) * 1000 - now_ms
+    reset = ((s.oldest or now_s) + SPAN) * 1000 - now_ms
   else
     redis.call('INCRBY', KEYS[i], w.cost)
     redis.call('PEXPIRE', KEYS[i], w.reset + 3600000)
