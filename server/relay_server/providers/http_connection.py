@@ -26,6 +26,7 @@ from typing import cast
 
 import httptools
 
+from relay_server.detached import timer_at
 from relay_server.providers.http_message import PoolKey
 
 HIGH_WATER = 256 * 1024
@@ -333,7 +334,7 @@ class Connection(asyncio.Protocol):
             if timer.when() <= due:
                 return  # fires first, then re-arms for what is due by then
             timer.cancel()
-        self._timer = self._loop.call_at(due, self._on_timer)
+        self._timer = timer_at(self._loop, due, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -17,6 +17,7 @@ import asyncio
 import ssl
 from collections import deque
 
+from relay_server.detached import detached, timer_at
 from relay_server.providers.http_connection import Connection, ConnectionBroken
 from relay_server.providers.http_message import PoolKey
 
@@ -72,7 +73,7 @@ class Pool:
             else:
                 idle.append(conn)
             if self._sweeper is None:
-                self._sweeper = self._loop.call_at(conn.idle_since + self._keepalive_s, self._sweep)
+                self._sweeper = timer_at(self._loop, conn.idle_since + self._keepalive_s, self._sweep)
         else:
             self._drop(conn)
         if self._waiters:
@@ -110,12 +111,16 @@ class Pool:
             context = None
             if scheme == "https":
                 context = self._tls_context()
-            _, conn = await self._loop.create_connection(
-                lambda: Connection(self._loop, key, self._forget),
-                host,
-                port,
-                ssl=context,
-                server_hostname=host if context is not None else None,
+            # Outside the current request's context: the connection outlives it (``relay_server.detached``).
+            _, conn = await detached(
+                lambda: self._loop.create_connection(
+                    lambda: Connection(self._loop, key, self._forget),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                ),
+                discard=lambda made: made[0].close(),
             )
         except BaseException:
             self._count(key, -1)
@@ -231,7 +236,7 @@ class Pool:
             if idle:
                 next_expiry = min(next_expiry, idle[0].idle_since + self._keepalive_s)
         if next_expiry != float("inf"):
-            self._sweeper = self._loop.call_at(next_expiry, self._sweep)
+            self._sweeper = timer_at(self._loop, next_expiry, self._sweep)
         if self._waiters:
             self._wake_next()
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hashlib
 import ssl
 from collections.abc import Sequence
@@ -36,6 +37,8 @@ import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from relay_server.detached import fresh_task, timer_at
 
 Command = Sequence[bytes | str | int | float]
 
@@ -174,7 +177,9 @@ class RedisWire:
             return []
         conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
         futures = conn.send(_pack(commands), len(commands))
-        timer = asyncio.get_running_loop().call_later(self._timeout_s, self._late, conn, futures[-1])
+        loop = asyncio.get_running_loop()
+        # A cancelled timer can linger in the loop until its time: keep the request's context out of it.
+        timer = timer_at(loop, loop.time() + self._timeout_s, functools.partial(self._late, conn, futures[-1]))
         try:
             await futures[-1]  # replies arrive in order: the last one done means all are
         except BaseException:
@@ -214,8 +219,9 @@ class RedisWire:
         if self._closed:
             raise RedisConnectionError("Redis connection closed by Relay")
         if self._connecting is None:
-            # Concurrent callers share one attempt; a failed attempt is not cached.
-            self._connecting = asyncio.ensure_future(self._open())
+            # Concurrent callers share one attempt; a failed attempt is not cached.  Dialled outside
+            # the caller's request context, which the connection would otherwise keep alive.
+            self._connecting = fresh_task(self._open())
             self._connecting.add_done_callback(self._connected)
         return await asyncio.shield(self._connecting)
 
