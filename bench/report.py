@@ -146,7 +146,9 @@ def targets(rows: Sequence[Row], scaling: Sequence[Row], soak: dict[str, Any] | 
                             ", ".join(f"c={r['concurrency']}: {r.get('throughput_ratio')}x" for r in streams),
                             bool(ratios) and min(ratios) >= 0.98))  # fmt: skip
         overheads = [r["ttft_overhead_p50_ms"] for r in streams if r.get("ttft_overhead_p50_ms") is not None]
-        out.append(_verdict("TTFT overhead p50 <= 1 ms",
+        # Judged at the lowest concurrency, like added latency: at c=32 on a small machine the
+        # figure is mostly queueing for CPU, which the streaming-throughput target covers.
+        out.append(_verdict(f"TTFT overhead p50 <= 1 ms (judged at c={streams[0]['concurrency']})",
                             ", ".join(f"c={r['concurrency']}: +{r.get('ttft_overhead_p50_ms')} ms" for r in streams),
                             bool(overheads) and overheads[0] <= 1))  # fmt: skip
     peaks = [v for r in [*rows, *scaling] for v in r["worker_peak_rss_mb"].values() if v is not None]
