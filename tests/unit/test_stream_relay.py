@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_server.pipeline.context import RequestContext
+from relay_server.domain.request import RequestContext
 from relay_server.pipeline.stream import relay_stream
 
 CHUNKS = [

@@ -1,5 +1,5 @@
 """Registers the tenancy admin services (TenantService, ApiKeyService,
-AuditLogService) on a server; ``app.py`` calls ``register_admin_services``."""
+AuditLogService) on a server; ``relay_server.app`` calls ``register_admin_services``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The metering capability, assembled from settings and the shared resources.
 
-``app.py`` calls ``build_metering`` once: it returns the admission gate and
+``relay_server.app`` calls ``build_metering`` once: it returns the admission gate and
 request recorder the pipeline uses, and registers the background loops
 (usage rollup, billing, webhook delivery, noisy-neighbour detection) on the
 process's ``BackgroundRunner``.  ``start`` / ``stop`` run the request-log
@@ -17,12 +17,12 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 from redis.asyncio import Redis
 
-from relay_server.pipeline.admission import AdmissionGate
+from relay_server.pipeline.steps.admission import AdmissionGate
 from relay_server.pipeline.inference import UsagePolicy
-from relay_server.pipeline.limits import LimitResolver
-from relay_server.pipeline.meter import RequestLogRecorder
-from relay_server.pipeline.noisy import NoisyNeighbours
-from relay_server.pipeline.spend import TenantMeteringConfig
+from relay_server.pipeline.steps.limits import LimitResolver
+from relay_server.pipeline.steps.meter import RequestLogRecorder
+from relay_server.pipeline.steps.noisy import NoisyNeighbours
+from relay_server.pipeline.steps.spend import TenantMeteringConfig
 from relay_server.settings import Settings
 from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.pool import Database

@@ -1,6 +1,6 @@
 """The observability capability of one server process, assembled from settings.
 
-``app.py`` calls ``build_observability`` once (metrics, tracing, the anomaly
+``relay_server.app`` calls ``build_observability`` once (metrics, tracing, the anomaly
 detector), wraps the pipeline's recorder with ``recorder``, hands ``hub`` to
 the API servicers (they bind each request to it), and calls ``start`` once
 the server is up (the sampler, and ``/metrics`` when this worker serves it
@@ -22,7 +22,7 @@ from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.recorder import ObservingRecorder
 from relay_server.observability.sampler import Sampler, Sources
 from relay_server.observability.tracing import Tracing, build_tracing
-from relay_server.pipeline.meter import RequestRecorder
+from relay_server.domain.metered import RequestRecorder
 from relay_server.settings import Settings
 
 

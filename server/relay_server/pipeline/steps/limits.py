@@ -21,19 +21,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.context import Principal
+from relay_server.domain.request import Principal
+from relay_server.domain.policy import RESOURCES, KeyPolicy, QuotaRow
 
 log = logging.getLogger(__name__)
 
 K = TypeVar("K")
 V = TypeVar("V")
 
-RESOURCES: dict[str, str] = {"rpm": "per_minute", "tpm": "per_minute", "requests_per_day": "per_day"}
-# Short names accepted in api_keys.rate_limit_overrides.
-_KEY_OVERRIDE_NAMES = {"rpm": "rpm", "tpm": "tpm", "rpd": "requests_per_day", "requests_per_day": "requests_per_day"}
 _UNITS = {"rpm": "requests per minute", "tpm": "tokens per minute", "requests_per_day": "requests per day"}
 
 
@@ -90,42 +88,12 @@ class TtlCache(Generic[K, V]):
         return value
 
 
-@dataclass(frozen=True, slots=True)
-class QuotaRow:
-    resource: str
-    window: str
-    limit: int
-    expires_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class KeyPolicy:
-    """What a key adds to its tenant's policy: stricter limits and a spend cap."""
-
-    rate_limits: Mapping[str, int]
-    spend_cap_micros: int | None = None
-    spend_cap_window: str | None = None
-
-
 class QuotaStore(Protocol):
     async def plan_quotas(self) -> Mapping[str, Sequence[QuotaRow]]: ...
 
     async def tenant_overrides(self, tenant_id: str) -> Sequence[QuotaRow]: ...
 
     async def key_policy(self, key_id: str) -> KeyPolicy | None: ...
-
-
-def parse_key_overrides(raw: Any) -> dict[str, int]:
-    """``api_keys.rate_limit_overrides`` → {resource: limit}; unknown names and bad values are ignored."""
-    if not isinstance(raw, Mapping):
-        return {}
-    parsed: dict[str, int] = {}
-    for name, value in raw.items():
-        resource = _KEY_OVERRIDE_NAMES.get(str(name).lower())
-        if resource is None or isinstance(value, bool) or not isinstance(value, (int, float)) or value < -1:
-            continue
-        parsed[resource] = int(value)
-    return parsed
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.providers.base import RequestKind, Usage
+from relay_server.domain.provider import RequestKind, Usage
 
 
 @dataclass(frozen=True, slots=True)

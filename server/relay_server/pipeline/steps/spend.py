@@ -24,10 +24,10 @@ from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.limits import TtlCache
-from relay_server.pipeline.meter import DEFAULT_MARKUP, price
-from relay_server.providers.base import Usage
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.pipeline.steps.limits import TtlCache
+from relay_server.domain.pricing import DEFAULT_MARKUP, price
+from relay_server.domain.provider import Usage
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,7 @@
 """Step 7: what a request cost and what gets recorded about it.
 
-The one pricing function, exact decimals only: cost = tokens × model price
-per 1M → provider cost; × (1 + markup) → billed.  ``relay_revenue`` is the
-markup part; ``total_micros`` (billed, micro-USD, half-even) is the integer
-that spend caps, usage and billing add up.  Floats never touch money.
+Pricing itself is ``relay_server.domain.pricing.price`` (the one function,
+exact decimals only); this step picks the tenant's markup and records.
 
 A finished request becomes a ``Metered`` record: one ``requests`` row (handed
 to the batched writer, never written on the hot path) and one log line.
@@ -12,72 +10,15 @@ to the batched writer, never written on the hot path) and one log line.
 from __future__ import annotations
 
 import logging
-import time
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import Decimal
 from typing import Protocol
 
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.context import RequestContext
-from relay_server.providers.base import Usage
+from relay_server.domain.pricing import DEFAULT_MARKUP, Cost
+from relay_server.domain.metered import Metered, RequestRecorder
 from relay_server.storage.postgres.request_log import RequestRow
 
 log = logging.getLogger("relay.requests")
-
-DEFAULT_MARKUP = Decimal("0.20")
-_MILLION = Decimal(1_000_000)
-_QUANTUM = Decimal("0.00000001")  # NUMERIC(12,8) in the request log
-
-
-@dataclass(frozen=True, slots=True)
-class Cost:
-    input_cost: Decimal
-    output_cost: Decimal
-    provider_cost: Decimal
-    total_cost: Decimal
-    """What the tenant is billed: provider cost × (1 + markup)."""
-    relay_revenue: Decimal
-    markup_rate: Decimal
-
-    @property
-    def total_micros(self) -> int:
-        return int((self.total_cost * _MILLION).to_integral_value(ROUND_HALF_EVEN))
-
-
-def price(entry: CatalogEntry, usage: Usage, markup_rate: Decimal = DEFAULT_MARKUP) -> Cost:
-    """Price ``usage`` of ``entry``.  Cache reads/writes use their own prices when the catalog has them."""
-    cached = min(usage.cache_read_tokens, usage.prompt_tokens)
-    uncached_input = usage.prompt_tokens - cached
-    input_cost = Decimal(uncached_input) * entry.input_cost_per_1m / _MILLION
-    if cached:
-        rate = entry.cache_read_cost_per_1m if entry.cache_read_cost_per_1m is not None else entry.input_cost_per_1m
-        input_cost += Decimal(cached) * rate / _MILLION
-    if usage.cache_write_tokens and entry.cache_write_cost_per_1m is not None:
-        # Cache writes are billed at their premium over the plain input price already counted.
-        premium = entry.cache_write_cost_per_1m - entry.input_cost_per_1m
-        input_cost += Decimal(usage.cache_write_tokens) * premium / _MILLION
-    output_cost = Decimal(usage.completion_tokens) * entry.output_cost_per_1m / _MILLION
-    provider_cost = input_cost + output_cost
-    total = provider_cost * (1 + markup_rate)
-    return Cost(
-        input_cost=input_cost.quantize(_QUANTUM),
-        output_cost=output_cost.quantize(_QUANTUM),
-        provider_cost=provider_cost.quantize(_QUANTUM),
-        total_cost=total.quantize(_QUANTUM),
-        relay_revenue=(total - provider_cost).quantize(_QUANTUM),
-        markup_rate=markup_rate,
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """How a request ended, for the request log."""
-
-    status: str  # success | error | cached | timeout | cancelled
-    http_status: int
-    error_code: str | None = None
-    error_message: str | None = None
 
 
 class MarkupSource(Protocol):
@@ -89,25 +30,6 @@ class MarkupSource(Protocol):
 class DefaultMarkup:
     async def markup_rate(self, tenant_id: str) -> Decimal:
         return DEFAULT_MARKUP
-
-
-@dataclass(frozen=True, slots=True)
-class Metered:
-    """Everything known about a finished request: what the request log and the log line record."""
-
-    ctx: RequestContext
-    entry: CatalogEntry | None
-    outcome: Outcome
-    usage: Usage | None = None
-    cost: Cost | None = None
-    markup: Decimal = DEFAULT_MARKUP
-    usage_source: str | None = None  # provider | estimate | provider_capped
-    credential_id: str | None = None
-    completed_at: float = field(default_factory=time.time)
-
-
-class RequestRecorder(Protocol):
-    def record(self, metered: Metered) -> None: ...
 
 
 _MAX_ERROR_MESSAGE = 1000
@@ -131,7 +53,7 @@ def request_row(m: Metered) -> RequestRow | None:
         metadata["include_usage"] = ctx.include_usage
     if ctx.tags:
         metadata["tags"] = ctx.tags
-    # Cache hits are recorded by pipeline/cache.py's CachedMetered, which adds these fields.
+    # Cache hits are recorded by pipeline/steps/cache.py's CachedMetered, which adds these fields.
     cache_kind: str | None = getattr(m, "cache_kind", None)
     cost_saved: Cost | None = getattr(m, "cost_saved", None)
     if cost_saved is not None:

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 
 # The width of the embedding columns (migrations 0008 and 0010).
 EMBEDDING_DIMS = 1536

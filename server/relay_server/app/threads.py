@@ -1,6 +1,6 @@
 """The response cache and threads, assembled from settings and shared resources.
 
-``app.py`` calls ``build_conversations`` before it builds the pipeline (the
+``relay_server.app`` calls ``build_conversations`` before it builds the pipeline (the
 pipeline consults the cache), then ``bind(pipeline, …)`` (threads run their
 replies through the pipeline, and embeddings are routed through it too).
 Threads need Redis for their stream buffers; without it ``threads`` is None
@@ -16,9 +16,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay_server.pipeline.cache import ResponseCache
-from relay_server.pipeline.embedder import PipelineEmbedder
-from relay_server.pipeline.tenant_flags import PostgresTenantFlags
+from relay_server.pipeline.steps.cache import ResponseCache
+from relay_server.pipeline.steps.embedder import PipelineEmbedder
+from relay_server.pipeline.steps.tenant_flags import PostgresTenantFlags
 from relay_server.settings import Settings
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.response_cache import RedisResponseCache

@@ -1,8 +1,8 @@
 """The tenancy capability, assembled from settings and the shared resources.
 
-``app.py`` (the composition root) calls ``build_tenancy`` once and owns the
+``relay_server.app`` (the composition root) calls ``build_tenancy`` once and owns the
 result; this keeps the tenancy wiring in one readable place without spreading
-it through ``app.py``.
+it through ``relay_server.app``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
-from relay_server.pipeline.authenticate import Authenticator
-from relay_server.pipeline.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database

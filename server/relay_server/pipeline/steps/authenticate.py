@@ -13,18 +13,16 @@ The raw key never leaves this module: logs and errors carry its hint only.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.context import Principal
+from relay_server.domain.request import Principal
+from relay_server.domain.keys import KeyRecord, hash_key
 
 KEY_PATTERN = re.compile(r"^rly_(live|test)_sk_[A-Za-z0-9_-]{32,64}$")
 
@@ -32,29 +30,6 @@ _BILLING_MESSAGE = (
     "Your Relay account is {status}: API access is paused until billing is resolved. "
     "Update your payment method in the billing settings to restore access."
 )
-
-
-@dataclass(frozen=True, slots=True)
-class KeyRecord:
-    """What the key store knows about one key and its tenant."""
-
-    key_id: str
-    key_hash: str
-    key_hint: str
-    tenant_id: str
-    tenant_status: str
-    tenant_plan: str
-    environment: str
-    scope: str
-    status: str
-    expires_at: datetime | None = None
-    grace_expires_at: datetime | None = None
-    end_user_id: str | None = None
-    allowed_models: tuple[str, ...] = ()
-    parent_key_id: str | None = None
-    rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
-    spend_cap_micros: int | None = None
-    spend_cap_window: str | None = None  # daily | monthly | total
 
 
 class KeyStore(Protocol):
@@ -72,26 +47,6 @@ class SharedKeyCache(Protocol):
     async def get(self, key_hash: str) -> tuple[KeyRecord | None, object]: ...
 
     async def put(self, record: KeyRecord, seen: object) -> None: ...
-
-
-def hash_key(raw_key: str) -> str:
-    return hashlib.sha256(raw_key.encode()).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class MintedKey:
-    secret: str = field(repr=False)
-    key_hash: str
-    key_prefix: str
-    key_hint: str
-
-
-def mint_key(environment: str) -> MintedKey:
-    """A new ``rly_{live|test}_sk_`` key: 256 random bits, URL-safe base64 (43 chars)."""
-    if environment not in ("live", "test"):
-        raise ValueError(f"unknown key environment {environment!r}")
-    secret = f"rly_{environment}_sk_{secrets.token_urlsafe(32)}"
-    return MintedKey(secret=secret, key_hash=hash_key(secret), key_prefix=f"rly_{environment}_", key_hint=secret[-4:])
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str:

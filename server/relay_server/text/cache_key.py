@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from relay_server.providers.base import RequestKind
+from relay_server.domain.provider import RequestKind
 
 KEY_VERSION = "v1"
 

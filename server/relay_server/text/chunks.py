@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.providers.base import RequestKind
+from relay_server.domain.provider import RequestKind
 
 # Replayed content is cut into deltas of this many characters: a client that
 # renders as it reads sees a stream, and no single frame is huge.

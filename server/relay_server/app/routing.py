@@ -1,6 +1,6 @@
 """The routing capability, assembled from settings and the shared resources.
 
-``app.py`` calls ``build_routing`` once: it opens the shared outbound HTTP
+``relay_server.app`` calls ``build_routing`` once: it opens the shared outbound HTTP
 client, loads the provider directory, and returns the live ``Router`` plus
 the credential vault the admin API uses; the health monitor and (when the
 keyring holds retired master keys) the re-wrap job are registered on the
@@ -15,12 +15,12 @@ from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
 from relay_server.crypto.vault import CredentialVault
-from relay_server.pipeline.candidates import CandidatePlanner, OutboundGuard
-from relay_server.pipeline.catalog import Catalog
-from relay_server.pipeline.credential_cache import CredentialCache
-from relay_server.pipeline.health import CircuitPolicy, HealthTracker
-from relay_server.pipeline.provider_directory import ProviderDirectory
-from relay_server.pipeline.route import RetryPolicy, Router
+from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.pipeline.routing.credential_cache import CredentialCache
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.provider_directory import ProviderDirectory
+from relay_server.pipeline.routing.route import RetryPolicy, Router
 from relay_server.providers.http_client import HttpClient
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay_server.pipeline.admission import EventSink
+from relay_server.pipeline.steps.admission import EventSink
 from relay_server.storage.redis.limits import noisy_key
 
 log = logging.getLogger(__name__)

@@ -8,31 +8,13 @@ reloaded from the store periodically; it never blocks a request on Postgres.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from decimal import Decimal
 from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.context import Principal
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import Principal
 from relay_server.pipeline.reload import PeriodicReload
-from relay_server.providers.base import RequestKind
-
-@dataclass(frozen=True, slots=True)
-class CatalogEntry:
-    model_id: str
-    relay_name: str
-    provider_id: str
-    provider_api: str
-    provider_name: str
-    kind: str  # chat | completion | embedding
-    input_cost_per_1m: Decimal
-    output_cost_per_1m: Decimal
-    context_window: int
-    max_output_tokens: int | None
-    owned_by: str
-    created: int
-    cache_read_cost_per_1m: Decimal | None = None
-    cache_write_cost_per_1m: Decimal | None = None
+from relay_server.domain.provider import RequestKind
 
 
 class CatalogStore(Protocol):

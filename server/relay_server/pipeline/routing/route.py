@@ -2,9 +2,9 @@
 
 Test-mode keys never reach a provider: the spec's "router skips provider
 selection entirely and calls a local mock handler".  Live keys get a
-``RoutePlan`` from the live router (``pipeline/candidates.py``): the ordered
+``RoutePlan`` from the live router (``pipeline/routing/candidates.py``): the ordered
 (provider, credential) candidates for the model and its fallback models,
-which ``pipeline/failover.py`` walks under the retry policy.
+which ``pipeline/routing/failover.py`` walks under the retry policy.
 
 An ``Attempt`` of a live plan carries a ``gate``: it decides at the moment of
 sending whether the candidate is still usable (circuit, outbound window),
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.context import RequestContext
-from relay_server.providers.base import Credential, Provider, ProviderCall
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import RequestContext
+from relay_server.domain.provider import Credential, Provider, ProviderCall
 from relay_server.providers.testmode_faults import SimulatingProvider, requested_simulation
 
 # How an attempt ended, for the gate:

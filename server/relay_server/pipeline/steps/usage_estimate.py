@@ -1,6 +1,6 @@
 """Token estimates and the reconciliation of provider usage with them.
 
-Provider usage is authoritative.  Relay estimates locally (``pipeline/tokens.py``:
+Provider usage is authoritative.  Relay estimates locally (``text/tokens.py``:
 tiktoken offline for OpenAI models, a per-family factor over cl100k for the
 others) for three purposes:
 
@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.pipeline import tokens
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.providers.base import RequestKind, Usage
+from relay_server.text import tokens
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import RequestKind, Usage
 
 log = logging.getLogger(__name__)
 

@@ -26,10 +26,10 @@ from typing import Protocol
 
 from redis.exceptions import RedisError
 
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.limits import Limit, LimitResolver, WindowState, limit_exceeded, rate_limit_headers
-from relay_server.pipeline.spend import (
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import RequestContext
+from relay_server.pipeline.steps.limits import Limit, LimitResolver, WindowState, limit_exceeded, rate_limit_headers
+from relay_server.pipeline.steps.spend import (
     Cap,
     TenantCapSource,
     cap_exceeded,
@@ -38,7 +38,7 @@ from relay_server.pipeline.spend import (
     reservation_micros,
     usd,
 )
-from relay_server.pipeline.usage_estimate import worst_case_output_tokens
+from relay_server.pipeline.steps.usage_estimate import worst_case_output_tokens
 from relay_server.storage.redis.limits import AdmitReply, CapArg, RedisAdmission, SettleCap, WindowArg, noisy_key, window_key
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 
