@@ -14,7 +14,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory

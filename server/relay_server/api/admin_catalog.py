@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata

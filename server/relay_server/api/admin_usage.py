@@ -20,7 +20,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
-from relay_sdk._proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
+from relay_proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata

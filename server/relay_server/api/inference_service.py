@@ -14,7 +14,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, inference_service_pb2_grpc
+from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, inference_service_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate

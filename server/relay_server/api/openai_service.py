@@ -18,7 +18,7 @@ import grpc
 import orjson
 from google.api import httpbody_pb2
 
-from relay_sdk._proto.relay.v1 import models_pb2, openai_service_pb2_grpc
+from relay_proto.relay.v1 import models_pb2, openai_service_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_wire import decode_body, validate
 from relay_server.api.response_headers import success_headers

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialVault
+from relay_server.tenancy.vault import CredentialVault
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
 from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache

@@ -3,9 +3,9 @@
 import grpc
 import warnings
 
-from relay_sdk._proto.relay.v1 import chat_pb2 as relay_dot_v1_dot_chat__pb2
-from relay_sdk._proto.relay.v1 import completions_pb2 as relay_dot_v1_dot_completions__pb2
-from relay_sdk._proto.relay.v1 import embeddings_pb2 as relay_dot_v1_dot_embeddings__pb2
+from relay_proto.relay.v1 import chat_pb2 as relay_dot_v1_dot_chat__pb2
+from relay_proto.relay.v1 import completions_pb2 as relay_dot_v1_dot_completions__pb2
+from relay_proto.relay.v1 import embeddings_pb2 as relay_dot_v1_dot_embeddings__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from relay_sdk._proto.relay.admin.v1 import tenants_pb2 as relay_dot_admin_dot_v1_dot_tenants__pb2
+from relay_proto.relay.admin.v1 import tenants_pb2 as relay_dot_admin_dot_v1_dot_tenants__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

@@ -4,7 +4,7 @@ import grpc
 import warnings
 
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
-from relay_sdk._proto.relay.v1 import models_pb2 as relay_dot_v1_dot_models__pb2
+from relay_proto.relay.v1 import models_pb2 as relay_dot_v1_dot_models__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__

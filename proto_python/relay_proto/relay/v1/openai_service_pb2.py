@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
-from relay_sdk._proto.relay.v1 import models_pb2 as relay_dot_v1_dot_models__pb2
+from relay_proto.relay.v1 import models_pb2 as relay_dot_v1_dot_models__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drelay/v1/openai_service.proto\x12\x08relay.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\x1a\x15relay/v1/models.proto2\xe2\x03\n\rOpenAIService\x12\x65\n\x14\x43reateChatCompletion\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"\x1f\x82\xd3\xe4\x93\x02\x19\"\x14/v1/chat/completions:\x01*0\x01\x12\\\n\x10\x43reateCompletion\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"\x1a\x82\xd3\xe4\x93\x02\x14\"\x0f/v1/completions:\x01*0\x01\x12X\n\x0f\x43reateEmbedding\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/embeddings:\x01*\x12[\n\nListModels\x12\x1b.relay.v1.ListModelsRequest\x1a\x1c.relay.v1.ListModelsResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/models\x12U\n\x08GetModel\x12\x19.relay.v1.GetModelRequest\x1a\x0f.relay.v1.Model\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/models/{model=**}B5Z3github.com/relay-gateway/relay/gen/relay/v1;relayv1b\x06proto3')

@@ -22,9 +22,9 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
-from relay_sdk._proto.relay.v1 import chat_pb2 as relay_dot_v1_dot_chat__pb2
-from relay_sdk._proto.relay.v1 import completions_pb2 as relay_dot_v1_dot_completions__pb2
-from relay_sdk._proto.relay.v1 import embeddings_pb2 as relay_dot_v1_dot_embeddings__pb2
+from relay_proto.relay.v1 import chat_pb2 as relay_dot_v1_dot_chat__pb2
+from relay_proto.relay.v1 import completions_pb2 as relay_dot_v1_dot_completions__pb2
+from relay_proto.relay.v1 import embeddings_pb2 as relay_dot_v1_dot_embeddings__pb2
 
 
 DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n relay/v1/inference_service.proto\x12\x08relay.v1\x1a\x13relay/v1/chat.proto\x1a\x1arelay/v1/completions.proto\x1a\x19relay/v1/embeddings.proto2\x97\x03\n\x10InferenceService\x12Q\n\x14\x43reateChatCompletion\x12\x1f.relay.v1.ChatCompletionRequest\x1a\x18.relay.v1.ChatCompletion\x12X\n\x14StreamChatCompletion\x12\x1f.relay.v1.ChatCompletionRequest\x1a\x1d.relay.v1.ChatCompletionChunk0\x01\x12\x45\n\x10\x43reateCompletion\x12\x1b.relay.v1.CompletionRequest\x1a\x14.relay.v1.Completion\x12G\n\x10StreamCompletion\x12\x1b.relay.v1.CompletionRequest\x1a\x14.relay.v1.Completion0\x01\x12\x46\n\x0f\x43reateEmbedding\x12\x1a.relay.v1.EmbeddingRequest\x1a\x17.relay.v1.EmbeddingListB5Z3github.com/relay-gateway/relay/gen/relay/v1;relayv1b\x06proto3')
