@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
+from relay_server.stack.processes import free_port
 
 from bench import compare, peers, pinning, profile, report, soak, stages, wrkdriver
 from bench.http1 import Connection, Target, render_request
 from bench.loadgen import LoadResult, RequestSpec, drive_async, percentile
 from bench.mock_upstream import MockConfig, start
 from bench.scenarios import Measurement, Mode
-from relay_server.stack.processes import free_port
 
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}})
@@ -308,11 +308,11 @@ _R = "/x/server/relay_server/"
 def test_stage_classification_innermost_rule_wins() -> None:
     text = "\n".join([
         # Redis wire code under the admission step counts as admission.
-        f"run (a/asyncio/runners.py:1);serve ({_R}api/door.py:77);admit ({_R}pipeline/admission.py:146);"
-        f"_flush ({_R}storage/redis/wire.py:119) 4",
+        (f"run (a/asyncio/runners.py:1);serve ({_R}api/door.py:77);admit ({_R}pipeline/admission.py:146);"
+         f"_flush ({_R}storage/redis/wire.py:119) 4"),
         # The Redis protocol's own callback, straight from the loop: its own row.
         f"Runner.run (a/asyncio/runners.py:118);_Protocol._flush ({_R}storage/redis/wire.py:119) 3",
-        f"Runner.run (a/asyncio/runners.py:118) 10",
+        "Runner.run (a/asyncio/runners.py:118) 10",
         f"serve ({_R}api/door.py:77);AdmissionGate.settle ({_R}pipeline/admission.py:300) 2",
         f"serve ({_R}api/door.py:92) 5",
         "Thread.run (/usr/lib/python3.11/threading.py:982) 7",
