@@ -42,6 +42,9 @@ PORTKEY_PINS = {
     "zod": "3.25.76",
 }
 NPM_TIMEOUT_S = 300
+# Before its first measured run, per scenario: whichever bound comes first (JIT warm-up).
+WARMUP_REQUESTS = 3000
+WARMUP_S = 5.0
 
 
 class PeerError(RuntimeError):
