@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def installed_version(cache: Path = CACHE) -> str | None:
         return None
 
 
-def ensure_portkey(cache: Path = CACHE, echo: object = print) -> Path:
+def ensure_portkey(cache: Path = CACHE, echo: Callable[[str], object] = print) -> Path:
     """The gateway's entry script, installing it into ``cache`` first if needed."""
     wanted = json.dumps(manifest(), indent=2, sort_keys=True) + "\n"
     package_json = cache / "package.json"
@@ -86,7 +87,7 @@ def ensure_portkey(cache: Path = CACHE, echo: object = print) -> Path:
         raise PeerError("node and npm are needed for --peers (Debian: apt-get install -y nodejs npm)")
     cache.mkdir(parents=True, exist_ok=True)
     package_json.write_text(wanted)
-    echo(f"peers: installing {PORTKEY_PACKAGE}@{PORTKEY_VERSION} into {cache} (npm) ...")  # type: ignore[operator]
+    echo(f"peers: installing {PORTKEY_PACKAGE}@{PORTKEY_VERSION} into {cache} (npm) ...")
     argv = [npm, "install", "--prefix", str(cache), "--no-audit", "--no-fund", "--omit=dev", "--ignore-scripts",
             "--no-package-lock"]  # fmt: skip
     try:
