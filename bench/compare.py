@@ -68,7 +68,7 @@ def side_by_side(relay_rows: Sequence[Row], peer_rows: Sequence[Row]) -> list[Ro
     out: list[Row] = []
     for p in peer_rows:
         rel = next((r for r in relay_rows if r["scenario"] == p["scenario"] and r["concurrency"] == p["concurrency"]
-                    and "direct" in r), None)  # fmt: skip
+                    and r.get("run", 1) == p.get("run", 1) and "direct" in r), None)  # fmt: skip
         if rel is None:
             continue
         cpu = rel["cpu_ms_per_request"]
@@ -78,7 +78,7 @@ def side_by_side(relay_rows: Sequence[Row], peer_rows: Sequence[Row]) -> list[Ro
         ttft_relay, ttft_peer = rel.get("ttft_overhead_p50_ms"), p.get("ttft_overhead_p50_ms")
         added_relay, added_peer = rel.get("added_p50_ms"), p.get("added_p50_ms")
         out.append({
-            "scenario": p["scenario"], "concurrency": p["concurrency"], "peer": p["peer"],
+            "scenario": p["scenario"], "concurrency": p["concurrency"], "peer": p["peer"], "run": p.get("run", 1),
             "rps_direct": rel["direct"]["rps"], "rps_relay": rel["relay"]["rps"], "rps_peer": p["result"]["rps"],
             "throughput_ratio_relay": rel.get("throughput_ratio"), "throughput_ratio_peer": p.get("throughput_ratio"),
             "added_p50_relay_ms": added_relay, "added_p50_peer_ms": added_peer,
@@ -133,11 +133,27 @@ def targets(comparisons: Sequence[Row]) -> list[dict[str, Any]]:
     return out
 
 
+def across_runs(per_run: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One verdict per target over several runs: met only if met in every run
+    (unknown if unknown in any), with each run's figures and the count of runs met."""
+    if len(per_run) == 1:
+        return list(per_run[0])
+    out: list[dict[str, Any]] = []
+    names = list(dict.fromkeys(v["target"] for run in per_run for v in run))
+    for name in names:
+        found = [next((v for v in run if v["target"] == name), None) for run in per_run]
+        marks = [v["met"] if v is not None else None for v in found]
+        met = None if None in marks else all(marks)
+        measured = " | ".join(f"run {i}: {v['measured'] if v else '-'}" for i, v in enumerate(found, 1))
+        out.append(_verdict(name, measured, met, f"met in {sum(m is True for m in marks)} of {len(per_run)} runs"))
+    return out
+
+
 def _f(value: Any, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-_COLUMNS = (("scenario", 10), ("c", 3), ("rps d/relay/peer", 20), ("ratio relay/peer", 16), ("+p50 relay/peer", 16),
+_COLUMNS = (("run", 3), ("scenario", 10), ("c", 3), ("rps d/relay/peer", 20), ("ratio relay/peer", 16), ("+p50 relay/peer", 16),
             ("+ttft50 relay/peer", 18), ("cpu ms/req relay(e+w)/relay(all)/peer", 38), ("cpu ratio", 9), ("err", 7))  # fmt: skip
 
 
@@ -146,7 +162,7 @@ def table(comparisons: Sequence[Row]) -> str:
     lines = [head, "-" * len(head)]
     for c in comparisons:
         cells = (
-            c["scenario"], c["concurrency"],
+            c.get("run", 1), c["scenario"], c["concurrency"],
             f"{_f(c['rps_direct'], '{:.0f}')}/{_f(c['rps_relay'], '{:.0f}')}/{_f(c['rps_peer'], '{:.0f}')}",
             f"{_f(c['throughput_ratio_relay'])}/{_f(c['throughput_ratio_peer'])}",
             f"{_f(c['added_p50_relay_ms'])}/{_f(c['added_p50_peer_ms'])}",

@@ -71,6 +71,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", action="store_true",
                    help="also run Portkey's gateway (npm, installed into bench/.cache/peers) against the same mock, "
                         "interleaved, and judge Relay by ratios to it")  # fmt: skip
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure every scenario N times in turn (direct, Relay, peer each time); the peer "
+                        "targets then say in how many runs they were met")  # fmt: skip
     p.add_argument("--stages", type=int, default=0, metavar="SECONDS",
                    help="per-stage CPU tables: py-spy on one worker under chat and stream at c=32")  # fmt: skip
     p.add_argument("--driver-cores", type=int, default=1,
@@ -95,8 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     if args.duration <= 0 or args.requests < 1 or args.workers < 1 or args.chunks < 1:
         p.error("--duration, --requests, --workers and --chunks must be positive")
-    if args.stages < 0 or args.driver_cores < 1:
-        p.error("--stages must not be negative; --driver-cores must be positive")
+    if args.stages < 0 or args.driver_cores < 1 or args.repeat < 1:
+        p.error("--stages must not be negative; --driver-cores and --repeat must be positive")
     if args.profile < 0 or args.soak < 0 or args.soak_every < 0 or args.soak_concurrency < 1:
         p.error("--profile, --soak and --soak-every must not be negative; --soak-concurrency must be positive")
     if not 1 <= args.envoy_concurrency <= 64:
@@ -154,23 +157,30 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
     baseline = scenarios.idle_baseline(stack)
     print("idle CPU ms/s (subtracted from every run): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in baseline.items()))
     bounds = {"requests": args.requests, "duration_s": args.duration, "use_wrk": use_wrk, "baseline": baseline}
-    for scenario in chosen:
-        mode = modes[scenario.name]
-        if mode.name == "broken":
-            print(f"skip {scenario.name}: {mode.detail}", file=sys.stderr)
-            continue
-        trace = redis_trace.trace(stack.redis_url, scenarios.spec_for(stack, scenario, relay=True, mode=mode))
-        print(f"redis {scenario.name:10} per request: {_trace_line(trace)}")
-        for c in args.concurrency:
-            print(f"run  {scenario.name:10} c={c:<3} direct ...", flush=True)
-            direct = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, **bounds)
-            print(f"run  {scenario.name:10} c={c:<3} relay ({mode.name}) ...", flush=True)
-            relay = scenarios.measure(stack, scenario, relay=True, mode=mode, concurrency=c, **bounds)
-            rows.append(report.make_row(scenario.name, args.workers, c, mode, relay, direct, trace))
-            if peer is not None:
-                print(f"run  {scenario.name:10} c={c:<3} {peer.name} ...", flush=True)
-                other = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, peer=peer, **bounds)
-                peer_rows.append(compare.peer_row(scenario.name, c, peer.name, other, direct))
+    traces: dict[str, dict[str, Any]] = {}
+    for run in range(1, args.repeat + 1):
+        for scenario in chosen:
+            mode = modes[scenario.name]
+            if mode.name == "broken":
+                print(f"skip {scenario.name}: {mode.detail}", file=sys.stderr)
+                continue
+            if scenario.name not in traces:
+                spec = scenarios.spec_for(stack, scenario, relay=True, mode=mode)
+                traces[scenario.name] = redis_trace.trace(stack.redis_url, spec)
+                print(f"redis {scenario.name:10} per request: {_trace_line(traces[scenario.name])}")
+            for c in args.concurrency:
+                tag = f"run {run}: " if args.repeat > 1 else ""
+                print(f"run  {tag}{scenario.name:10} c={c:<3} direct ...", flush=True)
+                direct = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, **bounds)
+                print(f"run  {tag}{scenario.name:10} c={c:<3} relay ({mode.name}) ...", flush=True)
+                relay = scenarios.measure(stack, scenario, relay=True, mode=mode, concurrency=c, **bounds)
+                rows.append({**report.make_row(scenario.name, args.workers, c, mode, relay, direct,
+                                               traces[scenario.name]), "run": run})  # fmt: skip
+                if peer is not None:
+                    print(f"run  {tag}{scenario.name:10} c={c:<3} {peer.name} ...", flush=True)
+                    other = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, peer=peer,
+                                              **bounds)  # fmt: skip
+                    peer_rows.append({**compare.peer_row(scenario.name, c, peer.name, other, direct), "run": run})
     if peer is not None:
         peer.stop()
     stage_tables = _stages(stack, chosen, modes, args, use_wrk, baseline) if args.stages else {}
@@ -180,7 +190,8 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
     scaling = _scaling(stack, modes, args, use_wrk, bounds) if "chat" in modes else []
     verdicts = report.targets(rows, scaling, None)
     comparisons = compare.side_by_side(rows, peer_rows)
-    peer_verdicts = compare.targets(comparisons) + [v for v in verdicts if v["target"].startswith("RSS")]
+    per_run = [compare.targets([c for c in comparisons if c["run"] == run]) for run in range(1, args.repeat + 1)]
+    peer_verdicts = compare.across_runs(per_run) + [v for v in verdicts if v["target"].startswith("RSS")]
     print()
     print(report.table([*rows, *scaling]))
     for _, text in stage_tables.values():
@@ -400,9 +411,13 @@ def _meta(stack: BenchStack, args: argparse.Namespace, use_wrk: bool) -> dict[st
         wrk_version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else ""
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine(),
-                 # Other work on the machine shows here (and per run in `other`/foreign_cores).
-                 "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()]},  # fmt: skip
+        "host": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            # Other work on the machine shows here (and per run in `other`/foreign_cores).
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        },
         "driver": "wrk" if use_wrk else "python",
         "wrk": wrk_version,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

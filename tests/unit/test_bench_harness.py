@@ -333,3 +333,27 @@ def test_stage_table_splits_worker_cpu_by_share_and_adds_processes() -> None:
     assert by["envoy"]["share"] == pytest.approx(0.2) and rows[-1]["stage"] == "total" and rows[-1]["us"] == 1000
     per_event = stages.stage_table(s, worker_ms=0.8, processes_ms={"envoy": 0.2}, per="event", divisor=10)
     assert per_event[-1]["us"] == pytest.approx(100) and "µs/event" in stages.render("t", per_event)
+
+
+def test_peer_verdicts_across_runs_need_every_run() -> None:
+    met = compare.targets([_comparison()])
+    missed = compare.targets([_comparison(cpu_ratio=0.9)])
+    unknown = compare.targets([_comparison(cpu_ratio=None)])
+    [cpu] = [v for v in compare.across_runs([met, missed, met]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is False and cpu["note"] == "met in 2 of 3 runs"
+    assert "run 2: " in cpu["measured"] and "0.9x" in cpu["measured"]
+    [cpu] = [v for v in compare.across_runs([met, met]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is True and cpu["note"] == "met in 2 of 2 runs"
+    [cpu] = [v for v in compare.across_runs([met, unknown]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is None
+    assert compare.across_runs([met]) == met  # one run: its own verdicts, unchanged
+
+
+def test_side_by_side_pairs_rows_of_the_same_run() -> None:
+    direct = _load(1000, 1.0, 0.1)
+    relay = [{**_relay_row("chat", 1, _load(500, 1.0, 1.1), direct, {"envoy": 0.1 * run, "workers": 0.4}), "run": run}
+             for run in (1, 2)]  # fmt: skip
+    peer = compare.peer_row("chat", 1, "portkey", Measurement(_load(400, 1.0, 1.6), {"portkey": 0.8}),
+                            Measurement(direct, {}))  # fmt: skip
+    pairs = compare.side_by_side(relay, [{**peer, "run": 2}, {**peer, "run": 1}])
+    assert [(p["run"], p["cpu_relay_ms"]) for p in pairs] == [(2, 1.2), (1, 1.0)]
