@@ -201,6 +201,7 @@ def test_table_renders_rows_without_direct_side() -> None:
     }  # fmt: skip
     text = report.table([row])
     assert "chat-scale" in text and "1.500 (0.200/1.300)" in text and "120/121" in text
+    assert "chat-scale #2" in report.table([{**row, "run": 2}]) and "#1" not in report.table([{**row, "run": 1}])
     verdicts = report.targets([], [row, {**row, "workers": 1, "relay": {**row["relay"], "rps": 450.0}}], None)
     assert any("scales" in v["target"] for v in verdicts)
 
