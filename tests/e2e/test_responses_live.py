@@ -12,9 +12,11 @@ from typing import Any
 import openai
 import pytest
 
-from tests.e2e.test_live_providers import MODELS, TOOL_REPLY, Live, live  # noqa: F401 (the module's stack fixture)
+from tests.e2e.test_live_providers import MODELS, TOOL_REPLY, Live, live
 from tests.fakes import Fault, Reply
 from tests.fakes.faults import texts_in
+
+STACK = live  # the live-provider stack fixture (module scope: this module gets its own stack)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
