@@ -154,7 +154,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     )
     if app.responses is not None:
         responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
-            ResponsesServicer(app.pipeline, app.authenticator, app.responses, observability=app.observability), server
+            ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
         )
     admin_auth = AdminAuthenticator(app.settings.admin_token)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)

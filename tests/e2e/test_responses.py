@@ -155,3 +155,10 @@ def test_request_log_records_the_door(relay: RelayStack, client: OpenAI) -> None
             time.sleep(0.05)
             conn.rollback()
     assert row[0] == "responses" and row[1] == "success" and row[2] > 0
+
+
+def test_truncation_auto_keeps_a_conversation_that_fits(client: OpenAI) -> None:
+    first = client.responses.create(model="gpt-4o-mini", input="Remember the word teal.")
+    second = client.responses.create(model="gpt-4o-mini", input="Which word?", previous_response_id=first.id, truncation="auto")
+    plain = client.responses.create(model="gpt-4o-mini", input="Which word?", previous_response_id=first.id)
+    assert second.truncation == "auto" and second.usage.input_tokens == plain.usage.input_tokens > first.usage.input_tokens

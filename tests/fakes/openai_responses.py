@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from tests.fakes.faults import Fault, Reply, count_tokens, json_error, json_pieces, pieces, texts_in
+from tests.fakes.faults import (
+    Fault,
+    Reply,
+    count_tokens,
+    json_error,
+    json_pieces,
+    pieces,
+    texts_in,
+)
 
 
 def prompt_tokens(body: dict[str, Any]) -> int:

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
-
 from relay_server.api.responses_frames import ResponsesSSE
 from relay_server.dialects.responses.request import parse_turn, to_chat
 from relay_server.errors import RelayError
@@ -18,7 +17,15 @@ from relay_server.pipeline.context import new_request_id
 from relay_server.providers.base import ProviderCall
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.storage.postgres.pool import Database
-from tests.support.metering import MESSAGES, Harness, build_harness, make_key, make_tenant, settings_for
+
+from tests.support.metering import (
+    MESSAGES,
+    Harness,
+    build_harness,
+    make_key,
+    make_tenant,
+    settings_for,
+)
 from tests.support.pg import TestDatabase
 
 pytestmark = pytest.mark.asyncio
@@ -27,7 +34,7 @@ DOORS = ("openai", "responses")
 
 
 @pytest_asyncio.fixture
-async def harness(database: Database, redis_client: Redis, pg_db: TestDatabase, tmp_path: Path):  # noqa: ANN201
+async def harness(database: Database, redis_client: Redis, pg_db: TestDatabase, tmp_path: Path):
     made = await build_harness(database, redis_client, settings_for(pg_db.owner_dsn, pg_db.app_dsn, tmp_path))
     yield made
     await made.close()

@@ -7,11 +7,15 @@ from typing import Any
 
 import orjson
 import pytest
-
 from relay_server.api.responses_frames import ResponsesSSE, native_payload
 from relay_server.dialects.responses.native import NativeIds
 from relay_server.dialects.responses.output import from_chat
-from relay_server.dialects.responses.request import native_body, parse_turn, to_chat
+from relay_server.dialects.responses.request import (
+    native_body,
+    parse_turn,
+    to_chat,
+    truncate,
+)
 from relay_server.dialects.responses.stream import ChatToEvents
 from relay_server.errors import RelayError
 from relay_server.providers.base import NativeEvent
@@ -183,3 +187,27 @@ def test_the_encoder_parses_native_event_bytes() -> None:
     assert native_payload(raw) == data
     frames = ResponsesSSE(turn, "resp_relay", model="m").item(NativeEvent(raw))
     assert orjson.loads(frames[0].data.split(b"data: ", 1)[1])["response"]["id"] == "resp_relay"
+
+
+def test_auto_truncation_drops_the_oldest_exchanges_and_never_orphans_a_tool_result() -> None:
+    def user(text: str) -> dict[str, Any]:
+        return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+    history = [
+        user("old question"),
+        {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c1", "output": "x" * 50},
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "old answer"}]},
+        user("recent question"),
+        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "recent answer"}]},
+    ]
+
+    def fits(chat: dict[str, Any]) -> bool:
+        return len(chat["messages"]) <= 3
+
+    auto = parse_turn({"model": "m", "input": "now", "truncation": "auto", "previous_response_id": "resp_1"})
+    kept = truncate(auto, history, fits)
+    assert kept == history[4:], "whole exchanges are dropped, the kept history starts at a user message"
+    assert to_chat(auto, kept)["messages"][0] == {"role": "user", "content": "recent question"}
+    disabled = parse_turn({"model": "m", "input": "now", "previous_response_id": "resp_1"})
+    assert truncate(disabled, history, fits) == history

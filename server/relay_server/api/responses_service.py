@@ -33,12 +33,15 @@ from relay_server.dialects.responses.request import (
     native_body,
     parse_turn,
     to_chat,
+    truncate,
 )
 from relay_server.ids import new_id
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.authenticate import Authenticator
+from relay_server.pipeline.catalog import Catalog
 from relay_server.pipeline.context import Principal, new_request_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
+from relay_server.pipeline.usage_estimate import estimate_input_tokens
 from relay_server.responses.service import ResponseStore
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,12 @@ DOOR = "responses"
 
 class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     def __init__(
-        self, pipeline: InferencePipeline, authenticator: Authenticator, store: ResponseStore, *, observability: Any = None
-    ) -> None:
+        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog, store: ResponseStore,
+        *, observability: Any = None,
+    ) -> None:  # fmt: skip
         self._pipeline = pipeline
         self._auth = authenticator
+        self._catalog = catalog
         self._store = store
         self._observability = observability
 
@@ -63,6 +68,7 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                 turn = parse_turn(decode_body(request.data))
                 principal = await self._auth.authenticate(metadata)
                 history = await self._store.history(principal, turn.previous_response_id) if turn.previous_response_id else []
+                history = truncate(turn, history, self._fits(turn, principal))
                 chat, native = to_chat(turn, history), native_body(turn, history)
             except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
                 await abort(context, as_relay_error(exc), request_id)
@@ -72,6 +78,16 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
                 frames = self._serve(context, turn, principal, chat, native, metadata, request_id)
             async for frame in frames:
                 yield frame
+
+    def _fits(self, turn: Turn, principal: Principal) -> Any:
+        """Whether a chat form leaves room for the answer in the model's context (truncation: auto)."""
+
+        def fits(chat: dict[str, Any]) -> bool:
+            entry = self._catalog.resolve(turn.model, principal, "chat")
+            room = entry.context_window - int(turn.body.get("max_output_tokens") or entry.max_output_tokens or 0)
+            return estimate_input_tokens("chat", chat, entry.relay_name) <= room
+
+        return fits
 
     async def _serve(
         self, context: grpc.aio.ServicerContext, turn: Turn, principal: Principal, chat: dict[str, Any],

@@ -13,7 +13,7 @@ inlined and Relay's own state fields removed (Relay owns ids and history, not th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -314,6 +314,23 @@ def to_chat(turn: Turn, history: Sequence[Mapping[str, Any]] = ()) -> dict[str, 
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # the completed event carries usage
     return chat
+
+
+def truncate(
+    turn: Turn, history: Sequence[Mapping[str, Any]], fits: Callable[[dict[str, Any]], bool]
+) -> list[Mapping[str, Any]]:
+    """``truncation: "auto"``: the history without its oldest items, as few dropped as make the chat
+    form ``fits`` the model's context.  Drops whole exchanges — the kept history starts at a user
+    message, so no tool result is left without its call.  With ``"disabled"`` (the default) the
+    history is kept whole and an over-long conversation gets the provider's error."""
+    items = list(history)
+    if turn.body.get("truncation") != "auto":
+        return items
+    while items and not fits(to_chat(turn, items)):
+        items = items[1:]
+        while items and not (items[0].get("type", "message") == "message" and items[0].get("role") == "user"):
+            items = items[1:]
+    return items
 
 
 def native_body(turn: Turn, history: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
