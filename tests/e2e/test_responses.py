@@ -162,3 +162,30 @@ def test_truncation_auto_keeps_a_conversation_that_fits(client: OpenAI) -> None:
     second = client.responses.create(model="gpt-4o-mini", input="Which word?", previous_response_id=first.id, truncation="auto")
     plain = client.responses.create(model="gpt-4o-mini", input="Which word?", previous_response_id=first.id)
     assert second.truncation == "auto" and second.usage.input_tokens == plain.usage.input_tokens > first.usage.input_tokens
+
+
+def test_sse_frames_are_exact_event_and_data_pairs(http: httpx.Client) -> None:
+    with http.stream("POST", "/responses", json={"model": "gpt-4o-mini", "input": "hi", "stream": True}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["x-request-id"].startswith("req_") and "x-ratelimit-limit-requests" in response.headers
+        raw = b"".join(response.iter_bytes())
+    frames = raw.split(b"\n\n")
+    assert frames[-1] == b""
+    for number, frame in enumerate(frames[:-1]):
+        head, data = frame.split(b"\n", 1)
+        event = json.loads(data.removeprefix(b"data: "))
+        assert head == b"event: " + event["type"].encode() and event["sequence_number"] == number
+    assert json.loads(frames[-2].split(b"\n", 1)[1][6:])["type"] == "response.completed"
+    assert b"[DONE]" not in raw and b"grpc" not in raw
+
+
+def test_test_mode_errors_before_and_after_the_first_event(client: OpenAI) -> None:
+    with pytest.raises(openai.RateLimitError):
+        client.responses.create(model="gpt-4o-mini", input="Hi", extra_headers={"x-relay-test-error": "rate_limit_exceeded"})
+    headers = {"x-relay-test-error": "provider_error", "x-relay-test-error-after": "3"}
+    with client.responses.stream(model="gpt-4o-mini", input="Tell me a long story.", extra_headers=headers) as stream:
+        events = list(stream)
+    assert events[0].type == "response.created" and events[-1].type == "response.failed"
+    assert events[-1].response.error.code == "provider_error"
+    assert "response.completed" not in [e.type for e in events]
