@@ -94,3 +94,21 @@ async def test_closing_early_settles_once_as_cancelled() -> None:
     await session.aclose()
     assert len(pipeline.settled) == 1
     assert pipeline.settled[0][0] is not None  # cancelled: billed for what was generated
+
+
+async def test_a_failing_cache_store_neither_fails_the_stream_nor_loses_the_record() -> None:
+    from relay_server.pipeline.chunks import ChunkAssembler
+
+    class BrokenCache:
+        stored = 0
+
+        async def store(self, response) -> None:  # noqa: ANN001
+            BrokenCache.stored += 1
+            raise ConnectionError("cache down")
+
+    _, pipeline, session = _session(CHUNKS, False)
+    session._admitted.cache = BrokenCache()
+    session._assembler = ChunkAssembler("chat")  # a cache miss being assembled
+    out = [c async for c in session]
+    assert len(out) == 3 and BrokenCache.stored == 1
+    assert len(pipeline.settled) == 1 and pipeline.settled[0][0] is None

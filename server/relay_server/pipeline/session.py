@@ -25,6 +25,7 @@ session never knows which door drives it.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,8 @@ from relay_server.providers.base import NativeEvent, NativeResponse, Usage
 
 if TYPE_CHECKING:
     from relay_server.pipeline.inference import Admitted, InferencePipeline
+
+log = logging.getLogger(__name__)
 
 Item = dict[str, Any] | NativeEvent
 """What a session yields: an OpenAI chunk dict, or an event in the door's own dialect."""
@@ -76,7 +79,7 @@ class StreamSession:
                     return shown
         except StopAsyncIteration:
             if self._assembler is not None and self._assembler.finished:
-                await self._admitted.cache.store(self._assembler.response())  # type: ignore[union-attr]
+                await self._store(self._assembler.response())
             await self._finish(None)
             raise
         except BaseException as exc:
@@ -148,14 +151,23 @@ class StreamSession:
                 ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
                 self._counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
                 self._counter.add_response(response)
-                if self._admitted.cache is not None:
-                    with step("relay.cache_store"):
-                        await self._admitted.cache.store(response)
+                await self._store(response)
         except BaseException as exc:
             await self._finish(exc)
             raise
         await self._finish(None)
         return response
+
+    async def _store(self, response: dict[str, Any]) -> None:
+        """Keep a cache miss's complete answer; the cache never fails the request that fed it."""
+        lookup = self._admitted.cache
+        if lookup is None:
+            return
+        try:
+            with step("relay.cache_store"):
+                await lookup.store(response)
+        except Exception:  # noqa: BLE001
+            log.warning("response cache store failed", extra={"request_id": self._admitted.ctx.request_id}, exc_info=True)
 
     async def _finish(self, error: BaseException | None) -> None:
         if self._finished:
