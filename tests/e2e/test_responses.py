@@ -189,3 +189,19 @@ def test_test_mode_errors_before_and_after_the_first_event(client: OpenAI) -> No
     assert events[0].type == "response.created" and events[-1].type == "response.failed"
     assert events[-1].response.error.code == "provider_error"
     assert "response.completed" not in [e.type for e in events]
+
+
+def test_the_async_client_streams_and_continues(relay: RelayStack) -> None:
+    import asyncio
+
+    from openai import AsyncOpenAI
+
+    async def run() -> tuple[str, str]:
+        async with AsyncOpenAI(base_url=relay.base_url, api_key=relay.test_key, max_retries=0, timeout=30) as client:
+            async with client.responses.stream(model="gpt-4o-mini", input="Hello async") as stream:
+                final = await stream.get_final_response()
+            follow = await client.responses.create(model="gpt-4o-mini", input="And?", previous_response_id=final.id)
+            return final.output_text, follow.previous_response_id or ""
+
+    text, previous = asyncio.run(run())
+    assert text and previous.startswith("resp_")
