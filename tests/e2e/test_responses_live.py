@@ -10,9 +10,10 @@ import json
 from typing import Any
 
 import openai
+import psycopg
 import pytest
 
-from tests.e2e.test_live_providers import MODELS, TOOL_REPLY, Live, live
+from tests.e2e.test_live_providers import MODELS, TOOL_REPLY, Live, live, wait_until
 from tests.fakes import Fault, Reply
 from tests.fakes.faults import texts_in
 
@@ -159,8 +160,19 @@ def test_unknown_fields_reach_a_native_provider(live: Live) -> None:
 def test_background_response_with_a_live_provider_can_be_cancelled(live: Live) -> None:
     client = live.client()
     live.fake("mistral").inject(Fault(delay_s=5))
-    reply = client.responses.create(model="mistral-small", input="Slow one", background=True)
+    raw = client.responses.with_raw_response.create(model="mistral-small", input="Slow one", background=True)
+    reply = raw.parse()
     assert reply.status == "queued"
+    wait_until(lambda: client.responses.retrieve(reply.id).status == "in_progress", "the background run to start")
     cancelled = client.responses.cancel(reply.id)
     assert cancelled.status == "cancelled"
     assert client.responses.retrieve(reply.id).status == "cancelled"
+    # The cancelled run is metered (its reservation settled) like a client that went away.
+    request_id = raw.headers["x-request-id"]
+
+    def logged() -> bool:
+        with psycopg.connect(live.db.owner_dsn) as conn:
+            row = conn.execute("SELECT status, door FROM requests WHERE id = %s", (request_id,)).fetchone()
+        return row == ("cancelled", "responses")
+
+    wait_until(logged, "the cancelled background request in the request log")

@@ -137,10 +137,18 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
         yield json_body(queued)
 
     async def _run(self, admitted: Admitted, frames: ResponsesSSE, principal: Principal, request_id: str) -> None:
+        session = self._pipeline.session(admitted)
         try:
-            final = frames.response(await self._pipeline.complete(admitted))
+            try:
+                await self._store.start_background(principal, frames.response_id)  # GET shows in_progress
+            except Exception:  # cosmetic: the run and its outcome do not depend on it
+                log.warning("marking a background response in progress failed", exc_info=True)
+            final = frames.response(await session.complete())
         except asyncio.CancelledError:
-            raise  # cancelled (POST …/cancel, deletion, shutdown): the session billed what ran
+            # Cancelled (POST …/cancel, deletion, shutdown): the session bills what ran — and, when the
+            # cancel came before the provider call, still meters the request and releases its reservation.
+            await session.aclose()
+            raise
         except Exception as exc:  # noqa: BLE001
             err = as_relay_error(exc)
             final = frames.failed_object(err.code, err.message)

@@ -151,6 +151,10 @@ class ResponseStore:
         self._tasks[response_id] = task
         task.add_done_callback(lambda _: self._tasks.pop(response_id, None))
 
+    async def start_background(self, principal: Principal, response_id: str) -> bool:
+        async with self._db.tenant_tx(principal.tenant_id) as conn:
+            return await store.start(conn, response_id)
+
     async def finish_background(self, principal: Principal, body: Mapping[str, Any], *, request_id: str) -> bool:
         async with self._db.tenant_tx(principal.tenant_id) as conn:
             return await store.finish(conn, body, request_id=request_id)

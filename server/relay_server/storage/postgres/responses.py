@@ -92,6 +92,16 @@ async def finish(conn: Conn, body: Mapping[str, Any], *, request_id: str | None 
     return cur.rowcount == 1
 
 
+async def start(conn: Conn, response_id: str) -> bool:
+    """A queued background response began running (False: cancelled or deleted meanwhile)."""
+    cur = await conn.execute(
+        "UPDATE responses SET status = 'in_progress', body = jsonb_set(body, '{status}', '\"in_progress\"')"
+        " WHERE id = %s AND status = 'queued'",
+        (response_id,),
+    )
+    return cur.rowcount == 1
+
+
 async def get(conn: Conn, response_id: str, end_user_id: str | None) -> StoredResponse | None:
     cur = await conn.execute(
         f"SELECT id, status, background, body, created_at FROM responses WHERE id = %(id)s AND {_LIVE}",
