@@ -10,7 +10,7 @@ import pytest
 from relay_server.dialects.responses.output import message_item, response_object
 from relay_server.dialects.responses.request import parse_turn
 from relay_server.errors import RelayError
-from relay_server.pipeline.context import Principal
+from relay_server.domain.request import Principal
 from relay_server.responses.service import ResponseStore, RetentionSource
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.config import TenantConfigReader

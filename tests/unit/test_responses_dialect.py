@@ -18,7 +18,7 @@ from relay_server.dialects.responses.request import (
 )
 from relay_server.dialects.responses.stream import ChatToEvents
 from relay_server.errors import RelayError
-from relay_server.providers.base import NativeEvent
+from relay_server.domain.provider import NativeEvent
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}, "strict": True}
 

@@ -22,7 +22,7 @@ from relay_server.dialects.responses.request import Turn
 from relay_server.dialects.responses.stream import ChatToEvents, Event
 from relay_server.errors import RelayError
 from relay_server.pipeline.session import Item
-from relay_server.providers.base import NativeEvent, NativeResponse
+from relay_server.domain.provider import NativeEvent, NativeResponse
 
 _JSON = "application/json"
 _SSE = "text/event-stream"

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
-from relay_sdk._proto.relay.v1 import responses_pb2_grpc
+from relay_proto.relay.v1 import responses_pb2_grpc
 
 from relay_server.api import door
 from relay_server.api.error_mapping import abort, as_relay_error
@@ -37,11 +37,11 @@ from relay_server.dialects.responses.request import (
 )
 from relay_server.ids import new_id
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.authenticate import Authenticator
-from relay_server.pipeline.catalog import Catalog
-from relay_server.pipeline.context import Principal, new_request_id
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.request import Principal, new_request_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
-from relay_server.pipeline.usage_estimate import estimate_input_tokens
+from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
 from relay_server.responses.service import ResponseStore
 
 log = logging.getLogger(__name__)
