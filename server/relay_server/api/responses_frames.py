@@ -16,6 +16,8 @@ from typing import Any
 import orjson
 from google.api import httpbody_pb2
 
+from relay_server.api.door import join_sse
+
 from relay_server.dialects.responses.native import NativeIds
 from relay_server.dialects.responses.output import from_chat, response_object
 from relay_server.dialects.responses.request import Turn
@@ -76,6 +78,8 @@ class ResponsesSSE:
             self.final = self._native.final
             return [sse(event)]
         return [sse(e) for e in self._chat.chunk(item)]
+
+    join = staticmethod(join_sse)
 
     def end(self) -> list[httpbody_pb2.HttpBody]:
         if self._is_native:
