@@ -19,13 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import seed as bench_seed
 from relay_server.settings import Settings
 from relay_server.stack import StackPaths, processes
 from relay_server.stack import envoy as stack_envoy
 from relay_server.stack import redis as stack_redis
 from relay_server.stack.up import DESCRIPTOR, REPO, ensure_postgres, grpc_serving, stop_postgres
-
-from bench import seed as bench_seed
 
 MOCK = Path(__file__).resolve().parent / "mock_upstream.py"
 MAX_REQUEST_BYTES = 32 * 1024 * 1024

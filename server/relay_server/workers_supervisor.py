@@ -46,7 +46,7 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
     signal.signal(signal.SIGINT, on_signal)
     for slot in range(workers):
         start(slot)
-    backoff = {slot: 0.5 for slot in procs}
+    backoff = dict.fromkeys(procs, 0.5)
     while True:
         time.sleep(0.2)
         alive = 0

@@ -32,7 +32,7 @@ async def test_usage_hidden_but_recorded_when_not_requested() -> None:
 
 
 async def test_usage_chunk_last_and_null_usage_elsewhere_when_requested() -> None:
-    ctx, out = await _run(True)
+    _ctx, out = await _run(True)
     assert len(out) == 4
     assert all(c["usage"] is None for c in out[:3])
     assert out[-1]["choices"] == [] and out[-1]["usage"]["total_tokens"] == 4

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2
 
@@ -81,7 +81,7 @@ def tenant_message(row: TenantRow) -> tenants_pb2.Tenant:
 
 
 def key_message(row: ApiKeyRow, now: datetime | None = None) -> api_keys_pb2.ApiKey:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     status = row.status
     if status == "active" and row.expires_at is not None and row.expires_at <= now:
         status = "expired"  # authentication already refuses it; the sweep updates the row later

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -17,8 +17,8 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.request import new_request_id
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.tenancy.calls import Call
 
 T = TypeVar("T")
@@ -116,4 +116,4 @@ def from_timestamp(message: object, field: str) -> datetime | None:
     """The datetime in ``message.field`` if the field is set (aware, UTC)."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return getattr(message, field).ToDatetime(tzinfo=timezone.utc)
+    return getattr(message, field).ToDatetime(tzinfo=UTC)

@@ -13,7 +13,7 @@ Money comes as integer micro-dollars and as an exact decimal string.
 from __future__ import annotations
 
 import inspect
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -25,9 +25,9 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
+from relay_server.domain.request import new_request_id
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
-from relay_server.domain.request import new_request_id
 from relay_server.pipeline.steps.spend import cap_window, usd
 from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.usage import (
@@ -81,7 +81,7 @@ def _ts(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment.astimezone(timezone.utc))
+    ts.FromDatetime(moment.astimezone(UTC))
     return ts
 
 
@@ -147,19 +147,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         return principal, tenant, confined
 
     @staticmethod
-    def _environment(requested: str, principal: AdminPrincipal, *, allow_both: bool = False) -> str | None:
+    def _environment(requested: str, principal: AdminPrincipal) -> str:
         value = requested.strip().lower()
         if not value:
-            if allow_both:
-                return None
             return principal.environment if principal.environment in _ENVIRONMENTS else "live"
         if value not in _ENVIRONMENTS:
             raise RelayError(ErrorKind.BAD_REQUEST, "environment must be live or test.", param="environment")
         return value
 
+    @classmethod
+    def _environment_or_both(cls, requested: str, principal: AdminPrincipal) -> str | None:
+        """As ``_environment``, but an empty value means both environments (None)."""
+        return cls._environment(requested, principal) if requested.strip() else None
+
     @staticmethod
     def _range(start: date | None, end: date | None) -> tuple[date, date]:
-        end = end or datetime.now(timezone.utc).date()
+        end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=_DEFAULT_RANGE_DAYS - 1)
         if start > end:
             raise RelayError(ErrorKind.BAD_REQUEST, "start_date is after end_date.", param="start_date")
@@ -226,7 +229,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
 
     async def _cap_spent(self, tenant: str, key_id: str, window_name: str) -> int:
         """The live counter when Redis has it, else the request log's sum over the window."""
-        window = cap_window(window_name, datetime.now(timezone.utc))
+        window = cap_window(window_name, datetime.now(UTC))
         if self._spend is not None:
             try:
                 state = await self._spend.read(cap_keys(tenant, "key", key_id, window.window_id)[0])
@@ -252,10 +255,10 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 "model_id": request.model_id,
                 "status": request.status,
                 "end_user_id": request.end_user_id,
-                "environment": self._environment(request.environment, principal, allow_both=True),
+                "environment": self._environment_or_both(request.environment, principal),
             }
-            start = request.start_time.ToDatetime(timezone.utc) if request.HasField("start_time") else None
-            end = request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None
+            start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+            end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
             rows = await self._queries.requests(tenant, filters, start, end, after, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
@@ -271,12 +274,12 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             size = page_size(request.page_size)
             before = None
             if request.page_token:
-                raw_start, _, environment = decode_token(request.page_token).partition("|")
+                raw_start, _, last_environment = decode_token(request.page_token).partition("|")
                 try:
-                    before = (date.fromisoformat(raw_start), environment)
+                    before = (date.fromisoformat(raw_start), last_environment)
                 except ValueError:
                     raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
-            environment = self._environment(request.environment, principal, allow_both=True)
+            environment = self._environment_or_both(request.environment, principal)
             periods = await self._billing.periods(tenant, environment, before, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)

@@ -19,10 +19,10 @@ from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
 from relay_server.api.response_headers import success_headers
-from relay_server.observability.request_context import bind_request
-from relay_server.domain.request import new_request_id
-from relay_server.pipeline.inference import InferencePipeline
 from relay_server.domain.provider import RequestKind
+from relay_server.domain.request import new_request_id
+from relay_server.observability.request_context import bind_request
+from relay_server.pipeline.inference import InferencePipeline
 
 # int64 fields render as JSON strings in MessageToDict; providers expect numbers.
 _INT64_FIELDS = ("seed",)

@@ -20,7 +20,12 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
-from relay_proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
+from relay_proto.relay.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    openai_service_pb2,
+    openai_service_pb2_grpc,
+)
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
@@ -30,21 +35,21 @@ from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database

@@ -17,9 +17,9 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from relay_server.domain.provider import Usage
 from relay_server.domain.request import RequestContext
 from relay_server.pipeline.steps.usage_estimate import OutputCounter
-from relay_server.domain.provider import Usage
 
 
 def is_usage_chunk(chunk: dict[str, Any]) -> bool:

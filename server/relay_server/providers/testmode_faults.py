@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.provider import Provider, ProviderCall
+from relay_server.errors import ErrorKind, RelayError
 
 ERROR_HEADER = "x-relay-test-error"
 AFTER_HEADER = "x-relay-test-error-after"
@@ -102,4 +102,5 @@ class SimulatingProvider:
                 yield chunk
                 sent += 1
         finally:
-            await chunks.aclose()
+            # Provider.stream is declared AsyncIterator; every provider's stream is an async generator.
+            await chunks.aclose()  # type: ignore[attr-defined]

@@ -15,6 +15,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
@@ -156,14 +157,10 @@ async def list_keys(
         params.append(end_user_id)
     if children_only:
         where.append("parent_key_id IS NOT NULL")
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM api_keys WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    rows = await newest_first(
+        conn, table="api_keys", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_key(r) for r in await cur.fetchall()]
+    return [_key(r) for r in rows]
 
 
 async def update_key(conn: Conn, tenant_id: str, key_id: str, changes: Mapping[str, Any]) -> ApiKeyRow:

@@ -17,6 +17,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from relay_server.ids import new_id
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
@@ -119,14 +120,10 @@ async def list_audit(
     if resource_id:
         where.append("resource_id = %s")
         params.append(resource_id)
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    rows = await newest_first(
+        conn, table="audit_log", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_audit(r) for r in await cur.fetchall()]
+    return [_audit(r) for r in rows]
 
 
 def _audit(row: Mapping[str, Any]) -> AuditRow:

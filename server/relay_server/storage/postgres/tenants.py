@@ -15,6 +15,7 @@ from typing import Any
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
@@ -79,19 +80,12 @@ async def list_tenants(
     conn: Conn, *, status: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[TenantRow]:
     """Newest first; ``after`` is the (created_at, id) of the previous page's last row."""
-    where: list[str] = ["true"]
-    params: list[Any] = []
-    if status:
-        where.append("status = %s")
-        params.append(status)
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM tenants WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    where = ["status = %s"] if status else []
+    params = [status] if status else []
+    rows = await newest_first(
+        conn, table="tenants", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_tenant(r) for r in await cur.fetchall()]
+    return [_tenant(r) for r in rows]
 
 
 async def set_status(conn: Conn, tenant_id: str, status: str, *, trial_length: timedelta | None = None) -> TenantRow:

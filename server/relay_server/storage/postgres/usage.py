@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -56,7 +56,7 @@ SELECT tenant_id, date, environment FROM usage_rollup_pending
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
-    lo = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    lo = datetime.combine(day, time.min, tzinfo=UTC)
     return lo, lo + timedelta(days=1)
 
 
@@ -93,18 +93,6 @@ class UsageRollupStore:
                 )
             done.append(bucket)
         return done
-
-    async def pending_in(self, tenant_id: str, environment: str, start: date, end: date) -> bool:
-        """Whether buckets of this tenant in [start, end) still wait for a recompute."""
-        async with self._db.system.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT 1 FROM usage_rollup_pending WHERE tenant_id = %s AND environment = %s "
-                    "AND date >= %s AND date < %s LIMIT 1",
-                    (tenant_id, environment, start, end),
-                )
-            ).fetchone()
-        return row is not None
 
 
 class PostgresSpendLedger:
@@ -218,7 +206,7 @@ class UsageQueries:
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
-    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{request_id}"
+    raw = f"{created_at.astimezone(UTC).isoformat()}|{request_id}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
