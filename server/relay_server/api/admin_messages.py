@@ -9,12 +9,10 @@ from google.protobuf import struct_pb2
 
 from relay_proto.relay.admin.v1 import api_keys_pb2, audit_pb2, tenants_pb2
 from relay_server.api.admin_support import timestamp
+from relay_server.domain.audit import AuditRow
+from relay_server.domain.keys import ApiKeyRow
+from relay_server.domain.tenants import FeatureState, MemberRow, TenantRow
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.storage.postgres.api_keys import ApiKeyRow
-from relay_server.storage.postgres.audit import AuditRow
-from relay_server.storage.postgres.members import MemberRow
-from relay_server.storage.postgres.tenant_config import FeatureState
-from relay_server.storage.postgres.tenants import TenantRow
 from relay_server.tenancy.key_rules import micros_to_usd
 from relay_server.tenancy.lifecycle import STATUSES
 

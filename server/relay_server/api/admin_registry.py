@@ -32,7 +32,7 @@ def admin_authenticator(app: Any) -> AdminAuthenticator:
     return AdminAuthenticator(
         settings.admin_token,
         keys=app.tenancy.authenticator,
-        db=app.db,
+        members=app.tenancy.member_permissions,
         jwt_secret=settings.jwt_secret,
         jwt_issuer=settings.jwt_issuer,
     )
@@ -46,5 +46,5 @@ def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
         TenantServicer(auth, tenancy.tenants, tenancy.members, tenancy.tenant_settings), server
     )
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(auth, tenancy.keys), server)
-    audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, app.db), server)
+    audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, tenancy.audit), server)
     return list(SERVICES)

@@ -19,12 +19,13 @@ from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import PURGE_JOB, AuthInvalidator, RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.keys import ApiKeyService
 from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.members import MemberAdmin
+from relay_server.tenancy.members import MemberAdmin, MemberPermissions
 from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
@@ -45,6 +46,8 @@ class Tenancy:
     keys: ApiKeyService
     tenants: TenantAdmin
     members: MemberAdmin
+    member_permissions: MemberPermissions
+    audit: AuditLog
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -116,6 +119,8 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
         tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
         members=MemberAdmin(db),
+        member_permissions=MemberPermissions(db),
+        audit=AuditLog(db),
         tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from relay_server.domain.tenants import FeatureState
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import tenant_config as store
 from relay_server.storage.postgres.pool import Conn, Database
-from relay_server.storage.postgres.tenant_config import FeatureState
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.config import CONFIG_KEYS, TenantConfigReader, validate_entry
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from relay_server.domain.audit import AuditRow
 from relay_server.ids import new_id
 from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
@@ -37,21 +38,6 @@ class AuditEntry:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     ip_address: str | None = None
     request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    id: str
-    tenant_id: str | None
-    actor_id: str
-    actor_type: str
-    action: str
-    resource_type: str | None
-    resource_id: str | None
-    metadata: dict[str, Any]
-    ip_address: str | None
-    request_id: str | None
-    created_at: datetime
 
 
 def _valid_ip(value: str | None) -> str | None:

@@ -8,13 +8,13 @@ may update ``name`` and ``metadata`` alone), and status changes only through
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from relay_server.domain.tenants import TenantRow
 from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
@@ -22,22 +22,6 @@ _COLUMNS = (
     "id, slug, name, plan, status, status_changed_at, trial_ends_at, silo_database, "
     "created_at, updated_at, deleted_at, metadata"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRow:
-    id: str
-    slug: str
-    name: str
-    plan: str
-    status: str
-    status_changed_at: datetime
-    trial_ends_at: datetime | None
-    silo_database: str | None
-    created_at: datetime
-    updated_at: datetime
-    deleted_at: datetime | None
-    metadata: dict[str, str]
 
 
 def _tenant(row: Mapping[str, Any]) -> TenantRow:
@@ -66,6 +50,12 @@ async def insert_tenant(
     row = await cur.fetchone()
     assert row is not None
     return _tenant(row)
+
+
+async def tenant_status(conn: Conn, tenant_id: str) -> str | None:
+    """The tenant's status; None when there is no such tenant."""
+    row = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+    return str(row["status"]) if row else None
 
 
 async def get_tenant(conn: Conn, tenant_id: str, *, lock: bool = False) -> TenantRow | None:
