@@ -22,24 +22,18 @@ from google.type import date_pb2
 
 from relay_proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import decode_cursor, encode_cursor
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
+from relay_server.domain.pricing import money_micros
 from relay_server.domain.request import new_request_id
+from relay_server.domain.usage import UsageFilter
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
-from relay_server.pipeline.steps.spend import cap_window, usd
-from relay_server.storage.postgres.billing import BillingStore
-from relay_server.storage.postgres.usage import (
-    PostgresSpendLedger,
-    UsageFilter,
-    UsageQueries,
-    decode_cursor,
-    encode_cursor,
-    money_micros,
-)
-from relay_server.storage.redis.spend import RedisSpend, cap_keys
+from relay_server.pipeline.steps.spend import usd
 from relay_server.tenancy.rbac import AdminPrincipal
+from relay_server.tenancy.usage import UsageReports
 
 _GROUPS = {
     usage_pb2.USAGE_GROUP_BY_UNSPECIFIED: "day",
@@ -111,17 +105,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self,
         admin: AdminAuthenticator,
         keys: Authenticator,
-        queries: UsageQueries,
-        billing: BillingStore,
-        ledger: PostgresSpendLedger,
-        spend: RedisSpend | None = None,
+        reports: UsageReports,
     ) -> None:
         self._admin = admin
         self._keys = keys
-        self._queries = queries
-        self._billing = billing
-        self._ledger = ledger
-        self._spend = spend
+        self._reports = reports
 
     # --- who is asking --------------------------------------------------------------
 
@@ -190,8 +178,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             group = _GROUPS.get(request.group_by)
             if group is None:
                 raise RelayError(ErrorKind.BAD_REQUEST, "Unknown group_by.", param="group_by")
-            rows = await self._queries.usage(tenant, filters, group)
-            totals = await self._queries.usage(tenant, filters, None)
+            rows = await self._reports.usage(tenant, filters, group)
+            totals = await self._reports.usage(tenant, filters, None)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         total = _row("total", totals[0]) if totals and totals[0]["buckets"] else _empty_total()
@@ -205,20 +193,20 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 raise RelayError(ErrorKind.BAD_REQUEST, "key_id is required.", param="key_id")
             if confined and request.key_id != confined:
                 raise RelayError(ErrorKind.PERMISSION_DENIED, "An end user's key can read only its own usage.")
-            key = await self._queries.key_exists(tenant, request.key_id)
+            key = await self._reports.key(tenant, request.key_id)
             if key is None:
                 raise RelayError(ErrorKind.NOT_FOUND, f"API key `{request.key_id}` does not exist.", param="key_id")
             start, end = self._range(_date(request.start_date, "start_date"), _date(request.end_date, "end_date"))
             filters = UsageFilter(start=start, end=end, environment=key["environment"], api_key_id=key["id"])
-            days = await self._queries.usage(tenant, filters, "day")
-            totals = await self._queries.usage(tenant, filters, None)
+            days = await self._reports.usage(tenant, filters, "day")
+            totals = await self._reports.usage(tenant, filters, None)
             response = usage_pb2.GetApiKeyUsageResponse(
                 days=[_row(r["grp"], r) for r in days],
                 total=_row("total", totals[0]) if totals and totals[0]["buckets"] else _empty_total(),
             )
             if key["spend_cap_micros"] is not None and key["spend_cap_window"]:
                 cap = int(key["spend_cap_micros"])
-                spent = await self._cap_spent(tenant, key["id"], key["spend_cap_window"])
+                spent = await self._reports.cap_spent(tenant, key["id"], key["spend_cap_window"])
                 response.cap.CopyFrom(money(cap))
                 response.cap_window = key["spend_cap_window"]
                 response.cap_spent.CopyFrom(money(spent))
@@ -227,18 +215,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             await abort(context, as_relay_error(exc), request_id)
         return response
 
-    async def _cap_spent(self, tenant: str, key_id: str, window_name: str) -> int:
-        """The live counter when Redis has it, else the request log's sum over the window."""
-        window = cap_window(window_name, datetime.now(UTC))
-        if self._spend is not None:
-            try:
-                state = await self._spend.read(cap_keys(tenant, "key", key_id, window.window_id)[0])
-            except Exception:  # noqa: BLE001 - Redis down: Postgres has the truth
-                state = None
-            if state is not None:
-                return state[0]
-        return await self._ledger.spent_micros(tenant, key_id=key_id, environment=None, start=window.start, end=window.end)
-
     async def ListRequests(self, request, context):  # noqa: N802
         request_id = new_request_id()
         try:
@@ -246,10 +222,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             if confined and request.api_key_id and request.api_key_id != confined:
                 raise RelayError(ErrorKind.PERMISSION_DENIED, "An end user's key can read only its own requests.")
             size = page_size(request.page_size)
-            try:
-                after = decode_cursor(request.page_token) if request.page_token else None
-            except ValueError:
-                raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
+            after = decode_cursor(request.page_token)
             filters = {
                 "api_key_id": confined or request.api_key_id,
                 "model_id": request.model_id,
@@ -259,7 +232,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             }
             start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
             end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
-            rows = await self._queries.requests(tenant, filters, start, end, after, size + 1)
+            rows = await self._reports.requests(tenant, filters, start, end, after, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         more = len(rows) > size
@@ -280,7 +253,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 except ValueError:
                     raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
             environment = self._environment_or_both(request.environment, principal)
-            periods = await self._billing.periods(tenant, environment, before, size + 1)
+            periods = await self._reports.periods(tenant, environment, before, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         more = len(periods) > size
@@ -357,10 +330,6 @@ def register_usage_service(server: Any, app: Any) -> str:
     """Add UsageService to ``server``; returns its full name (for reflection and health)."""
     from relay_server.api.admin_registry import admin_authenticator  # noqa: PLC0415 - avoids an import cycle
 
-    db = app.db
-    spend = RedisSpend(app.redis) if app.redis is not None else None
-    servicer = UsageServicer(
-        admin_authenticator(app), app.authenticator, UsageQueries(db), BillingStore(db), PostgresSpendLedger(db), spend
-    )
+    servicer = UsageServicer(admin_authenticator(app), app.authenticator, app.tenancy.usage)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
     return usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name

@@ -29,6 +29,7 @@ from relay_server.tenancy.members import MemberAdmin, MemberPermissions
 from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
+from relay_server.tenancy.usage import UsageReports
 from relay_server.workers.lifecycle import LifecycleJobs
 from relay_server.workers.provisioning import Provisioner
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -48,6 +49,7 @@ class Tenancy:
     members: MemberAdmin
     member_permissions: MemberPermissions
     audit: AuditLog
+    usage: UsageReports
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -121,6 +123,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         members=MemberAdmin(db),
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
+        usage=UsageReports(db, redis),
         tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

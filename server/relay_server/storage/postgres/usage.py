@@ -10,15 +10,13 @@ is ever missed).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from typing import Any
 
 from psycopg import sql
 
+from relay_server.domain.usage import UsageFilter
 from relay_server.storage.postgres.pool import Conn, Database
 
 _RECOMPUTE = """
@@ -139,16 +137,6 @@ _SUMS = sql.SQL(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class UsageFilter:
-    start: date
-    end: date  # inclusive
-    environment: str = "live"
-    api_key_id: str | None = None
-    model_id: str | None = None
-    end_user_id: str | None = None
-
-
 class UsageQueries:
     """Reads for the usage API, inside the tenant's RLS-scoped transaction."""
 
@@ -205,26 +193,3 @@ class UsageQueries:
             return list(await (await conn.execute(query, [*params, limit])).fetchall())
 
 
-def encode_cursor(created_at: datetime, request_id: str) -> str:
-    raw = f"{created_at.astimezone(UTC).isoformat()}|{request_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[datetime, str]:
-    """Raises ValueError on a malformed token."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        moment, _, request_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError("malformed cursor") from exc
-    if not request_id or parsed.tzinfo is None:
-        raise ValueError("malformed cursor")
-    return parsed, request_id
-
-
-def money_micros(amount: Decimal | int | None) -> int:
-    """USD decimal → micro-USD, half-even (for display of NUMERIC sums)."""
-    if amount is None:
-        return 0
-    return int((Decimal(amount) * 1_000_000).to_integral_value())
