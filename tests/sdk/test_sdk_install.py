@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 _CHECK = """
@@ -21,6 +23,7 @@ relay_sdk.Relay("127.0.0.1:1", api_key="rly_test_sk_x").close()
 """
 
 
+@pytest.mark.timeout(600)  # two local builds with pip
 def test_the_sdk_installs_without_the_server(tmp_path: Path) -> None:
     target = tmp_path / "site"
     # --no-deps/--no-index/--no-build-isolation: no network; grpcio and protobuf come from this venv.

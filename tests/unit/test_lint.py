@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 SERVER = REPO / "server"
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=540)
 
 
+@pytest.mark.timeout(600)
 def test_python_sources_pass_ruff() -> None:
     result = _run(
         [sys.executable, "-m", "ruff", "check", "--no-cache", "--output-format", "concise",
@@ -33,6 +36,7 @@ def test_imports_keep_the_layer_contracts() -> None:
     assert "0 broken" in result.stdout
 
 
+@pytest.mark.timeout(600)  # a cold mypy run takes ~15 s of CPU; on a busy machine far longer
 def test_server_passes_mypy() -> None:
     # The config (check_untyped_defs, warn_unused_ignores, …) is [tool.mypy] in server/pyproject.toml;
     # no cache: tests may run at once, and a shared cache file can be left half written.
