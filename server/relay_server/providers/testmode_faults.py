@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay_server.domain.provider import Provider, ProviderCall
+from relay_server.domain.provider import NativeEvent, NativeResponse, Provider, ProviderCall
 from relay_server.errors import ErrorKind, RelayError
 
 ERROR_HEADER = "x-relay-test-error"
@@ -79,19 +79,19 @@ class SimulatingProvider:
         self._inner = inner
         self._sim = simulation
 
-    async def complete(self, call: ProviderCall) -> dict[str, Any]:
+    async def complete(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         await asyncio.sleep(self._sim.latency_s)
         if self._sim.error is not None:
             raise self._sim.error
         return await self._inner.complete(call)
 
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
+    async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         await asyncio.sleep(self._sim.latency_s)
         if self._sim.error is not None:
             raise self._sim.error
         return await self._inner.embed(call)
 
-    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any] | NativeEvent]:
         sent = 0
         chunks = self._inner.stream(call)
         try:
