@@ -54,6 +54,10 @@ class Settings:
     # Limits
     max_request_bytes: int = 32 * 1024 * 1024
     provider_timeout_s: float = 600.0
+    # Envoy: a request's headers and body must arrive within this (a stalled upload → 408) ...
+    envoy_request_timeout_s: int = 60
+    # ... and a stream silent this long (either way, e.g. a provider that stopped) is cut.
+    envoy_stream_idle_timeout_s: int = 600
     shutdown_grace_s: float = 10.0
     auth_cache_ttl_s: float = 5.0
 

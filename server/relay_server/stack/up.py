@@ -282,6 +282,8 @@ def _render_envoy(settings: Settings, paths: StackPaths) -> str:
         services=stack_envoy.http_services(DESCRIPTOR),
         max_request_bytes=settings.max_request_bytes,
         access_log_path=paths.access_log,
+        request_timeout=f"{settings.envoy_request_timeout_s}s",
+        stream_idle_timeout=f"{settings.envoy_stream_idle_timeout_s}s",
     )
     stack_envoy.validate_envoy_config(config)
     return config
