@@ -29,6 +29,7 @@ from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
+from relay_server.api.request_guard import GuardedServer
 from relay_server.api.thread_service import register_thread_service
 from relay_server.observability.components import Observability, build_observability
 from relay_server.observability.sampler import Sources
@@ -172,7 +173,8 @@ def freeze_startup_heap() -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
-    server = grpc.aio.server(options=grpc_options(settings))
+    # Every method (health and reflection too) refuses undecodable or NUL-bearing requests with 400.
+    server = GuardedServer(grpc.aio.server(options=grpc_options(settings)))
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -1,0 +1,106 @@
+"""Bad bytes and bad text in ids, filters and stored fields: a clean 400 / INVALID_ARGUMENT, never a 5xx.
+
+Every method of every service the server registers is sent bytes that do not
+decode; REST routes get NUL characters and percent-encoded invalid UTF-8 in
+paths, queries and bodies.  None may answer 5xx, UNKNOWN or INTERNAL, or name
+Python classes in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import descriptor_pb2
+
+from tests.e2e.admin_helpers import rest
+from tests.support.stack import RelayStack
+
+pytestmark = pytest.mark.e2e
+
+DESCRIPTOR = Path(__file__).resolve().parents[2] / "envoy" / "relay.pb"
+GARBAGE = b"\xff\xff\xff\xff"  # an unterminated varint: no message type decodes it
+
+
+def _methods() -> list[tuple[str, bool, bool]]:
+    files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR.read_bytes())
+    found = [("/grpc.health.v1.Health/Check", False, False)]
+    for file in files.file:
+        if not file.package.startswith("relay."):
+            continue
+        for service in file.service:
+            for method in service.method:
+                found.append((f"/{file.package}.{service.name}/{method.name}", method.client_streaming, method.server_streaming))
+    return found
+
+
+METHODS = _methods()
+
+
+@pytest.fixture(scope="module")
+def channel(relay: RelayStack) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(relay.grpc_addr) as ch:
+        yield ch
+
+
+def test_every_method_is_covered() -> None:
+    assert len(METHODS) > 40
+
+
+@pytest.mark.parametrize(("method", "client_streaming", "server_streaming"), METHODS, ids=[m[0] for m in METHODS])
+def test_undecodable_message_is_invalid_argument_on_every_method(
+    relay: RelayStack, channel: grpc.Channel, method: str, client_streaming: bool, server_streaming: bool
+) -> None:
+    metadata = (("authorization", f"Bearer {relay.admin_token}"),)
+    kind = {(False, False): channel.unary_unary, (False, True): channel.unary_stream,
+            (True, False): channel.stream_unary, (True, True): channel.stream_stream}[(client_streaming, server_streaming)]  # fmt: skip
+    call = kind(method)
+    request = iter([GARBAGE]) if client_streaming else GARBAGE
+    with pytest.raises(grpc.RpcError) as failure:
+        result = call(request, timeout=10, metadata=metadata)
+        if server_streaming:
+            list(result)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value.details()
+    assert failure.value.details() == "Invalid request: the request message could not be decoded."
+
+
+def _assert_clean_400(response: httpx.Response) -> dict:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    for internal in ("class", "Error", "relay.", "Traceback", "_pb2"):
+        assert internal not in error["message"], error["message"]
+    return error
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/tenants/x%00", None),
+        ("GET", "/v1/keys/key_%00", None),
+        ("GET", "/v1/keys?end_user_id=a%00b", None),
+        ("GET", "/v1/threads?end_user_id=a%00b", None),
+        ("GET", "/v1/audit-events?action=a%00", None),
+        ("GET", "/v1/models/gpt%00", None),
+        ("POST", "/v1/threads", {"title": "a\u0000b"}),
+        ("POST", "/v1/tenants", {"slug": "acme", "name": "A\u0000", "owner_email": "o@acme.test"}),
+        ("POST", "/v1/tenants/ten_x/members", {"email": "m@acme.test", "name": "M\u0000"}),
+    ],
+)
+def test_nul_in_ids_filters_and_text_is_a_400(relay: RelayStack, method: str, path: str, body: dict | None) -> None:
+    token = relay.test_key if "/threads" in path or "/models" in path else relay.admin_token
+    with rest(relay, token) as c:
+        error = _assert_clean_400(c.request(method, path, json=body))
+    assert "NUL" in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/v1/tenants/x%ff", "/v1/models/x%c3%28", "/v1/tenants?page_token=%ff%fe",
+                                  "/v1/threads?end_user_id=%80"])  # fmt: skip
+def test_invalid_utf8_in_path_or_query_is_a_400_without_internals(relay: RelayStack, path: str) -> None:
+    token = relay.test_key if "/threads" in path or "/models" in path else relay.admin_token
+    with rest(relay, token) as c:
+        error = _assert_clean_400(c.get(path))
+    assert "UTF-8" in error["message"]
