@@ -104,3 +104,32 @@ def test_invalid_utf8_in_path_or_query_is_a_400_without_internals(relay: RelaySt
     with rest(relay, token) as c:
         error = _assert_clean_400(c.get(path))
     assert "UTF-8" in error["message"]
+
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.mark.parametrize("metadata", ['{"a":"b\\u0000c"}', '{"a\\u0000":"b"}'])
+def test_metadata_the_log_cannot_store_is_refused_before_dispatch(http: httpx.Client, metadata: str) -> None:
+    response = http.post("/chat/completions", json=CHAT, headers={"x-relay-metadata": metadata})
+    error = _assert_clean_400(response)
+    assert error["code"] == "invalid_header" and "NUL" in error["message"]
+
+
+def test_a_request_whose_text_postgres_refuses_is_still_logged(relay: RelayStack, http: httpx.Client) -> None:
+    import time
+
+    import psycopg
+
+    response = http.post("/chat/completions", json={**CHAT, "model": "gpt-4o-mini\u0000x"})
+    assert response.status_code == 404, response.text
+    request_id = response.headers["x-request-id"]
+    deadline = time.monotonic() + 20
+    while True:
+        with psycopg.connect(relay.db.owner_dsn) as conn:
+            row = conn.execute("SELECT requested_model FROM requests WHERE id = %s", (request_id,)).fetchone()
+        if row is not None or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert row is not None, "the request's log row never reached Postgres"
+    assert row[0] == "gpt-4o-mini\ufffdx"
