@@ -153,6 +153,10 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # Envoy accepts 60 KiB of request headers and adds its own (x-envoy-original-path
+        # repeats the path): gRPC's 16 KiB default turned a long URL into a 429.
+        ("grpc.max_metadata_size", 128 * 1024),
+        ("grpc.absolute_max_metadata_size", 160 * 1024),
         ("grpc.so_reuseport", 1),  # --workers N processes share one port
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),

@@ -133,3 +133,20 @@ def test_a_request_whose_text_postgres_refuses_is_still_logged(relay: RelayStack
         time.sleep(0.1)
     assert row is not None, "the request's log row never reached Postgres"
     assert row[0] == "gpt-4o-mini\ufffdx"
+
+
+@pytest.mark.parametrize("name", ["m" * 20_000, "é" * 20_000, "\u2028" * 8000 + "x" * 40_000])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_long_unknown_model_is_a_404_with_the_name_clipped(http: httpx.Client, name: str, stream: bool) -> None:
+    response = http.post("/chat/completions", json={**CHAT, "model": name, "stream": stream})
+    assert response.status_code == 404, response.text[:500]
+    error = response.json()["error"]
+    assert error["code"] == "model_not_found"
+    assert name[:200] in error["message"] and "more characters" in error["message"]
+    assert len(error["message"]) < 500
+
+
+def test_a_long_unknown_model_in_the_path_is_a_404(http: httpx.Client) -> None:
+    response = http.get("/models/" + "m" * 20_000)
+    assert response.status_code == 404, response.text[:500]
+    assert len(response.json()["error"]["message"]) < 500
