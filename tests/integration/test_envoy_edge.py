@@ -27,14 +27,14 @@ from tests.integration.test_envoy_config import (  # noqa: F401 (fixtures)
 )
 
 
-def test_unknown_query_parameters_are_ignored(client: httpx.Client) -> None:
+def test_unknown_query_parameters_are_ignored(client: httpx.Client) -> None:  # noqa: F811
     response = client.get("/v1/status", params={"api-version": "2024-06-01", "_": "1733312345", "foo": "1"})
     assert response.status_code == 200, response.text
     assert response.json() == {"ok": True}
 
 
 @pytest.mark.parametrize("name", ["a|b", "a'b", "a%b", "a~b", "a!b", "a#b", "a*b", "a^b", "a`b", "a+b", "a&b", "a$b"])
-def test_header_names_grpc_cannot_carry_are_dropped(client: httpx.Client, name: str) -> None:
+def test_header_names_grpc_cannot_carry_are_dropped(client: httpx.Client, name: str) -> None:  # noqa: F811
     response = client.post("/v1/echo", json={"a": 1}, headers={name: "v", "x-kept": "yes"})
     assert response.status_code == 200, response.text
     seen = response.json()["metadata"]
@@ -46,14 +46,14 @@ def test_header_names_grpc_cannot_carry_are_dropped(client: httpx.Client, name: 
     ("name", "value"),
     [("grpc-timeout", "xx"), ("grpc-encoding", "gzip"), ("grpc-message", "x"), ("x-anything-bin", "!!not base64")],
 )
-def test_headers_that_steer_grpc_are_dropped(client: httpx.Client, name: str, value: str) -> None:
+def test_headers_that_steer_grpc_are_dropped(client: httpx.Client, name: str, value: str) -> None:  # noqa: F811
     response = client.post("/v1/echo", json={"a": 1}, headers={name: value})
     assert response.status_code == 200, response.text
     assert name not in response.json()["metadata"]
     assert_no_grpc_headers(response)
 
 
-def test_native_grpc_content_type_is_refused_with_415(client: httpx.Client) -> None:
+def test_native_grpc_content_type_is_refused_with_415(client: httpx.Client) -> None:  # noqa: F811
     response = client.post("/v1/echo", content=b"\x00\x00\x00\x00\x00", headers={"content-type": "application/grpc"})
     assert_openai_error(response, 415, "unsupported_media_type", "invalid_request_error")
     assert_no_grpc_headers(response)

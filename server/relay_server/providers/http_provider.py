@@ -12,6 +12,7 @@ closes the connection by itself.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,13 @@ import orjson
 from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
+
+
+def _guarded(request: UpstreamRequest, credential: Credential | None) -> UpstreamRequest:
+    """Mark requests to a tenant-chosen base URL for the client's connect-time address check."""
+    if credential is not None and credential.byok and credential.base_url:
+        return dataclasses.replace(request, guarded=True)
+    return request
 
 
 class HttpProvider:
@@ -43,11 +51,11 @@ class HttpProvider:
 
     async def list_models(self, credential: Credential | None, timeout_s: float = 30.0) -> dict[str, Any]:
         """The provider's models as an OpenAI list (health checks, catalog sync)."""
-        _, body = await self._send(self.translator.models_request(credential), timeout_s)
+        _, body = await self._send(_guarded(self.translator.models_request(credential), credential), timeout_s)
         return self.translator.models_response(body)
 
     async def _exchange(self, call: ProviderCall) -> dict[str, Any]:
-        status, body = await self._send(self.translator.request(call, stream=False), call.timeout_s)
+        status, body = await self._send(_guarded(self.translator.request(call, stream=False), call.credential), call.timeout_s)
         return self.translator.response(status, body, call)
 
     async def _send(self, request: UpstreamRequest, timeout_s: float) -> tuple[int, dict[str, Any]]:
@@ -63,7 +71,7 @@ class HttpProvider:
         return resp.status, body
 
     async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
-        request = self.translator.request(call, stream=True)
+        request = _guarded(self.translator.request(call, stream=True), call.credential)
         async with self._client.open_stream(request, self._timeouts, call.timeout_s) as upstream:
             if upstream.status >= 400:
                 body = await upstream.read_body()

@@ -75,7 +75,7 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "RELAY_GRPC_PORT": str(settings.grpc_port),
         "RELAY_STATE_DIR": str(paths.root),
         # Local development: webhook receivers run on this machine (localhost), which production refuses.
-        "RELAY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "RELAY_ALLOW_PRIVATE_DESTINATIONS": "true",
     }
     test_key = _seed_demo(server_env, settings.test_key or quick.get("RELAY_TEST_KEY", ""), paths)
     quickstart = {
