@@ -25,6 +25,7 @@ from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_registry import register_admin_services
+from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
@@ -134,7 +135,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
-    admin_auth = AdminAuthenticator(app.settings.admin_token)
+    admin_auth = AdminAuthenticator(app.settings.admin_token, trusted_proxies=parse_proxies(app.settings.trusted_proxies))
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),

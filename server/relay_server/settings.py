@@ -77,6 +77,9 @@ class Settings:
     lifecycle_sweep_s: float = 30.0
     # JSON object: silo database name (tenants.silo_database) → its owner DSN.
     silo_databases: str = field(default="", repr=False)
+    # Envoy hop(s), comma-separated addresses or CIDRs: only a connection from one of them
+    # may name the caller in x-forwarded-for (audit IPs).  Empty: the peer address counts.
+    trusted_proxies: str = ""
     # Where the `relay tenants|keys` commands connect (default: grpc_host:grpc_port).
     grpc_addr: str = ""
 

@@ -11,6 +11,7 @@ from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, aud
 from relay_server.api.admin_api_keys import ApiKeyServicer
 from relay_server.api.admin_audit import AuditLogServicer
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_tenants import TenantServicer
 
 SERVICES = (
@@ -28,6 +29,7 @@ def admin_authenticator(app: Any) -> AdminAuthenticator:
         db=app.db,
         jwt_secret=settings.jwt_secret,
         jwt_issuer=settings.jwt_issuer,
+        trusted_proxies=parse_proxies(settings.trusted_proxies),
     )
 
 

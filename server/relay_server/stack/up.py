@@ -76,6 +76,8 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "RELAY_STATE_DIR": str(paths.root),
         # Local development: webhook receivers run on this machine (localhost), which production refuses.
         "RELAY_ALLOW_PRIVATE_DESTINATIONS": "true",
+        # Envoy dials the server from loopback: its x-forwarded-for names REST callers.
+        "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",
     }
     test_key = _seed_demo(server_env, settings.test_key or quick.get("RELAY_TEST_KEY", ""), paths)
     quickstart = {
