@@ -84,3 +84,9 @@ def test_long_response_stream_outlives_the_request_timeout(envoy_for, grpc_port:
         response = c.post("/v1/chat", content=b'{"model":"m"}')
     assert response.status_code == 200
     assert response.text.endswith("data: [DONE]\n\n")
+
+
+def test_an_unknown_long_path_is_echoed_clipped(client: httpx.Client) -> None:  # noqa: F811
+    path = "/v1/" + "a" * 5000
+    error = assert_openai_error(client.get(path), 404, "unknown_url", "invalid_request_error")
+    assert error["message"] == f"Invalid URL (GET {path[:200]})"
