@@ -150,3 +150,29 @@ def test_a_long_unknown_model_in_the_path_is_a_404(http: httpx.Client) -> None:
     response = http.get("/models/" + "m" * 20_000)
     assert response.status_code == 404, response.text[:500]
     assert len(response.json()["error"]["message"]) < 500
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_from_grpc_clients_are_invalid_argument(relay: RelayStack, channel: grpc.Channel, bad: float) -> None:
+    from google.protobuf import struct_pb2
+
+    from relay_sdk._proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
+
+    stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
+    metadata = (("authorization", f"Bearer {relay.test_key}"),)
+    hi = [chat_pb2.ChatMessage(role="user", content=struct_pb2.Value(string_value="hi"))]
+    calls = [
+        lambda: stub.CreateChatCompletion(chat_pb2.ChatCompletionRequest(model="gpt-4o-mini", messages=hi, temperature=bad),
+                                          metadata=metadata, timeout=20),
+        lambda: stub.CreateChatCompletion(chat_pb2.ChatCompletionRequest(
+            model="gpt-4o-mini", messages=[chat_pb2.ChatMessage(role="user", content=struct_pb2.Value(number_value=bad))]),
+            metadata=metadata, timeout=20),
+        lambda: stub.CreateEmbedding(embeddings_pb2.EmbeddingRequest(model="text-embedding-3-small",
+                                                                     input=struct_pb2.Value(number_value=bad)),
+                                     metadata=metadata, timeout=20),
+    ]  # fmt: skip
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as failure:
+            call()
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, failure.value.details()
+        assert "finite" in failure.value.details()

@@ -32,3 +32,9 @@ def test_guarded_deserializer_marks_instead_of_raising() -> None:
     assert isinstance(bad, _Invalid) and bad.error.param == "fields.k.string_value"
     good = parse(_struct({"k": "v"}).SerializeToString())
     assert isinstance(good, Message) and good == _struct({"k": "v"})
+
+
+def test_non_finite_numbers_are_found() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert nul_field(_struct({"a": [1.0, {"b": bad}]})) == "fields.a.list_value.values[1].struct_value.fields.b.number_value"
+    assert nul_field(_struct({"a": 1e308})) is None

@@ -8,7 +8,9 @@ Python internals in the message, from any method:
   field), which gRPC's own deserialisation turns into "Unexpected
   <class DecodeError> …";
 * text with a NUL character, in an id, a filter or a stored field, which
-  Postgres refuses (text and jsonb cannot hold U+0000).
+  Postgres refuses (text and jsonb cannot hold U+0000);
+* a NaN or infinite number (only native gRPC clients can send one; JSON has
+  none), which no range check catches and no provider accepts.
 
 Both become ``invalid_request`` (INVALID_ARGUMENT / HTTP 400) here, for every
 method, by wrapping each method handler when it is registered: a failed
@@ -24,6 +26,7 @@ in the same wire format, instead of a message naming the Python exception.
 
 from __future__ import annotations
 
+import math
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -37,6 +40,7 @@ from relay_server.pipeline.context import new_request_id
 
 _STRING = FieldDescriptor.TYPE_STRING
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_FLOATS = (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT)
 
 
 class _Invalid:
@@ -57,22 +61,28 @@ def _undecodable(exc: Exception) -> RelayError:
     return RelayError(ErrorKind.BAD_REQUEST, f"Invalid request: {why}.", code="invalid_request")
 
 
-def _nul_error(path: str) -> RelayError:
+def _field_error(path: str) -> RelayError:
     return RelayError(
         ErrorKind.BAD_REQUEST,
-        f"Invalid value for '{path}': text must not contain NUL (\\u0000) characters.",
+        f"Invalid value for '{path}': text must not contain NUL (\\u0000) characters, "
+        "and numbers must be finite.",
         param=path,
         code="invalid_value",
     )
 
 
 def nul_field(message: Message, prefix: str = "") -> str | None:
-    """The path of the first string field (at any depth, map keys included) holding a NUL, or None."""
+    """The path of the first field (at any depth, map keys included) holding text with a NUL
+    or a non-finite number, or None."""
     for field, value in message.ListFields():
         path = f"{prefix}{field.name}"
         if field.type == _STRING:
             values = value if field.is_repeated else (value,)
             if any("\x00" in v for v in values):
+                return path
+        elif field.type in _FLOATS:
+            values = value if field.is_repeated else (value,)
+            if not all(math.isfinite(v) for v in values):
                 return path
         elif field.type == _MESSAGE:
             if field.message_type.GetOptions().map_entry:
@@ -93,6 +103,8 @@ def _nul_in_map(field: FieldDescriptor, mapping: Any, path: str) -> str | None:
             return path
         if value_field.type == _STRING and "\x00" in value:
             return f"{path}.{key}"
+        if value_field.type in _FLOATS and not math.isfinite(value):
+            return f"{path}.{key}"
         if value_field.type == _MESSAGE and (found := nul_field(value, f"{path}.{key}.")):
             return found
     return None
@@ -109,7 +121,7 @@ def guard_deserializer(deserializer: Callable[[bytes], Any] | None) -> Callable[
         except (DecodeError, ValueError, UnicodeDecodeError) as exc:
             return _Invalid(_undecodable(exc))
         if isinstance(message, Message) and (path := nul_field(message)):
-            return _Invalid(_nul_error(path))
+            return _Invalid(_field_error(path))
         return message
 
     return deserialize
