@@ -162,3 +162,89 @@ def test_hypothesis_chat_bodies_never_get_a_5xx(fuzz_stack: RelayStack) -> None:
                 assert response.text.endswith("data: [DONE]\n\n") or '"error"' in response.text
 
         post()
+
+
+# --- native gRPC: every method, messages filled with extreme values -------------------------
+
+_STRINGS = ["", "x" * 100_000, "é" * 3000, "-1", "9" * 40, "../../etc", "%", "'; DROP TABLE x;--", "\u202e", "key_" + "z" * 300]
+_INTS = [0, 1, -1, 2**31 - 1, -(2**31), 2**63 - 1, -(2**63)]
+_FLOATS = [0.0, -1.0, 1e300, 3.5]
+
+
+def _fill(message: Any, rng: Any, depth: int = 0) -> None:
+    """Set a random subset of fields (recursively) to extreme but encodable values."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
+    for field in message.DESCRIPTOR.fields:
+        if rng.random() < 0.3 or (field.type == F.TYPE_MESSAGE and (depth > 3 or field.message_type.GetOptions().map_entry)):
+            continue
+        if field.type == F.TYPE_MESSAGE:
+            if field.is_repeated:
+                for _ in range(rng.randint(0, 2)):
+                    _fill(getattr(message, field.name).add(), rng, depth + 1)
+            else:
+                _fill(getattr(message, field.name), rng, depth + 1)
+                getattr(message, field.name).SetInParent()
+            continue
+        if field.type == F.TYPE_STRING:
+            value: Any = rng.choice(_STRINGS)
+        elif field.type == F.TYPE_BYTES:
+            value = b"\x00\xff" * rng.randint(0, 5)
+        elif field.type == F.TYPE_BOOL:
+            value = rng.random() < 0.5
+        elif field.type in (F.TYPE_DOUBLE, F.TYPE_FLOAT):
+            value = rng.choice(_FLOATS)
+        elif field.type == F.TYPE_ENUM:
+            value = rng.choice([v.number for v in field.enum_type.values] + [999])
+        else:
+            bits = 64 if field.type in (F.TYPE_INT64, F.TYPE_SINT64, F.TYPE_SFIXED64, F.TYPE_UINT64, F.TYPE_FIXED64) else 32
+            value = rng.choice(_INTS)
+            if field.type in (F.TYPE_UINT32, F.TYPE_FIXED32, F.TYPE_UINT64, F.TYPE_FIXED64):
+                value = abs(value) % 2**bits
+            else:
+                value = max(min(value, 2 ** (bits - 1) - 1), -(2 ** (bits - 1)))
+        if field.is_repeated:
+            getattr(message, field.name).append(value)
+        else:
+            setattr(message, field.name, value)
+
+
+def test_extreme_values_on_every_grpc_method_are_never_internal(fuzz_stack: RelayStack) -> None:
+    import random
+
+    import grpc
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    import relay_sdk._proto.relay.admin.v1 as admin_protos
+    import relay_sdk._proto.relay.v1 as data_protos
+
+    for package in (admin_protos, data_protos):  # register every message type in the default pool
+        for module in __import__("pkgutil").iter_modules(package.__path__):
+            __import__(f"{package.__name__}.{module.name}")
+    pool = descriptor_pool.Default()
+    files = descriptor_pb2.FileDescriptorSet.FromString((Path(__file__).resolve().parents[2] / "envoy" / "relay.pb").read_bytes())
+    rng = random.Random(14)
+    failures: dict[str, str] = {}
+    calls = 0
+    with grpc.insecure_channel(fuzz_stack.grpc_addr) as channel:
+        for file in (f for f in files.file if f.package.startswith("relay.")):
+            token = fuzz_stack.test_key if file.package == "relay.v1" else fuzz_stack.admin_token
+            metadata = (("authorization", f"Bearer {token}"),)
+            for service in file.service:
+                for method in service.method:
+                    path = f"/{file.package}.{service.name}/{method.name}"
+                    cls = message_factory.GetMessageClass(pool.FindMessageTypeByName(method.input_type.lstrip(".")))
+                    for _ in range(4 * SCALE):
+                        request = cls()
+                        _fill(request, rng)
+                        calls += 1
+                        try:
+                            if method.server_streaming:
+                                list(channel.unary_stream(path)(request.SerializeToString(), metadata=metadata, timeout=30))
+                            else:
+                                channel.unary_unary(path)(request.SerializeToString(), metadata=metadata, timeout=30)
+                        except grpc.RpcError as exc:
+                            if exc.code() in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.DATA_LOSS):
+                                failures.setdefault(path, f"{exc.code().name} {exc.details()} <- {str(request)[:300]}")
+    assert calls >= 150
+    assert not failures, "\n".join(f"{k}: {v}" for k, v in failures.items())

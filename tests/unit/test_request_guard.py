@@ -38,3 +38,15 @@ def test_non_finite_numbers_are_found() -> None:
     for bad in (float("nan"), float("inf"), -float("inf")):
         assert nul_field(_struct({"a": [1.0, {"b": bad}]})) == "fields.a.list_value.values[1].struct_value.fields.b.number_value"
     assert nul_field(_struct({"a": 1e308})) is None
+
+
+def test_out_of_range_timestamps_and_durations_are_found() -> None:
+    from relay_sdk._proto.relay.admin.v1 import tenants_pb2
+
+    ok = tenants_pb2.SetFeatureOverrideRequest(feature="f")
+    ok.expire_time.FromSeconds(1_900_000_000)
+    assert nul_field(ok) is None
+    for seconds, nanos in ((2**63 - 1, 0), (0, 2**31 - 1), (0, -1), (-62_135_596_801, 0)):
+        bad = tenants_pb2.SetFeatureOverrideRequest(feature="f")
+        bad.expire_time.seconds, bad.expire_time.nanos = seconds, nanos
+        assert nul_field(bad) == "expire_time"

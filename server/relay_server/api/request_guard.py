@@ -9,8 +9,9 @@ Python internals in the message, from any method:
   <class DecodeError> …";
 * text with a NUL character, in an id, a filter or a stored field, which
   Postgres refuses (text and jsonb cannot hold U+0000);
-* a NaN or infinite number (only native gRPC clients can send one; JSON has
-  none), which no range check catches and no provider accepts.
+* a NaN or infinite number, or a Timestamp/Duration out of its defined range
+  (only native gRPC clients can send these; Envoy's JSON parsing refuses
+  them), which failed deep inside handlers.
 
 Both become ``invalid_request`` (INVALID_ARGUMENT / HTTP 400) here, for every
 method, by wrapping each method handler when it is registered: a failed
@@ -64,11 +65,30 @@ def _undecodable(exc: Exception) -> RelayError:
 def _field_error(path: str) -> RelayError:
     return RelayError(
         ErrorKind.BAD_REQUEST,
-        f"Invalid value for '{path}': text must not contain NUL (\\u0000) characters, "
-        "and numbers must be finite.",
+        f"Invalid value for '{path}': text must not contain NUL (\\u0000) characters, numbers must be "
+        "finite and timestamps and durations within their range.",
         param=path,
         code="invalid_value",
     )
+
+
+# protobuf's own bounds (timestamp.proto, duration.proto): 0001-01-01 to 9999-12-31, ±10,000 years.
+_MAX_DURATION_S = 315_576_000_000
+
+
+def _valid_timestamp(ts: Any) -> bool:
+    return -62_135_596_800 <= ts.seconds <= 253_402_300_799 and 0 <= ts.nanos <= 999_999_999
+
+
+def _valid_duration(d: Any) -> bool:
+    same_sign = d.seconds == 0 or d.nanos == 0 or (d.seconds > 0) == (d.nanos > 0)
+    return abs(d.seconds) <= _MAX_DURATION_S and abs(d.nanos) <= 999_999_999 and same_sign
+
+
+_WELL_KNOWN: dict[str, Callable[[Any], bool]] = {
+    "google.protobuf.Timestamp": _valid_timestamp,
+    "google.protobuf.Duration": _valid_duration,
+}
 
 
 def nul_field(message: Message, prefix: str = "") -> str | None:
@@ -85,6 +105,11 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
             if not all(math.isfinite(v) for v in values):
                 return path
         elif field.type == _MESSAGE:
+            if (check := _WELL_KNOWN.get(field.message_type.full_name)) is not None:
+                values = value if field.is_repeated else (value,)
+                if not all(check(v) for v in values):
+                    return path
+                continue
             if field.message_type.GetOptions().map_entry:
                 found = _nul_in_map(field, value, path)
             elif field.is_repeated:
