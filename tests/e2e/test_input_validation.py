@@ -27,7 +27,8 @@ GARBAGE = b"\xff\xff\xff\xff"  # an unterminated varint: no message type decodes
 
 def _methods() -> list[tuple[str, bool, bool]]:
     files = descriptor_pb2.FileDescriptorSet.FromString(DESCRIPTOR.read_bytes())
-    found = [("/grpc.health.v1.Health/Check", False, False)]
+    found = [("/grpc.health.v1.Health/Check", False, False),
+             ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", True, True)]
     for file in files.file:
         if not file.package.startswith("relay."):
             continue

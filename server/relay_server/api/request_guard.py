@@ -252,3 +252,8 @@ class GuardedServer:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)
+
+
+# Code that registers services checks ``isinstance(server, grpc.aio.Server)`` to pick its
+# asyncio flavour (server reflection does): the wrapper must pass for the server it wraps.
+grpc.aio.Server.register(GuardedServer)
