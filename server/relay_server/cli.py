@@ -53,7 +53,7 @@ def _spool_replay(args: argparse.Namespace, settings: Settings) -> int:
     from relay_server.storage.postgres.request_log import RequestLogStore  # noqa: PLC0415
     from relay_server.storage.postgres.request_log_replay import replay_spool  # noqa: PLC0415
     from relay_server.storage.spool import Spool  # noqa: PLC0415
-    from relay_server.workers.metering import spool_dir  # noqa: PLC0415
+    from relay_server.app.metering import spool_dir  # noqa: PLC0415
 
     directory = Path(args.dir) if args.dir else spool_dir(settings)
 

@@ -37,7 +37,7 @@ from google.protobuf.message import DecodeError, Message
 
 from relay_server.api.error_mapping import abort
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 
 _STRING = FieldDescriptor.TYPE_STRING
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
