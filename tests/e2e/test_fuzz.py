@@ -215,8 +215,8 @@ def test_extreme_values_on_every_grpc_method_are_never_internal(fuzz_stack: Rela
     import grpc
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-    import relay_sdk._proto.relay.admin.v1 as admin_protos
-    import relay_sdk._proto.relay.v1 as data_protos
+    import relay_proto.relay.admin.v1 as admin_protos
+    import relay_proto.relay.v1 as data_protos
 
     for package in (admin_protos, data_protos):  # register every message type in the default pool
         for module in __import__("pkgutil").iter_modules(package.__path__):

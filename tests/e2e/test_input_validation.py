@@ -157,7 +157,7 @@ def test_a_long_unknown_model_in_the_path_is_a_404(http: httpx.Client) -> None:
 def test_non_finite_numbers_from_grpc_clients_are_invalid_argument(relay: RelayStack, channel: grpc.Channel, bad: float) -> None:
     from google.protobuf import struct_pb2
 
-    from relay_sdk._proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
+    from relay_proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
 
     stub = inference_service_pb2_grpc.InferenceServiceStub(channel)
     metadata = (("authorization", f"Bearer {relay.test_key}"),)

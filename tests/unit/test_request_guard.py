@@ -41,7 +41,7 @@ def test_non_finite_numbers_are_found() -> None:
 
 
 def test_out_of_range_timestamps_and_durations_are_found() -> None:
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2
+    from relay_proto.relay.admin.v1 import tenants_pb2
 
     ok = tenants_pb2.SetFeatureOverrideRequest(feature="f")
     ok.expire_time.FromSeconds(1_900_000_000)
