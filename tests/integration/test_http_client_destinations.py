@@ -11,7 +11,7 @@ import dataclasses
 
 import pytest
 
-from relay_server.providers.base import Credential
+from relay_server.domain.provider import Credential
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import _guarded
 from tests.support.raw_http import Upstream, failure, request
