@@ -49,11 +49,11 @@ def _seed_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _spool_replay(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path  # noqa: PLC0415
 
+    from relay_server.app.metering import spool_dir  # noqa: PLC0415
     from relay_server.storage.postgres.pool import Database  # noqa: PLC0415
     from relay_server.storage.postgres.request_log import RequestLogStore  # noqa: PLC0415
     from relay_server.storage.postgres.request_log_replay import replay_spool  # noqa: PLC0415
     from relay_server.storage.spool import Spool  # noqa: PLC0415
-    from relay_server.app.metering import spool_dir  # noqa: PLC0415
 
     directory = Path(args.dir) if args.dir else spool_dir(settings)
 

@@ -36,8 +36,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from relay_server.api.error_mapping import abort
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.request import new_request_id
+from relay_server.errors import ErrorKind, RelayError
 
 _STRING = FieldDescriptor.TYPE_STRING
 _MESSAGE = FieldDescriptor.TYPE_MESSAGE
@@ -105,12 +105,13 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
             if not all(math.isfinite(v) for v in values):
                 return path
         elif field.type == _MESSAGE:
-            if (check := _WELL_KNOWN.get(field.message_type.full_name)) is not None:
+            message_type: Any = field.message_type
+            if (check := _WELL_KNOWN.get(message_type.full_name)) is not None:
                 values = value if field.is_repeated else (value,)
                 if not all(check(v) for v in values):
                     return path
                 continue
-            if field.message_type.GetOptions().map_entry:
+            if message_type.GetOptions().map_entry:
                 found = _nul_in_map(field, value, path)
             elif field.is_repeated:
                 found = next((p for i, m in enumerate(value) if (p := nul_field(m, f"{path}[{i}]."))), None)
@@ -122,7 +123,8 @@ def nul_field(message: Message, prefix: str = "") -> str | None:
 
 
 def _nul_in_map(field: FieldDescriptor, mapping: Any, path: str) -> str | None:
-    value_field = field.message_type.fields_by_name["value"]
+    message_type: Any = field.message_type
+    value_field = message_type.fields_by_name["value"]
     for key, value in mapping.items():
         if isinstance(key, str) and "\x00" in key:
             return path
@@ -163,10 +165,10 @@ async def _unimplemented(context: grpc.aio.ServicerContext) -> None:
     await abort(context, _UNIMPLEMENTED, new_request_id())
 
 
-def _guard_behaviour(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
+def _guard_behaviour(handler: Any) -> dict[str, Any]:
     """The handler's behaviour, refusing marked requests first (same call shape as before)."""
     if handler.unary_unary is not None:
-        inner_uu = handler.unary_unary
+        inner_uu: Any = handler.unary_unary
 
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Invalid):
@@ -178,7 +180,7 @@ def _guard_behaviour(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
 
         return {"unary_unary": unary_unary}
     if handler.unary_stream is not None:
-        inner_us = handler.unary_stream
+        inner_us: Any = handler.unary_stream
 
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, _Invalid):
@@ -191,13 +193,13 @@ def _guard_behaviour(handler: grpc.RpcMethodHandler) -> dict[str, Any]:
 
         return {"unary_stream": unary_stream}
     if handler.stream_unary is not None:
-        inner_su = handler.stream_unary
+        inner_su: Any = handler.stream_unary
 
         async def stream_unary(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
             return await inner_su(_checked(requests, context), context)
 
         return {"stream_unary": stream_unary}
-    inner_ss = handler.stream_stream
+    inner_ss: Any = handler.stream_stream
 
     async def stream_stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async for reply in inner_ss(_checked(requests, context), context):
@@ -213,7 +215,7 @@ async def _checked(requests: AsyncIterator[Any], context: grpc.aio.ServicerConte
         yield request
 
 
-def guard_handler(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+def guard_handler(handler: Any) -> Any:
     if handler is None:
         return None
     return handler._replace(request_deserializer=guard_deserializer(handler.request_deserializer),

@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -40,11 +41,15 @@ from relay_server.api.openai_wire import validate
 from relay_server.api.request_guard import GuardedServer
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
     ResponseStore,
@@ -56,10 +61,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ def freeze_startup_heap() -> None:
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
     # Every method (health and reflection too) refuses undecodable or NUL-bearing requests with 400.
-    server = GuardedServer(grpc.aio.server(options=grpc_options(settings)))
+    server: Any = GuardedServer(grpc.aio.server(options=grpc_options(settings)))
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

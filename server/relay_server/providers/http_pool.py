@@ -158,7 +158,7 @@ class Pool:
     async def _vetted_address(self, host: str, port: int) -> str:
         """An address of ``host`` the policy allows; ``RefusedDestination`` (an OSError) if none."""
         infos = await self._loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
-        allowed, refused = allowed_addresses([info[4][0] for info in infos], allow_private=self._allow_private)
+        allowed, refused = allowed_addresses([str(info[4][0]) for info in infos], allow_private=self._allow_private)
         if not allowed:
             raise RefusedDestination(refused_message(host, refused) if refused else f"destination {host} has no address")
         return allowed[0]
