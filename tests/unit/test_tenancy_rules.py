@@ -287,7 +287,7 @@ def test_the_admin_authenticator_trusts_only_the_configured_hops() -> None:
     from relay_server.settings import Settings
 
     app = SimpleNamespace(settings=Settings.from_env({"RELAY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}),
-                          tenancy=SimpleNamespace(authenticator=None), db=None)  # fmt: skip
+                          tenancy=SimpleNamespace(authenticator=None, member_permissions=None), db=None)  # fmt: skip
     auth = admin_authenticator(app)
     assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:10.1.2.3:1", auth.trusted_proxies) == "198.51.100.9"
     assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:127.0.0.1:1", auth.trusted_proxies) == "127.0.0.1"
