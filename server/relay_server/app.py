@@ -23,13 +23,14 @@ from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_sdk._proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
-from relay_server.api.admin_principal import AdminAuthenticator
-from relay_server.api.admin_registry import register_admin_services
+from relay_server.api.admin_registry import admin_authenticator, register_admin_services
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.thread_service import register_thread_service
+from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.components import Observability, build_observability
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.authenticate import Authenticator
@@ -64,6 +65,7 @@ class App:
     tenancy: Tenancy
     metering: Metering
     routing: Routing
+    catalog_sync: CatalogSync
     conversations: Conversations | None = None  # response cache and threads
     observability: Observability | None = None  # metrics, traces, provider anomalies
 
@@ -98,6 +100,7 @@ async def build(settings: Settings) -> App:
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
     routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    catalog_sync = _catalog_sync(settings, redis, catalog, routing, tenancy)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
@@ -109,9 +112,24 @@ async def build(settings: Settings) -> App:
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     await metering.start()
     return App(
-        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
+        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing, catalog_sync,
         conversations=conversations, observability=observability,
     )  # fmt: skip
+
+
+def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, routing: Routing, tenancy: Tenancy) -> CatalogSync:
+    """Catalog changes reach every worker: reload the catalog and the provider directory on each."""
+
+    def subscriber() -> Redis:
+        # Its own connection with no read timeout: it waits for messages.
+        return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
+
+    sync = CatalogSync(
+        [catalog.load, routing.directory.load], redis=redis, subscriber=subscriber if redis is not None else None
+    )
+    if redis is not None:
+        tenancy.runner.add_loop("catalog-sync", sync.run_subscriber)
+    return sync
 
 
 def start_observability(app: App) -> None:
@@ -133,8 +151,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
-    admin_auth = AdminAuthenticator(app.settings.admin_token)
-    catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
+    catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
+    catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(
+        ModelCatalogServicer(admin_authenticator(app), catalog_admin), server
+    )
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
         _service_name(inference_service_pb2, "InferenceService"),
@@ -180,6 +200,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     server.add_insecure_port(settings.grpc_address)
     await server.start()
     await app.tenancy.start()
+    if app.redis is not None:  # SERVING only once catalog changes from other workers reach this one
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(app.catalog_sync.subscribed.wait(), 2.0)
     start_observability(app)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -82,6 +82,12 @@ _MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL = MethodSpec(
     relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse,
     admin=True,
 )
+_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/DeleteCatalogModel",
+    relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest,
+    relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse,
+    admin=True,
+)
 _PROVIDER_CREDENTIAL_SERVICE__CREATE_PROVIDER_CREDENTIAL = MethodSpec(
     "/relay.admin.v1.ProviderCredentialService/CreateProviderCredential",
     relay_admin_v1_credentials_pb2.CreateProviderCredentialRequest,
@@ -448,7 +454,9 @@ class AuditLogServiceClient:
 class ModelCatalogServiceClient:
     """Sync client of ``relay.admin.v1.ModelCatalogService``.
 
-    The model catalog and the providers behind it.
+    The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def __init__(self, invoker: SyncInvoker) -> None:
@@ -490,7 +498,7 @@ class ModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.ListProvidersResponse:
-        """List providers with their priority and health.
+        """List providers with their priority, health status and circuit state.
 
         Unary ``/relay.admin.v1.ModelCatalogService/ListProviders``.
         """
@@ -505,11 +513,30 @@ class ModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse:
-        """Create or update a catalog model (platform operators only).
+        """Create or update a catalog model: prices, limits, status (active |
+        deprecated | disabled), aliases and extra provider routes (platform
+        operators only).  Aliases and routes given replace the model's own.
 
         Unary ``/relay.admin.v1.ModelCatalogService/UpsertCatalogModel``.
         """
         return self._invoker.unary(_MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL, request, fields, timeout, extra_metadata)
+
+    def delete_catalog_model(
+        self,
+        request: relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse:
+        """Delete a catalog model, its aliases and routes (platform operators only).
+        A model that requests were already billed against cannot be deleted
+        (FAILED_PRECONDITION): disable it instead.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/DeleteCatalogModel``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL, request, fields, timeout, extra_metadata)
 
 
 class ProviderCredentialServiceClient:
@@ -1355,7 +1382,9 @@ class AsyncAuditLogServiceClient:
 class AsyncModelCatalogServiceClient:
     """Async (grpc.aio) client of ``relay.admin.v1.ModelCatalogService``.
 
-    The model catalog and the providers behind it.
+    The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def __init__(self, invoker: AsyncInvoker) -> None:
@@ -1397,7 +1426,7 @@ class AsyncModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.ListProvidersResponse:
-        """List providers with their priority and health.
+        """List providers with their priority, health status and circuit state.
 
         Unary ``/relay.admin.v1.ModelCatalogService/ListProviders``.
         """
@@ -1412,11 +1441,30 @@ class AsyncModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse:
-        """Create or update a catalog model (platform operators only).
+        """Create or update a catalog model: prices, limits, status (active |
+        deprecated | disabled), aliases and extra provider routes (platform
+        operators only).  Aliases and routes given replace the model's own.
 
         Unary ``/relay.admin.v1.ModelCatalogService/UpsertCatalogModel``.
         """
         return await self._invoker.unary(_MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL, request, fields, timeout, extra_metadata)
+
+    async def delete_catalog_model(
+        self,
+        request: relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse:
+        """Delete a catalog model, its aliases and routes (platform operators only).
+        A model that requests were already billed against cannot be deleted
+        (FAILED_PRECONDITION): disable it instead.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/DeleteCatalogModel``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL, request, fields, timeout, extra_metadata)
 
 
 class AsyncProviderCredentialServiceClient:

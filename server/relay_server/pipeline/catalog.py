@@ -33,6 +33,7 @@ class CatalogEntry:
     created: int
     cache_read_cost_per_1m: Decimal | None = None
     cache_write_cost_per_1m: Decimal | None = None
+    aliases: tuple[str, ...] = ()  # other names that resolve to this model
 
 
 class CatalogStore(Protocol):
@@ -54,9 +55,14 @@ class Catalog:
         self.replace(await self._store.load_catalog())
 
     def replace(self, entries: Iterable[CatalogEntry]) -> None:
+        entries = list(entries)
         by_name: dict[str, CatalogEntry] = {}
+        for entry in entries:  # weakest first: an alias never hides a model's own name or id
+            for alias in entry.aliases:
+                by_name[alias] = entry
         for entry in entries:
             by_name[entry.model_id] = entry
+        for entry in entries:
             by_name[entry.relay_name] = entry  # the relay name wins over an equal id
         self._by_name = by_name
 
