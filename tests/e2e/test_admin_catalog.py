@@ -174,3 +174,55 @@ def test_only_operators_change_the_catalog_and_rest_works(stack: RelayStack, adm
     r = admin.delete("/v1/catalog/models/rest-model")
     assert r.status_code == 200, r.text
     assert admin.delete("/v1/catalog/models/rest-model").status_code == 404
+
+
+def _set_tenant_models(admin: httpx.Client, models: str) -> None:
+    r = admin.patch("/v1/tenants/ten_demo/config", json={"config": {"allowed_models": models}})
+    assert r.status_code == 200, r.text
+
+
+def test_tenant_allowed_models_apply_to_every_door_and_intersect_with_the_key_and_plan(
+    stack: RelayStack, admin: httpx.Client, workers: list[grpc.Channel]
+) -> None:
+    import openai
+
+    sdk = openai.OpenAI(base_url=stack.base_url, api_key=stack.test_key, max_retries=0, timeout=30)
+    hi = [{"role": "user", "content": "hi"}]
+    assert sdk.chat.completions.create(model="gpt-4o", messages=hi).choices  # no restriction yet
+    _set_tenant_models(admin, '["gpt-4o-mini", "gpt-4.1"]')
+    try:
+        with pytest.raises(openai.NotFoundError) as err:  # REST door: the OpenAI 404
+            sdk.chat.completions.create(model="gpt-4o", messages=hi)
+        assert err.value.body["code"] == "model_not_found"
+        for channel in workers:  # gRPC door, on every worker at once
+            assert _code(lambda ch=channel: _chat(ch, stack, "gpt-4o")) is grpc.StatusCode.NOT_FOUND
+            assert _chat(channel, stack, "gpt-4o-mini").choices
+        assert {m.id for m in sdk.models.list()} == {"gpt-4o-mini", "gpt-4.1"}
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve("gpt-4o")
+
+        # A key's own list narrows the tenant's: only the intersection is callable.
+        r = admin.post("/v1/keys", json={"tenant_id": "ten_demo", "api_key": {
+            "name": "narrow", "environment": "KEY_ENVIRONMENT_TEST", "allowed_models": ["gpt-4o-mini", "gpt-4o"]}})  # fmt: skip
+        assert r.status_code == 200, r.text
+        narrow = openai.OpenAI(base_url=stack.base_url, api_key=r.json()["secret"], max_retries=0, timeout=30)
+        assert narrow.chat.completions.create(model="gpt-4o-mini", messages=hi).choices
+        for model in ("gpt-4o", "gpt-4.1"):
+            with pytest.raises(openai.NotFoundError):
+                narrow.chat.completions.create(model=model, messages=hi)
+
+        # The plan's list narrows further (plan_models; the demo tenant is on `pro`).
+        with psycopg.connect(stack.db.owner_dsn) as conn:
+            conn.execute("INSERT INTO plan_models (plan, model_id) VALUES ('pro', 'gpt-4.1')")
+        r = admin.post("/v1/keys", json={"tenant_id": "ten_demo", "api_key": {"name": "plan", "environment": "KEY_ENVIRONMENT_TEST"}})
+        assert r.status_code == 200, r.text
+        planned = openai.OpenAI(base_url=stack.base_url, api_key=r.json()["secret"], max_retries=0, timeout=30)
+        assert planned.chat.completions.create(model="gpt-4.1", messages=hi).choices
+        with pytest.raises(openai.NotFoundError):
+            planned.chat.completions.create(model="gpt-4o-mini", messages=hi)
+    finally:
+        with psycopg.connect(stack.db.owner_dsn) as conn:
+            conn.execute("DELETE FROM plan_models")
+        _set_tenant_models(admin, "")
+    for channel in workers:  # lifting the restriction also reaches every worker at once
+        assert _chat(channel, stack, "gpt-4o").choices

@@ -51,6 +51,8 @@ class KeyRecord:
     grace_expires_at: datetime | None = None
     end_user_id: str | None = None
     allowed_models: tuple[str, ...] = ()
+    tenant_allowed_models: tuple[str, ...] = ()  # tenant_config ``allowed_models``
+    plan_allowed_models: tuple[str, ...] = ()  # plan_models rows of the tenant's plan
     parent_key_id: str | None = None
     rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
     spend_cap_micros: int | None = None
@@ -162,6 +164,8 @@ class Authenticator:
             tenant_plan=record.tenant_plan,
             end_user_id=record.end_user_id,
             allowed_models=record.allowed_models,
+            tenant_allowed_models=record.tenant_allowed_models,
+            plan_allowed_models=record.plan_allowed_models,
         )
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:

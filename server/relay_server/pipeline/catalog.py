@@ -98,6 +98,9 @@ class Catalog:
 
 
 def _allowed(entry: CatalogEntry, principal: Principal) -> bool:
-    """A key (or its tenant) may restrict the models it can call; empty = all."""
-    allowed = principal.allowed_models
-    return not allowed or entry.relay_name in allowed or entry.model_id in allowed
+    """The plan, the tenant (``allowed_models`` config) and the key may each restrict
+    the models it can call (empty: no restriction); a model must pass all three."""
+    for allowed in (principal.allowed_models, principal.tenant_allowed_models, principal.plan_allowed_models):
+        if allowed and entry.relay_name not in allowed and entry.model_id not in allowed:
+            return False
+    return True

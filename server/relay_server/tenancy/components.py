@@ -116,7 +116,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
         tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
         members=MemberAdmin(db),
-        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
+        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists, auth_changed=invalidator.tenant_changed),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,
     )
