@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
@@ -28,6 +27,7 @@ from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
+from relay_server.api.reflection import enable_reflection
 from relay_server.api.thread_service import register_thread_service
 from relay_server.catalog.admin import CatalogAdmin
 from relay_server.catalog.sync import CatalogSync
@@ -196,7 +196,7 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection([*names, health.SERVICE_NAME], server)
     server.add_insecure_port(settings.grpc_address)
     await server.start()
     await app.tenancy.start()

@@ -1,4 +1,4 @@
-"""The native gRPC side: typed inference over the same pipeline, reflection, health, UNIMPLEMENTED admin RPCs."""
+"""The native gRPC side: typed inference over the same pipeline, reflection, health, operator-only catalog RPCs."""
 
 from __future__ import annotations
 
