@@ -27,7 +27,7 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
     procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
     metrics = SupervisorMetrics(settings or Settings.from_env())
-    metrics.start()
+    metrics.start(lambda: [p.pid for p in list(procs.values()) if p.poll() is None])
     # Workers inherit this environment, plus the shared metrics directory (their own /metrics off).
     env = {**os.environ, **metrics.child_env()} if metrics.enabled else None
 
