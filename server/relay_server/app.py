@@ -24,6 +24,7 @@ from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_registry import admin_authenticator, register_admin_services
 from relay_server.api.admin_usage import register_usage_service
+from relay_server.api.health_service import register_health_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
@@ -164,6 +165,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))
     names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
+    names.append(register_health_service(server, app.db, app.redis))
     return names
 
 

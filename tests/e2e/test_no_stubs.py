@@ -57,7 +57,9 @@ def test_no_rpc_answers_unimplemented_with_redis(relay: RelayStack) -> None:
     assert not [p for p, code in answers.items() if code is grpc.StatusCode.UNIMPLEMENTED]
     # Nothing runs without a credential: unauthenticated callers are refused (or told what is missing).
     allowed = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
-    assert {p: c for p, c in answers.items() if c not in allowed} == {}
+    probes = {"/relay.v1.HealthService/GetLiveness", "/relay.v1.HealthService/GetReadiness"}  # public by design
+    assert {p: c for p, c in answers.items() if c not in allowed and p not in probes} == {}
+    assert {answers[p] for p in probes} == {grpc.StatusCode.OK}
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +103,36 @@ def test_reflection_is_served_as_v1_and_v1alpha(relay: RelayStack, service: str)
     assert any(f.name == "relay/admin/v1/catalog.proto" for f in files)
     v1_files = [descriptor_pb2.FileDescriptorProto.FromString(b) for b in v1.file_descriptor_response.file_descriptor_proto]
     assert [f.package for f in v1_files] == ["grpc.reflection.v1"]
+
+
+def test_health_and_ready_over_http_through_envoy(relay: RelayStack, bare: RelayStack) -> None:
+    import httpx
+
+    root = relay.base_url.removesuffix("/v1")
+    live = httpx.get(f"{root}/health", timeout=10)
+    assert live.status_code == 200 and live.json() == {"status": "ok"}
+    ready = httpx.get(f"{root}/ready", timeout=10)
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "ok"}}
+    # Without Redis configured, Redis is not a readiness condition.
+    ready = httpx.get(f"{bare.base_url.removesuffix('/v1')}/ready", timeout=10)
+    assert ready.json() == {"status": "ok", "checks": {"postgres": "ok", "redis": "not_configured"}}
+
+
+def test_ready_is_503_when_redis_does_not_answer(pg_cluster: PgCluster, tmp_path_factory: pytest.TempPathFactory) -> None:
+    import httpx
+
+    from relay_server.stack.processes import free_port
+
+    db = pg_cluster.create_database()
+    dead_redis = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    relay = start_stack(db, Path(tmp_path_factory.mktemp("relay-noredis")), redis_url=dead_redis)
+    try:
+        root = relay.base_url.removesuffix("/v1")
+        assert httpx.get(f"{root}/health", timeout=10).status_code == 200  # alive: a restart would not help
+        ready = httpx.get(f"{root}/ready", timeout=10)
+        assert ready.status_code == 503
+        assert ready.json() == {"status": "unavailable", "checks": {"postgres": "ok", "redis": "unavailable"}}
+    finally:
+        relay.stop()
+        pg_cluster.drop_database(db)

@@ -17,6 +17,7 @@ import relay_sdk._proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
 import relay_sdk._proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
 import relay_sdk._proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
 import relay_sdk._proto.relay.v1.embeddings_pb2 as relay_v1_embeddings_pb2
+import relay_sdk._proto.relay.v1.health_service_pb2 as relay_v1_health_service_pb2
 import relay_sdk._proto.relay.v1.models_pb2 as relay_v1_models_pb2
 import relay_sdk._proto.relay.v1.threads_pb2 as relay_v1_threads_pb2
 from relay_sdk._pagers import AsyncPager, Pager
@@ -213,6 +214,18 @@ _USAGE_SERVICE__LIST_BILLING_PERIODS = MethodSpec(
     relay_admin_v1_usage_pb2.ListBillingPeriodsRequest,
     relay_admin_v1_usage_pb2.ListBillingPeriodsResponse,
     admin=True,
+)
+_HEALTH_SERVICE__GET_LIVENESS = MethodSpec(
+    "/relay.v1.HealthService/GetLiveness",
+    relay_v1_health_service_pb2.GetLivenessRequest,
+    relay_v1_health_service_pb2.GetLivenessResponse,
+    admin=False,
+)
+_HEALTH_SERVICE__GET_READINESS = MethodSpec(
+    "/relay.v1.HealthService/GetReadiness",
+    relay_v1_health_service_pb2.GetReadinessRequest,
+    relay_v1_health_service_pb2.GetReadinessResponse,
+    admin=False,
 )
 _INFERENCE_SERVICE__CREATE_CHAT_COMPLETION = MethodSpec(
     "/relay.v1.InferenceService/CreateChatCompletion",
@@ -950,6 +963,49 @@ class UsageServiceClient:
     ) -> Pager[relay_admin_v1_usage_pb2.BillingPeriod, relay_admin_v1_usage_pb2.ListBillingPeriodsResponse]:
         """Every ``billing_periods`` item of ``/relay.admin.v1.UsageService/ListBillingPeriods``, fetching pages lazily."""
         return self._invoker.pager(_USAGE_SERVICE__LIST_BILLING_PERIODS, "billing_periods", request, fields, timeout, extra_metadata)
+
+
+class HealthServiceClient:
+    """Sync client of ``relay.v1.HealthService``.
+
+    HTTP health endpoints for load balancers and Kubernetes probes, served
+    through Envoy without authentication.  (Native gRPC clients also have
+    grpc.health.v1.Health on the gRPC port.)
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def get_liveness(
+        self,
+        request: relay_v1_health_service_pb2.GetLivenessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetLivenessResponse:
+        """Liveness: the worker is up and answering.  Touches no dependency.
+
+        Unary ``/relay.v1.HealthService/GetLiveness``.
+        """
+        return self._invoker.unary(_HEALTH_SERVICE__GET_LIVENESS, request, fields, timeout, extra_metadata)
+
+    def get_readiness(
+        self,
+        request: relay_v1_health_service_pb2.GetReadinessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetReadinessResponse:
+        """Readiness: Postgres and (when configured) Redis answer.  503 with the
+        same body shape when one does not.
+
+        Unary ``/relay.v1.HealthService/GetReadiness``.
+        """
+        return self._invoker.unary(_HEALTH_SERVICE__GET_READINESS, request, fields, timeout, extra_metadata)
 
 
 class InferenceServiceClient:
@@ -1880,6 +1936,49 @@ class AsyncUsageServiceClient:
         return self._invoker.pager(_USAGE_SERVICE__LIST_BILLING_PERIODS, "billing_periods", request, fields, timeout, extra_metadata)
 
 
+class AsyncHealthServiceClient:
+    """Async (grpc.aio) client of ``relay.v1.HealthService``.
+
+    HTTP health endpoints for load balancers and Kubernetes probes, served
+    through Envoy without authentication.  (Native gRPC clients also have
+    grpc.health.v1.Health on the gRPC port.)
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def get_liveness(
+        self,
+        request: relay_v1_health_service_pb2.GetLivenessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetLivenessResponse:
+        """Liveness: the worker is up and answering.  Touches no dependency.
+
+        Unary ``/relay.v1.HealthService/GetLiveness``.
+        """
+        return await self._invoker.unary(_HEALTH_SERVICE__GET_LIVENESS, request, fields, timeout, extra_metadata)
+
+    async def get_readiness(
+        self,
+        request: relay_v1_health_service_pb2.GetReadinessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetReadinessResponse:
+        """Readiness: Postgres and (when configured) Redis answer.  503 with the
+        same body shape when one does not.
+
+        Unary ``/relay.v1.HealthService/GetReadiness``.
+        """
+        return await self._invoker.unary(_HEALTH_SERVICE__GET_READINESS, request, fields, timeout, extra_metadata)
+
+
 class AsyncInferenceServiceClient:
     """Async (grpc.aio) client of ``relay.v1.InferenceService``.
 
@@ -2165,6 +2264,7 @@ class SyncServices:
     provider_credentials: ProviderCredentialServiceClient
     tenants: TenantServiceClient
     usage: UsageServiceClient
+    health: HealthServiceClient
     inference: InferenceServiceClient
     models: OpenAIServiceClient
     threads: ThreadServiceClient
@@ -2176,6 +2276,7 @@ class SyncServices:
         self.provider_credentials = ProviderCredentialServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
+        self.health = HealthServiceClient(invoker)
         self.inference = InferenceServiceClient(invoker)
         self.models = OpenAIServiceClient(invoker)
         self.threads = ThreadServiceClient(invoker)
@@ -2190,6 +2291,7 @@ class AsyncServices:
     provider_credentials: AsyncProviderCredentialServiceClient
     tenants: AsyncTenantServiceClient
     usage: AsyncUsageServiceClient
+    health: AsyncHealthServiceClient
     inference: AsyncInferenceServiceClient
     models: AsyncOpenAIServiceClient
     threads: AsyncThreadServiceClient
@@ -2201,6 +2303,7 @@ class AsyncServices:
         self.provider_credentials = AsyncProviderCredentialServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
+        self.health = AsyncHealthServiceClient(invoker)
         self.inference = AsyncInferenceServiceClient(invoker)
         self.models = AsyncOpenAIServiceClient(invoker)
         self.threads = AsyncThreadServiceClient(invoker)
@@ -2214,6 +2317,7 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.ProviderCredentialService": "provider_credentials",
     "relay.admin.v1.TenantService": "tenants",
     "relay.admin.v1.UsageService": "usage",
+    "relay.v1.HealthService": "health",
     "relay.v1.InferenceService": "inference",
     "relay.v1.OpenAIService": "models",
     "relay.v1.ThreadService": "threads",
