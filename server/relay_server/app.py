@@ -32,6 +32,7 @@ from relay_server.api.reflection import enable_reflection
 from relay_server.api.thread_service import register_thread_service
 from relay_server.catalog.admin import CatalogAdmin
 from relay_server.catalog.sync import CatalogSync
+from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.components import Observability, build_observability
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.authenticate import Authenticator
@@ -194,7 +195,8 @@ def freeze_startup_heap() -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
-    server = grpc.aio.server(options=grpc_options(settings))
+    tracing = app.observability.tracing if app.observability is not None else None
+    server = grpc.aio.server(options=grpc_options(settings), interceptors=admin_interceptors(tracing))
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

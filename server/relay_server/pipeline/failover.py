@@ -182,7 +182,7 @@ async def complete_with_failover(
             observed.finish("cancelled")
             await _close(ticket, AttemptResult("cancelled"))
             raise
-        observed.usage(response.get("usage"))
+        observed.response(response)  # usage and gen_ai.response.* on the attempt's span
         observed.finish("success")
         await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(response.get("usage"))))
         return response
@@ -256,6 +256,7 @@ async def _stream(
         try:
             chunk = first
             while True:
+                observed.chunk(chunk)  # gen_ai.response.* (a no-op without tracing)
                 if not chunk.get("choices") and chunk.get("usage") is not None:
                     tokens = _usage_tokens(chunk["usage"]) or tokens
                     observed.usage(chunk["usage"])
