@@ -226,3 +226,16 @@ def test_tenant_allowed_models_apply_to_every_door_and_intersect_with_the_key_an
         _set_tenant_models(admin, "")
     for channel in workers:  # lifting the restriction also reaches every worker at once
         assert _chat(channel, stack, "gpt-4o").choices
+
+
+def test_a_retried_delete_with_its_request_id_succeeds_again(stack: RelayStack, workers: list[grpc.Channel]) -> None:
+    stub = _catalog(workers[0])
+    model = catalog_pb2.CatalogModel(relay_name="retry-me", provider_id="groq", input_cost_per_1m="0.1",
+                                     output_cost_per_1m="0.1", context_window=1000)  # fmt: skip
+    stub.UpsertCatalogModel(catalog_pb2.UpsertCatalogModelRequest(model=model), metadata=_op(stack))
+    delete = catalog_pb2.DeleteCatalogModelRequest(relay_name="retry-me", request_id="del-retry-me-1")
+    stub.DeleteCatalogModel(delete, metadata=_op(stack))
+    stub.DeleteCatalogModel(delete, metadata=_op(stack))  # the SDK retrying after a lost answer
+    assert [a for a, _ in _audit(stack, "retry-me")] == ["catalog.model_created", "catalog.model_deleted"]
+    other = catalog_pb2.DeleteCatalogModelRequest(relay_name="retry-me", request_id="del-retry-me-2")
+    assert _code(lambda: stub.DeleteCatalogModel(other, metadata=_op(stack))) is grpc.StatusCode.NOT_FOUND

@@ -193,6 +193,8 @@ class CatalogAdmin:
         if not name.strip():
             raise _bad("relay_name", "relay_name is required.")
         async with self._db.system_tx() as conn:
+            if await call.replay_of(conn, "catalog.model_deleted", None) is not None:
+                return  # a retry of a delete that succeeded (same request_id): succeed again
             current = await store.find_model(conn, name.strip(), lock=True)
             if current is None:
                 raise RelayError(ErrorKind.MODEL_NOT_FOUND, f"The model `{name}` is not in the catalog.", param="relay_name")

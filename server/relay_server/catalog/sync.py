@@ -57,8 +57,15 @@ class CatalogSync:
             await load()
 
     async def changed(self) -> None:
-        """After commit: reload here, and on every other worker (bounded wait)."""
-        await self.reload()
+        """After commit: reload here, and on every other worker (bounded wait).
+
+        Never raises: the change is committed whatever happens here, and the
+        periodic reload catches up with anything this could not do.
+        """
+        try:
+            await self.reload()
+        except Exception:  # noqa: BLE001
+            log.warning("catalog reload after a change failed; the periodic reload retries", exc_info=True)
         if self._redis is None:
             return
         try:
