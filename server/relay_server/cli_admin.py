@@ -2,7 +2,7 @@
 
 They talk to ``RELAY_GRPC_ADDR`` (default: the server's own address) with
 the platform admin token (``RELAY_ADMIN_TOKEN``), through the generated
-``relay_sdk`` stubs.  Output is a table for people and, with ``--json``, the
+``relay_proto`` stubs.  Output is a table for people and, with ``--json``, the
 response as JSON (proto field names) for scripts.  Failures print the
 server's error and exit 1.
 """
@@ -117,8 +117,8 @@ Invoker = Callable[..., tuple[Any, Callable[[Any], None]]]
 
 
 def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2_grpc  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import tenants_pb2_grpc  # noqa: PLC0415
 
     stub = tenants_pb2_grpc.TenantServiceStub(channel)
     if args.action == "create":
@@ -153,7 +153,7 @@ def _wait_provisioned(stub: Any, tenant_id: str, timeout_s: float, metadata: Any
     """Poll the tenant until it leaves PROVISIONING (bounded by ``timeout_s``); the tenant as it is then."""
     import grpc  # noqa: PLC0415
 
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -183,8 +183,8 @@ class _WaitTimeout(Exception):
 
 
 def _key_action(channel: Any, args: argparse.Namespace) -> Invoker:
-    from relay_sdk._proto.relay.admin.v1 import api_keys_pb2 as pb  # noqa: PLC0415
-    from relay_sdk._proto.relay.admin.v1 import api_keys_pb2_grpc  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import api_keys_pb2 as pb  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import api_keys_pb2_grpc  # noqa: PLC0415
 
     stub = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
     if args.action == "create":

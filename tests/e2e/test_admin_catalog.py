@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from google.protobuf import field_mask_pb2
 
-from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.stack.redis import RedisHandle
 from tests.e2e.admin_helpers import channels_on_every_worker, chat_request, chat_stub, error_of, rest
 from tests.support.pg import PgCluster

@@ -27,7 +27,7 @@ def test_sourcing_the_quickstart_file_exports_it_to_programs(tmp_path: Path) -> 
     assert path.stat().st_mode & 0o777 == 0o600
 
 
-@pytest.mark.parametrize("package", ["server", "sdk_python"])
+@pytest.mark.parametrize("package", ["server", "sdk_python", "proto_python"])
 def test_license_is_an_spdx_expression(package: str) -> None:
     """The ``{ text = ... }`` table makes every install print a deprecation (removal 2027)."""
     project = tomllib.loads((REPO / package / "pyproject.toml").read_text())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import handle
 from relay_server.api.pagination import page

@@ -19,7 +19,7 @@ import grpc
 import orjson
 from redis.asyncio import Redis
 
-from relay_sdk._proto.relay.v1 import health_service_pb2, health_service_pb2_grpc
+from relay_proto.relay.v1 import health_service_pb2, health_service_pb2_grpc
 from relay_server.storage.postgres.pool import Database
 
 log = logging.getLogger(__name__)

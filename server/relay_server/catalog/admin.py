@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.health import HealthTracker
+from relay_server.pipeline.routing.health import HealthTracker
 from relay_server.storage.redis.health import WindowStats
 from relay_server.storage.postgres.providers import PostgresProviderStore, ProviderRow
 from relay_server.storage.postgres import catalog_admin as store

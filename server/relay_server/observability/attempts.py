@@ -3,9 +3,9 @@ provider's share of the request's time (for ``x-relay-overhead-ms``), the
 attempt metrics and a sample for the provider anomaly detector.
 
 The failover loop calls ``observe_attempt`` when it sends an attempt, then
-``first_chunk`` (streams), ``response`` (a whole answer) or ``chunk`` (each
-streamed one: id, model and finish reasons become ``gen_ai.response.*``),
-``usage`` and ``finish``.  Outside a bound request
+``first_chunk`` (streams), ``chunk`` (each streamed chunk, or a whole
+answer: id, model and finish reasons become ``gen_ai.response.*``), ``usage``
+and ``finish``.  Outside a bound request
 (unit tests, background work) it returns a shared no-op observer.
 """
 
@@ -25,9 +25,6 @@ class _NoopAttempt:
         pass
 
     def usage(self, usage: Any) -> None:
-        pass
-
-    def response(self, body: Any) -> None:
         pass
 
     def chunk(self, chunk: Any) -> None:
@@ -63,13 +60,6 @@ class AttemptObserver:
     def usage(self, usage: Any) -> None:
         if self._span is not None:
             self._span.set_attributes(usage_attributes(usage))
-
-    def response(self, body: Any) -> None:
-        """A whole (non-streamed) answer: its usage, id, model and finish reasons."""
-        if self._span is None or not isinstance(body, dict):
-            return
-        self.usage(body.get("usage"))
-        self.chunk(body)
 
     def chunk(self, chunk: Any) -> None:
         """One streamed chunk (or a whole answer): gen_ai.response.* as they appear."""

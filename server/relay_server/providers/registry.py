@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
-from relay_server.providers.base import Provider
+from relay_server.domain.provider import Provider
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import HttpProvider
@@ -41,10 +41,12 @@ def build_provider(
     ``client`` may be ``None`` only for ``test``, which does no I/O.
     """
 
-    def http(translator: Translator) -> Provider:
+    def http(translator: Translator, **by_door: Translator) -> Provider:
+        """``translator`` for every door's OpenAI-shaped calls; ``by_door`` for the doors whose own
+        dialect this provider speaks (passed through natively)."""
         if client is None:
             raise ValueError(f"provider api {api!r} needs an HttpClient")
-        return HttpProvider(name, translator, client, timeouts)
+        return HttpProvider(name, translator, client, timeouts, by_door=by_door)
 
     match api:
         case "openai":

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping
 from datetime import datetime
 
-from relay_server.pipeline.authenticate import KeyRecord
+from relay_server.domain.keys import KeyRecord
 from relay_server.storage.postgres.pool import Database
 
 log = logging.getLogger(__name__)
