@@ -166,6 +166,13 @@ def test_only_operators_change_the_catalog_and_rest_works(stack: RelayStack, adm
     r = admin.put("/v1/catalog/models/rest-model", json=body)
     assert r.status_code == 200, r.text
     assert r.json()["model"]["relay_name"] == "rest-model" and r.json()["model"]["provider_id"] == "anthropic"
+    r = admin.put("/v1/catalog/models/rest-model", params={"update_mask": "output_cost_per_1m,status"},
+                  json={"output_cost_per_1m": "12.5", "status": "deprecated"})  # fmt: skip
+    assert r.status_code == 200, r.text
+    model = r.json()["model"]
+    assert (model["output_cost_per_1m"], model["status"], model["input_cost_per_1m"], model["provider_name"]) == (
+        "12.5", "deprecated", "3", "claude-x"
+    )
     r = admin.get("/v1/catalog/providers")
     assert r.status_code == 200, r.text
     providers = {p["id"]: p for p in r.json()["providers"]}
