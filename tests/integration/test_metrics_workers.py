@@ -89,7 +89,7 @@ def test_metrics_are_aggregated_across_workers(pg_db: TestDatabase, tmp_path: Pa
         # process_* for the supervisor and every live worker (by pid), and the Python runtime.
         live = {str(c.pid) for c in parent.children()}
         rss = dict(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)",role="(\w+)"\} \S+$', text, re.M))
-        assert rss == {str(supervisor.pid): "supervisor", **{pid: "worker" for pid in live}}
+        assert rss == {str(supervisor.pid): "supervisor", **dict.fromkeys(live, "worker")}
         assert re.search(r'^process_cpu_seconds_total\{pid="\d+",role="worker"\} ', text, re.M)
         assert "python_info{" in text and "python_gc_collections_total{" in text
     finally:

@@ -12,8 +12,7 @@ from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import handle
 from relay_server.api.pagination import page
-from relay_server.catalog.admin import CatalogAdmin, ModelDraft, ProviderState, parse_price
-from relay_server.storage.postgres.catalog_admin import ModelRecord, RouteSpec
+from relay_server.catalog.admin import CatalogAdmin, ModelDraft, ModelRecord, ProviderState, RouteSpec, parse_price
 from relay_server.tenancy.calls import Call
 
 

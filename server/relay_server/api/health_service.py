@@ -17,18 +17,19 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 import orjson
-from redis.asyncio import Redis
 
 from relay_proto.relay.v1 import health_service_pb2, health_service_pb2_grpc
-from relay_server.storage.postgres.pool import Database
 
 log = logging.getLogger(__name__)
 
 
+Probe = Callable[[], Awaitable[object]]
+
+
 class HealthServicer(health_service_pb2_grpc.HealthServiceServicer):
-    def __init__(self, db: Database, redis: Redis | None, *, timeout_s: float = 2.0) -> None:
-        self._db = db
-        self._redis = redis
+    def __init__(self, postgres: Probe, redis: Probe | None, *, timeout_s: float = 2.0) -> None:
+        self._postgres = postgres  # app/__init__.py: SELECT 1 on the system pool
+        self._redis = redis  # PING; None without REDIS_URL
         self._timeout = timeout_s
 
     async def GetLiveness(self, request, context):  # noqa: N802 (gRPC naming)
@@ -36,7 +37,7 @@ class HealthServicer(health_service_pb2_grpc.HealthServiceServicer):
 
     async def GetReadiness(self, request, context):  # noqa: N802
         checks = {"postgres": await self._check("postgres", self._postgres)}
-        checks["redis"] = await self._check("redis", self._redis_ping) if self._redis is not None else "not_configured"
+        checks["redis"] = await self._check("redis", self._redis) if self._redis is not None else "not_configured"
         if all(v != "unavailable" for v in checks.values()):
             return health_service_pb2.GetReadinessResponse(status="ok", checks=checks)
         body = orjson.dumps({"status": "unavailable", "checks": checks}).decode()
@@ -46,7 +47,7 @@ class HealthServicer(health_service_pb2_grpc.HealthServiceServicer):
             trailing_metadata=(("x-relay-http-status", "503"), ("x-relay-error", body)),
         )
 
-    async def _check(self, name: str, probe: Callable[[], Awaitable[None]]) -> str:
+    async def _check(self, name: str, probe: Probe) -> str:
         try:
             await asyncio.wait_for(probe(), self._timeout)
         except Exception as exc:  # noqa: BLE001 (any failure means "not ready", and is logged)
@@ -54,15 +55,8 @@ class HealthServicer(health_service_pb2_grpc.HealthServiceServicer):
             return "unavailable"
         return "ok"
 
-    async def _postgres(self) -> None:
-        async with self._db.system_tx() as conn:
-            await conn.execute("SELECT 1")
-
-    async def _redis_ping(self) -> None:
-        assert self._redis is not None
-        await self._redis.ping()
 
 
-def register_health_service(server: grpc.aio.Server, db: Database, redis: Redis | None) -> str:
-    health_service_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(db, redis), server)
+def register_health_service(server: grpc.aio.Server, postgres: Probe, redis: Probe | None) -> str:
+    health_service_pb2_grpc.add_HealthServiceServicer_to_server(HealthServicer(postgres, redis), server)
     return health_service_pb2.DESCRIPTOR.services_by_name["HealthService"].full_name

@@ -38,14 +38,18 @@ from relay_server.api.openai_wire import validate
 from relay_server.api.reflection import enable_reflection
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
     ResponseStore,
@@ -57,10 +61,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,14 @@ async def build(settings: Settings) -> App:
     )  # fmt: skip
 
 
+def _postgres_probe(db: Database):  # noqa: ANN202
+    async def ping() -> None:
+        async with db.system_tx() as conn:
+            await conn.execute("SELECT 1")
+
+    return ping
+
+
 def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, routing: Routing, tenancy: Tenancy) -> CatalogSync:
     """Catalog changes reach every worker: reload the catalog and the provider directory on each."""
 
@@ -191,7 +199,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))
     names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
-    names.append(register_health_service(server, app.db, app.redis))
+    names.append(register_health_service(server, _postgres_probe(app.db), app.redis.ping if app.redis is not None else None))
     return names
 
 

@@ -14,16 +14,18 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Protocol, cast
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.routing.health import HealthTracker
-from relay_server.storage.redis.health import WindowStats
-from relay_server.storage.postgres.providers import PostgresProviderStore, ProviderRow
 from relay_server.storage.postgres import catalog_admin as store
 from relay_server.storage.postgres.catalog_admin import ModelRecord, RouteSpec
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.providers import PostgresProviderStore, ProviderRow
+from relay_server.storage.redis.health import WindowStats
 from relay_server.tenancy.calls import Call
+
+__all__ = ["Announcer", "CatalogAdmin", "ModelDraft", "ModelRecord", "ProviderState", "RouteSpec", "parse_price"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 KINDS = ("chat", "completion", "embedding")
@@ -43,7 +45,7 @@ class ModelDraft:
     values: Mapping[str, Any]  # field name -> value, in ModelRecord's types (None = empty)
 
 
-class Announcer:
+class Announcer(Protocol):
     async def changed(self) -> None: ...
 
 
@@ -130,7 +132,7 @@ def _merge(current: ModelRecord | None, draft: ModelDraft, mask: Iterable[str]) 
         for required in ("provider_id", "input_cost_per_1m", "output_cost_per_1m", "context_window"):
             if values.get(required) in (None, "", 0):
                 raise _bad(f"model.{required}", f"model.{required} is required.")
-        return ModelRecord(relay_name=draft.relay_name, **base, **values)
+        return ModelRecord(relay_name=draft.relay_name, **cast(dict[str, Any], {**base, **values}))
     return replace(current, **{p: values[p] for p in paths if p in values})
 
 

@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
 from relay_server.observability.process_metrics import add_supervisor_collectors
+from relay_server.pids import pid_exists
 from relay_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,16 +74,6 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SupervisorMetrics:
     """The supervisor's side: the shared directory, the merged endpoint, dead workers."""
 
@@ -112,7 +103,7 @@ class SupervisorMetrics:
         if not parent.is_dir():
             return
         for entry in parent.iterdir():
-            if entry.is_dir() and entry.name.isdigit() and not _alive(int(entry.name)):
+            if entry.is_dir() and entry.name.isdigit() and not pid_exists(int(entry.name)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def child_env(self) -> dict[str, str]:

@@ -38,11 +38,15 @@ class ProcessesCollector:
         pids = [(self._own, "supervisor"), *((pid, "worker") for pid in self._workers())]
         for pid, role in pids:
             # registry=None: a throw-away reader of /proc/<pid> (a vanished pid yields nothing).
-            for family in ProcessCollector(pid=lambda p=pid: p, registry=None).collect():
+            for family in ProcessCollector(pid=_constant(pid), registry=None).collect():
                 merged = families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
                 for sample in family.samples:
                     merged.add_sample(sample.name, {**sample.labels, "pid": str(pid), "role": role}, sample.value)
         yield from families.values()
+
+
+def _constant(pid: int) -> Callable[[], int]:
+    return lambda: pid
 
 
 def add_supervisor_collectors(registry: CollectorRegistry, workers: Callable[[], Iterable[int]], own_pid: int) -> None:

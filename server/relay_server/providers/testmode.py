@@ -27,11 +27,11 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.text import tokens
-from relay_server.providers import testmode_library as library
 from relay_server.domain.provider import ProviderCall
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.providers import testmode_library as library
 from relay_server.providers import testmode_logprobs as lp
+from relay_server.text import tokens
 
 _NOT_IN_SEED = frozenset({
     "stream", "stream_options", "user", "metadata", "store", "service_tier", "prompt_cache_key",
@@ -244,7 +244,7 @@ def _chat_answer(call: ProviderCall) -> _Answer:
         if forced is not None:
             choices.append(_tool_choice(index, rng, forced, tools, model))
         else:
-            generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731 - rng of this choice
+            generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(index, generate, limits, seen, rng))
         choices[-1].seed = seed
     raw_tools = body.get("tools") if isinstance(body.get("tools"), list) else None
@@ -363,12 +363,12 @@ def _completion_answer(call: ProviderCall) -> _Answer:
     base = {k: v for k, v in body.items() if k != "prompt"}
     choices: list[_Choice] = []
     for p_index, prompt in enumerate(prompts):
-        seed, seen = _seed(base, prompt), set()
+        seed, seen = _seed(base, prompt), set[str]()
         prefix = (prompt if isinstance(prompt, str) else tokens.decode(prompt, model)) if echo else ""
         for j in range(n):
             rng = _choice_rng(seed, j)
             # Instruct models usually open a completion with a blank line.
-            generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731 - rng of this choice
+            generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(p_index * n + j, generate, limits, seen, rng, prefix))
             choices[-1].seed = seed
             if prefix:  # the echoed prompt's tokens come first in logprobs
@@ -412,7 +412,7 @@ def _completion_chunks(answer: _Answer) -> list[dict[str, Any]]:
     def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
         return {**head, "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}]}
 
-    out = []
+    out: list[dict[str, Any]] = []
     for c in answer.choices:
         texts = ([c.prefix] if c.prefix else []) + c.pieces  # one chunk per group of c.groups
         out.extend(chunk(c.index, p, logprobs=_completion_logprobs(answer, c, k)) for k, p in enumerate(texts))
