@@ -20,13 +20,21 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
-from relay_sdk._proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
+from relay_sdk._proto.relay.v1 import (
+    anthropic_service_pb2,
+    anthropic_service_pb2_grpc,
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    openai_service_pb2,
+    openai_service_pb2_grpc,
+)
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_registry import register_admin_services
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
+from relay_server.api.anthropic_service import AnthropicServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.thread_service import register_thread_service
@@ -133,11 +141,15 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
+    anthropic_service_pb2_grpc.add_AnthropicServiceServicer_to_server(
+        AnthropicServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
+    )
     admin_auth = AdminAuthenticator(app.settings.admin_token)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
         _service_name(inference_service_pb2, "InferenceService"),
+        _service_name(anthropic_service_pb2, "AnthropicService"),
         _service_name(catalog_pb2, "ModelCatalogService"),
     ]
     names.extend(register_admin_services(server, app))

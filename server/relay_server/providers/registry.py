@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Final
 
 from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
+from relay_server.providers.anthropic_native import AnthropicNative
 from relay_server.providers.base import Provider
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
 from relay_server.providers.http_client import HttpClient, Timeouts
@@ -52,7 +53,8 @@ def build_provider(
         case "openai":
             return http(OpenAICompatTranslator(name, base_url or OPENAI_BASE_URL))
         case "anthropic":
-            return http(AnthropicTranslator(name, base_url or ANTHROPIC_BASE_URL))
+            url = base_url or ANTHROPIC_BASE_URL
+            return http(AnthropicTranslator(name, url), anthropic=AnthropicNative(name, url))
         case "mistral":
             return http(MistralTranslator(name, base_url or MISTRAL_BASE_URL))
         case "groq":
