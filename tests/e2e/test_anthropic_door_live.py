@@ -14,7 +14,8 @@ import psycopg
 import pytest
 from anthropic import Anthropic
 
-from tests.e2e.test_live_providers import MODELS, Live, live  # noqa: F401 (the module's stack fixture)
+from tests.e2e.test_live_providers import MODELS, Live
+from tests.e2e.test_live_providers import live as live  # noqa: F401 (the stack fixture, shared by import)
 from tests.fakes import Fault, Reply
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]

@@ -15,8 +15,8 @@ from typing import Any
 
 import orjson
 from google.api import httpbody_pb2
-
 from relay_sdk._proto.relay.v1 import anthropic_service_pb2_grpc
+
 from relay_server.api import door
 from relay_server.api.anthropic_wire import JSON, AnthropicSSE, model_list
 from relay_server.api.error_mapping import abort, anthropic_shape, as_relay_error
@@ -48,10 +48,10 @@ class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
         self._catalog = catalog
         self._observability = observability
 
-    def _bind(self, kind: str, metadata: Mapping[str, str]):  # noqa: ANN202
+    def _bind(self, kind: str, metadata: Mapping[str, str]):
         return bind_request(new_request_id(), kind, self._observability, metadata)
 
-    async def CreateMessage(self, request, context):  # noqa: N802 (gRPC naming)
+    async def CreateMessage(self, request, context):
         metadata = request_metadata(context)
         with self._bind("chat", metadata) as scope:
             frames = door.serve(
@@ -61,7 +61,7 @@ class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
             async for frame in frames:
                 yield frame
 
-    async def CountTokens(self, request, context):  # noqa: N802
+    async def CountTokens(self, request, context):
         """The input tokens of a Messages request, estimated with Relay's tokenizer for the model."""
         metadata = request_metadata(context)
         with self._bind("chat", metadata) as scope:
@@ -77,7 +77,7 @@ class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
             await context.send_initial_metadata((("x-request-id", scope.request_id), (TOKEN_COUNT_HEADER, "estimated")))
             return httpbody_pb2.HttpBody(content_type=JSON, data=orjson.dumps({"input_tokens": count}))
 
-    async def ListModels(self, request, context):  # noqa: N802
+    async def ListModels(self, request, context):
         metadata = request_metadata(context)
         with self._bind("models", metadata) as scope:
             try:

@@ -9,7 +9,7 @@ package.  Errors after the first event are an ``event: error`` frame in Anthropi
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -20,7 +20,10 @@ from relay_server.errors import RelayError
 from relay_server.pipeline.catalog import CatalogEntry
 from relay_server.pipeline.inference import Admitted
 from relay_server.pipeline.session import Item
-from relay_server.providers.anthropic_openai.responses import anthropic_message, message_id
+from relay_server.providers.anthropic_openai.responses import (
+    anthropic_message,
+    message_id,
+)
 from relay_server.providers.anthropic_openai.to_anthropic_events import AnthropicEvents
 from relay_server.providers.base import NativeEvent, NativeResponse
 
@@ -81,7 +84,7 @@ def model_list(entries: Iterable[CatalogEntry], limit: int = 0, after_id: str = 
             "type": "model",
             "id": e.relay_name,
             "display_name": e.relay_name,
-            "created_at": datetime.fromtimestamp(e.created, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "created_at": datetime.fromtimestamp(e.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
         for e in page
     ]

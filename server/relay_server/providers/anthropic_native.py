@@ -17,10 +17,19 @@ from typing import Any
 import orjson
 
 from relay_server.providers.anthropic import AnthropicTranslator
-from relay_server.providers.anthropic_openai.tables import error_from_object, usage_from_anthropic
+from relay_server.providers.anthropic_openai.tables import (
+    error_from_object,
+    usage_from_anthropic,
+)
 from relay_server.providers.base import NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.sse import SSEEvent
-from relay_server.providers.translator import UpstreamRequest, base_url_for, malformed_failure, truncated_failure, unsupported
+from relay_server.providers.translator import (
+    UpstreamRequest,
+    base_url_for,
+    malformed_failure,
+    truncated_failure,
+    unsupported,
+)
 
 # The client's own headers of this dialect that reach Anthropic as sent.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")

@@ -126,7 +126,7 @@ class OpenAIStreamTranslator:
     chunk emitted at the end, so the pipeline sees one shape for all of them.
     """
 
-    __slots__ = ("_done", "_held_usage", "_meta", "_saw_finish", "_require_done")
+    __slots__ = ("_done", "_held_usage", "_meta", "_require_done", "_saw_finish")
 
     def __init__(self, *, require_done_marker: bool = True) -> None:
         self._done = False

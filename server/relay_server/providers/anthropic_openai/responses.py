@@ -9,8 +9,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
-from relay_server.providers.anthropic_openai.tables import anthropic_usage, finish_reason, openai_usage, stop_reason
+from relay_server.providers.anthropic_openai.tables import (
+    anthropic_usage,
+    finish_reason,
+    openai_usage,
+    stop_reason,
+)
 from relay_server.providers.base import Usage
 
 

@@ -21,7 +21,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
 from relay_server.providers.anthropic_openai.tables import anthropic_usage, stop_reason
 from relay_server.providers.base import Usage
 
@@ -34,8 +33,18 @@ def event(name: str, data: Mapping[str, Any]) -> bytes:
 class AnthropicEvents:
     """Per-stream state: feed OpenAI chunk dicts, get Anthropic event frames."""
 
-    __slots__ = ("_id", "_model", "_estimated_input", "_started", "_pinged", "_open", "_next", "_tools",
-                 "_finish", "_usage")
+    __slots__ = (
+        "_estimated_input",
+        "_finish",
+        "_id",
+        "_model",
+        "_next",
+        "_open",
+        "_pinged",
+        "_started",
+        "_tools",
+        "_usage",
+    )
 
     def __init__(self, message_id: str, model: str, estimated_input: int = 0) -> None:
         self._id = message_id

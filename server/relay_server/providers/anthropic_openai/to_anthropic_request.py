@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
 from relay_server.providers.base import ProviderCall
 from relay_server.providers.translator import unsupported
 

@@ -13,14 +13,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
-from relay_server.providers.anthropic_openai.tables import error_from_object, finish_reason, openai_usage
+from relay_server.providers.anthropic_openai.tables import (
+    error_from_object,
+    finish_reason,
+    openai_usage,
+)
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import malformed_failure, truncated_failure
 
 
 class AnthropicStreamTranslator:
-    __slots__ = ("_done", "_id", "_model", "_created", "_usage", "_finish", "_tool_slots")
+    __slots__ = ("_created", "_done", "_finish", "_id", "_model", "_tool_slots", "_usage")
 
     def __init__(self, model: str) -> None:
         self._done = False

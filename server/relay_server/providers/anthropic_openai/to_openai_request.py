@@ -23,7 +23,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
 from relay_server.errors import ErrorKind, RelayError
 
 _EFFORT_BUDGETS = ((4096, "low"), (16384, "medium"))
