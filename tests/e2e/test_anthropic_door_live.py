@@ -110,6 +110,18 @@ def test_native_non_streamed_answer_with_the_sdk(live: Live) -> None:
     assert message.content[0].input == {"city": "Paris", "unit": "celsius"} and message.stop_reason == "tool_use"
 
 
+def test_count_tokens_is_exact_from_anthropic_for_a_claude_model(live: Live) -> None:
+    client = claude_client(live)
+    fake = live.fake("anthropic")
+    raw = client.messages.with_raw_response.count_tokens(model=CLAUDE, system="Be brief.", messages=HELLO)
+    assert raw.headers["x-relay-token-count"] == "exact"
+    # The fake counts words in system and messages (the role too): 2 + 1 + 4; the estimate would differ.
+    assert raw.parse().input_tokens == 7
+    assert fake.last.path == "/v1/messages/count_tokens" and fake.last.body["model"] == "claude-3-5-haiku-20241022"
+    other = client.messages.with_raw_response.count_tokens(model=TRANSLATED["openai"], messages=HELLO)
+    assert other.headers["x-relay-token-count"] == "estimated" and other.parse().input_tokens > 0
+
+
 # --- translated providers ----------------------------------------------------------------------
 
 

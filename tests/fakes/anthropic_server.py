@@ -55,7 +55,19 @@ class FakeAnthropic(FakeServer):
         some Anthropic streams do."""
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._models)]
+        return [web.post("/v1/messages", self._messages), web.post("/v1/messages/count_tokens", self._count_tokens),
+                web.get("/v1/models", self._models)]
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body, fault = await self.receive(request)
+        refusal = self._refuse(request, fault)
+        if refusal is not None:
+            return refusal
+        allowed = {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+        extra = sorted(set(body or {}) - allowed)
+        if extra:
+            return _error(400, f"{extra[0]}: Extra inputs are not permitted")
+        return web.json_response({"input_tokens": sum(count_tokens(t) for t in texts_in([body.get("system"), body["messages"]]))})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body, fault = await self.receive(request)

@@ -27,7 +27,6 @@ from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.catalog import Catalog
 from relay_server.pipeline.context import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
-from relay_server.pipeline.usage_estimate import estimate_input_tokens
 from relay_server.providers.anthropic_openai.to_openai_request import openai_request
 
 TOKEN_COUNT_HEADER = "x-relay-token-count"
@@ -62,20 +61,22 @@ class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
                 yield frame
 
     async def CountTokens(self, request, context):
-        """The input tokens of a Messages request, estimated with Relay's tokenizer for the model."""
+        """The input tokens of a Messages request: Anthropic's exact count for a Claude model Relay
+        holds a key for, Relay's estimate otherwise (``x-relay-token-count: exact | estimated``)."""
         metadata = request_metadata(context)
         with self._bind("chat", metadata) as scope:
             try:
                 native = decode_body(request.data)
                 # count_tokens takes a Messages body without max_tokens.
-                body = openai_request({"max_tokens": 1, **native, "stream": False})
-                principal = await self._auth.authenticate(metadata)
-                entry = self._catalog.resolve(str(body["model"]), principal, "chat")
-                count = estimate_input_tokens("chat", body, entry.relay_name)
+                body = openai_request({**native, "max_tokens": 1, "stream": False})
+                count = await self._pipeline.count_tokens(
+                    body, metadata, scope.request_id, door="anthropic", native_body=native
+                )
             except Exception as exc:  # noqa: BLE001 (every failure becomes an Anthropic-shaped error)
                 await abort(context, as_relay_error(exc), scope.request_id, anthropic_shape)
-            await context.send_initial_metadata((("x-request-id", scope.request_id), (TOKEN_COUNT_HEADER, "estimated")))
-            return httpbody_pb2.HttpBody(content_type=JSON, data=orjson.dumps({"input_tokens": count}))
+            how = "exact" if count.exact else "estimated"
+            await context.send_initial_metadata((("x-request-id", scope.request_id), (TOKEN_COUNT_HEADER, how)))
+            return httpbody_pb2.HttpBody(content_type=JSON, data=orjson.dumps({"input_tokens": count.input_tokens}))
 
     async def ListModels(self, request, context):
         metadata = request_metadata(context)

@@ -22,11 +22,25 @@ from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.cache import CacheLookup, ResponseCache, cached_metered
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.meter import DEFAULT_MARKUP, DefaultMarkup, MarkupSource, Metered, Outcome, RequestRecorder, price
+from relay_server.pipeline.meter import (
+    DEFAULT_MARKUP,
+    DefaultMarkup,
+    MarkupSource,
+    Metered,
+    Outcome,
+    RequestRecorder,
+    price,
+)
 from relay_server.pipeline.request_tags import parse_request_tags
 from relay_server.pipeline.route import Attempt, Router
 from relay_server.pipeline.session import StreamSession
-from relay_server.pipeline.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
+from relay_server.pipeline.token_count import TokenCount, count_input_tokens
+from relay_server.pipeline.usage_estimate import (
+    OutputCounter,
+    Reconciled,
+    estimate_input_tokens,
+    reconcile,
+)
 from relay_server.providers.base import NativeResponse, RequestKind
 
 log = logging.getLogger(__name__)
@@ -140,6 +154,15 @@ class InferencePipeline:
         if ctx.principal.is_test:
             return None  # test keys plan without I/O
         return asyncio.ensure_future(self._router.plan(ctx, entry))
+
+    async def count_tokens(
+        self, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str,
+        *, door: str = "openai", native_body: Mapping[str, Any] | None = None,
+    ) -> TokenCount:
+        """A request's input tokens, counted by a provider of its model when one can, else estimated."""
+        return await count_input_tokens(
+            self._auth, self._catalog, self._router, body, metadata, request_id, door=door, native_body=native_body
+        )
 
     def session(self, admitted: Admitted) -> StreamSession:
         """The admitted request's answer (pipeline/session.py): iterate it, or ``complete()`` it."""

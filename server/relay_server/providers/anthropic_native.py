@@ -33,6 +33,8 @@ from relay_server.providers.translator import (
 
 # The client's own headers of this dialect that reach Anthropic as sent.
 FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+# What /v1/messages/count_tokens accepts of a Messages body (it refuses max_tokens, stream...).
+_COUNTED_FIELDS = ("messages", "system", "tools", "tool_choice", "thinking", "mcp_servers")
 
 
 class AnthropicNative(AnthropicTranslator):
@@ -47,12 +49,22 @@ class AnthropicNative(AnthropicTranslator):
             body["stream"] = True
         else:
             body.pop("stream", None)
+        return UpstreamRequest("POST", base_url_for(call, self.base_url) + "/messages", self._headers(call, stream), body)
+
+    def count_tokens_request(self, call: ProviderCall) -> UpstreamRequest:
+        """Anthropic's exact count of the client's request (``/v1/messages/count_tokens``)."""
+        native = call.native_body or {}
+        body = {"model": call.provider_model, **{k: native[k] for k in _COUNTED_FIELDS if k in native}}
+        url = base_url_for(call, self.base_url) + "/messages/count_tokens"
+        return UpstreamRequest("POST", url, self._headers(call, False), body)
+
+    def _headers(self, call: ProviderCall, stream: bool) -> dict[str, str]:
         headers = self.headers(call.credential, stream=stream)
         for name in FORWARDED_HEADERS:
             value = (call.native_headers or {}).get(name)
             if value:
                 headers[name] = value
-        return UpstreamRequest("POST", base_url_for(call, self.base_url) + "/messages", headers, body)
+        return headers
 
     def response(self, status: int, body: Any, call: ProviderCall) -> NativeResponse:  # type: ignore[override]
         usage = body.get("usage") if isinstance(body.get("usage"), Mapping) else {}
