@@ -125,3 +125,29 @@ def test_models_in_anthropics_list_shape(claude: Anthropic, http) -> None:
     assert plain["object"] == "list" and "has_more" not in plain
     raw = json.loads(http.get("/models", headers={"anthropic-version": "2023-06-01"}).text)
     assert set(raw) == {"data", "has_more", "first_id", "last_id"} and raw["first_id"] == raw["data"][0]["id"]
+
+
+@pytest.mark.parametrize(("code", "error_class", "status", "type_"), [
+    ("spend_cap_exceeded", anthropic.PaymentRequiredError, 402, "billing_error"),
+    ("rate_limit_exceeded", anthropic.RateLimitError, 429, "rate_limit_error"),
+    ("no_provider_available", anthropic.OverloadedError, 529, "overloaded_error"),
+])
+def test_simulated_errors_raise_the_sdk_classes(claude: Anthropic, code: str, error_class: type, status: int, type_: str) -> None:
+    with pytest.raises(error_class) as info:
+        claude.messages.create(model=MODEL, max_tokens=8, messages=[{"role": "user", "content": "Hi"}],
+                               extra_headers={"x-relay-test-error": code})
+    assert info.value.status_code == status and info.value.body["error"]["type"] == type_
+    headers = info.value.response.headers
+    if status == 402:
+        assert headers["x-should-retry"] == "false"
+    if status == 429:
+        assert int(headers["retry-after"]) >= 1
+
+
+def test_an_error_mid_stream_is_an_error_event_the_sdk_raises(claude: Anthropic) -> None:
+    with pytest.raises(anthropic.APIStatusError) as info:
+        with claude.messages.stream(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "Hi"}],
+                                    extra_headers={"x-relay-test-error": "provider_error", "x-relay-test-error-after": "2"}) as s:
+            for _ in s.text_stream:
+                pass
+    assert info.value.body["error"]["type"] == "api_error"
