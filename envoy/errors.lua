@@ -94,7 +94,7 @@ function envoy_on_request(handle)
   if h:get(":method") ~= "GET" or h:get("anthropic-version") == nil then return end
   local path = h:get(":path") or ""
   local rest = string.match(path, "^/v1/models(.*)$")
-  if rest ~= nil and (rest == "" or string.match(rest, "^%?")) then
+  if rest ~= nil and (rest == "" or string.match(rest, "^[/?]")) then
     h:replace(":path", "/v1/anthropic/models" .. rest)
   end
 end

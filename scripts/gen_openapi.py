@@ -84,6 +84,7 @@ RAW_BODY_MESSAGES: dict[str, RawBody] = {
     ),
     "relay.v1.AnthropicService.CountTokens": RawBody("relay.v1.AnthropicMessageRequest", "relay.v1.AnthropicTokenCount"),
     "relay.v1.AnthropicService.ListModels": RawBody(None, "relay.v1.AnthropicModelList"),
+    "relay.v1.AnthropicService.GetModel": RawBody(None, "relay.v1.AnthropicModel"),
     "relay.v1.ThreadService.SendMessage": RawBody(None, "relay.v1.SendMessageResponse", _THREAD_SSE),
     "relay.v1.ThreadService.StreamMessage": RawBody(None, None, _THREAD_SSE),
 }

@@ -125,6 +125,11 @@ def test_models_in_anthropics_list_shape(claude: Anthropic, http) -> None:
     assert plain["object"] == "list" and "has_more" not in plain
     raw = json.loads(http.get("/models", headers={"anthropic-version": "2023-06-01"}).text)
     assert set(raw) == {"data", "has_more", "first_id", "last_id"} and raw["first_id"] == raw["data"][0]["id"]
+    one = claude.models.retrieve(MODEL)
+    assert (one.type, one.id) == ("model", MODEL) and one.created_at.tzinfo is not None
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")
+    assert http.get(f"/models/{MODEL}").json()["object"] == "model"  # the OpenAI shape without the header
 
 
 @pytest.mark.parametrize(("code", "error_class", "status", "type_"), [

@@ -18,7 +18,7 @@ from google.api import httpbody_pb2
 from relay_sdk._proto.relay.v1 import anthropic_service_pb2_grpc
 
 from relay_server.api import door
-from relay_server.api.anthropic_wire import JSON, AnthropicSSE, model_list
+from relay_server.api.anthropic_wire import JSON, AnthropicSSE, model_info, model_list
 from relay_server.api.error_mapping import abort, anthropic_shape, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import decode_body
@@ -88,3 +88,14 @@ class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
             await context.send_initial_metadata((("x-request-id", scope.request_id),))
             data = model_list(self._catalog.visible_to(principal), request.limit, request.after_id, request.before_id)
             return httpbody_pb2.HttpBody(content_type=JSON, data=data)
+
+    async def GetModel(self, request, context):  # noqa: N802
+        metadata = request_metadata(context)
+        with self._bind("models", metadata) as scope:
+            try:
+                principal = await self._auth.authenticate(metadata)
+                entry = self._catalog.resolve(request.model_id, principal)
+            except Exception as exc:  # noqa: BLE001
+                await abort(context, as_relay_error(exc), scope.request_id, anthropic_shape)
+            await context.send_initial_metadata((("x-request-id", scope.request_id),))
+            return httpbody_pb2.HttpBody(content_type=JSON, data=orjson.dumps(model_info(entry)))

@@ -69,6 +69,12 @@ class AnthropicSSE:
         return (_sse(anthropic_error_event(err)),)
 
 
+def model_info(entry: CatalogEntry) -> dict[str, Any]:
+    """One model as Anthropic describes it."""
+    created = datetime.fromtimestamp(entry.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {"type": "model", "id": entry.relay_name, "display_name": entry.relay_name, "created_at": created}
+
+
 def model_list(entries: Iterable[CatalogEntry], limit: int = 0, after_id: str = "", before_id: str = "") -> bytes:
     """Anthropic's ``GET /v1/models`` page: newest first, ``has_more`` / ``first_id`` / ``last_id``."""
     models = sorted(entries, key=lambda e: (-e.created, e.relay_name))
@@ -79,15 +85,7 @@ def model_list(entries: Iterable[CatalogEntry], limit: int = 0, after_id: str = 
         models = models[: ids.index(before_id)]
     limit = limit if 0 < limit <= 1000 else 20
     page, has_more = models[:limit], len(models) > limit
-    data = [
-        {
-            "type": "model",
-            "id": e.relay_name,
-            "display_name": e.relay_name,
-            "created_at": datetime.fromtimestamp(e.created, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-        for e in page
-    ]
+    data = [model_info(e) for e in page]
     return orjson.dumps({
         "data": data, "has_more": has_more,
         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None,

@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import httpbody_pb2 as google_dot_api_dot_httpbody__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n relay/v1/anthropic_service.proto\x12\x08relay.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\"P\n\x1aListAnthropicModelsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12\x11\n\tbefore_id\x18\x03 \x01(\t2\xb3\x02\n\x10\x41nthropicService\x12V\n\rCreateMessage\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*0\x01\x12_\n\x0b\x43ountTokens\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/messages/count_tokens:\x01*\x12\x66\n\nListModels\x12$.relay.v1.ListAnthropicModelsRequest\x1a\x14.google.api.HttpBody\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/anthropic/modelsB5Z3github.com/relay-gateway/relay/gen/relay/v1;relayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n relay/v1/anthropic_service.proto\x12\x08relay.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x19google/api/httpbody.proto\",\n\x18GetAnthropicModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"P\n\x1aListAnthropicModelsRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x66ter_id\x18\x02 \x01(\t\x12\x11\n\tbefore_id\x18\x03 \x01(\t2\xa5\x03\n\x10\x41nthropicService\x12V\n\rCreateMessage\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"\x17\x82\xd3\xe4\x93\x02\x11\"\x0c/v1/messages:\x01*0\x01\x12_\n\x0b\x43ountTokens\x12\x14.google.api.HttpBody\x1a\x14.google.api.HttpBody\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/messages/count_tokens:\x01*\x12\x66\n\nListModels\x12$.relay.v1.ListAnthropicModelsRequest\x1a\x14.google.api.HttpBody\"\x1c\x82\xd3\xe4\x93\x02\x16\x12\x14/v1/anthropic/models\x12p\n\x08GetModel\x12\".relay.v1.GetAnthropicModelRequest\x1a\x14.google.api.HttpBody\"*\x82\xd3\xe4\x93\x02$\x12\"/v1/anthropic/models/{model_id=**}B5Z3github.com/relay-gateway/relay/gen/relay/v1;relayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,8 +40,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ANTHROPICSERVICE'].methods_by_name['CountTokens']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/messages/count_tokens:\001*'
   _globals['_ANTHROPICSERVICE'].methods_by_name['ListModels']._loaded_options = None
   _globals['_ANTHROPICSERVICE'].methods_by_name['ListModels']._serialized_options = b'\202\323\344\223\002\026\022\024/v1/anthropic/models'
-  _globals['_LISTANTHROPICMODELSREQUEST']._serialized_start=103
-  _globals['_LISTANTHROPICMODELSREQUEST']._serialized_end=183
-  _globals['_ANTHROPICSERVICE']._serialized_start=186
-  _globals['_ANTHROPICSERVICE']._serialized_end=493
+  _globals['_ANTHROPICSERVICE'].methods_by_name['GetModel']._loaded_options = None
+  _globals['_ANTHROPICSERVICE'].methods_by_name['GetModel']._serialized_options = b'\202\323\344\223\002$\022\"/v1/anthropic/models/{model_id=**}'
+  _globals['_GETANTHROPICMODELREQUEST']._serialized_start=103
+  _globals['_GETANTHROPICMODELREQUEST']._serialized_end=147
+  _globals['_LISTANTHROPICMODELSREQUEST']._serialized_start=149
+  _globals['_LISTANTHROPICMODELSREQUEST']._serialized_end=229
+  _globals['_ANTHROPICSERVICE']._serialized_start=232
+  _globals['_ANTHROPICSERVICE']._serialized_end=653
 # @@protoc_insertion_point(module_scope)

@@ -6,6 +6,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class GetAnthropicModelRequest(_message.Message):
+    __slots__ = ("model_id",)
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    def __init__(self, model_id: _Optional[str] = ...) -> None: ...
+
 class ListAnthropicModelsRequest(_message.Message):
     __slots__ = ("limit", "after_id", "before_id")
     LIMIT_FIELD_NUMBER: _ClassVar[int]

@@ -56,6 +56,11 @@ class AnthropicServiceStub:
                 request_serializer=relay_dot_v1_dot_anthropic__service__pb2.ListAnthropicModelsRequest.SerializeToString,
                 response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
                 _registered_method=True)
+        self.GetModel = channel.unary_unary(
+                '/relay.v1.AnthropicService/GetModel',
+                request_serializer=relay_dot_v1_dot_anthropic__service__pb2.GetAnthropicModelRequest.SerializeToString,
+                response_deserializer=google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+                _registered_method=True)
 
 
 class AnthropicServiceServicer:
@@ -91,6 +96,14 @@ class AnthropicServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModel(self, request, context):
+        """GET /v1/models/{model_id} in Anthropic's shape (Envoy sends a request
+        with an `anthropic-version` header here).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnthropicServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +120,11 @@ def add_AnthropicServiceServicer_to_server(servicer, server):
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=relay_dot_v1_dot_anthropic__service__pb2.ListAnthropicModelsRequest.FromString,
+                    response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
+            ),
+            'GetModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModel,
+                    request_deserializer=relay_dot_v1_dot_anthropic__service__pb2.GetAnthropicModelRequest.FromString,
                     response_serializer=google_dot_api_dot_httpbody__pb2.HttpBody.SerializeToString,
             ),
     }
@@ -196,6 +214,33 @@ class AnthropicService:
             target,
             '/relay.v1.AnthropicService/ListModels',
             relay_dot_v1_dot_anthropic__service__pb2.ListAnthropicModelsRequest.SerializeToString,
+            google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.v1.AnthropicService/GetModel',
+            relay_dot_v1_dot_anthropic__service__pb2.GetAnthropicModelRequest.SerializeToString,
             google_dot_api_dot_httpbody__pb2.HttpBody.FromString,
             options,
             channel_credentials,

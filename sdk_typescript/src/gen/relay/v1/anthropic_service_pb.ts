@@ -13,7 +13,28 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file relay/v1/anthropic_service.proto.
  */
 export const file_relay_v1_anthropic_service: GenFile = /*@__PURE__*/
-  fileDesc("CiByZWxheS92MS9hbnRocm9waWNfc2VydmljZS5wcm90bxIIcmVsYXkudjEiUAoaTGlzdEFudGhyb3BpY01vZGVsc1JlcXVlc3QSDQoFbGltaXQYASABKAUSEAoIYWZ0ZXJfaWQYAiABKAkSEQoJYmVmb3JlX2lkGAMgASgJMrMCChBBbnRocm9waWNTZXJ2aWNlElYKDUNyZWF0ZU1lc3NhZ2USFC5nb29nbGUuYXBpLkh0dHBCb2R5GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSIXgtPkkwIRIgwvdjEvbWVzc2FnZXM6ASowARJfCgtDb3VudFRva2VucxIULmdvb2dsZS5hcGkuSHR0cEJvZHkaFC5nb29nbGUuYXBpLkh0dHBCb2R5IiSC0+STAh4iGS92MS9tZXNzYWdlcy9jb3VudF90b2tlbnM6ASoSZgoKTGlzdE1vZGVscxIkLnJlbGF5LnYxLkxpc3RBbnRocm9waWNNb2RlbHNSZXF1ZXN0GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSIcgtPkkwIWEhQvdjEvYW50aHJvcGljL21vZGVsc0I1WjNnaXRodWIuY29tL3JlbGF5LWdhdGV3YXkvcmVsYXkvZ2VuL3JlbGF5L3YxO3JlbGF5djFiBnByb3RvMw", [file_google_api_annotations, file_google_api_httpbody]);
+  fileDesc("CiByZWxheS92MS9hbnRocm9waWNfc2VydmljZS5wcm90bxIIcmVsYXkudjEiLAoYR2V0QW50aHJvcGljTW9kZWxSZXF1ZXN0EhAKCG1vZGVsX2lkGAEgASgJIlAKGkxpc3RBbnRocm9waWNNb2RlbHNSZXF1ZXN0Eg0KBWxpbWl0GAEgASgFEhAKCGFmdGVyX2lkGAIgASgJEhEKCWJlZm9yZV9pZBgDIAEoCTKlAwoQQW50aHJvcGljU2VydmljZRJWCg1DcmVhdGVNZXNzYWdlEhQuZ29vZ2xlLmFwaS5IdHRwQm9keRoULmdvb2dsZS5hcGkuSHR0cEJvZHkiF4LT5JMCESIML3YxL21lc3NhZ2VzOgEqMAESXwoLQ291bnRUb2tlbnMSFC5nb29nbGUuYXBpLkh0dHBCb2R5GhQuZ29vZ2xlLmFwaS5IdHRwQm9keSIkgtPkkwIeIhkvdjEvbWVzc2FnZXMvY291bnRfdG9rZW5zOgEqEmYKCkxpc3RNb2RlbHMSJC5yZWxheS52MS5MaXN0QW50aHJvcGljTW9kZWxzUmVxdWVzdBoULmdvb2dsZS5hcGkuSHR0cEJvZHkiHILT5JMCFhIUL3YxL2FudGhyb3BpYy9tb2RlbHMScAoIR2V0TW9kZWwSIi5yZWxheS52MS5HZXRBbnRocm9waWNNb2RlbFJlcXVlc3QaFC5nb29nbGUuYXBpLkh0dHBCb2R5IiqC0+STAiQSIi92MS9hbnRocm9waWMvbW9kZWxzL3ttb2RlbF9pZD0qKn1CNVozZ2l0aHViLmNvbS9yZWxheS1nYXRld2F5L3JlbGF5L2dlbi9yZWxheS92MTtyZWxheXYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_httpbody]);
+
+/**
+ * Which model.
+ *
+ * @generated from message relay.v1.GetAnthropicModelRequest
+ */
+export type GetAnthropicModelRequest = Message<"relay.v1.GetAnthropicModelRequest"> & {
+  /**
+   * The model's name.
+   *
+   * @generated from field: string model_id = 1;
+   */
+  modelId: string;
+};
+
+/**
+ * Describes the message relay.v1.GetAnthropicModelRequest.
+ * Use `create(GetAnthropicModelRequestSchema)` to create a new message.
+ */
+export const GetAnthropicModelRequestSchema: GenMessage<GetAnthropicModelRequest> = /*@__PURE__*/
+  messageDesc(file_relay_v1_anthropic_service, 0);
 
 /**
  * Anthropic's pagination parameters (the whole list fits one page; limit caps it).
@@ -48,7 +69,7 @@ export type ListAnthropicModelsRequest = Message<"relay.v1.ListAnthropicModelsRe
  * Use `create(ListAnthropicModelsRequestSchema)` to create a new message.
  */
 export const ListAnthropicModelsRequestSchema: GenMessage<ListAnthropicModelsRequest> = /*@__PURE__*/
-  messageDesc(file_relay_v1_anthropic_service, 0);
+  messageDesc(file_relay_v1_anthropic_service, 1);
 
 /**
  * The Anthropic Messages REST surface (the "Anthropic door"), served through
@@ -92,6 +113,17 @@ export const AnthropicService: GenService<{
   listModels: {
     methodKind: "unary";
     input: typeof ListAnthropicModelsRequestSchema;
+    output: typeof HttpBodySchema;
+  },
+  /**
+   * GET /v1/models/{model_id} in Anthropic's shape (Envoy sends a request
+   * with an `anthropic-version` header here).
+   *
+   * @generated from rpc relay.v1.AnthropicService.GetModel
+   */
+  getModel: {
+    methodKind: "unary";
+    input: typeof GetAnthropicModelRequestSchema;
     output: typeof HttpBodySchema;
   },
 }> = /*@__PURE__*/
