@@ -16,7 +16,7 @@ from relay_server.providers.anthropic_openai.to_anthropic_events import Anthropi
 from relay_server.providers.anthropic_openai.to_anthropic_request import build_body
 from relay_server.providers.anthropic_openai.to_openai_chunks import AnthropicStreamTranslator
 from relay_server.providers.anthropic_openai.to_openai_request import openai_request
-from relay_server.providers.base import Credential, ProviderCall, Usage
+from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import ProviderFailure
 

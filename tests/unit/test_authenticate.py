@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import Authenticator, KeyRecord, hash_key, mint_key
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 
 
 class MemoryKeys:
@@ -120,7 +121,7 @@ async def test_suspended_message_points_at_billing(store: MemoryKeys) -> None:
 
 
 def test_x_api_key_is_accepted_when_there_is_no_authorization_header() -> None:
-    from relay_server.pipeline.authenticate import bearer_token
+    from relay_server.pipeline.steps.authenticate import bearer_token
 
     assert bearer_token({"x-api-key": " rly_test_sk_abc "}) == "rly_test_sk_abc"
     assert bearer_token({"authorization": "Bearer rly_live_sk_x", "x-api-key": "other"}) == "rly_live_sk_x"

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay_server.errors import RelayError
-from relay_server.pipeline.authenticate import Authenticator
-from relay_server.pipeline.catalog import Catalog
-from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.route import AttemptResult, Router
-from relay_server.pipeline.usage_estimate import estimate_input_tokens
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.request import RequestContext
+from relay_server.pipeline.routing.route import AttemptResult, Router
+from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
 
 log = logging.getLogger(__name__)
 

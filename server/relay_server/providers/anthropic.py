@@ -20,8 +20,8 @@ from relay_server.providers.anthropic_openai.to_anthropic_request import build_b
 from relay_server.providers.anthropic_openai.to_openai_chunks import (
     AnthropicStreamTranslator,
 )
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.auth import credential_headers
-from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.translator import (
     ProviderFailure,
     UpstreamRequest,

@@ -21,7 +21,7 @@ from relay_server.providers.anthropic_openai.tables import (
     error_from_object,
     usage_from_anthropic,
 )
-from relay_server.providers.base import NativeEvent, NativeResponse, ProviderCall
+from relay_server.domain.provider import NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import (
     UpstreamRequest,

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay_server.providers.base import ProviderCall
-from relay_server.providers.openai_compat import (
-    OpenAICompatTranslator,
-    OpenAIStreamTranslator,
-)
+from relay_server.domain.provider import ProviderCall
+from relay_server.providers.openai_compat import OpenAICompatTranslator, OpenAIStreamTranslator
 from relay_server.providers.translator import UpstreamRequest, unsupported
 
 GROQ_BASE_URL = "https://api.groq.com/openai/v1"

@@ -32,17 +32,8 @@ from types import TracebackType
 
 import orjson
 
-from relay_server.providers.http_connection import (
-    INFINITY,
-    Connection,
-    ConnectionBroken,
-)
-from relay_server.providers.http_message import (
-    ResponseHeaders,
-    Target,
-    encode_request,
-    parse_target,
-)
+from relay_server.providers.http_connection import INFINITY, Connection, ConnectionBroken
+from relay_server.providers.http_message import ResponseHeaders, Target, encode_request, parse_target
 from relay_server.providers.http_pool import Pool
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import (
@@ -184,7 +175,7 @@ class UpstreamStream:
     """A streaming response, read as SSE events as they arrive (no buffering
     beyond ``HIGH_WATER`` unread bytes: then the socket is not read)."""
 
-    __slots__ = ("_client", "_conn", "_parser", "_req", "_timeouts", "_total_s", "headers", "status")
+    __slots__ = ("_client", "_req", "_timeouts", "_total_s", "_conn", "_parser", "status", "headers")
 
     def __init__(self, client: HttpClient, req: UpstreamRequest, timeouts: Timeouts, total_s: float) -> None:
         self._client = client

@@ -49,34 +49,10 @@ class _TrailingData(Exception):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "_active",
-        "_buffered",
-        "_chunks",
-        "_closed",
-        "_complete",
-        "_deadline",
-        "_error",
-        "_first_byte_at",
-        "_headers_done",
-        "_idle_s",
-        "_interim",
-        "_keep_alive",
-        "_last_read",
-        "_loop",
-        "_on_idle_lost",
-        "_parser",
-        "_paused",
-        "_stream",
-        "_timer",
-        "_waiter",
-        "counted",
-        "exchanges",
-        "got_byte",
-        "idle_since",
-        "key",
-        "raw_headers",
-        "status",
-        "transport",
+        "key", "transport", "exchanges", "idle_since", "counted", "got_byte", "status", "raw_headers",
+        "_loop", "_on_idle_lost", "_parser", "_closed", "_active", "_stream", "_headers_done", "_interim",
+        "_complete", "_keep_alive", "_chunks", "_buffered", "_paused", "_error", "_waiter", "_timer",
+        "_deadline", "_first_byte_at", "_idle_s", "_last_read",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, key: PoolKey, on_idle_lost: Callable[[Connection], None]) -> None:
@@ -340,7 +316,8 @@ class Connection(asyncio.Protocol):
             due = self._first_byte_at
         if self._idle_s is not None and not self._paused:
             idle_due = self._last_read + self._idle_s
-            due = min(due, idle_due)
+            if idle_due < due:
+                due = idle_due
         return due
 
     def _rearm(self) -> None:

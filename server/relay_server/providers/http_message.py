@@ -114,7 +114,7 @@ class ResponseHeaders(Mapping[str, str]):
     Repeated headers are joined with ``", "``.  ``repr`` shows names only.
     """
 
-    __slots__ = ("_map", "_raw")
+    __slots__ = ("_raw", "_map")
 
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self._raw = raw

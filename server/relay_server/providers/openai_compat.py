@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from relay_server.errors import ErrorKind
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.auth import credential_headers
-from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import (
     ProviderFailure,
@@ -126,7 +126,7 @@ class OpenAIStreamTranslator:
     chunk emitted at the end, so the pipeline sees one shape for all of them.
     """
 
-    __slots__ = ("_done", "_held_usage", "_meta", "_require_done", "_saw_finish")
+    __slots__ = ("_done", "_held_usage", "_meta", "_saw_finish", "_require_done")
 
     def __init__(self, *, require_done_marker: bool = True) -> None:
         self._done = False

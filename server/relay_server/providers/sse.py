@@ -21,7 +21,7 @@ class SSEEvent:
 
 
 class SSEParser:
-    __slots__ = ("_buffer", "_data", "_event")
+    __slots__ = ("_buffer", "_event", "_data")
 
     def __init__(self) -> None:
         self._buffer = b""

@@ -15,7 +15,7 @@ from relay_server.providers.anthropic_openai.tables import (
     openai_usage,
     stop_reason,
 )
-from relay_server.providers.base import Usage
+from relay_server.domain.provider import Usage
 
 
 def openai_response(body: Mapping[str, Any], provider_model: str) -> dict[str, Any]:

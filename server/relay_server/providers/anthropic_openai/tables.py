@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from relay_server.providers.base import Usage
+from relay_server.domain.provider import Usage
 from relay_server.providers.translator import ProviderFailure, classify_http_error
 
 FINISH_REASONS: dict[str | None, str] = {

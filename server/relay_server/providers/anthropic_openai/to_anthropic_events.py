@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 from relay_server.providers.anthropic_openai.tables import anthropic_usage, stop_reason
-from relay_server.providers.base import Usage
+from relay_server.domain.provider import Usage
 
 
 def event(name: str, data: Mapping[str, Any]) -> bytes:
