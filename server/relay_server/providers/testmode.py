@@ -240,7 +240,7 @@ def _chat_answer(call: ProviderCall) -> _Answer:
         if forced is not None:
             choices.append(_tool_choice(index, rng, forced, tools, model))
         else:
-            generate = lambda: library.chat_text(body.get("response_format"), rng)
+            generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731 - rng of this choice
             choices.append(_text_choice(index, generate, limits, seen, rng))
     if body.get("reasoning_effort") is not None:
         for choice in choices:
@@ -363,7 +363,7 @@ def _completion_answer(call: ProviderCall) -> _Answer:
         for j in range(n):
             rng = _choice_rng(seed, j)
             # Instruct models usually open a completion with a blank line.
-            generate = lambda: "\n\n" + library.compose_text(rng)
+            generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731 - rng of this choice
             choices.append(_text_choice(p_index * n + j, generate, limits, seen, rng, prefix))
     prompt_tokens = tokens.count_prompt(body.get("prompt"), model)
     return _Answer(choices, prompt_tokens, _response_id("cmpl", call.request_id, _seed(base, prompts)), shown)
