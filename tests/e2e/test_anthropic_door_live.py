@@ -174,6 +174,30 @@ def test_a_tool_result_round_trip_reaches_openai_as_tool_messages(live: Live) ->
     assert (sent[2]["tool_call_id"], sent[2]["content"], sent[3]["content"]) == ("toolu_a", "18 C", "09:00")
 
 
+@pytest.mark.parametrize("provider", ["anthropic", "openai"])
+def test_a_client_gone_mid_stream_is_billed_for_what_was_generated(live: Live, provider: str) -> None:
+    fake = live.fake(provider)
+    before = fake.disconnects
+    body = {"model": MODELS[provider], "max_tokens": 4000, "stream": True,
+            "messages": [{"role": "user", "content": "Go on forever [[fault:hang;chunk_delay=0.01]]"}]}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", live.stack.base_url + "/messages", json=body, headers={"x-api-key": live.key}) as response:
+            request_id = response.headers["x-request-id"]
+            lines = response.iter_lines()
+            deltas = 0
+            for line in lines:
+                deltas += line == "event: content_block_delta"
+                if deltas == 5:
+                    break
+    deadline = time.monotonic() + 10
+    while fake.disconnects == before:
+        assert time.monotonic() < deadline, "the provider never saw the client go away"
+        time.sleep(0.02)
+    row = request_row(live, request_id)
+    assert row["door"] == "anthropic" and row["status"] == "cancelled"
+    assert row["output_tokens"] >= 5 and float(row["total_cost"]) > 0
+
+
 # --- errors ----------------------------------------------------------------------------------
 
 

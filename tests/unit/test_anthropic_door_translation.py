@@ -215,6 +215,8 @@ def test_native_stream_passes_bytes_and_merges_usage_from_both_ends() -> None:
     events = [n for e in SSEParser().feed(raw) for n in state.feed(e)]
     assert b"".join(n.data for n in events) == raw
     assert state.done and state.finish() == []
+    final = next(i for i, n in enumerate(events) if n.data.startswith(b"event: message_delta"))
+    assert all(n.usage is None for n in events[:final])  # message_start's output count is a placeholder
     assert events[-1].usage == Usage(prompt_tokens=110 + 500 + 20, completion_tokens=30, cache_read_tokens=500, cache_write_tokens=20)
     assert "".join(n.text for n in events) == 'Two tools.Let me check.{"city": "Paris"}'
     assert [n.output for n in events].index(True) == 3  # the first delta, not message_start or ping

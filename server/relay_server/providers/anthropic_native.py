@@ -5,7 +5,8 @@ known or not, kept) with ``model`` replaced by the catalog's provider name; the 
 ``anthropic-version`` / ``anthropic-beta`` headers go along.  Stream events are re-emitted
 byte for byte as ``NativeEvent``s; this module only reads them to take what the pipeline
 needs: usage merged from ``message_start`` and ``message_delta`` (input and cache tokens may
-arrive on either; counts are cumulative, so a later value replaces an earlier one), the
+arrive on either; counts are cumulative, so a later value replaces an earlier one), reported
+once ``message_delta`` has brought the output count, the
 generated text (the fallback token count) and the first output (time to first token).
 """
 
@@ -92,10 +93,11 @@ _DELTA_TEXT = {"text_delta": "text", "thinking_delta": "thinking", "input_json_d
 class NativeStream:
     """Anthropic events in, the same events out (as ``NativeEvent``s)."""
 
-    __slots__ = ("_done", "_usage")
+    __slots__ = ("_done", "_final", "_usage")
 
     def __init__(self) -> None:
         self._done = False
+        self._final = False
         self._usage: dict[str, Any] = {}
 
     @property
@@ -116,6 +118,7 @@ class NativeStream:
                 self._merge((data.get("message") or {}).get("usage"))
             case "message_delta":
                 self._merge(data.get("usage"))
+                self._final = True
             case "content_block_delta":
                 delta = data.get("delta") or {}
                 field = _DELTA_TEXT.get(delta.get("type"))
@@ -126,7 +129,10 @@ class NativeStream:
             case "error":
                 # Replaced by the door's own error event, in Relay's words (after failover rules).
                 raise error_from_object(data.get("error"))
-        usage = usage_from_anthropic(self._usage) if self._usage else None
+        # message_start's output count is a placeholder: until message_delta reports the real one,
+        # the stream's usage is unknown, so a stream the client abandons is billed like any other
+        # (Relay's count of what was generated), not for one output token.
+        usage = usage_from_anthropic(self._usage) if self._final else None
         return [NativeEvent(_frame(sse), usage, text, output)]
 
     def finish(self) -> list[NativeEvent]:
