@@ -158,6 +158,24 @@ def test_translated_stream_keeps_several_tool_calls_apart(live: Live, provider: 
     assert [t["function"]["name"] for t in sent["tools"]] == ["get_weather", "get_time"]
 
 
+@pytest.mark.parametrize("provider", sorted(TRANSLATED))
+def test_translated_reasoning_is_a_thinking_block_followed_by_text(live: Live, provider: str) -> None:
+    live.fake(provider).reply_with(Reply(text="Gateways route requests.", thinking="First, what is a gateway?"),
+                                   Reply(text="Gateways route requests.", thinking="First, what is a gateway?"))
+    response, raw = raw_stream(live, {"model": TRANSLATED[provider], "max_tokens": 100, "messages": HELLO})
+    seq = events(raw)
+    starts = [e["content_block"]["type"] for n, e in seq if n == "content_block_start"]
+    assert starts == ["thinking", "text"]
+    thinking = "".join(e["delta"].get("thinking", "") for n, e in seq if n == "content_block_delta" and e["index"] == 0)
+    text = "".join(e["delta"].get("text", "") for n, e in seq if n == "content_block_delta" and e["index"] == 1)
+    assert (thinking, text) == ("First, what is a gateway?", "Gateways route requests.")  # the first text delta kept
+    stops = [e["index"] for n, e in seq if n == "content_block_stop"]
+    assert stops == [0, 1]
+    whole = claude_client(live).messages.create(model=TRANSLATED[provider], max_tokens=100, messages=HELLO)
+    assert [(b.type, getattr(b, "thinking", None) or getattr(b, "text", None)) for b in whole.content] == [
+        ("thinking", "First, what is a gateway?"), ("text", "Gateways route requests.")]
+
+
 def test_a_tool_result_round_trip_reaches_openai_as_tool_messages(live: Live) -> None:
     messages = [*HELLO, {"role": "assistant", "content": [
         {"type": "text", "text": "Checking."},

@@ -83,7 +83,7 @@ class Reply:
     text: str = "Hello from the fake provider, nice to meet you."
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     thinking: str = ""
-    """A thinking block before the text (the fake Anthropic provider only)."""
+    """Reasoning before the text: a thinking block (Anthropic), ``reasoning_content`` (OpenAI-compatible)."""
 
 
 @dataclass
