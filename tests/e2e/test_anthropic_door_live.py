@@ -231,6 +231,19 @@ def test_a_failure_mid_stream_is_an_anthropic_error_event(live: Live) -> None:
     assert json.loads(data[6:])["error"]["type"] == "api_error"
 
 
+def test_an_anthropic_error_event_mid_stream_ends_the_native_stream_in_band(live: Live) -> None:
+    fake = live.fake("anthropic")
+    body = {"model": CLAUDE, "max_tokens": 100, "messages": [{"role": "user", "content": "Hi [[fault:error_event_after=4]]"}]}
+    response, raw = raw_stream(live, body)
+    assert response.status_code == 200
+    sent = bytes(fake.sent_streams[-1])
+    frames = [f for f in raw.split(b"\n\n") if f]
+    assert raw.startswith(sent) and len(frames) == sent.count(b"\n\n") + 1  # what Anthropic sent, then the error
+    name, data = frames[-1].split(b"\n", 1)
+    assert name == b"event: error" and json.loads(data[6:])["type"] == "error"
+    assert request_row(live, response.headers["x-request-id"])["status"] == "error"
+
+
 def test_every_key_rate_limited_upstream_is_a_529_overloaded_error(live: Live) -> None:
     live.fake("anthropic").inject(Fault(status=429, retry_after="7"))
     with pytest.raises(anthropic.OverloadedError) as overloaded:
