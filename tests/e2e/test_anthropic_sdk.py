@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 
 import anthropic
 import pytest
@@ -156,3 +157,18 @@ def test_an_error_mid_stream_is_an_error_event_the_sdk_raises(claude: Anthropic)
             for _ in s.text_stream:
                 pass
     assert info.value.body["error"]["type"] == "api_error"
+
+
+def test_the_response_cache_replays_in_anthropics_shape(claude: Anthropic) -> None:
+    ttl = {"x-relay-cache-ttl": "300"}
+    messages = [{"role": "user", "content": f"Cache me {uuid.uuid4()}"}]
+    first = claude.messages.with_raw_response.create(model=MODEL, max_tokens=32, messages=messages, extra_body={"temperature": 0}, extra_headers=ttl)
+    assert first.headers["x-relay-cache"] == "miss"
+    second = claude.messages.with_raw_response.create(model=MODEL, max_tokens=32, messages=messages, extra_body={"temperature": 0}, extra_headers=ttl)
+    assert second.headers["x-relay-cache"] == "hit"
+    assert second.parse().content[0].text == first.parse().content[0].text
+    with claude.messages.with_streaming_response.create(model=MODEL, max_tokens=32, messages=messages, stream=True, extra_body={"temperature": 0},
+                                                        extra_headers=ttl) as streamed:
+        assert streamed.headers["x-relay-cache"] == "hit"
+        lines = list(streamed.iter_lines())
+    assert lines[0] == "event: message_start" and "event: message_stop" in lines
