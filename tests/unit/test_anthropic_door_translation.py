@@ -89,6 +89,20 @@ def test_request_mapping_details() -> None:
     assert body["stream_options"] == {"include_usage": True}
 
 
+def test_tool_result_images_and_errors() -> None:
+    body = openai_request({"model": "m", "max_tokens": 5, "messages": [
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "shot", "input": {}},
+                                          {"type": "tool_use", "id": "t2", "name": "run", "input": {}}]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "text", "text": "screen:"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}]},
+            {"type": "tool_result", "tool_use_id": "t2", "is_error": True, "content": "exit 1"}]}]})
+    assert [m["role"] for m in body["messages"]] == ["assistant", "tool", "tool", "user"]
+    assert body["messages"][1]["content"] == "screen:" and body["messages"][2]["content"] == "Error: exit 1"
+    assert body["messages"][3]["content"] == [{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": "m", "messages": [{"role": "user", "content": "x"}]}, "max_tokens"),
     ({"model": "m", "max_tokens": 5, "messages": []}, "messages"),

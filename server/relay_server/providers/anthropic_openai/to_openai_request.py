@@ -12,7 +12,8 @@ would reject get a 400.
 Content blocks ↔ messages:
 - ``system`` (string or text blocks) → one ``system`` message;
 - user ``text`` / ``image`` / ``document`` blocks → content parts; each ``tool_result`` → its own
-  ``tool`` message, placed before the user's other content (as Anthropic requires it first);
+  ``tool`` message (its text; ``is_error`` says "Error: ..."), placed before the user's other
+  content (as Anthropic requires it first); a result's images follow in the user's message;
 - assistant ``text`` → content, ``tool_use`` → ``tool_calls`` (several per turn, in order);
 - ``thinking`` asked → ``reasoning_effort`` (from ``budget_tokens``).
 """
@@ -149,7 +150,9 @@ def _user(blocks: list[Mapping[str, Any]], param: str) -> list[dict[str, Any]]:
             case "document":
                 parts.append(_document(block, where))
             case "tool_result":
-                tool_messages.append(_tool_result(block, where))
+                message, images = _tool_result(block, where)
+                tool_messages.append(message)
+                parts.extend(images)  # OpenAI tool messages are text: images follow as the user's
             case _:
                 pass  # search results, container uploads...: Claude-only blocks
     if not parts:
@@ -186,19 +189,24 @@ def _document(block: Mapping[str, Any], param: str) -> dict[str, Any]:
     raise invalid(f"{param}.source: documents need a text, base64 or url source", f"{param}.source")
 
 
-def _tool_result(block: Mapping[str, Any], param: str) -> dict[str, Any]:
+def _tool_result(block: Mapping[str, Any], param: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the ``tool`` message, the result's images as content parts)."""
     tool_use_id = block.get("tool_use_id")
     if not isinstance(tool_use_id, str) or not tool_use_id:
         raise invalid(f"{param}.tool_use_id: Field required", f"{param}.tool_use_id")
     content = block.get("content")
+    images: list[dict[str, Any]] = []
     if content is None:
         text = ""
     elif isinstance(content, str):
         text = content
     else:
-        # OpenAI tool messages are text: the result's text blocks, in order.
-        text = "".join(_text(b, param) for b in _blocks(content, f"{param}.content") if b.get("type") == "text")
-    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}
+        blocks = _blocks(content, f"{param}.content")
+        text = "".join(_text(b, param) for b in blocks if b.get("type") == "text")
+        images = [_image(b.get("source"), f"{param}.content.{k}") for k, b in enumerate(blocks) if b.get("type") == "image"]
+    if block.get("is_error") is True:
+        text = f"Error: {text}" if text else "Error"
+    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}, images
 
 
 def _assistant(blocks: list[Mapping[str, Any]], param: str) -> dict[str, Any] | None:
