@@ -77,7 +77,7 @@ class AnthropicEvents:
             if isinstance(reasoning, str) and reasoning:
                 out.extend(self._delta("thinking", {"type": "thinking", "thinking": "", "signature": ""},
                                        {"type": "thinking_delta", "thinking": reasoning}))
-            text = delta.get("content")
+            text = delta.get("content") or delta.get("refusal")  # a refusal is the answer's text
             if isinstance(text, str) and text:
                 out.extend(self._delta("text", {"type": "text", "text": ""}, {"type": "text_delta", "text": text}))
             for call in delta.get("tool_calls") or ():
