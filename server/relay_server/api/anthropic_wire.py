@@ -54,16 +54,22 @@ class AnthropicSSE:
         )
         return httpbody_pb2.HttpBody(content_type=JSON, data=orjson.dumps(message))
 
-    def item(self, item: Item) -> Iterable[httpbody_pb2.HttpBody]:
+    def item(self, item: Item) -> list[httpbody_pb2.HttpBody]:
         if isinstance(item, NativeEvent):
             self._native = True
-            return (_sse(item.data),)
+            return [_sse(item.data)]
         return [_sse(frame) for frame in self._events.chunk(item)]
 
     def end(self) -> Iterable[httpbody_pb2.HttpBody]:
         if self._native:
             return ()  # the provider's own message_stop went through already
         return [_sse(frame) for frame in self._events.end()]
+
+    def join(self, frames: list[httpbody_pb2.HttpBody]) -> list[httpbody_pb2.HttpBody]:
+        """Frames ready together leave as one message (SSE bytes concatenate; the client's bytes are the same)."""
+        if len(frames) < 2:
+            return frames
+        return [_sse(b"".join(f.data for f in frames))]
 
     def failed(self, err: RelayError) -> Iterable[httpbody_pb2.HttpBody]:
         return (_sse(anthropic_error_event(err)),)
