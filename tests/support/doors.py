@@ -1,5 +1,5 @@
 """One client call per door, so the same limits/caps/revocation tests run against each public
-dialect through its official SDK (``openai`` or ``anthropic``)."""
+dialect through its official SDK (``openai`` chat and responses, ``anthropic`` messages)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import openai
 
 from tests.support.metering import MESSAGES
 
-DOORS = ("openai", "anthropic")
+DOORS = ("openai", "responses", "anthropic")
+"""The public dialects a client may call; limits, caps and the request log are the same through each."""
 
 
 @dataclass
@@ -26,15 +27,15 @@ class DoorClient:
 
     @property
     def status_error(self) -> type[Exception]:
-        return openai.APIStatusError if self.door == "openai" else anthropic.APIStatusError
+        return anthropic.APIStatusError if self.door == "anthropic" else openai.APIStatusError
 
     @property
     def rate_limit_error(self) -> type[Exception]:
-        return openai.RateLimitError if self.door == "openai" else anthropic.RateLimitError
+        return anthropic.RateLimitError if self.door == "anthropic" else openai.RateLimitError
 
     @property
     def authentication_error(self) -> type[Exception]:
-        return openai.AuthenticationError if self.door == "openai" else anthropic.AuthenticationError
+        return anthropic.AuthenticationError if self.door == "anthropic" else openai.AuthenticationError
 
     def _openai(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=self.key, timeout=30, max_retries=self.max_retries)
@@ -48,6 +49,9 @@ class DoorClient:
         if self.door == "openai":
             raw = self._openai().chat.completions.with_raw_response.create(model=model, messages=MESSAGES, max_tokens=max_tokens)
             return raw.parse().choices[0].message.content or "", raw.headers
+        if self.door == "responses":
+            raw = self._openai().responses.with_raw_response.create(model=model, input=MESSAGES, max_output_tokens=max_tokens)
+            return raw.parse().output_text, raw.headers
         raw = self._anthropic().messages.with_raw_response.create(model=model, messages=_anthropic_messages(), max_tokens=max_tokens)
         return "".join(b.text for b in raw.parse().content if b.type == "text"), raw.headers
 
@@ -60,6 +64,12 @@ class DoorClient:
             ) as response:
                 yield response.headers, list(response.iter_lines())
             return
+        if self.door == "responses":
+            with self._openai().responses.with_streaming_response.create(
+                model=model, input=MESSAGES, stream=True, max_output_tokens=max_tokens
+            ) as response:
+                yield response.headers, list(response.iter_lines())
+            return
         with self._anthropic().messages.with_streaming_response.create(
             model=model, messages=_anthropic_messages(), stream=True, max_tokens=max_tokens
         ) as response:
@@ -67,7 +77,7 @@ class DoorClient:
 
     def error_code(self, body: Any) -> tuple[Any, str]:
         """(the error's code, its type) as this door's clients read them."""
-        if self.door == "openai":
+        if self.door != "anthropic":
             return body["error"]["code"], body["error"]["type"]
         assert body["type"] == "error"
         return None, body["error"]["type"]

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from google.api import httpbody_pb2
 
+from relay_server.api.door import join_sse
 from relay_server.api.error_mapping import anthropic_error_event
 from relay_server.errors import RelayError
 from relay_server.domain.catalog import CatalogEntry
@@ -66,10 +67,7 @@ class AnthropicSSE:
         return [_sse(frame) for frame in self._events.end()]
 
     def join(self, frames: list[httpbody_pb2.HttpBody]) -> list[httpbody_pb2.HttpBody]:
-        """Frames ready together leave as one message (SSE bytes concatenate; the client's bytes are the same)."""
-        if len(frames) < 2:
-            return frames
-        return [_sse(b"".join(f.data for f in frames))]
+        return join_sse(frames)
 
     def failed(self, err: RelayError) -> Iterable[httpbody_pb2.HttpBody]:
         return (_sse(anthropic_error_event(err)),)

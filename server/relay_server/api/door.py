@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
 import grpc
+from google.api import httpbody_pb2
 
 from relay_server.api.error_mapping import ErrorShape, abort, as_relay_error
 from relay_server.api.response_headers import success_headers
@@ -57,6 +58,13 @@ class Encoder(Protocol[Frame]):
         """Frames ready at the same moment, as the door sends them: one message where its wire
         allows (SSE bytes concatenate), else unchanged."""
         ...
+
+
+def join_sse(frames: list[httpbody_pb2.HttpBody]) -> list[httpbody_pb2.HttpBody]:
+    """SSE frames ready together as one ``HttpBody`` (the ``join`` of every SSE door)."""
+    if len(frames) < 2:
+        return frames
+    return [httpbody_pb2.HttpBody(content_type=frames[0].content_type, data=b"".join(f.data for f in frames))]
 
 
 Decode = Callable[[], tuple[dict[str, Any], Mapping[str, Any] | None]]

@@ -21,6 +21,7 @@ from relay_server.providers.openai_compat import (
     GenericOpenAICompatible,
     OpenAICompatTranslator,
 )
+from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.translator import Translator
 
 PROVIDER_APIS: Final = ("openai", "anthropic", "mistral", "groq", "openai_compatible", "test")
@@ -51,7 +52,8 @@ def build_provider(
 
     match api:
         case "openai":
-            return http(OpenAICompatTranslator(name, base_url or OPENAI_BASE_URL))
+            base = base_url or OPENAI_BASE_URL
+            return http(OpenAICompatTranslator(name, base), responses=OpenAIResponsesTranslator(name, base))
         case "anthropic":
             url = base_url or ANTHROPIC_BASE_URL
             return http(AnthropicTranslator(name, url), anthropic=AnthropicNative(name, url))
