@@ -162,7 +162,7 @@ def test_translated_stream_keeps_several_tool_calls_apart(live: Live, provider: 
 def test_translated_reasoning_is_a_thinking_block_followed_by_text(live: Live, provider: str) -> None:
     live.fake(provider).reply_with(Reply(text="Gateways route requests.", thinking="First, what is a gateway?"),
                                    Reply(text="Gateways route requests.", thinking="First, what is a gateway?"))
-    response, raw = raw_stream(live, {"model": TRANSLATED[provider], "max_tokens": 100, "messages": HELLO})
+    _, raw = raw_stream(live, {"model": TRANSLATED[provider], "max_tokens": 100, "messages": HELLO})
     seq = events(raw)
     starts = [e["content_block"]["type"] for n, e in seq if n == "content_block_start"]
     assert starts == ["thinking", "text"]

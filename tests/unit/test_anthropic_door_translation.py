@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
+from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.errors import ANTHROPIC_ERRORS, ErrorKind, RelayError
 from relay_server.providers.anthropic_native import AnthropicNative, NativeStream
 from relay_server.providers.anthropic_openai.responses import anthropic_message, openai_response
@@ -16,7 +17,6 @@ from relay_server.providers.anthropic_openai.to_anthropic_events import Anthropi
 from relay_server.providers.anthropic_openai.to_anthropic_request import build_body
 from relay_server.providers.anthropic_openai.to_openai_chunks import AnthropicStreamTranslator
 from relay_server.providers.anthropic_openai.to_openai_request import openai_request
-from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import ProviderFailure
 
@@ -59,7 +59,7 @@ def call_for(body: dict[str, Any], native: dict[str, Any] | None = None) -> Prov
 def test_request_round_trip_anthropic_openai_anthropic() -> None:
     original = copy.deepcopy(REQUEST)
     openai_form = openai_request(REQUEST)
-    assert REQUEST == original  # pure: the client's body is replayed on failover
+    assert original == REQUEST  # pure: the client's body is replayed on failover
     assert [m["role"] for m in openai_form["messages"]] == ["system", "user", "assistant", "tool", "tool", "user"]
     assert [c["id"] for c in openai_form["messages"][2]["tool_calls"]] == ["toolu_1", "toolu_2"]
     assert openai_form["parallel_tool_calls"] is False and openai_form["tool_choice"] == "auto"

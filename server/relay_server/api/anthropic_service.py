@@ -15,18 +15,18 @@ from typing import Any
 
 import orjson
 from google.api import httpbody_pb2
-from relay_proto.relay.v1 import anthropic_service_pb2_grpc
 
+from relay_proto.relay.v1 import anthropic_service_pb2_grpc
 from relay_server.api import door
 from relay_server.api.anthropic_wire import JSON, AnthropicSSE, model_info, model_list
 from relay_server.api.error_mapping import abort, anthropic_shape, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import decode_body
-from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.domain.request import new_request_id
+from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.providers.anthropic_openai.to_openai_request import openai_request
 
 TOKEN_COUNT_HEADER = "x-relay-token-count"

@@ -17,8 +17,9 @@ from google.api import httpbody_pb2
 
 from relay_server.api.door import join_sse
 from relay_server.api.error_mapping import anthropic_error_event
-from relay_server.errors import RelayError
 from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import NativeEvent, NativeResponse
+from relay_server.errors import RelayError
 from relay_server.pipeline.inference import Admitted
 from relay_server.pipeline.session import Item
 from relay_server.providers.anthropic_openai.responses import (
@@ -26,7 +27,6 @@ from relay_server.providers.anthropic_openai.responses import (
     message_id,
 )
 from relay_server.providers.anthropic_openai.to_anthropic_events import AnthropicEvents
-from relay_server.domain.provider import NativeEvent, NativeResponse
 
 JSON = "application/json"
 SSE = "text/event-stream"

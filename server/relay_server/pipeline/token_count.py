@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from relay_server.errors import RelayError
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.domain.request import RequestContext
+from relay_server.errors import RelayError
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.route import AttemptResult, Router
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
 
 log = logging.getLogger(__name__)

@@ -15,12 +15,12 @@ from typing import Any
 
 import orjson
 
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.anthropic_openai.responses import openai_response
 from relay_server.providers.anthropic_openai.to_anthropic_request import build_body
 from relay_server.providers.anthropic_openai.to_openai_chunks import (
     AnthropicStreamTranslator,
 )
-from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.auth import credential_headers
 from relay_server.providers.translator import (
     ProviderFailure,

@@ -17,12 +17,12 @@ from typing import Any
 
 import orjson
 
+from relay_server.domain.provider import NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.anthropic import AnthropicTranslator
 from relay_server.providers.anthropic_openai.tables import (
     error_from_object,
     usage_from_anthropic,
 )
-from relay_server.domain.provider import NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import (
     UpstreamRequest,
@@ -121,7 +121,7 @@ class NativeStream:
                 self._final = True
             case "content_block_delta":
                 delta = data.get("delta") or {}
-                field = _DELTA_TEXT.get(delta.get("type"))
+                field = _DELTA_TEXT.get(str(delta.get("type")))
                 text = str(delta.get(field) or "") if field else ""
                 output = True
             case "message_stop":

@@ -9,13 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from relay_server.domain.provider import Usage
 from relay_server.providers.anthropic_openai.tables import (
     anthropic_usage,
     finish_reason,
     openai_usage,
     stop_reason,
 )
-from relay_server.domain.provider import Usage
 
 
 def openai_response(body: Mapping[str, Any], provider_model: str) -> dict[str, Any]:

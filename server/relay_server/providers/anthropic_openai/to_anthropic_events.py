@@ -21,8 +21,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from relay_server.providers.anthropic_openai.tables import anthropic_usage, stop_reason
+
 from relay_server.domain.provider import Usage
+from relay_server.providers.anthropic_openai.tables import anthropic_usage, stop_reason
 
 
 def event(name: str, data: Mapping[str, Any]) -> bytes:
@@ -101,7 +102,7 @@ class AnthropicEvents:
     # -- internals --------------------------------------------------------------------------
 
     def _message_start(self) -> bytes:
-        message = {
+        message: dict[str, Any] = {
             "id": self._id, "type": "message", "role": "assistant", "model": self._model, "content": [],
             "stop_reason": None, "stop_sequence": None,
             "usage": {"input_tokens": self._estimated_input, "output_tokens": 0,
@@ -122,7 +123,7 @@ class AnthropicEvents:
         function = call.get("function") or {}
         out: list[bytes] = []
         if slot not in self._tools:
-            block = {"type": "tool_use", "id": call.get("id") or f"toolu_{self._id}_{slot}",
+            block: dict[str, Any] = {"type": "tool_use", "id": call.get("id") or f"toolu_{self._id}_{slot}",
                      "name": function.get("name") or "", "input": {}}
             out.extend(self._start(f"tool:{slot}", block))
             self._tools[slot] = self._next - 1

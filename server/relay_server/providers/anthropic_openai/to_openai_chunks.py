@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
 from relay_server.providers.anthropic_openai.tables import (
     error_from_object,
     finish_reason,

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
 from relay_server.errors import ErrorKind, RelayError
 
 _EFFORT_BUDGETS = ((4096, "low"), (16384, "medium"))
@@ -176,8 +177,9 @@ def _image(source: Any, param: str) -> dict[str, Any]:
 
 
 def _document(block: Mapping[str, Any], param: str) -> dict[str, Any]:
-    source = block.get("source")
-    kind = source.get("type") if isinstance(source, Mapping) else None
+    raw = block.get("source")
+    source: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    kind = source.get("type")
     if kind == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
     if kind == "base64" and isinstance(source.get("data"), str):
