@@ -123,3 +123,17 @@ function envoy_on_response(handle)
   -- trailers-only gRPC error becomes after transcoding.
   handle:body(true):setBytes(body)
 end
+
+-- The Anthropic door's model list: Anthropic's SDKs GET /v1/models (and
+-- /v1/models/{id}) with an `anthropic-version` header and expect Anthropic's
+-- list shape.  This filter runs before the transcoder, so pointing the path at
+-- the door's own route is all it takes (the route, /v1/, stays the same).
+function envoy_on_request(handle)
+  local h = handle:headers()
+  if h:get(":method") ~= "GET" or h:get("anthropic-version") == nil then return end
+  local path = h:get(":path") or ""
+  local rest = string.match(path, "^/v1/models(.*)$")
+  if rest ~= nil and (rest == "" or string.match(rest, "^[/?]")) then
+    h:replace(":path", "/v1/anthropic/models" .. rest)
+  end
+end

@@ -60,6 +60,19 @@ class HttpProvider:
     async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         return await self._exchange(call)
 
+    async def count_tokens(self, call: ProviderCall) -> int | None:
+        """The provider's own count of the call's input tokens, or None when the pair cannot count
+        (only translators with a ``count_tokens_request`` can)."""
+        translator = self.translator_for(call)
+        build = getattr(translator, "count_tokens_request", None)
+        if build is None:
+            return None
+        _, body = await self._send(translator, build(call), call.timeout_s)
+        counted = body.get("input_tokens")
+        if not isinstance(counted, int) or isinstance(counted, bool):
+            raise malformed_failure("token count without an integer input_tokens")
+        return counted
+
     async def list_models(self, credential: Credential | None, timeout_s: float = 30.0) -> dict[str, Any]:
         """The provider's models as an OpenAI list (health checks, catalog sync)."""
         _, body = await self._send(self.translator, _guarded(self.translator.models_request(credential), credential), timeout_s)

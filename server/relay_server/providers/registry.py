@@ -11,6 +11,7 @@ from typing import Final
 
 from relay_server.domain.provider import Provider
 from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
+from relay_server.providers.anthropic_native import AnthropicNative
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import HttpProvider
@@ -54,7 +55,8 @@ def build_provider(
             base = base_url or OPENAI_BASE_URL
             return http(OpenAICompatTranslator(name, base), responses=OpenAIResponsesTranslator(name, base))
         case "anthropic":
-            return http(AnthropicTranslator(name, base_url or ANTHROPIC_BASE_URL))
+            url = base_url or ANTHROPIC_BASE_URL
+            return http(AnthropicTranslator(name, url), anthropic=AnthropicNative(name, url))
         case "mistral":
             return http(MistralTranslator(name, base_url or MISTRAL_BASE_URL))
         case "groq":

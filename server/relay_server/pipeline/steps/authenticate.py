@@ -50,7 +50,11 @@ class SharedKeyCache(Protocol):
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str:
+    """The key from ``Authorization: Bearer ...``, or from ``x-api-key`` (how Anthropic's SDKs send it;
+    accepted on every door)."""
     header = metadata.get("authorization", "")
+    if not header and metadata.get("x-api-key", "").strip():
+        return metadata["x-api-key"].strip()
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise RelayError(
