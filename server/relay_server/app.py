@@ -97,10 +97,16 @@ async def build(settings: Settings) -> App:
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
-    routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    bus = tenancy.invalidator
+    routing = await build_routing(
+        settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector,
+        on_credentials_change=bus.credentials_changed,
+    )  # fmt: skip
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
+    # Every tenant-policy cache is emptied by the one invalidation bus (tenancy/policy_bus.py).
+    bus.register(routing.credentials.cache, metering.tenant_config.cache, *metering.limits.caches(), conversations.flags.cache)
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,

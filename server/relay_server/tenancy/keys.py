@@ -21,7 +21,7 @@ from relay_server.storage.postgres import api_keys as store
 from relay_server.storage.postgres.api_keys import ApiKeyRow, NewKey
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy import key_rules as rules
-from relay_server.tenancy.auth_cache import AuthInvalidator
+from relay_server.tenancy.policy_bus import PolicyBus, key_tags
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.silo import SiloDirectory
 
@@ -64,7 +64,7 @@ class ApiKeyService:
     def __init__(
         self,
         db: Database,
-        invalidator: AuthInvalidator,
+        invalidator: PolicyBus,
         silos: SiloDirectory,
         *,
         model_exists: Callable[[str], bool],
@@ -139,8 +139,8 @@ class ApiKeyService:
                 conn, tenant_id, "api_key.updated", resource_type="api_key", resource_id=key_id,
                 metadata={"changed": sorted(changed), **_describe(updated)},
             )  # fmt: skip
-            staged = await self._invalidator.stage(conn, tenant_id, [row.key_hash])
-        await self._invalidator.keys_changed(tenant_id, [row.key_hash], staged)
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([row.id], [row.key_hash]), [row.key_hash])
+        await self._invalidator.keys_changed(tenant_id, [row.id], [row.key_hash], staged)
         return updated
 
     async def revoke(self, call: Call, tenant: str, key_id: str) -> ApiKeyRow:
@@ -152,8 +152,8 @@ class ApiKeyService:
                 return row  # already revoked: revoking again changes nothing
             revoked = await store.revoke_key(conn, tenant_id, key_id)
             await call.audit(conn, tenant_id, "api_key.revoked", resource_type="api_key", resource_id=key_id, metadata=_describe(revoked))
-            staged = await self._invalidator.stage(conn, tenant_id, [row.key_hash])
-        await self._invalidator.keys_changed(tenant_id, [row.key_hash], staged)
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([row.id], [row.key_hash]), [row.key_hash])
+        await self._invalidator.keys_changed(tenant_id, [row.id], [row.key_hash], staged)
         return revoked
 
     async def rotate(self, call: Call, tenant: str, key_id: str, grace_s: int) -> tuple[ApiKeyRow, str, ApiKeyRow]:
@@ -184,9 +184,9 @@ class ApiKeyService:
                 conn, tenant_id, "api_key.rotated", resource_type="api_key", resource_id=key_id,
                 metadata={"new_key_id": successor.id, "grace_expires_at": old.grace_expires_at.isoformat() if old.grace_expires_at else None},
             )  # fmt: skip
-            staged = await self._invalidator.stage(conn, tenant_id, [old.key_hash])
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([old.id], [old.key_hash]), [old.key_hash])
             await self._silos.anchor_key(silo, successor)
-        await self._invalidator.keys_changed(tenant_id, [old.key_hash], staged)
+        await self._invalidator.keys_changed(tenant_id, [old.id], [old.key_hash], staged)
         return successor, minted.secret, old
 
     # --- rules -------------------------------------------------------------------------

@@ -27,9 +27,8 @@ from relay_server.storage.postgres import members as member_store
 from relay_server.storage.postgres import tenants as store
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.tenants import TenantRow
-from relay_server.tenancy.auth_cache import AuthInvalidator
+from relay_server.tenancy.policy_bus import PolicyBus
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.silo import SiloDirectory
 
@@ -77,8 +76,7 @@ class TenantAdmin:
         self,
         db: Database,
         lifecycle: Lifecycle,
-        invalidator: AuthInvalidator,
-        config: TenantConfigReader,
+        invalidator: PolicyBus,
         silos: SiloDirectory,
         *,
         wake_jobs: Callable[[], None] = lambda: None,
@@ -86,7 +84,6 @@ class TenantAdmin:
         self._db = db
         self._lifecycle = lifecycle
         self._invalidator = invalidator
-        self._config = config
         self._silos = silos
         self._wake = wake_jobs
 
@@ -197,7 +194,7 @@ class TenantAdmin:
                     conn, tenant_id, "tenant.plan_changed", resource_type="tenant", resource_id=tenant_id,
                     metadata={"from": before.plan, "to": after.plan},
                 )  # fmt: skip
-                staged = await self._invalidator.stage(conn, tenant_id)
+                staged = await self._invalidator.stage(conn, tenant_id, [("tenant", tenant_id)])
         if "plan" in changed:  # the plan rides in every cached key record and in the config
             await self._lifecycle.after_commit(tenant_id, staged)
         return after

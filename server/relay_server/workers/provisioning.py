@@ -20,7 +20,7 @@ from relay_server.storage.postgres.api_keys import NewKey
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.tenants import get_tenant
-from relay_server.tenancy.auth_cache import AuthInvalidator
+from relay_server.tenancy.policy_bus import PolicyBus
 from relay_server.tenancy.calls import system_call
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.rbac import SYSTEM_ROLES
@@ -31,7 +31,7 @@ FIRST_KEY_NAME = "Default key"
 
 
 class Provisioner:
-    def __init__(self, db: Database, lifecycle: Lifecycle, invalidator: AuthInvalidator, silos: SiloDirectory) -> None:
+    def __init__(self, db: Database, lifecycle: Lifecycle, invalidator: PolicyBus, silos: SiloDirectory) -> None:
         self._db = db
         self._lifecycle = lifecycle
         self._invalidator = invalidator
@@ -75,8 +75,8 @@ class Provisioner:
             if key is not None:
                 await self._silos.anchor_key(tenant.silo_database, key)
             await self._lifecycle.apply(conn, tenant, "trial", call, reason="provisioning complete")
-            staged = await self._invalidator.stage(conn, tenant_id)
+            staged = await self._invalidator.stage(conn, tenant_id, [("tenant", tenant_id)])
         if first:
             # A client that tried the key before it existed may have cached "unknown".
-            await self._invalidator.keys_changed(tenant_id, [first["key_hash"]])
+            await self._invalidator.keys_changed(tenant_id, [first["id"]], [first["key_hash"]])
         await self._lifecycle.after_commit(tenant_id, staged)
