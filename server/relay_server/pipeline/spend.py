@@ -144,7 +144,7 @@ class TenantMeteringConfig:
         )
 
     async def _config(self, tenant_id: str) -> Mapping[str, str]:
-        return await self._cache.get(tenant_id, lambda: self._source.tenant_config(tenant_id))
+        return await self.cache.get(tenant_id, lambda: self._source.tenant_config(tenant_id))
 
     async def markup_rate(self, tenant_id: str) -> Decimal:
         return parse_markup(await self._config(tenant_id))
