@@ -39,7 +39,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--owner-email", required=True)
     p.add_argument("--plan", default="")
     p.add_argument("--first-key-env", choices=sorted(_ENVS), default="test")
-    p.add_argument("--silo", default="", help="configured silo database name")
     p.add_argument("--request-id", default="")
     p = tenants.add_parser("list", parents=[common])
     p.add_argument("--status", choices=sorted(_TENANT_STATUS))
@@ -121,7 +120,7 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
     if args.action == "create":
         request: Any = pb.CreateTenantRequest(
             slug=args.slug, name=args.name, owner_email=args.owner_email, plan=args.plan,
-            first_key_environment=_ENVS[args.first_key_env], silo_database=args.silo, request_id=args.request_id,
+            first_key_environment=_ENVS[args.first_key_env], request_id=args.request_id,
         )  # fmt: skip
 
         def created(r: Any) -> None:

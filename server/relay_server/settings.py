@@ -71,8 +71,6 @@ class Settings:
     background_jobs: bool = True  # run the job runner and lifecycle sweeps in this process
     jobs_poll_s: float = 1.0
     lifecycle_sweep_s: float = 30.0
-    # JSON object: silo database name (tenants.silo_database) → its owner DSN.
-    silo_databases: str = field(default="", repr=False)
     # Where the `relay tenants|keys` commands connect (default: grpc_host:grpc_port).
     grpc_addr: str = ""
 

@@ -26,7 +26,6 @@ from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.members import MemberAdmin
 from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyBus
-from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
 from relay_server.workers.lifecycle import LifecycleJobs
@@ -41,7 +40,6 @@ class Tenancy:
     last_used: LastUsedRecorder
     invalidator: PolicyBus  # the tenant-policy invalidation bus
     config: TenantConfigReader
-    silos: SiloDirectory
     lifecycle: Lifecycle
     keys: ApiKeyService
     tenants: TenantAdmin
@@ -83,14 +81,12 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
     invalidator = PolicyBus(db, key_cache=shared, redis=redis, subscriber=subscriber if redis is not None else None)
     config = TenantConfigReader(db, ttl_s=settings.config_cache_ttl_s)
     invalidator.register(authenticator.cache, config.cache)  # app.py registers the other capabilities' caches
-    silos = SiloDirectory(db, parse_silo_setting(settings.silo_databases))
     lifecycle = Lifecycle(db, invalidator, trial_days=settings.trial_days)
     model_exists = _model_exists(catalog)
-    provisioner = Provisioner(db, lifecycle, invalidator, silos)
+    provisioner = Provisioner(db, lifecycle, invalidator)
     lifecycle_jobs = LifecycleJobs(
         db,
         lifecycle,
-        silos,
         suspended_grace=timedelta(days=settings.suspended_grace_days),
         expired_grace=timedelta(days=settings.expired_grace_days),
         retention=timedelta(days=settings.deletion_retention_days),
@@ -111,10 +107,9 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         last_used=last_used,
         invalidator=invalidator,
         config=config,
-        silos=silos,
         lifecycle=lifecycle,
-        keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
-        tenants=TenantAdmin(db, lifecycle, invalidator, silos, wake_jobs=runner.wake),
+        keys=ApiKeyService(db, invalidator, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
+        tenants=TenantAdmin(db, lifecycle, invalidator, wake_jobs=runner.wake),
         members=MemberAdmin(db),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,

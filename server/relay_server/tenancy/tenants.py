@@ -30,7 +30,6 @@ from relay_server.storage.postgres.tenants import TenantRow
 from relay_server.tenancy.policy_bus import PolicyBus
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.silo import SiloDirectory
 
 PLANS = ("free", "starter", "pro", "enterprise")
 PROVISION_JOB = "provision_tenant"
@@ -46,7 +45,6 @@ class SignupRequest:
     plan: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     first_key_environment: str = ""  # "" → test
-    silo_database: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,14 +75,12 @@ class TenantAdmin:
         db: Database,
         lifecycle: Lifecycle,
         invalidator: PolicyBus,
-        silos: SiloDirectory,
         *,
         wake_jobs: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._lifecycle = lifecycle
         self._invalidator = invalidator
-        self._silos = silos
         self._wake = wake_jobs
 
     async def create(self, call: Call, request: SignupRequest) -> Signup:
@@ -102,9 +98,6 @@ class TenantAdmin:
         environment = request.first_key_environment or "test"
         if environment not in ("live", "test"):
             raise _bad("first_key_environment", "first_key_environment must be live or test.")
-        silo = request.silo_database.strip() or None
-        if silo is not None and not self._silos.known(silo):
-            raise _bad("silo_database", f"No silo database `{silo}` is configured on this server.")
         metadata = validate_metadata(request.metadata)
 
         minted = mint_key(environment)
@@ -118,7 +111,7 @@ class TenantAdmin:
                         meta = replay.metadata
                         return Signup(tenant, str(meta.get("owner_user_id", "")), str(meta.get("first_api_key_id", "")), "")
                 tenant = await store.insert_tenant(
-                    conn, tenant_id=tenant_id, slug=slug, name=name, plan=plan, metadata=metadata, silo_database=silo
+                    conn, tenant_id=tenant_id, slug=slug, name=name, plan=plan, metadata=metadata
                 )
                 await member_store.insert_user(conn, tenant_id=tenant_id, email=email, name=None, role="owner", user_id=owner_id)
                 payload = {
@@ -131,8 +124,7 @@ class TenantAdmin:
                 await jobs.enqueue(conn, PROVISION_JOB, tenant_id=tenant_id, payload=payload, dedupe_key=f"provision:{tenant_id}")
                 await call.audit(
                     conn, tenant_id, "tenant.created", resource_type="tenant", resource_id=tenant_id,
-                    metadata={"slug": slug, "plan": plan, "owner_user_id": owner_id, "first_api_key_id": key_id,
-                              **({"silo_database": silo} if silo else {})},
+                    metadata={"slug": slug, "plan": plan, "owner_user_id": owner_id, "first_api_key_id": key_id},
                 )  # fmt: skip
         except UniqueViolation as exc:
             if exc.diag.constraint_name == "tenants_slug_key":
