@@ -127,6 +127,7 @@ def start_observability(app: App) -> None:
     sources = Sources(
         gate=app.metering.gate, writer=app.metering.writer, spool_dir=spool_dir(app.settings),
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
+        policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
     app.observability.start(sources, PostgresProviderStore(app.db))
 

@@ -96,6 +96,10 @@ class PolicyBus:
     def register(self, *caches: Invalidatable) -> None:
         self._caches.extend(caches)
 
+    @property
+    def caches(self) -> list[Invalidatable]:
+        return list(self._caches)
+
     def apply_locally(self, changes: Iterable[Tag]) -> None:
         for scope, ident in changes:
             if scope not in SCOPES:
