@@ -121,7 +121,7 @@ class Authenticator:
         self._shared = shared
         self._on_use = on_use
         # Entries are tagged with their key (by hash: unknown keys are cached
-        # too, and by id) and their tenant (its status and plan are in the record).
+        # too, and by id) and their tenant (its status, plan and config).
         self.cache: PolicyCache[str, KeyRecord | None] = PolicyCache(
             "api_keys", ttl_s=cache_ttl_s, tags=_record_tags, max_stale_s=0.0, clock=clock, max_entries=max_entries
         )
@@ -175,7 +175,8 @@ class Authenticator:
 def _record_tags(key_hash: str, record: KeyRecord | None) -> list[Tag]:
     if record is None:
         return [("key", key_hash)]
-    return [("key", key_hash), ("key", record.key_id), ("tenant", record.tenant_id)]
+    # ``config``: a record may carry what the tenant's configuration decides (its model list).
+    return [("key", key_hash), ("key", record.key_id), ("tenant", record.tenant_id), ("config", record.tenant_id)]
 
 
 def _check_usable(record: KeyRecord, token: str) -> None:
