@@ -91,11 +91,6 @@ class PolicyCache(Generic[K, V]):
             pending = self._start(key, load)
         return await asyncio.shield(pending)
 
-    def peek(self, key: K) -> V | None:
-        """The cached value, fresh or not, without loading (None when absent)."""
-        entry = self._entries.get(key)
-        return entry[1] if entry is not None else None
-
     def __len__(self) -> int:
         return len(self._entries)
 
