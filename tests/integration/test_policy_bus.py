@@ -15,11 +15,11 @@ import pytest
 from redis.asyncio import Redis
 from relay_server.crypto.keyring import Keyring
 from relay_server.crypto.vault import CredentialSpec, CredentialVault
-from relay_server.pipeline.context import Principal
-from relay_server.pipeline.credential_cache import CredentialCache
-from relay_server.pipeline.limits import LimitResolver
-from relay_server.pipeline.spend import TenantMeteringConfig
-from relay_server.pipeline.tenant_flags import PostgresTenantFlags
+from relay_server.domain.request import Principal
+from relay_server.pipeline.routing.credential_cache import CredentialCache
+from relay_server.pipeline.steps.limits import LimitResolver
+from relay_server.pipeline.steps.spend import TenantMeteringConfig
+from relay_server.pipeline.steps.tenant_flags import PostgresTenantFlags
 from relay_server.stack.redis import RedisHandle
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database

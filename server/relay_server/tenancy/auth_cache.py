@@ -22,7 +22,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay_server.pipeline.authenticate import KeyRecord
+from relay_server.domain.keys import KeyRecord
 from relay_server.tenancy.cache_fill import TOMBSTONE_TTL_S, fill, is_tombstone, new_tombstone
 
 log = logging.getLogger(__name__)
