@@ -14,7 +14,7 @@ from decimal import Decimal
 import pytest
 from redis.asyncio import Redis
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.domain.request import Principal
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.steps.limits import LimitResolver
