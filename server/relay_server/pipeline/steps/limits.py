@@ -21,7 +21,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay_server.cache.policy_cache import PolicyCache
 from relay_server.errors import ErrorKind, RelayError
@@ -81,7 +81,7 @@ class LimitResolver:
             "key_policies", ttl_s=ttl_s, tags=lambda key_id, _v: [("key", key_id)], refresh_ahead=True
         )
 
-    def caches(self) -> list[PolicyCache]:  # type: ignore[type-arg]
+    def caches(self) -> list[PolicyCache[str, Any]]:
         """What the invalidation bus must reach."""
         return [self._plans, self._overrides, self._keys]
 
