@@ -144,3 +144,19 @@ async def test_ttl_of_shortens_an_entry_and_clear_forgets_everything() -> None:
     assert cache.expires_in("a") == 3
     cache.clear()
     assert len(cache) == 0 and cache.expires_in("a") is None
+
+
+@pytest.mark.asyncio
+async def test_the_tag_index_follows_reloads_forgets_and_clears() -> None:
+    owner = {"k": "t1"}
+    cache = PolicyCache("t", ttl_s=5.0, tags=lambda key, _v: [("tenant", owner[key])], clock=_Clock())
+    await cache.get("k", lambda: asyncio.sleep(0, 1))
+    cache.forget("k")
+    assert cache.invalidate("tenant", "t1") == 0
+    owner["k"] = "t2"  # reloaded with other tags: the old ones no longer reach it
+    await cache.get("k", lambda: asyncio.sleep(0, 2))
+    assert cache.invalidate("tenant", "t1") == 0 and "k" in cache
+    assert cache.invalidate("tenant", "t2") == 1 and "k" not in cache
+    await cache.get("k", lambda: asyncio.sleep(0, 3))
+    cache.clear()
+    assert cache.invalidate("tenant") == 0

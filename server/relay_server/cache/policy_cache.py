@@ -71,6 +71,9 @@ class PolicyCache(Generic[K, V]):
         self._max = max_entries
         # key → (expires, value, tags, serve-stale-until)
         self._entries: dict[K, tuple[float, V, tuple[Tag, ...], float]] = {}
+        # tag → keys carrying it: an invalidation touches only its entries, never scans them all
+        # (a scan of 100k API keys held the event loop ~120 ms on every worker).
+        self._index: dict[Tag, set[K]] = {}
         self._loading: dict[K, asyncio.Future[V]] = {}
         self._epoch = 0  # bumped by every invalidation: older loads may not store
         self.stale_served = 0
@@ -136,34 +139,54 @@ class PolicyCache(Generic[K, V]):
         if epoch == self._epoch:
             if len(self._entries) >= self._max and key not in self._entries:
                 self._entries.clear()
+                self._index.clear()
             ttl = self._ttl if self._ttl_of is None else min(self._ttl, self._ttl_of(value))
             expires = self._clock() + ttl
-            self._entries[key] = (expires, value, tuple(self._tags(key, value)), expires + self._max_stale)
+            self._remove(key)
+            tags = tuple(self._tags(key, value))
+            self._entries[key] = (expires, value, tags, expires + self._max_stale)
+            for tag in tags:
+                self._index.setdefault(tag, set()).add(key)
         return value
+
+    def _remove(self, key: K) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return
+        for tag in entry[2]:
+            keys = self._index.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._index[tag]
 
     # --- invalidation -----------------------------------------------------------------
 
     def invalidate(self, scope: str, ident: str = "") -> int:
         """Drop every entry tagged ``(scope, ident)`` (``ident=""``: the whole scope); returns how many."""
         self._detach()
-        doomed = [
-            key
-            for key, (_, _, tags, _) in self._entries.items()
-            if any(s == scope and (not ident or i == ident) for s, i in tags)
-        ]
-        for key in doomed:
-            del self._entries[key]
+        if ident:
+            doomed = set(self._index.get((scope, ident), ()))
+        else:
+            doomed = {key for tag, keys in self._index.items() if tag[0] == scope for key in keys}
+        if len(doomed) == len(self._entries):  # e.g. a pooled credential or a plan: everything goes
+            self._entries.clear()
+            self._index.clear()
+        else:
+            for key in doomed:
+                self._remove(key)
         return len(doomed)
 
     def forget(self, key: K) -> None:
         """Drop one entry by its own key."""
         self._detach()
-        self._entries.pop(key, None)
+        self._remove(key)
 
     def clear(self) -> None:
         """Drop everything (e.g. invalidation messages may have been missed)."""
         self._detach()
         self._entries.clear()
+        self._index.clear()
 
     def _detach(self) -> None:
         # A load in flight may have read the state this invalidation is about:
