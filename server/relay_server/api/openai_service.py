@@ -144,5 +144,10 @@ class OpenAISSE:
     def end(self) -> tuple[httpbody_pb2.HttpBody]:
         return (_DONE,)
 
+    def join(self, frames: list[httpbody_pb2.HttpBody]) -> list[httpbody_pb2.HttpBody]:
+        if len(frames) < 2:
+            return frames
+        return [httpbody_pb2.HttpBody(content_type=_SSE, data=b"".join(f.data for f in frames))]
+
     def failed(self, err: RelayError) -> tuple[httpbody_pb2.HttpBody]:
         return (httpbody_pb2.HttpBody(content_type=_SSE, data=sse_error_frame(err)),)
