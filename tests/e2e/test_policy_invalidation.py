@@ -19,8 +19,8 @@ import grpc
 import httpx
 import psycopg
 import pytest
-from relay_server.stack.redis import RedisHandle
 
+from relay_server.stack.redis import RedisHandle
 from tests.e2e.admin_helpers import (
     channels_on_every_worker,
     chat_request,

@@ -13,8 +13,8 @@ from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
+
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.domain.request import Principal
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.steps.limits import LimitResolver
@@ -29,7 +29,7 @@ from relay_server.storage.postgres.quotas import (
 )
 from relay_server.storage.redis.client import create_redis
 from relay_server.tenancy.policy_bus import PolicyBus
-
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from tests.support.tenancy import operator, signup, tenancy_for
 
 HOUR = 3600.0

@@ -15,18 +15,18 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from relay_server.domain.keys import KeyRecord
 from relay_server.errors import RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.domain.keys import KeyRecord
 from relay_server.stack.processes import free_port
 from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
 from relay_server.tenancy.auth_cache import RedisKeyCache, decode_record, redis_key
-from relay_server.tenancy.policy_bus import CHANNEL, PolicyBus
 from relay_server.tenancy.cache_fill import is_tombstone
 from relay_server.tenancy.keys import KeyRequest
+from relay_server.tenancy.policy_bus import CHANNEL, PolicyBus
 from tests.support.tenancy import operator, signup, tenancy_for
 
 
@@ -111,7 +111,7 @@ async def test_a_tenant_status_change_purges_every_key_of_the_tenant_on_every_wo
     a, b = workers
     async with tenancy_for(database, redis_client, redis_url=redis_server.url) as t:
         s = await signup(t, "suspendme")
-        other, other_secret = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k2", environment="test"))
+        _other, other_secret = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k2", environment="test"))
         for w in (a, b):
             for secret in (s.first_key_secret, other_secret):
                 await w.auth.authenticate(_md(secret))

@@ -4,17 +4,17 @@ use them, and members with their roles."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 from redis.asyncio import Redis
+
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.stack.redis import RedisHandle
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import SYSTEM_ROLES, AdminPrincipal
-
 from tests.support.tenancy import operator, signup, tenancy_for
 
 
@@ -66,7 +66,7 @@ async def test_config_reader_defaults_then_changes_visible_at_once(t, database: 
 async def test_feature_overrides_apply_expire_and_invalidate(t, database: Database, redis_client: Redis) -> None:
     tid = (await signup(t, "feat")).tenant.id
     assert not (await t.config.get(tid)).has("byok")
-    until = datetime.now(timezone.utc) + timedelta(seconds=30)
+    until = datetime.now(UTC) + timedelta(seconds=30)
     state = await t.tenant_settings.set_override(operator(), tid, "byok", True, "pilot", until)
     assert (state.enabled, state.source, state.reason) == (True, "override", "pilot")
     assert (await t.config.get(tid)).has("byok")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from relay_server.cache.policy_cache import PolicyCache
 
 

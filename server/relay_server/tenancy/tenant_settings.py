@@ -10,12 +10,12 @@ worker's next request sees it (markup, caps, allowed models, features).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from relay_server.domain.tenants import FeatureState
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import tenant_config as store
 from relay_server.storage.postgres.pool import Conn, Database
-from relay_server.storage.postgres.tenant_config import FeatureState
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.config import CONFIG_KEYS, validate_entry
 from relay_server.tenancy.policy_bus import PolicyBus
@@ -37,7 +37,7 @@ class TenantSettingsAdmin:
         bus: PolicyBus,
         *,
         model_exists: Callable[[str], bool],
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._bus = bus

@@ -20,13 +20,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from relay_server.cache.policy_cache import PolicyCache
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.domain.request import Principal
 from relay_server.domain.policy import RESOURCES, KeyPolicy, QuotaRow
+from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class LimitResolver:
         plans = await self._plans.get("plans", self._store.plan_quotas)
         overrides = await self._overrides.get(principal.tenant_id, lambda: self._store.tenant_overrides(principal.tenant_id))
         key = await self.key_policy(principal.key_id)
-        return effective_limits(plans.get(principal.tenant_plan, ()), overrides, key, now or datetime.now(timezone.utc))
+        return effective_limits(plans.get(principal.tenant_plan, ()), overrides, key, now or datetime.now(UTC))
 
 
 # --- what the client is told -------------------------------------------------------
@@ -150,7 +150,7 @@ def limit_exceeded(
     now: datetime | None = None,
 ) -> RelayError:
     """The 429 for a refused request, with Retry-After, the spec's ``details`` and rate-limit headers."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     retry_s = max(1, -(-int(retry_in_ms) // 1000))
     reset_at = (now + timedelta(milliseconds=max(0, retry_in_ms))).replace(microsecond=0)
     unit = _UNITS[limit.resource]

@@ -6,9 +6,6 @@
 * ``app`` connects as ``relay_app``.  Every use goes through ``tenant_tx``,
   which sets ``app.tenant_id`` for that transaction only, so row-level
   security confines the transaction to one tenant.
-
-Silo tenants: ``for_tenant(dsn)`` returns (and keeps) a ``Database`` for a
-tenant that lives in its own database; pooled tenants use this one.
 """
 
 from __future__ import annotations
