@@ -75,8 +75,6 @@ class Settings:
     background_jobs: bool = True  # run the job runner and lifecycle sweeps in this process
     jobs_poll_s: float = 1.0
     lifecycle_sweep_s: float = 30.0
-    # JSON object: silo database name (tenants.silo_database) → its owner DSN.
-    silo_databases: str = field(default="", repr=False)
     # Envoy hop(s), comma-separated addresses or CIDRs: only a connection from one of them
     # may name the caller in x-forwarded-for (audit IPs).  Empty: the peer address counts.
     trusted_proxies: str = ""

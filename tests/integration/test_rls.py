@@ -368,22 +368,3 @@ def test_app_dsn_is_derived_from_the_owner_dsn() -> None:
     assert "user=relay_app" in dsn and "password=apppw" in dsn and "dbname=relay" in dsn and "port=5432" in dsn
     # Without a password the owner's is kept (the make-up convention).
     assert "password=pw" in app_dsn_from_owner("postgresql://relay_owner:pw@127.0.0.1:5432/relay")
-
-
-@pytest.mark.asyncio
-async def test_for_tenant_opens_and_keeps_one_database_per_silo(db: Database, pg_cluster: PgCluster) -> None:
-    silo_db = pg_cluster.create_database("relay_silo")
-    try:
-        assert await db.for_tenant(None) is db
-        silo = await db.for_tenant(silo_db.owner_dsn)
-        assert await db.for_tenant(silo_db.owner_dsn) is silo
-        # The silo is a different database: A's rows from the shared one are not there.
-        async with silo.system_tx() as conn:
-            assert await (await conn.execute("SELECT id FROM tenants")).fetchall() == []
-            await conn.execute("INSERT INTO tenants (id, slug, name) VALUES ('ten_silo', 'silo', 'Silo')")
-        async with silo.tenant_tx("ten_silo") as conn:
-            assert [r["id"] for r in await (await conn.execute("SELECT id FROM tenants")).fetchall()] == ["ten_silo"]
-        await db.close()  # closes the silo's pools too, so its database can be dropped
-        assert silo.app.closed and silo.system.closed
-    finally:
-        pg_cluster.drop_database(silo_db)

@@ -180,7 +180,6 @@ async def test_signup_with_a_request_id_is_idempotent(database: Database) -> Non
         ({"owner_email": "not-an-email"}, ErrorKind.BAD_REQUEST, "owner_email"),
         ({"plan": "platinum"}, ErrorKind.BAD_REQUEST, "plan"),
         ({"first_key_environment": "staging"}, ErrorKind.BAD_REQUEST, "first_key_environment"),
-        ({"silo_database": "nowhere"}, ErrorKind.BAD_REQUEST, "silo_database"),
         ({"metadata": {"k" * 65: "v"}}, ErrorKind.BAD_REQUEST, "metadata"),
         ({"slug": "taken"}, ErrorKind.CONFLICT, "slug"),
     ],

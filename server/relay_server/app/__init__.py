@@ -123,11 +123,17 @@ async def build(settings: Settings) -> App:
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
-    routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    bus = tenancy.invalidator
+    routing = await build_routing(
+        settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector,
+        on_credentials_change=bus.credentials_changed,
+    )  # fmt: skip
     catalog_sync = _catalog_sync(settings, redis, catalog, routing, tenancy)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
+    # Every tenant-policy cache is emptied by the one invalidation bus (tenancy/policy_bus.py).
+    bus.register(routing.credentials.cache, metering.tenant_config.cache, *metering.limits.caches(), conversations.flags.cache)
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
@@ -173,6 +179,7 @@ def start_observability(app: App) -> None:
     sources = Sources(
         gate=app.metering.gate, writer=app.metering.writer, spool_dir=spool_dir(app.settings),
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
+        policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
     app.observability.start(sources, PostgresProviderStore(app.db))
 

@@ -9,6 +9,7 @@ process's ``BackgroundRunner``.  ``stop`` closes what ``build_routing`` opened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -62,6 +63,7 @@ async def build_routing(
     runner: BackgroundRunner | None,
     *,
     anomalies: AnomalyDetector | None = None,
+    on_credentials_change: Callable[[str | None], object] | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
     client = HttpClient.create(allow_private=settings.private_destinations_allowed)
@@ -85,7 +87,8 @@ async def build_routing(
         state_reads=wire if redis is not None else None,
     )  # fmt: skip
     router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
-    vault = CredentialVault(db, keyring, on_change=credentials.invalidate)
+    # The invalidation bus when there is one: every worker drops the entry, not only this one.
+    vault = CredentialVault(db, keyring, on_change=on_credentials_change or credentials.invalidate)
     # With a detector, a probe's "healthy" does not overrule a live latency/error-rate anomaly.
     statuses = PostgresProviderStore(db)
     monitor = HealthMonitor(

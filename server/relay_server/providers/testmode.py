@@ -265,7 +265,7 @@ def _add_reasoning(choice: _Choice, rng: random.Random, model: str) -> None:
     """Reasoning asked (``reasoning_effort``; the Anthropic door's ``thinking``): a deterministic
     reasoning text streamed before the answer, counted as reasoning tokens."""
     ids = tokens.encode(library.compose_text(rng), model)
-    choice.reasoning = _deltas(ids, model, rng)
+    choice.reasoning = ["".join(group) for group in _deltas(ids, model, rng)]
     choice.reasoning_tokens = len(ids)
 
 

@@ -29,7 +29,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.purge import hard_delete_tenant
 from relay_server.tenancy.calls import system_call
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.silo import SiloDirectory
 from relay_server.tenancy.tenants import PROVISION_JOB
 from relay_server.workers.runner import PermanentJobError
 
@@ -47,7 +46,6 @@ class LifecycleJobs:
         self,
         db: Database,
         lifecycle: Lifecycle,
-        silos: SiloDirectory,
         *,
         suspended_grace: timedelta,
         expired_grace: timedelta,
@@ -58,7 +56,6 @@ class LifecycleJobs:
     ) -> None:
         self._db = db
         self._lifecycle = lifecycle
-        self._silos = silos
         self._grace = {"suspended": suspended_grace, "expired": expired_grace}
         self._retention = retention
         self._stuck = provisioning_stuck
@@ -124,19 +121,13 @@ class LifecycleJobs:
                 return  # already gone
             if tenant.status != "deleted" or tenant.deleted_at is None or tenant.deleted_at > self._now() - self._retention:
                 return  # not due (or restored by an operator fixing data by hand)
-            silo_counts: dict[str, int] = {}
-            if tenant.silo_database:
-                silo = await self._silos.database_named(tenant.silo_database)
-                async with silo.system_tx() as silo_conn:
-                    silo_counts = await hard_delete_tenant(silo_conn, tenant_id)
             counts = await hard_delete_tenant(conn, tenant_id)
             await insert_audit(
                 conn,
                 AuditEntry(
                     tenant_id=None, actor_id="system", actor_type="system", action="tenant.hard_deleted",
                     resource_type="tenant", resource_id=tenant_id, request_id=f"job_{job.id}",
-                    metadata={"rows": {k: v for k, v in counts.items() if v},
-                              **({"silo_rows": {k: v for k, v in silo_counts.items() if v}} if silo_counts else {})},
+                    metadata={"rows": {k: v for k, v in counts.items() if v}},
                 ),
             )  # fmt: skip
         log.info("tenant hard-deleted", extra={"tenant_id": tenant_id, "rows": sum(counts.values())})
