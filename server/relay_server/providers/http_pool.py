@@ -1,4 +1,4 @@
-"""Keep-alive connections per ``(scheme, host, port)``, under connection limits.
+"""Keep-alive connections per ``(scheme, host, port, proxy)``, under connection limits.
 
 Idle connections are reused last-in first-out (the most recently used one is
 the least likely to have been closed by the server) and closed after
@@ -18,6 +18,7 @@ import ssl
 from collections import deque
 
 from relay_server.detached import detached, timer_at
+from relay_server.providers import http_proxy
 from relay_server.providers.http_connection import Connection, ConnectionBroken
 from relay_server.providers.http_message import PoolKey
 
@@ -105,7 +106,7 @@ class Pool:
                 await self._wait_for_slot(key)
 
     async def _dial(self, key: PoolKey) -> Connection:
-        scheme, host, port = key
+        scheme, host, port, proxy = key
         self._count(key, 1)
         try:
             context = None
@@ -119,7 +120,9 @@ class Pool:
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
-                ),
+                )
+                if proxy is None
+                else http_proxy.dial(self._loop, lambda: Connection(self._loop, key, self._forget), proxy, host, port, context),
                 discard=lambda made: made[0].close(),
             )
         except BaseException:

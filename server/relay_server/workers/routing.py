@@ -21,7 +21,7 @@ from relay_server.pipeline.credential_cache import CredentialCache
 from relay_server.pipeline.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.provider_directory import ProviderDirectory
 from relay_server.pipeline.route import RetryPolicy, Router
-from relay_server.providers.http_client import HttpClient
+from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_http
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
@@ -40,7 +40,7 @@ from relay_server.workers.runner import BackgroundRunner, Periodic
 class Routing:
     router: Router
     vault: CredentialVault
-    client: HttpClient
+    client: UpstreamHttp
     directory: ProviderDirectory
     credentials: CredentialCache
     health: HealthTracker
@@ -64,7 +64,7 @@ async def build_routing(
     anomalies: AnomalyDetector | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
-    client = HttpClient.create()
+    client = build_upstream_http(settings)  # native or aiohttp, proxy from settings
     try:
         directory = ProviderDirectory(PostgresProviderStore(db), client)
         await directory.load()
