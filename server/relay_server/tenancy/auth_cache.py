@@ -175,7 +175,7 @@ class AuthInvalidator:
         if self._redis is None:
             return None
         payload = {"key_hashes": list(key_hashes)} if key_hashes is not None else {}
-        return await jobs.enqueue(conn, PURGE_JOB, tenant_id=tenant_id, payload=payload, delay=timedelta(seconds=10), max_attempts=100)
+        return await jobs.enqueue(conn, PURGE_JOB, tenant_id=tenant_id, payload=payload, delay=timedelta(seconds=10))
 
     async def keys_changed(self, tenant_id: str, key_hashes: Sequence[str], staged: int | None = None) -> bool:
         """After commit: forget these keys everywhere.  False if Redis could not be reached."""

@@ -100,7 +100,9 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         db,
         {PROVISION_JOB: provisioner.run, PURGE_JOB: invalidator.run_job, **lifecycle_jobs.handlers()},  # type: ignore[dict-item]
         poll_s=settings.jobs_poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
+    runner.set_max_attempts(PURGE_JOB, 100)  # a purge is cheap and must happen: retry for hours
     runner.add_periodic(Periodic("lifecycle-sweep", settings.lifecycle_sweep_s, lifecycle_jobs.sweep))
     runner.add_loop("last-used-flush", last_used.run)
     if redis is not None:

@@ -86,6 +86,11 @@ class Database:
         self._silos: dict[str, Database] = {}
         self._silo_lock = asyncio.Lock()
 
+    @property
+    def owner_dsn(self) -> str:
+        """For components that keep a pool of their own as the owner (the job worker)."""
+        return self._owner_dsn
+
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
         """Build from ``relay_server.settings.Settings`` (not opened yet)."""
