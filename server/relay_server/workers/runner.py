@@ -64,6 +64,7 @@ class BackgroundRunner:
         self._periodic: list[Periodic] = []
         self._loops: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = asyncio.Event()
         self._ran = 0
 
     def add_handler(self, kind: str, handler: JobHandler, *, max_attempts: int = 10) -> None:
@@ -96,6 +97,7 @@ class BackgroundRunner:
         # Cancelling the worker lets running jobs finish for up to the grace
         # period; a job cut short stays "doing" until the lifecycle sweep
         # finds its worker's heartbeat gone and queues it again.
+        self._stopping.set()  # the worker may end its run without re-raising the cancellation
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -117,7 +119,7 @@ class BackgroundRunner:
 
     async def _serve(self) -> None:
         """The process's worker, for as long as the process runs."""
-        while True:
+        while not self._stopping.is_set():
             app = self._app(periodic=True)
             try:
                 async with app.open_async():
@@ -130,7 +132,8 @@ class BackgroundRunner:
                 raise
             except Exception:  # noqa: BLE001 (Postgres trouble: start again)
                 log.warning("job worker stopped; restarting", exc_info=True)
-            await asyncio.sleep(_RESTART_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), _RESTART_S)
 
     async def drain(self, limit: int = 100) -> int:
         """Run the jobs that are due until none is left (tests, CLI); returns how
