@@ -5,9 +5,11 @@
   handles waits for a process that does.
 * Retries: exponential back-off (``default_backoff``) up to the kind's
   ``max_attempts``; ``PermanentJobError`` fails the job at once.
-* Periodic sweeps are procrastinate periodic tasks: each tick is deferred once
-  for the whole cluster (procrastinate records the tick), runs on one worker,
-  and a lock keeps two ticks of one sweep from overlapping across nodes.  The
+* Periodic sweeps are procrastinate periodic tasks, each on its own queue
+  (``periodic.<name>``, only processes that registered it fetch it): each tick
+  is deferred once for the whole cluster (procrastinate records the tick),
+  runs on one worker, and a lock keeps two ticks of one sweep from overlapping
+  across nodes.  The
   interval becomes a cron schedule (seconds are a cron field): intervals under
   a minute run on the second steps of each minute, longer ones on minute steps.
 """
@@ -28,7 +30,6 @@ from relay_server.storage.postgres.jobs import Job
 log = logging.getLogger(__name__)
 
 JobHandler = Callable[[Job], Awaitable[None]]
-PERIODIC_QUEUE = "relay_periodic"
 
 
 class PermanentJobError(Exception):
@@ -65,6 +66,10 @@ class _Retry(procrastinate.BaseRetryStrategy):
         return RetryDecision(retry_in={"seconds": self._backoff(tries).total_seconds()})
 
 
+def periodic_queue(sweep: Periodic) -> str:
+    return f"periodic.{sweep.name}"
+
+
 def cron_for(interval_s: float) -> str:
     """A cron schedule (seconds as the 6th field) close to ``interval_s``."""
     seconds = max(1, round(interval_s))
@@ -95,7 +100,7 @@ def build_app(
             _job_task(kind, spec, on_run)
         )
     for sweep in periodic:
-        task = app.task(name=f"periodic.{sweep.name}", queue=PERIODIC_QUEUE, lock=f"periodic.{sweep.name}")(
+        task = app.task(name=periodic_queue(sweep), queue=periodic_queue(sweep), lock=periodic_queue(sweep))(
             _periodic_task(sweep)
         )
         app.periodic(cron=cron_for(sweep.interval_s))(task)

@@ -25,13 +25,13 @@ import procrastinate
 
 from relay_server.storage.postgres.pool import Database
 from relay_server.workers.job_app import (
-    PERIODIC_QUEUE,
     JobHandler,
     Kind,
     PermanentJobError,
     Periodic,
     build_app,
     default_backoff,
+    periodic_queue,
 )
 
 __all__ = ["BackgroundRunner", "JobHandler", "PermanentJobError", "Periodic", "default_backoff"]
@@ -115,7 +115,7 @@ class BackgroundRunner:
         self._ran += 1
 
     def _queues(self, *, periodic: bool) -> list[str]:
-        return [*self._kinds, *([PERIODIC_QUEUE] if periodic and self._periodic else [])]
+        return [*self._kinds, *(map(periodic_queue, self._periodic) if periodic else ())]
 
     async def _serve(self) -> None:
         """The process's worker, for as long as the process runs."""
