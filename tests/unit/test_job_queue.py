@@ -4,6 +4,7 @@ schedules, retries follow the back-off, and job arguments stay out of logs."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import timedelta
 from importlib import resources
@@ -44,6 +45,9 @@ def test_retries_back_off_exponentially_until_max_attempts_and_never_for_permane
     assert [w.retry_at is not None for w in waits[:3]] == [True] * 3 and waits[3] is None, "the 4th try is the last"
     assert [default_backoff(n) for n in (1, 2, 3, 20)] == [timedelta(seconds=s) for s in (1, 2, 4, 300)]
     assert retry.get_retry_decision(exception=PermanentJobError("gone"), job=_job(0)) is None
+    cut_short = retry.get_retry_decision(exception=asyncio.CancelledError(), job=_job(1))
+    later = retry.get_retry_decision(exception=RuntimeError("x"), job=_job(1))
+    assert cut_short is not None and later is not None and cut_short.retry_at < later.retry_at, "a shutdown retries at once"
 
 
 def test_job_arguments_never_reach_the_log_output() -> None:

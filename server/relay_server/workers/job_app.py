@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -63,6 +64,9 @@ class _Retry(procrastinate.BaseRetryStrategy):
         tries = job.attempts + 1  # procrastinate counts the tries before this one
         if isinstance(exception, PermanentJobError) or tries >= self._max_attempts:
             return None
+        if isinstance(exception, (asyncio.CancelledError, procrastinate.exceptions.JobAborted)):
+            # Cut short by a worker shutting down: not the job's fault, hand it to another worker now.
+            return RetryDecision(retry_in={"seconds": 0})
         return RetryDecision(retry_in={"seconds": self._backoff(tries).total_seconds()})
 
 
@@ -92,7 +96,7 @@ def build_app(
 ) -> procrastinate.App:
     """An App (not opened) with a pool of its own on the owner DSN."""
     connector = PsycopgConnector(
-        conninfo=dsn, min_size=1, max_size=pool_max, kwargs={"application_name": "relay-jobs"}
+        conninfo=dsn, min_size=1, max_size=pool_max, kwargs={"application_name": "relay-jobs"}, name="relay-jobs"
     )
     app = procrastinate.App(connector=connector)
     for kind, spec in kinds.items():
