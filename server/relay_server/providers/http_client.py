@@ -7,6 +7,12 @@ client (asyncio protocol + httptools, see ``http_connection``) because this is
 the hot path of every live request.  Transport failures become
 ``ProviderFailure`` here, so translators only ever see HTTP statuses and bodies.
 
+With an egress proxy configured (``http_proxy``: ``HTTPS_PROXY`` / ``HTTP_PROXY``
+/ ``NO_PROXY``), each URL is routed once when first parsed: https through a
+CONNECT tunnel, http in absolute form; pooled under a key naming the proxy.
+``RELAY_UPSTREAM_HTTP=aiohttp`` swaps this client for ``http_aiohttp`` (same
+interface, see ``upstream_http``).
+
 Timeouts per call: ``connect_s`` (waiting for a pool slot, TCP and TLS),
 ``first_byte_s`` (from the call's start until the response headers),
 ``idle_s`` (streams: longest silence between two reads, from the request on)
