@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 import grpc
 import orjson
@@ -33,9 +34,17 @@ def as_relay_error(exc: BaseException) -> RelayError:
     return RelayError(ErrorKind.INTERNAL, "The server had an error while processing your request.")
 
 
-def _ascii_json(err: RelayError) -> str:
+ErrorShape = Callable[[RelayError], tuple[int, dict[str, Any]]]
+"""A door's error dialect: the HTTP status and body its clients expect for an error."""
+
+
+def openai_shape(err: RelayError) -> tuple[int, dict[str, Any]]:
+    return err.http_status, err.body()
+
+
+def _ascii_json(body: dict[str, Any]) -> str:
     # ASCII only: the body travels as a gRPC metadata value.
-    return json.dumps(err.body(), ensure_ascii=True, separators=(",", ":"))
+    return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
 
 
 def response_headers(err: RelayError, request_id: str) -> list[tuple[str, str]]:
@@ -50,7 +59,10 @@ def response_headers(err: RelayError, request_id: str) -> list[tuple[str, str]]:
     return headers
 
 
-def trailing_metadata(err: RelayError, request_id: str) -> list[tuple[str, str | bytes]]:
+def trailing_metadata(
+    err: RelayError, request_id: str, shape: ErrorShape | None = None
+) -> list[tuple[str, str | bytes]]:
+    http_status, body = (shape or openai_shape)(err)
     info = error_details_pb2.ErrorInfo(
         reason=err.code.upper(),
         domain=ERROR_DOMAIN,
@@ -60,16 +72,20 @@ def trailing_metadata(err: RelayError, request_id: str) -> list[tuple[str, str |
     detail.Pack(info)
     status = status_pb2.Status(code=err.kind.grpc_status.value[0], message=err.message, details=[detail])
     metadata: list[tuple[str, str | bytes]] = [
-        ("x-relay-http-status", str(err.http_status)),
-        ("x-relay-error", _ascii_json(err)),
+        ("x-relay-http-status", str(http_status)),
+        ("x-relay-error", _ascii_json(body)),
         ("grpc-status-details-bin", status.SerializeToString()),
     ]
     metadata.extend(response_headers(err, request_id))
     return metadata
 
 
-async def abort(context: grpc.aio.ServicerContext, err: RelayError, request_id: str) -> NoReturn:
-    await context.abort(err.kind.grpc_status, err.message, trailing_metadata=tuple(trailing_metadata(err, request_id)))
+async def abort(
+    context: grpc.aio.ServicerContext, err: RelayError, request_id: str, shape: ErrorShape | None = None
+) -> NoReturn:
+    """End the call with ``err``: its gRPC status, and the door's HTTP status and body for Envoy."""
+    metadata = tuple(trailing_metadata(err, request_id, shape))
+    await context.abort(err.kind.grpc_status, err.message, trailing_metadata=metadata)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
 

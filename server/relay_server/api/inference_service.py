@@ -15,10 +15,10 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, inference_service_pb2_grpc
-from relay_server.api.error_mapping import abort, as_relay_error
+from relay_server.api import door
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
-from relay_server.api.response_headers import success_headers
+from relay_server.errors import RelayError
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.context import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
@@ -73,43 +73,54 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message]
     ) -> Message:
         with bind_request(new_request_id(), kind, self._observability, request_metadata(context)) as scope:
-            request_id = scope.request_id
-            try:
-                body = to_openai_json(request, stream=False) if kind != "embedding" else _embedding_json(request)
-                validate(kind, body)
-                admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
-                response = await self._pipeline.complete(admitted)
-                headers = success_headers(request_id, admitted)
-            except Exception as exc:  # noqa: BLE001
-                await abort(context, as_relay_error(exc), request_id)
-            await context.send_initial_metadata(headers)
-            return _typed(response, out)
+            async for message in self._serve(kind, request, context, out, scope.request_id, stream=False):
+                return message
+        raise AssertionError("unreachable: a unary answer is one frame or an abort")  # pragma: no cover
 
     async def _stream(
         self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message], request_id: str
     ) -> AsyncIterator[Message]:
-        chunks = None
-        try:
-            body = to_openai_json(request, stream=True)
+        async for message in self._serve(kind, request, context, out, request_id, stream=True):
+            yield message
+
+    def _serve(
+        self, kind: RequestKind, request: Message, context: grpc.aio.ServicerContext, out: type[Message],
+        request_id: str, *, stream: bool,
+    ) -> AsyncIterator[Message]:
+        def decode() -> tuple[dict[str, Any], None]:
+            if kind == "embedding":
+                body = _embedding_json(request)
+            else:
+                body = to_openai_json(request, stream=stream)
             validate(kind, body)
-            admitted = await self._pipeline.admit(kind, body, request_metadata(context), request_id)
-            chunks = self._pipeline.stream(admitted)
-            first = await anext(chunks, None)
-            headers = success_headers(request_id, admitted)
-        except Exception as exc:  # noqa: BLE001
-            if chunks is not None:
-                await chunks.aclose()
-            await abort(context, as_relay_error(exc), request_id)
-        await context.send_initial_metadata(headers)
-        try:
-            if first is not None:
-                yield _typed(first, out)
-                async for chunk in chunks:
-                    yield _typed(chunk, out)
-        except Exception as exc:  # noqa: BLE001
-            await abort(context, as_relay_error(exc), request_id)
-        finally:
-            await chunks.aclose()
+            return body, None
+
+        return door.serve(
+            self._pipeline, context, kind=kind, door="openai", decode=decode,
+            encoder=lambda admitted: TypedFrames(out), request_id=request_id, metadata=request_metadata(context),
+        )
+
+
+class TypedFrames:
+    """The typed gRPC door: OpenAI JSON → the typed message; a failure mid-stream ends the call
+    with its status (gRPC has no in-band error frame)."""
+
+    __slots__ = ("_out",)
+
+    def __init__(self, out: type[Message]) -> None:
+        self._out = out
+
+    def body(self, response: Any) -> Message:
+        return _typed(response, self._out)
+
+    def item(self, item: Any) -> tuple[Message]:
+        return (_typed(item, self._out),)
+
+    def end(self) -> tuple[()]:
+        return ()
+
+    def failed(self, err: RelayError) -> tuple[()]:
+        raise err
 
 
 def _embedding_json(request: Message) -> dict[str, Any]:

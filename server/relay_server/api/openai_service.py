@@ -19,6 +19,7 @@ import orjson
 from google.api import httpbody_pb2
 
 from relay_sdk._proto.relay.v1 import models_pb2, openai_service_pb2_grpc
+from relay_server.api import door
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_wire import decode_body, validate
 from relay_server.api.response_headers import success_headers
@@ -27,8 +28,9 @@ from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import new_request_id
-from relay_server.pipeline.inference import InferencePipeline
-from relay_server.providers.base import RequestKind
+from relay_server.pipeline.inference import Admitted, InferencePipeline
+from relay_server.pipeline.session import Item
+from relay_server.providers.base import NativeEvent, NativeResponse, RequestKind
 
 _JSON = "application/json"
 _SSE = "text/event-stream"
@@ -37,10 +39,6 @@ _DONE = httpbody_pb2.HttpBody(content_type=_SSE, data=b"data: [DONE]\n\n")
 
 def request_metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
     return {key: value for key, value in (context.invocation_metadata() or ()) if isinstance(value, str)}
-
-
-def _sse(chunk: Mapping[str, Any]) -> httpbody_pb2.HttpBody:
-    return httpbody_pb2.HttpBody(content_type=_SSE, data=b"data: " + orjson.dumps(chunk) + b"\n\n")
 
 
 def _model(entry: CatalogEntry) -> models_pb2.Model:
@@ -61,16 +59,12 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
         return bind_request(new_request_id(), kind, self._observability, metadata)
 
     async def CreateChatCompletion(self, request, context):  # noqa: N802 (gRPC naming)
-        metadata = request_metadata(context)
-        with self._bind("chat", metadata) as scope:
-            async for frame in self._generate("chat", request, context, scope.request_id, metadata):
-                yield frame
+        async for frame in self._serve("chat", request, context):
+            yield frame
 
     async def CreateCompletion(self, request, context):  # noqa: N802
-        metadata = request_metadata(context)
-        with self._bind("completion", metadata) as scope:
-            async for frame in self._generate("completion", request, context, scope.request_id, metadata):
-                yield frame
+        async for frame in self._serve("completion", request, context):
+            yield frame
 
     async def CreateEmbedding(self, request, context):  # noqa: N802
         metadata = request_metadata(context)
@@ -111,44 +105,43 @@ class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
             await context.send_initial_metadata((("x-request-id", scope.request_id),))
             return _model(entry)
 
-    async def _generate(
-        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext, request_id: str,
-        metadata: Mapping[str, str],
+    async def _serve(
+        self, kind: RequestKind, request: httpbody_pb2.HttpBody, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[httpbody_pb2.HttpBody]:
-        chunks: AsyncIterator[dict[str, Any]] | None = None
-        try:
-            body = decode_body(request.data)
-            validate(kind, body)
-            admitted = await self._pipeline.admit(kind, body, metadata, request_id)
-            if not admitted.ctx.stream:
-                response = await self._pipeline.complete(admitted)
-                first = None
-            else:
-                chunks = self._pipeline.stream(admitted)
-                # Wait for the provider's first chunk before sending anything: until then
-                # every failure can still be a proper HTTP status.
-                first = await anext(chunks, None)
-            headers = success_headers(request_id, admitted)
-        except Exception as exc:  # noqa: BLE001
-            if chunks is not None:
-                await chunks.aclose()
-            await abort(context, as_relay_error(exc), request_id)
+        metadata = request_metadata(context)
+        with self._bind(kind, metadata) as scope:
+            def decode() -> tuple[dict[str, Any], None]:
+                body = decode_body(request.data)
+                validate(kind, body)
+                return body, None
 
-        await context.send_initial_metadata(headers)
-        if chunks is None:
-            yield httpbody_pb2.HttpBody(content_type=_JSON, data=orjson.dumps(response))
-            return
-        try:
-            if first is not None:
-                yield _sse(first)
-                async for chunk in chunks:
-                    yield _sse(chunk)
-            yield _DONE
-        except RelayError as err:
-            yield httpbody_pb2.HttpBody(content_type=_SSE, data=sse_error_frame(err))
-        except Exception as exc:  # noqa: BLE001
-            yield httpbody_pb2.HttpBody(content_type=_SSE, data=sse_error_frame(as_relay_error(exc)))
-        finally:
-            # Closing the pipeline's generator closes the upstream call and meters what was generated,
-            # also when the client went away (CancelledError at a yield above).
-            await chunks.aclose()
+            frames = door.serve(
+                self._pipeline, context, kind=kind, door="openai", decode=decode,
+                encoder=OpenAISSE, request_id=scope.request_id, metadata=metadata,
+            )
+            async for frame in frames:
+                yield frame
+
+
+class OpenAISSE:
+    """The OpenAI door's frames: one ``data: {json}`` SSE frame per chunk, ``data: [DONE]`` at the
+    end, an in-band ``data: {"error": ...}`` frame after a failure; a JSON body when not streamed."""
+
+    __slots__ = ()
+
+    def __init__(self, admitted: Admitted) -> None:
+        pass
+
+    def body(self, response: Mapping[str, Any] | NativeResponse) -> httpbody_pb2.HttpBody:
+        data = response.data if isinstance(response, NativeResponse) else orjson.dumps(response)
+        return httpbody_pb2.HttpBody(content_type=_JSON, data=data)
+
+    def item(self, item: Item) -> tuple[httpbody_pb2.HttpBody]:
+        data = item.data if isinstance(item, NativeEvent) else b"data: " + orjson.dumps(item) + b"\n\n"
+        return (httpbody_pb2.HttpBody(content_type=_SSE, data=data),)
+
+    def end(self) -> tuple[httpbody_pb2.HttpBody]:
+        return (_DONE,)
+
+    def failed(self, err: RelayError) -> tuple[httpbody_pb2.HttpBody]:
+        return (httpbody_pb2.HttpBody(content_type=_SSE, data=sse_error_frame(err)),)

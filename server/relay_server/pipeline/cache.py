@@ -21,7 +21,6 @@ The cache never fails a request: storage errors are logged and read as misses.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,13 +31,13 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
 from relay_server.pipeline import cache_key
 from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.chunks import ChunkAssembler, replay_chunks
+from relay_server.pipeline.chunks import replay_chunks
 from relay_server.pipeline.context import RequestContext
 from relay_server.pipeline.embedder import Embedder, usable
 from relay_server.pipeline.meter import Cost, Metered, Outcome, price
-from relay_server.pipeline.route import Attempt, RoutePlan
+from relay_server.pipeline.route import Attempt
 from relay_server.pipeline.tenant_flags import MAX_CACHE_TTL_S, FlagSource, TenantFlags
-from relay_server.providers.base import Provider, ProviderCall, Usage
+from relay_server.providers.base import ProviderCall, Usage
 from relay_server.storage.postgres import response_cache as pg_cache
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.response_cache import RedisResponseCache
@@ -104,20 +103,21 @@ class CacheLookup:
         return out
 
     async def attempts(self, router: _Router) -> Sequence[Attempt]:
-        """The attempts to run: the cached answer alone, or the router's with storing providers."""
+        """The attempts to run: the cached answer alone, or the router's (the stream session stores
+        a miss's answer once it is complete)."""
         if self.hit is not None:
-            call = ProviderCall(self.ctx.kind, self.ctx.body, self.entry.relay_name, self.ctx.request_id)
+            call = ProviderCall(
+                self.ctx.kind, self.ctx.body, self.entry.relay_name, self.ctx.request_id,
+                door=self.ctx.door, native_body=self.ctx.native_body,
+            )
             # No provider id: the request log shows a cache hit served by no provider.
             return [Attempt(None, ReplayProvider(self.ctx.kind, self.hit.response), call, self.entry)]  # type: ignore[arg-type]
-        plan = await router.plan(self.ctx, self.entry)
-        if self.status != "miss":
-            return plan
-        wrapped = [dataclasses.replace(a, provider=StoringProvider(a.provider, self)) for a in plan]
-        return RoutePlan(wrapped, plan.policy) if isinstance(plan, RoutePlan) else wrapped
+        return await router.plan(self.ctx, self.entry)
 
     async def store(self, response: Mapping[str, Any]) -> None:
         """Keep a successful answer (once) for later identical or similar requests."""
-        if self.stored or self.status != "miss" or self._cache is None or not _storable(response):
+        if self.stored or self.status != "miss" or self._cache is None or not isinstance(response, Mapping) \
+                or not _storable(response):
             return
         self.stored = True
         await self._cache.store(self, response)
@@ -148,36 +148,6 @@ class ReplayProvider:
 
     async def embed(self, call: ProviderCall) -> dict[str, Any]:
         raise RelayError(ErrorKind.INTERNAL, "embeddings are not served from the response cache")
-
-
-class StoringProvider:
-    """Wraps a provider; a complete answer is stored in the cache on its way to the client."""
-
-    def __init__(self, inner: Provider, lookup: CacheLookup) -> None:
-        self._inner = inner
-        self._lookup = lookup
-        self.name = getattr(inner, "name", "provider")
-
-    async def complete(self, call: ProviderCall) -> dict[str, Any]:
-        response = await self._inner.complete(call)
-        await self._lookup.store(response)
-        return response
-
-    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
-        assembler = ChunkAssembler(call.kind)
-        upstream = self._inner.stream(call)
-        try:
-            async for chunk in upstream:
-                assembler.add(chunk)
-                yield chunk
-        finally:
-            await upstream.aclose()  # type: ignore[attr-defined]
-        # Reached only when the provider finished; a client that left stops the generator above.
-        if assembler.finished:
-            await self._lookup.store(assembler.response())
-
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
-        return await self._inner.embed(call)
 
 
 def request_ttl(metadata: Mapping[str, str], flags: TenantFlags) -> int:

@@ -55,6 +55,10 @@ class RequestContext:
     attempts: int = 0
     tags: dict[str, str] | None = None
     """The caller's ``x-relay-metadata`` pairs, kept in the request log."""
+    door: str = "openai"
+    """The public API dialect the request came through (kept in the request log)."""
+    native_body: Mapping[str, Any] | None = None
+    """The client's body in its door's own dialect, when that is not OpenAI's (``body`` is its OpenAI form)."""
 
     @property
     def model_name(self) -> str:

@@ -27,7 +27,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
 from relay_server.errors import ErrorKind, RelayError
@@ -35,7 +35,7 @@ from relay_server.observability.attempts import observe_attempt
 from relay_server.pipeline.catalog import CatalogEntry
 from relay_server.pipeline.context import RequestContext
 from relay_server.pipeline.route import Attempt, AttemptOutcome, AttemptResult, RetryPolicy, RoutePlan, Ticket
-from relay_server.providers.base import ProviderCall, Usage
+from relay_server.providers.base import NativeEvent, NativeResponse, ProviderCall, Usage
 from relay_server.providers.translator import ProviderFailure, malformed_failure
 
 log = logging.getLogger(__name__)
@@ -62,6 +62,13 @@ def outcome_of(err: RelayError) -> AttemptOutcome:
 def _usage_tokens(usage: Any) -> int | None:
     parsed = Usage.from_openai(usage) if isinstance(usage, dict) else None
     return parsed.total_tokens if parsed is not None else None
+
+
+def _response_usage(response: dict[str, Any] | NativeResponse) -> Any:
+    """The OpenAI-shaped usage of an answer (the outbound token count and the anomaly sample)."""
+    if isinstance(response, NativeResponse):
+        return response.usage.as_openai() if response.usage is not None else None
+    return response.get("usage")
 
 
 class _Walk:
@@ -160,7 +167,7 @@ def _elapsed_ms(started: float) -> int:
 
 async def complete_with_failover(
     ctx: RequestContext, attempts: Sequence[Attempt], *, served: Served | None = None
-) -> dict[str, Any]:
+) -> dict[str, Any] | NativeResponse:
     """Non-streaming chat, completions and embeddings."""
     walk = _Walk(ctx, attempts, served)
     while (step := await walk.next()) is not None:
@@ -182,28 +189,37 @@ async def complete_with_failover(
             observed.finish("cancelled")
             await _close(ticket, AttemptResult("cancelled"))
             raise
-        observed.usage(response.get("usage"))
+        usage = _response_usage(response)
+        observed.usage(usage)
         observed.finish("success")
-        await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(response.get("usage"))))
+        await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(usage)))
         return response
     raise walk.final_error()
 
 
 class FailoverStream:
-    """The chunks of the first attempt that produced one; an async iterator and
-    an async context manager (leaving the block closes everything upstream)."""
+    """The chunks of the first attempt that produced one: attempts run until a first chunk
+    arrives (commit), then that attempt's chunks pass through one ``__anext__`` each.
+
+    A plain iterator object, not a generator: the stream session drives it directly, so a
+    chunk crosses one method call here, not a stack of generator frames.  ``aclose`` (or
+    leaving the ``async with`` block) closes the provider stream and the attempt's ticket.
+    """
 
     def __init__(self, ctx: RequestContext, attempts: Sequence[Attempt], served: Served | None) -> None:
-        self._gen = _stream(ctx, attempts, served)
+        self._ctx = ctx
+        self._walk = _Walk(ctx, attempts, served)
+        self._upstream: AsyncIterator[Any] | None = None
+        self._attempt: Attempt | None = None
+        self._ticket: Ticket | None = None
+        self._observed: Any = None
+        self._latency = 0
+        self._tokens: int | None = None
+        self._first: Any = None
+        self._closed = False
 
     def __aiter__(self) -> FailoverStream:
         return self
-
-    async def __anext__(self) -> dict[str, Any]:
-        return await self._gen.__anext__()
-
-    async def aclose(self) -> None:
-        await self._gen.aclose()
 
     async def __aenter__(self) -> FailoverStream:
         return self
@@ -211,73 +227,102 @@ class FailoverStream:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    async def __anext__(self) -> Any:
+        if self._closed:
+            raise StopAsyncIteration
+        if self._upstream is None:
+            await self._commit()
+            first, self._first = self._first, None
+            return self._note(first)
+        try:
+            chunk = await anext(self._upstream)
+        except StopAsyncIteration:
+            await self._end(AttemptResult("success", self._latency, self._tokens))
+            raise
+        except RelayError as exc:
+            # Mid-stream: too late to switch; the door sends it in-band.
+            assert self._attempt is not None
+            log.info(
+                "provider stream failed mid-way",
+                extra={"request_id": self._ctx.request_id, "provider_id": self._attempt.provider_id,
+                       "credential_id": self._attempt.credential_id, "error_code": exc.code},
+            )  # fmt: skip
+            await self._end(AttemptResult(outcome_of(exc), self._latency, self._tokens))
+            raise
+        except BaseException:
+            await self._end(AttemptResult("cancelled", self._latency, self._tokens))
+            raise
+        return self._note(chunk)
+
+    def _note(self, chunk: Any) -> Any:
+        """The provider's usage, for the attempt's result (outbound token accounting)."""
+        if isinstance(chunk, dict):
+            if not chunk.get("choices") and chunk.get("usage") is not None:
+                self._tokens = _usage_tokens(chunk["usage"]) or self._tokens
+                self._observed.usage(chunk["usage"])
+        elif isinstance(chunk, NativeEvent) and chunk.usage is not None:
+            self._tokens = chunk.usage.total_tokens or self._tokens
+            self._observed.usage(chunk.usage.as_openai())
+        return chunk
+
+    async def _commit(self) -> None:
+        """Attempts, in the plan's order, until one yields its first chunk."""
+        walk = self._walk
+        while (step := await walk.next()) is not None:
+            attempt, call, ticket = step
+            started = time.monotonic()
+            observed = observe_attempt(attempt)
+            upstream = attempt.provider.stream(call)
+            try:
+                first = await anext(upstream)
+            except StopAsyncIteration:
+                err: RelayError = malformed_failure("the stream ended before its first chunk")
+                observed.finish("failure", err)
+                await _close(ticket, AttemptResult("failure", _elapsed_ms(started)))
+                walk.failed(attempt, err, "failure")
+                continue
+            except RelayError as exc:
+                await _aclose_quietly(upstream)
+                outcome = outcome_of(exc)
+                observed.finish(outcome, exc)
+                await _close(ticket, AttemptResult(outcome, _elapsed_ms(started), retry_after_s=exc.retry_after_s))
+                walk.failed(attempt, exc, outcome)
+                continue
+            except BaseException:
+                observed.finish("cancelled")
+                await _aclose_quietly(upstream)
+                await _close(ticket, AttemptResult("cancelled"))
+                self._closed = True
+                raise
+            # Committed: from here on this attempt is the answer, whatever happens.
+            observed.first_chunk()
+            self._attempt, self._ticket, self._observed = attempt, ticket, observed
+            self._upstream, self._first = upstream, first
+            self._latency = _elapsed_ms(started)
+            return
+        self._closed = True
+        raise walk.final_error()
+
+    async def _end(self, result: AttemptResult) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._observed is not None:
+            self._observed.finish(result.outcome)
+        if self._upstream is not None:
+            await _aclose_quietly(self._upstream)
+        await _close(self._ticket, result)
+
+    async def aclose(self) -> None:
+        """Close upstream; a stream left before its end counts as a cancelled attempt."""
+        await self._end(AttemptResult("cancelled", self._latency, self._tokens))
+
 
 def stream_with_failover(
     ctx: RequestContext, attempts: Sequence[Attempt], *, served: Served | None = None
 ) -> FailoverStream:
     """Streaming chat and completions: provider chunk dicts, usage chunk last."""
     return FailoverStream(ctx, attempts, served)
-
-
-async def _stream(
-    ctx: RequestContext, attempts: Sequence[Attempt], served: Served | None
-) -> AsyncGenerator[dict[str, Any], None]:
-    walk = _Walk(ctx, attempts, served)
-    while (step := await walk.next()) is not None:
-        attempt, call, ticket = step
-        started = time.monotonic()
-        observed = observe_attempt(attempt)
-        upstream = attempt.provider.stream(call)
-        try:
-            first = await anext(upstream)
-        except StopAsyncIteration:
-            err: RelayError = malformed_failure("the stream ended before its first chunk")
-            observed.finish("failure", err)
-            await _close(ticket, AttemptResult("failure", _elapsed_ms(started)))
-            walk.failed(attempt, err, "failure")
-            continue
-        except RelayError as exc:
-            await _aclose_quietly(upstream)
-            outcome = outcome_of(exc)
-            observed.finish(outcome, exc)
-            await _close(ticket, AttemptResult(outcome, _elapsed_ms(started), retry_after_s=exc.retry_after_s))
-            walk.failed(attempt, exc, outcome)
-            continue
-        except BaseException:
-            observed.finish("cancelled")
-            await _aclose_quietly(upstream)
-            await _close(ticket, AttemptResult("cancelled"))
-            raise
-        # Committed: from here on this attempt is the answer, whatever happens.
-        observed.first_chunk()
-        latency = _elapsed_ms(started)
-        tokens: int | None = None
-        result = AttemptResult("cancelled", latency)
-        try:
-            chunk = first
-            while True:
-                if not chunk.get("choices") and chunk.get("usage") is not None:
-                    tokens = _usage_tokens(chunk["usage"]) or tokens
-                    observed.usage(chunk["usage"])
-                yield chunk
-                chunk = await anext(upstream)
-        except StopAsyncIteration:
-            result = AttemptResult("success", latency, tokens)
-        except RelayError as exc:
-            # Mid-stream: too late to switch; the API layer sends it in-band.
-            result = AttemptResult(outcome_of(exc), latency, tokens)
-            log.info(
-                "provider stream failed mid-way",
-                extra={"request_id": ctx.request_id, "provider_id": attempt.provider_id,
-                       "credential_id": attempt.credential_id, "error_code": exc.code},
-            )  # fmt: skip
-            raise
-        finally:
-            observed.finish(result.outcome)
-            await _aclose_quietly(upstream)
-            await _close(ticket, result)
-        return
-    raise walk.final_error()
 
 
 async def _aclose_quietly(gen: AsyncIterator[Any]) -> None:

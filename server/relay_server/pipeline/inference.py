@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
@@ -23,13 +22,12 @@ from relay_server.pipeline.authenticate import Authenticator
 from relay_server.pipeline.cache import CacheLookup, ResponseCache, cached_metered
 from relay_server.pipeline.catalog import Catalog, CatalogEntry
 from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.failover import complete_with_failover, stream_with_failover
 from relay_server.pipeline.meter import DEFAULT_MARKUP, DefaultMarkup, MarkupSource, Metered, Outcome, RequestRecorder, price
 from relay_server.pipeline.request_tags import parse_request_tags
 from relay_server.pipeline.route import Attempt, Router
-from relay_server.pipeline.stream import relay_stream
+from relay_server.pipeline.session import StreamSession
 from relay_server.pipeline.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
-from relay_server.providers.base import RequestKind, Usage
+from relay_server.providers.base import NativeResponse, RequestKind
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +90,18 @@ class InferencePipeline:
         self._settle_after = settle_after_response
 
     async def admit(
-        self, kind: RequestKind, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str
+        self, kind: RequestKind, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str,
+        *, door: str = "openai", native_body: Mapping[str, Any] | None = None,
     ) -> Admitted:
-        ctx = RequestContext(request_id=request_id, kind=kind, body=body, metadata=metadata)
+        """Authenticate, resolve the model, take limits and the spend reservation.
+
+        ``body`` is the request in OpenAI's chat/completions shape, whatever the door; a door with
+        its own dialect passes the client's original as ``native_body`` (kept for providers that
+        speak that dialect, which receive it untouched).
+        """
+        ctx = RequestContext(
+            request_id=request_id, kind=kind, body=body, metadata=metadata, door=door, native_body=native_body
+        )
         admitted: Admitted | None = None
         attach(ctx)  # log lines and spans of this request carry its tenant, key hint, model and provider
         entry: CatalogEntry | None = None
@@ -134,43 +141,19 @@ class InferencePipeline:
             return None  # test keys plan without I/O
         return asyncio.ensure_future(self._router.plan(ctx, entry))
 
-    async def complete(self, admitted: Admitted) -> dict[str, Any]:
+    def session(self, admitted: Admitted) -> StreamSession:
+        """The admitted request's answer (pipeline/session.py): iterate it, or ``complete()`` it."""
+        return StreamSession(self, admitted)
+
+    async def complete(self, admitted: Admitted) -> dict[str, Any] | NativeResponse:
         """Non-streaming chat / completion / embeddings: one response body."""
-        ctx = admitted.ctx
-        counter = OutputCounter()
-        try:
-            attempts = await self._plan(admitted)
-            admitted.dispatched = True
-            response = await self._first_success(admitted, attempts)
-        except BaseException as exc:
-            await self._meter(admitted, exc, counter)
-            raise
-        raw_usage = response.get("usage")
-        ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
-        counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
-        counter.add_response(response)
-        await self._meter(admitted, None, counter)
-        return response
+        return await StreamSession(self, admitted).complete()
 
-    async def stream(self, admitted: Admitted) -> AsyncIterator[dict[str, Any]]:
-        """Streaming chat / completion: client-ready chunk dicts."""
-        ctx = admitted.ctx
-        counter = OutputCounter()
-        error: BaseException | None = None
-        try:
-            attempts = await self._plan(admitted)
-            admitted.dispatched = True
-            upstream = stream_with_failover(ctx, attempts, served=admitted)
-            async with aclosing(upstream), aclosing(relay_stream(ctx, upstream, counter)) as relayed:
-                async for chunk in relayed:
-                    yield chunk
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            await self._meter(admitted, error, counter)
+    def stream(self, admitted: Admitted) -> StreamSession:
+        """Streaming chat / completion: client-ready items (OpenAI chunk dicts or native events)."""
+        return StreamSession(self, admitted)
 
-    async def _plan(self, admitted: Admitted) -> Sequence[Attempt]:
+    async def plan(self, admitted: Admitted) -> Sequence[Attempt]:
         """Route the request, unless the response cache answers it (then its replay is the one attempt)."""
         router: _Planner = self._router if admitted.route is None else _Prefetched(admitted.route)
         try:
@@ -184,9 +167,6 @@ class InferencePipeline:
         finally:
             _discard(admitted.route)  # a cache hit (or a failure) did not need it
 
-    async def _first_success(self, admitted: Admitted, attempts: Sequence[Attempt]) -> dict[str, Any]:
-        return await complete_with_failover(admitted.ctx, attempts, served=admitted)
-
     async def _markup(self, tenant_id: str) -> Decimal:
         try:
             return await self._markups.markup_rate(tenant_id)
@@ -194,8 +174,8 @@ class InferencePipeline:
             log.warning("tenant markup unavailable; using the default", extra={"tenant_id": tenant_id}, exc_info=True)
             return DEFAULT_MARKUP
 
-    async def _meter(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
-        """Meter (exactly once: every path calls this once) and settle the reservation.
+    async def settle(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
+        """Meter (exactly once: the session calls this once) and settle the reservation.
 
         A tracked task of its own, so a closing stream that is cancelled again
         cannot lose the record or the settlement.  With ``settle_after_response``

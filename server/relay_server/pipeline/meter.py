@@ -143,6 +143,7 @@ def request_row(m: Metered) -> RequestRow | None:
         api_key_id=principal.key_id,
         environment=principal.environment,
         request_type=ctx.kind,
+        door=ctx.door,
         stream=ctx.stream,
         started_at=started,
         status=m.outcome.status,

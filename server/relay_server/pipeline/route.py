@@ -142,6 +142,8 @@ class Router:
                 provider_model=entry.relay_name,
                 request_id=ctx.request_id,
                 timeout_s=self._timeout_s,
+                door=ctx.door,
+                native_body=ctx.native_body,
             )
             simulation = requested_simulation(ctx.metadata)
             provider = self._test if simulation is None else SimulatingProvider(self._test, simulation)

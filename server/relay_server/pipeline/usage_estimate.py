@@ -113,6 +113,10 @@ class OutputCounter:
             if isinstance(message, Mapping):
                 self._add_message(slot, message)
 
+    def add_text(self, text: str) -> None:
+        """Output given as plain text (a native-dialect event the translator already read)."""
+        self._choice(0).text.append(text)
+
     def note_reported(self, raw_usage: Mapping[str, Any] | None) -> None:
         details = raw_usage.get("completion_tokens_details") if isinstance(raw_usage, Mapping) else None
         if isinstance(details, Mapping):

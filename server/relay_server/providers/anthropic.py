@@ -20,6 +20,7 @@ from relay_server.providers.anthropic_stream import (
     finish_reason,
     openai_usage,
 )
+from relay_server.providers.auth import credential_headers
 from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.translator import (
     ProviderFailure,
@@ -48,13 +49,11 @@ class AnthropicTranslator:
         return UpstreamRequest("POST", url, self.headers(call.credential, stream=stream), body)
 
     def headers(self, credential: Credential | None, *, stream: bool) -> dict[str, str]:
-        headers = {
+        return {
             "anthropic-version": ANTHROPIC_VERSION,
             "Accept": "text/event-stream" if stream else "application/json",
+            **credential_headers(credential, "x-api-key"),
         }
-        if credential is not None and credential.api_key:
-            headers["x-api-key"] = credential.api_key
-        return headers
 
     def response(self, status: int, body: Any, call: ProviderCall) -> dict[str, Any]:
         texts: list[str] = []

@@ -20,6 +20,10 @@ from typing import Any, Literal, Protocol
 
 RequestKind = Literal["chat", "completion", "embedding"]
 
+Door = str
+"""The public API dialect a request arrived in: ``openai`` (chat, completions, embeddings and the typed
+gRPC service, which speaks the same shapes), ``anthropic`` (Messages), ``responses`` (OpenAI Responses)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Credential:
@@ -42,6 +46,37 @@ class ProviderCall:
     request_id: str
     credential: Credential | None = None
     timeout_s: float = 600.0
+    door: Door = "openai"
+    """The dialect the client spoke; a provider whose API is that dialect may pass it through natively."""
+    native_body: Mapping[str, Any] | None = None
+    """The client's body in its own dialect (``body`` is always its OpenAI-chat form); None for ``openai``."""
+
+
+@dataclass(frozen=True, slots=True)
+class NativeEvent:
+    """One stream event passed through in the client's own dialect, bytes untouched.
+
+    Yielded instead of an OpenAI chunk dict when the provider speaks the door's dialect
+    (e.g. a Claude model behind the Anthropic door).  The translator that produced it
+    extracts what the pipeline needs: ``usage`` (merged: ``None`` fields unknown), the
+    generated ``text`` (the fallback token count), and whether it is the first visible output.
+    """
+
+    data: bytes
+    usage: Usage | None = None
+    """The stream's usage so far, merged by the translator (input tokens may arrive first, output last)."""
+    text: str = ""
+    output: bool = False
+    """True when the event carries generated output (time to first token is taken on the first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NativeResponse:
+    """A whole non-streamed answer in the client's own dialect (see ``NativeEvent``)."""
+
+    data: bytes
+    usage: Usage | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +118,14 @@ class Provider(Protocol):
 
     name: str
 
-    async def complete(self, call: ProviderCall) -> dict[str, Any]:
-        """Non-streaming chat or legacy completion: the OpenAI response body."""
+    async def complete(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
+        """Non-streaming chat or legacy completion: the OpenAI response body (or, when the provider
+        speaks the call's door dialect, the provider's own answer untouched)."""
         ...
 
-    def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
-        """Streaming chat or legacy completion: OpenAI chunk dicts, usage chunk last."""
+    def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any] | NativeEvent]:
+        """Streaming chat or legacy completion: OpenAI chunk dicts, usage chunk last (or native
+        events when the provider speaks the call's door dialect)."""
         ...
 
     async def embed(self, call: ProviderCall) -> dict[str, Any]:

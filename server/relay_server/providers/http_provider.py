@@ -12,48 +12,61 @@ closes the connection by itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import orjson
 
-from relay_server.providers.base import Credential, ProviderCall
+from relay_server.providers.base import Credential, NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
 
 
 class HttpProvider:
+    """One provider API.  ``translator`` serves OpenAI-shaped calls (every door's common form);
+    ``by_door`` adds the (door × this provider) pairs that speak the door's own dialect natively,
+    chosen per call by ``call.door`` — a Claude model behind the Anthropic door, say."""
+
     def __init__(
         self,
         name: str,
         translator: Translator,
         client: HttpClient,
         timeouts: Timeouts | None = None,
+        *,
+        by_door: Mapping[str, Translator] | None = None,
     ) -> None:
         self.name = name
         self.translator = translator
+        self._by_door = dict(by_door or {})
         self._client = client
         self._timeouts = timeouts or Timeouts()
 
-    async def complete(self, call: ProviderCall) -> dict[str, Any]:
+    def translator_for(self, call: ProviderCall) -> Translator:
+        return self._by_door.get(call.door, self.translator) if self._by_door else self.translator
+
+    async def complete(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         return await self._exchange(call)
 
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
+    async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         return await self._exchange(call)
 
     async def list_models(self, credential: Credential | None, timeout_s: float = 30.0) -> dict[str, Any]:
         """The provider's models as an OpenAI list (health checks, catalog sync)."""
-        _, body = await self._send(self.translator.models_request(credential), timeout_s)
+        _, body = await self._send(self.translator, self.translator.models_request(credential), timeout_s)
         return self.translator.models_response(body)
 
-    async def _exchange(self, call: ProviderCall) -> dict[str, Any]:
-        status, body = await self._send(self.translator.request(call, stream=False), call.timeout_s)
-        return self.translator.response(status, body, call)
+    async def _exchange(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
+        translator = self.translator_for(call)
+        status, body = await self._send(translator, translator.request(call, stream=False), call.timeout_s)
+        return translator.response(status, body, call)
 
-    async def _send(self, request: UpstreamRequest, timeout_s: float) -> tuple[int, dict[str, Any]]:
+    async def _send(
+        self, translator: Translator, request: UpstreamRequest, timeout_s: float
+    ) -> tuple[int, dict[str, Any]]:
         resp = await self._client.send(request, self._timeouts, timeout_s)
         if resp.status >= 400:
-            raise self.translator.error(resp.status, resp.body, resp.headers)
+            raise translator.error(resp.status, resp.body, resp.headers)
         try:
             body = orjson.loads(resp.body)
         except orjson.JSONDecodeError as exc:
@@ -62,13 +75,14 @@ class HttpProvider:
             raise malformed_failure("response body is not a JSON object")
         return resp.status, body
 
-    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
-        request = self.translator.request(call, stream=True)
+    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any] | NativeEvent]:
+        translator = self.translator_for(call)
+        request = translator.request(call, stream=True)
         async with self._client.open_stream(request, self._timeouts, call.timeout_s) as upstream:
             if upstream.status >= 400:
                 body = await upstream.read_body()
-                raise self.translator.error(upstream.status, body, upstream.headers)
-            state = self.translator.stream_events(call)
+                raise translator.error(upstream.status, body, upstream.headers)
+            state = translator.stream_events(call)
             while not state.done:
                 events = await upstream.next_events()
                 if events is None:

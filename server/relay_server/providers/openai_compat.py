@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from relay_server.errors import ErrorKind
+from relay_server.providers.auth import credential_headers
 from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import (
@@ -71,10 +72,8 @@ class OpenAICompatTranslator:
         return body
 
     def headers(self, credential: Credential | None, *, stream: bool) -> dict[str, str]:
-        headers = {"Accept": "text/event-stream" if stream else "application/json"}
-        if credential is not None and credential.api_key:
-            headers["Authorization"] = f"Bearer {credential.api_key}"
-        return headers
+        accept = "text/event-stream" if stream else "application/json"
+        return {"Accept": accept, **credential_headers(credential, "bearer")}
 
     def models_request(self, credential: Credential | None) -> UpstreamRequest:
         base = ((credential.base_url if credential else "") or self.base_url).rstrip("/")

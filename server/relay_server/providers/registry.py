@@ -41,10 +41,12 @@ def build_provider(
     ``client`` may be ``None`` only for ``test``, which does no I/O.
     """
 
-    def http(translator: Translator) -> Provider:
+    def http(translator: Translator, **by_door: Translator) -> Provider:
+        """``translator`` for every door's OpenAI-shaped calls; ``by_door`` for the doors whose own
+        dialect this provider speaks (passed through natively)."""
         if client is None:
             raise ValueError(f"provider api {api!r} needs an HttpClient")
-        return HttpProvider(name, translator, client, timeouts)
+        return HttpProvider(name, translator, client, timeouts, by_door=by_door)
 
     match api:
         case "openai":

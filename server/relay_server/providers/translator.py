@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.providers.base import Credential, ProviderCall
+from relay_server.providers.base import Credential, NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.sse import SSEEvent
 
 
@@ -71,29 +71,33 @@ class ProviderFailure(RelayError):
 
 
 class StreamTranslator(Protocol):
-    """Per-stream state machine: SSE events in, OpenAI chunk dicts out."""
+    """Per-stream state machine: SSE events in, OpenAI chunk dicts out (or, for a translator that
+    passes the door's own dialect through, ``NativeEvent``s)."""
 
     @property
     def done(self) -> bool:
         """True once the provider signalled the end of the stream."""
         ...
 
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]] | list[NativeEvent]:
         """Chunks produced by one event (often one, sometimes none or two)."""
         ...
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[dict[str, Any]] | list[NativeEvent]:
         """Called when the connection ends.  Returns trailing chunks, or raises
         ``ProviderFailure`` if the stream was cut short (never a silent truncation)."""
         ...
 
 
 class Translator(Protocol):
+    """One (door × provider API) pair.  The OpenAI-shaped pairs translate every door's common form;
+    a pair whose two sides speak one dialect passes bodies and events through untouched."""
+
     name: str
 
     def request(self, call: ProviderCall, *, stream: bool) -> UpstreamRequest: ...
 
-    def response(self, status: int, body: Any, call: ProviderCall) -> dict[str, Any]: ...
+    def response(self, status: int, body: Any, call: ProviderCall) -> dict[str, Any] | NativeResponse: ...
 
     def stream_events(self, call: ProviderCall) -> StreamTranslator: ...
 

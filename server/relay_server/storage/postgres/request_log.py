@@ -71,6 +71,7 @@ class RequestRow:
     cache_kind: str | None = None
     cache_key: str | None = None
     request_metadata: dict[str, Any] | None = None
+    door: str = "openai"
 
     def to_json(self) -> dict[str, Any]:
         """Spool form: Decimals as strings, datetimes as ISO 8601 (exact round trip)."""
