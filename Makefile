@@ -9,11 +9,12 @@ NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
 
 venv: $(STAMP)
 
-$(STAMP): requirements-dev.txt server/pyproject.toml sdk_python/pyproject.toml
+$(STAMP): requirements-dev.txt server/pyproject.toml sdk_python/pyproject.toml proto_python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	$(PY) -m pip install --quiet --no-deps -e ./sdk_python -e ./server
+	# The generated stubs first: both the SDK and the server depend on relay-proto.
+	$(PY) -m pip install --quiet --no-deps -e ./proto_python -e ./sdk_python -e ./server
 	touch $(STAMP)
 
 ## sdk-ts: install the TypeScript SDK's pinned toolchain (protoc-gen-es, tsc) from package-lock.json

@@ -26,7 +26,7 @@ from typing import Any
 
 _REPO = Path(__file__).resolve().parents[1]
 # Run as a script (`python bench/run.py`): make `bench` and the server importable.
-for _p in (_REPO / "sdk_python", _REPO / "server", _REPO):
+for _p in (_REPO / "proto_python", _REPO / "sdk_python", _REPO / "server", _REPO):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 

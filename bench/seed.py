@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.rows import dict_row
 
-from relay_server.pipeline.authenticate import mint_key
+from relay_server.domain.keys import mint_key
 
 TENANT_ID = "ten_bench"
 USER_ID = "usr_bench_owner"

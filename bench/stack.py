@@ -121,7 +121,7 @@ class BenchStack:
             if not k.startswith(_SCRUB_PREFIXES) and k not in _SCRUB_NAMES and k != "PYTHONPATH"
         }
         env.update(
-            PYTHONPATH=os.pathsep.join([str(REPO / "server"), str(REPO / "sdk_python")]),
+            PYTHONPATH=os.pathsep.join([str(REPO / "server"), str(REPO / "proto_python")]),
             DATABASE_URL=self.owner_dsn,
             RELAY_APP_DATABASE_URL=self.app_dsn,
             REDIS_URL=self.redis_url,

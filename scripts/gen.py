@@ -2,8 +2,8 @@
 
 Outputs, all checked in (a test regenerates into a temporary tree and fails on
 any difference):
-- `sdk_python/relay_sdk/_proto/`: pb2, pyi and grpc modules.  The server imports
-  them from the SDK package, so one generated copy serves both.
+- `proto_python/relay_proto/`: pb2, pyi and grpc modules, the `relay-proto` package that
+  both the server and the Python SDK depend on (one generated copy serves both).
 - `envoy/relay.pb`: the descriptor set Envoy's gRPC-JSON transcoder loads.
 - `docs/openapi.json`: the OpenAPI document of the REST surface (gen_openapi.py).
 - `sdk_python/relay_sdk/_gen/methods.py`: the SDK's typed methods (gen_sdk.py).
@@ -24,11 +24,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
-PY_PACKAGE = "relay_sdk._proto"
-PY_OUT = Path("sdk_python/relay_sdk/_proto")
+PY_PACKAGE = "relay_proto"
+PY_OUT = Path("proto_python/relay_proto")
 DESCRIPTOR_OUT = Path("envoy/relay.pb")
 
-# `from relay.v1 import chat_pb2` → `from relay_sdk._proto.relay.v1 import chat_pb2`
+# `from relay.v1 import chat_pb2` → `from relay_proto.relay.v1 import chat_pb2`
 _IMPORT_RE = re.compile(r"^(from|import) relay\.((?:admin\.)?v1)\b", re.MULTILINE)
 
 
@@ -64,6 +64,8 @@ def _fix_imports(out_dir: Path) -> None:
 
 
 def _write_inits(out_dir: Path) -> None:
+    # PEP 561: the .pyi stubs type-check the messages for anyone who installs the package.
+    (out_dir / "py.typed").write_text("")
     for directory in [out_dir, *sorted(p for p in out_dir.rglob("*") if p.is_dir())]:
         init = directory / "__init__.py"
         if not init.exists():

@@ -57,7 +57,7 @@ def _module_of(proto_file: str) -> tuple[str, str]:
     """`relay/admin/v1/api_keys.proto` → (import path, local alias)."""
     stem = proto_file.removesuffix(".proto")
     if stem.startswith("relay/"):
-        return "relay_sdk._proto." + stem.replace("/", ".") + "_pb2", stem.replace("/", "_") + "_pb2"
+        return "relay_proto." + stem.replace("/", ".") + "_pb2", stem.replace("/", "_") + "_pb2"
     return stem.replace("/", ".") + "_pb2", stem.replace("/", "_") + "_pb2"
 
 

@@ -2,7 +2,7 @@
 
 They talk to ``RELAY_GRPC_ADDR`` (default: the server's own address) with
 the platform admin token (``RELAY_ADMIN_TOKEN``), through the generated
-``relay_sdk`` stubs.  Output is a table for people and, with ``--json``, the
+``relay_proto`` stubs.  Output is a table for people and, with ``--json``, the
 response as JSON (proto field names) for scripts.  Failures print the
 server's error and exit 1.
 """
@@ -114,8 +114,8 @@ Invoker = Callable[..., tuple[Any, Callable[[Any], None]]]
 
 
 def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
-    from relay_sdk._proto.relay.admin.v1 import tenants_pb2_grpc  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import tenants_pb2_grpc  # noqa: PLC0415
 
     stub = tenants_pb2_grpc.TenantServiceStub(channel)
     if args.action == "create":
@@ -141,8 +141,8 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
 
 
 def _key_action(channel: Any, args: argparse.Namespace) -> Invoker:
-    from relay_sdk._proto.relay.admin.v1 import api_keys_pb2 as pb  # noqa: PLC0415
-    from relay_sdk._proto.relay.admin.v1 import api_keys_pb2_grpc  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import api_keys_pb2 as pb  # noqa: PLC0415
+    from relay_proto.relay.admin.v1 import api_keys_pb2_grpc  # noqa: PLC0415
 
     stub = api_keys_pb2_grpc.ApiKeyServiceStub(channel)
     if args.action == "create":

@@ -12,7 +12,7 @@ import httpx
 import psutil
 from google.protobuf import struct_pb2
 
-from relay_sdk._proto.relay.v1 import chat_pb2, inference_service_pb2_grpc
+from relay_proto.relay.v1 import chat_pb2, inference_service_pb2_grpc
 from tests.support.stack import RelayStack
 
 

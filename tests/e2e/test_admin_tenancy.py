@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from openai import OpenAI
 
-from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, tenants_pb2, tenants_pb2_grpc
+from relay_proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, tenants_pb2, tenants_pb2_grpc
 from relay_server.stack.redis import RedisHandle
 from relay_server.tenancy import tokens
 from relay_server.tenancy.rbac import SYSTEM_ROLES

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from openai import OpenAI
 
-from relay_server.pipeline.authenticate import mint_key
+from relay_server.domain.keys import mint_key
 from tests.support.stack import RelayStack
 
 pytestmark = pytest.mark.e2e

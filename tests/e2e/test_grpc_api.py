@@ -11,8 +11,8 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
-from relay_sdk._proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
 from tests.support.stack import RelayStack
 
 pytestmark = pytest.mark.e2e

@@ -12,7 +12,7 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.errors import RelayError
-from relay_server.pipeline.cache import CachedMetered
+from relay_server.pipeline.steps.cache import CachedMetered
 from relay_server.storage.postgres.migrate import apply_migrations
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.response_cache import RedisResponseCache

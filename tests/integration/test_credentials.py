@@ -12,7 +12,7 @@ import pytest
 
 from relay_server.crypto.envelope import open_sealed
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.demo import DEMO_TENANT_ID, seed_demo

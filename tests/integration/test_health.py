@@ -14,10 +14,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
-from relay_server.pipeline.candidates import CandidatePlanner, OutboundGuard
-from relay_server.pipeline.health import CircuitPolicy, HealthTracker
-from relay_server.pipeline.provider_directory import ProviderDirectory
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
+from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.providers.http_client import HttpClient
 from relay_server.stack.processes import free_port
 from relay_server.storage.postgres.credentials import PostgresCredentialSource

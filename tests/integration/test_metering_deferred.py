@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from relay_server.pipeline.spend import cap_window
+from relay_server.pipeline.steps.spend import cap_window
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 from tests.integration.test_metering_spend import (  # the same assertions, run with deferred settling

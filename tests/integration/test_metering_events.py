@@ -14,7 +14,7 @@ import pytest_asyncio
 from aiohttp import web
 from redis.asyncio import Redis
 
-from relay_server.pipeline.noisy import NoisyNeighbours
+from relay_server.pipeline.steps.noisy import NoisyNeighbours
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.webhooks import PostgresEvents, WebhookStore
 from relay_server.storage.redis.limits import noisy_key

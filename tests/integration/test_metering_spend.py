@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from relay_server.api.error_mapping import response_headers
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.spend import cap_window
+from relay_server.pipeline.steps.spend import cap_window
 from relay_server.stack.processes import free_port
 from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.pool import Database

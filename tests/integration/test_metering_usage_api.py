@@ -14,9 +14,9 @@ import pytest
 import pytest_asyncio
 from google.type import date_pb2
 
-from relay_sdk._proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
+from relay_proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
 from relay_server.app import App, add_services, build
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 from relay_server.settings import Settings
 from relay_server.stack.processes import free_port
 from relay_server.stack.redis import RedisHandle

@@ -16,7 +16,7 @@ import grpc
 import psutil
 from google.protobuf import struct_pb2
 
-from relay_sdk._proto.relay.v1 import chat_pb2, inference_service_pb2_grpc
+from relay_proto.relay.v1 import chat_pb2, inference_service_pb2_grpc
 from relay_server.stack.processes import free_port, wait_until
 from relay_server.storage.postgres.demo import seed_demo
 from tests.support.pg import TestDatabase

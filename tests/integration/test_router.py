@@ -16,16 +16,16 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.candidates import CandidatePlanner, OutboundGuard
-from relay_server.pipeline.catalog import Catalog
-from relay_server.pipeline.context import Principal, RequestContext
-from relay_server.pipeline.credential_cache import CredentialCache
-from relay_server.pipeline.failover import complete_with_failover, stream_with_failover
-from relay_server.pipeline.health import CircuitPolicy, HealthTracker
-from relay_server.pipeline.provider_directory import ProviderDirectory
-from relay_server.pipeline.route import RetryPolicy, Router
+from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.request import Principal, RequestContext
+from relay_server.pipeline.routing.credential_cache import CredentialCache
+from relay_server.pipeline.routing.failover import complete_with_failover, stream_with_failover
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.provider_directory import ProviderDirectory
+from relay_server.pipeline.routing.route import RetryPolicy, Router
 from relay_server.providers.http_client import HttpClient
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.providers.translator import ProviderFailure

@@ -16,7 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from relay_server.errors import RelayError
-from relay_server.pipeline.authenticate import Authenticator, KeyRecord
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.domain.keys import KeyRecord
 from relay_server.stack.processes import free_port
 from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.keys import PostgresKeyStore

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from relay_server.pipeline.context import Principal
+from relay_server.domain.request import Principal
 from relay_server.stack.redis import RedisHandle
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database

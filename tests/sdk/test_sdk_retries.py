@@ -9,7 +9,7 @@ import pytest
 import relay_sdk as sdk
 from relay_sdk import AsyncRelay, Relay, RetryPolicy
 from relay_sdk._retry import is_idempotent
-from relay_sdk._proto.relay.admin.v1 import api_keys_pb2
+from relay_proto.relay.admin.v1 import api_keys_pb2
 from relay_server.errors import ErrorKind, RelayError as ServerError
 from tests.sdk.conftest import ADMIN_TOKEN, Faults, Services, SleepRecorder
 

@@ -17,7 +17,7 @@ from relay_sdk import (
     RetryPolicy,
     UnimplementedError,
 )
-from relay_sdk._proto.relay.v1 import chat_pb2
+from relay_proto.relay.v1 import chat_pb2
 from relay_sdk._wrappers import Credentials, MethodSpec, SyncInvoker
 from tests.sdk.conftest import ADMIN_TOKEN, API_KEY, PROBE_STREAM, REQUEST_ID, Faults, Services
 

@@ -7,7 +7,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import Authenticator, KeyRecord, hash_key, mint_key
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 
 
 class MemoryKeys:

@@ -1,7 +1,7 @@
 """Checks of the bench's own parts (no timing asserts): the mock upstream over
 real sockets, the HTTP client and drivers, and the parsers behind the report.
 
-Run: ``PYTHONPATH=server:sdk_python:. .venv/bin/pytest -q bench/test_bench.py``
+Run: ``PYTHONPATH=server:proto_python:sdk_python:. .venv/bin/pytest -q bench/test_bench.py``
 """
 
 from __future__ import annotations

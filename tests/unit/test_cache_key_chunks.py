@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from relay_server.pipeline.chunks import REPLAY_DELTA_CHARS, ChunkAssembler, replay_chunks
-from relay_server.providers.base import ProviderCall
+from relay_server.text.chunks import REPLAY_DELTA_CHARS, ChunkAssembler, replay_chunks
+from relay_server.domain.provider import ProviderCall
 from relay_server.providers.testmode import TestModeProvider
 
 

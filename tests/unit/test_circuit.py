@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay_server.pipeline.health import CircuitPolicy, HealthTracker, LocalHealth, availability
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker, LocalHealth, availability
 from relay_server.storage.redis.health import CircuitState, latency_bin, p95_from_bins
 
 class Clock:

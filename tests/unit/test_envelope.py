@@ -9,7 +9,7 @@ import pytest
 
 from relay_server.crypto.envelope import DecryptionError, RecordRef, Sealed, open_sealed, rewrap, seal
 from relay_server.crypto.keyring import Keyring, KeyringError, MasterKey, fingerprint, parse_master_key
-from relay_server.providers.base import Credential
+from relay_server.domain.provider import Credential
 
 SECRET = "sk-proj-very-secret-provider-key-9f3a"
 REF = RecordRef("pcred_1", None, "openai")

@@ -14,18 +14,19 @@ import pytest_asyncio
 from relay_server.crypto.envelope import RecordRef, seal
 from relay_server.crypto.keyring import Keyring
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.candidates import (
+from relay_server.pipeline.routing.candidates import (
     CandidatePlanner,
     OutboundGuard,
     estimate_tokens,
     headroom,
     parse_fallbacks,
 )
-from relay_server.pipeline.catalog import Catalog, CatalogEntry
-from relay_server.pipeline.context import Principal, RequestContext
-from relay_server.pipeline.credential_cache import CredentialCache
-from relay_server.pipeline.health import CircuitPolicy, HealthTracker
-from relay_server.pipeline.provider_directory import ProviderDirectory
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import Principal, RequestContext
+from relay_server.pipeline.routing.credential_cache import CredentialCache
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.providers.http_client import HttpClient
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import Directory, ProviderRow, RouteRow
@@ -184,7 +185,7 @@ async def test_the_gate_decrypts_the_key_for_one_call_only(client: HttpClient) -
     ticket = await plan[0].gate.open()
     assert ticket is not None and ticket.credential is not None and ticket.credential.api_key == "secret-o1"
     assert "secret-o1" not in repr(ticket.credential) and "secret-o1" not in repr(plan)
-    from relay_server.pipeline.route import AttemptResult
+    from relay_server.pipeline.routing.route import AttemptResult
 
     await ticket.close(AttemptResult("success", 5, 10))
     assert ticket.credential is None

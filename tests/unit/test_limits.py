@@ -9,16 +9,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from relay_server.errors import ErrorKind
-from relay_server.pipeline.limits import (
-    KeyPolicy,
+from relay_server.domain.policy import KeyPolicy, QuotaRow, parse_key_overrides
+from relay_server.pipeline.steps.limits import (
     Limit,
-    QuotaRow,
     TtlCache,
     WindowState,
     effective_limits,
     format_reset,
     limit_exceeded,
-    parse_key_overrides,
     rate_limit_headers,
 )
 

@@ -11,9 +11,9 @@ import pytest
 
 from relay_server.api.error_mapping import response_headers
 from relay_server.errors import ErrorKind
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.meter import price
-from relay_server.pipeline.spend import (
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.pricing import price
+from relay_server.pipeline.steps.spend import (
     Cap,
     cap_exceeded,
     cap_window,
@@ -23,7 +23,7 @@ from relay_server.pipeline.spend import (
     reservation_micros,
     usd,
 )
-from relay_server.providers.base import Usage
+from relay_server.domain.provider import Usage
 
 
 def _entry(**kw: object) -> CatalogEntry:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from relay_server.pipeline.catalog import CatalogEntry
-from relay_server.pipeline.meter import price
-from relay_server.providers.base import Usage
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.pricing import price
+from relay_server.domain.provider import Usage
 
 
 def _entry(**kw) -> CatalogEntry:

@@ -42,7 +42,7 @@ def test_no_64_bit_integers_in_rest_visible_responses() -> None:
     """int64 renders as a JSON string through the transcoder and breaks the openai SDK."""
     from google.protobuf.descriptor import FieldDescriptor
 
-    from relay_sdk._proto.relay.v1 import models_pb2
+    from relay_proto.relay.v1 import models_pb2
 
     wide = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64}
 

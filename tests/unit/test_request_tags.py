@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from relay_server.errors import RelayError
-from relay_server.pipeline.request_tags import HEADER, parse_request_tags
+from relay_server.pipeline.steps.request_tags import HEADER, parse_request_tags
 
 
 def test_tags_are_parsed_to_strings() -> None:

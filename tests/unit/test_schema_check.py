@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from google.protobuf import json_format
 
-from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
+from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
 from relay_server.api.openai_wire import validate
 from relay_server.api.schema_check import SchemaCheck
 from relay_server.errors import RelayError

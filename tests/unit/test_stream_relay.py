@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from relay_server.pipeline.context import RequestContext
+from relay_server.domain.request import RequestContext
 from relay_server.pipeline.session import StreamSession
-from relay_server.pipeline.usage_estimate import OutputCounter
-from relay_server.providers.base import NativeEvent, Usage
+from relay_server.pipeline.steps.usage_estimate import OutputCounter
+from relay_server.domain.provider import NativeEvent, Usage
 
 CHUNKS = [
     {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
@@ -97,7 +97,7 @@ async def test_closing_early_settles_once_as_cancelled() -> None:
 
 
 async def test_a_failing_cache_store_neither_fails_the_stream_nor_loses_the_record() -> None:
-    from relay_server.pipeline.chunks import ChunkAssembler
+    from relay_server.text.chunks import ChunkAssembler
 
     class BrokenCache:
         stored = 0

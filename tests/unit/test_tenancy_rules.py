@@ -11,7 +11,8 @@ import pytest
 from relay_server.api.admin_support import client_ip, decode_cursor, paged
 from relay_server.api.pagination import encode_token
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import Authenticator, KeyRecord, hash_key, mint_key
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 from relay_server.tenancy import key_rules, tokens
 from relay_server.tenancy.auth_cache import decode_record, encode_record
 from relay_server.tenancy.config import parse_config, validate_entry

@@ -16,8 +16,8 @@ from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline import tokens
-from relay_server.providers.base import ProviderCall, RequestKind
+from relay_server.text import tokens
+from relay_server.domain.provider import ProviderCall, RequestKind
 from relay_server.providers.testmode import TestModeProvider
 
 MODEL = "gpt-4o-mini"

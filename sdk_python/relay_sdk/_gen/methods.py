@@ -8,17 +8,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import relay_sdk._proto.relay.admin.v1.api_keys_pb2 as relay_admin_v1_api_keys_pb2
-import relay_sdk._proto.relay.admin.v1.audit_pb2 as relay_admin_v1_audit_pb2
-import relay_sdk._proto.relay.admin.v1.catalog_pb2 as relay_admin_v1_catalog_pb2
-import relay_sdk._proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_pb2
-import relay_sdk._proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
-import relay_sdk._proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
-import relay_sdk._proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
-import relay_sdk._proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
-import relay_sdk._proto.relay.v1.embeddings_pb2 as relay_v1_embeddings_pb2
-import relay_sdk._proto.relay.v1.models_pb2 as relay_v1_models_pb2
-import relay_sdk._proto.relay.v1.threads_pb2 as relay_v1_threads_pb2
+import relay_proto.relay.admin.v1.api_keys_pb2 as relay_admin_v1_api_keys_pb2
+import relay_proto.relay.admin.v1.audit_pb2 as relay_admin_v1_audit_pb2
+import relay_proto.relay.admin.v1.catalog_pb2 as relay_admin_v1_catalog_pb2
+import relay_proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_pb2
+import relay_proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
+import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
+import relay_proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
+import relay_proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
+import relay_proto.relay.v1.embeddings_pb2 as relay_v1_embeddings_pb2
+import relay_proto.relay.v1.models_pb2 as relay_v1_models_pb2
+import relay_proto.relay.v1.threads_pb2 as relay_v1_threads_pb2
 from relay_sdk._pagers import AsyncPager, Pager
 from relay_sdk._wrappers import AsyncInvoker, AsyncResponseStream, Metadata, MethodSpec, ResponseStream, SyncInvoker
 

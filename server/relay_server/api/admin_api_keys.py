@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc
+from relay_proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc
 from relay_server.api import admin_messages as m
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import decode_cursor, from_timestamp, handle, limit, paged, timestamp

@@ -7,7 +7,7 @@ operators name a tenant, or leave ``tenant_id`` empty for platform actions
 
 from __future__ import annotations
 
-from relay_sdk._proto.relay.admin.v1 import audit_pb2, audit_pb2_grpc
+from relay_proto.relay.admin.v1 import audit_pb2, audit_pb2_grpc
 from relay_server.api import admin_messages as m
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import decode_cursor, handle, limit, paged

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from relay_sdk._proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import page
-from relay_server.pipeline.catalog import Catalog, CatalogEntry
-from relay_server.pipeline.context import new_request_id
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import new_request_id
 
 
 def _message(entry: CatalogEntry) -> catalog_pb2.CatalogModel:

@@ -10,12 +10,12 @@ from typing import Any
 
 import grpc
 
-from relay_sdk._proto.relay.admin.v1 import credentials_pb2, credentials_pb2_grpc
+from relay_proto.relay.admin.v1 import credentials_pb2, credentials_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_registry import admin_authenticator
 from relay_server.api.admin_support import handle, timestamp
 from relay_server.api.pagination import decode_token, encode_token, page_size
-from relay_server.crypto.vault import CredentialSpec, CredentialVault
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.storage.postgres.credentials import CredentialRow
 from relay_server.tenancy.calls import Call
 

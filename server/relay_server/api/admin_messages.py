@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 from google.protobuf import struct_pb2
 
-from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, audit_pb2, tenants_pb2
+from relay_proto.relay.admin.v1 import api_keys_pb2, audit_pb2, tenants_pb2
 from relay_server.api.admin_support import timestamp
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.api_keys import ApiKeyRow

@@ -19,7 +19,7 @@ import hmac
 from collections.abc import Mapping
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import Authenticator, bearer_token
+from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
 from relay_server.storage.postgres.members import user_permissions
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy import tokens

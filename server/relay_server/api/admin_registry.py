@@ -1,5 +1,5 @@
 """Registers the tenancy admin services (TenantService, ApiKeyService,
-AuditLogService) on a server; ``app.py`` calls ``register_admin_services``."""
+AuditLogService) on a server; ``relay_server.app`` calls ``register_admin_services``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from relay_sdk._proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, audit_pb2, audit_pb2_grpc, tenants_pb2, tenants_pb2_grpc
+from relay_proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, audit_pb2, audit_pb2_grpc, tenants_pb2, tenants_pb2_grpc
 from relay_server.api.admin_api_keys import ApiKeyServicer
 from relay_server.api.admin_audit import AuditLogServicer
 from relay_server.api.admin_principal import AdminAuthenticator

@@ -18,7 +18,7 @@ from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 from relay_server.tenancy.calls import Call
 
 T = TypeVar("T")

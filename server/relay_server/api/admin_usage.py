@@ -20,15 +20,15 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2
 
-from relay_sdk._proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
+from relay_proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.authenticate import Authenticator, bearer_token
-from relay_server.pipeline.context import new_request_id
-from relay_server.pipeline.spend import cap_window, usd
+from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
+from relay_server.domain.request import new_request_id
+from relay_server.pipeline.steps.spend import cap_window, usd
 from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.usage import (
     PostgresSpendLedger,

@@ -28,7 +28,7 @@ from relay_server.api.response_headers import success_headers
 from relay_server.errors import RelayError
 from relay_server.pipeline.inference import Admitted, InferencePipeline
 from relay_server.pipeline.session import Item
-from relay_server.providers.base import NativeResponse, RequestKind
+from relay_server.domain.provider import NativeResponse, RequestKind
 
 Frame = TypeVar("Frame")
 

@@ -14,15 +14,15 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, inference_service_pb2_grpc
+from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, inference_service_pb2_grpc
 from relay_server.api import door
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
 from relay_server.errors import RelayError
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
-from relay_server.providers.base import RequestKind
+from relay_server.domain.provider import RequestKind
 
 # int64 fields render as JSON strings in MessageToDict; providers expect numbers.
 _INT64_FIELDS = ("seed",)

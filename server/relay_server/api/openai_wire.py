@@ -18,10 +18,10 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from relay_sdk._proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
+from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
 from relay_server.api.schema_check import SchemaCheck
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.providers.base import RequestKind
+from relay_server.domain.provider import RequestKind
 
 _SCHEMAS: dict[RequestKind, type[Message]] = {
     "chat": chat_pb2.ChatCompletionRequest,

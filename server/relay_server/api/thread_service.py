@@ -20,11 +20,11 @@ from google.api import httpbody_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from relay_sdk._proto.relay.v1 import threads_pb2, threads_pb2_grpc
+from relay_proto.relay.v1 import threads_pb2, threads_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_service import request_metadata
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.context import new_request_id
+from relay_server.domain.request import new_request_id
 from relay_server.threads.render import message_proto, thread_proto
 from relay_server.threads.service import SendInput, Threads
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.request_context import current
-from relay_server.pipeline.meter import Metered, RequestRecorder
+from relay_server.domain.metered import Metered, RequestRecorder
 
 log = logging.getLogger(__name__)
 

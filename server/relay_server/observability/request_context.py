@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from relay_server.pipeline.context import RequestContext
+    from relay_server.domain.request import RequestContext
 
 
 @dataclass(slots=True)

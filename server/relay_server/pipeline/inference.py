@@ -17,17 +17,20 @@ from typing import Any, Protocol
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import attach
 from relay_server.observability.tracing import step
-from relay_server.pipeline.admission import AdmissionGate, Ticket
-from relay_server.pipeline.authenticate import Authenticator
-from relay_server.pipeline.cache import CacheLookup, ResponseCache, cached_metered
-from relay_server.pipeline.catalog import Catalog, CatalogEntry
-from relay_server.pipeline.context import RequestContext
-from relay_server.pipeline.meter import DEFAULT_MARKUP, DefaultMarkup, MarkupSource, Metered, Outcome, RequestRecorder, price
-from relay_server.pipeline.request_tags import parse_request_tags
-from relay_server.pipeline.route import Attempt, Router
+from relay_server.pipeline.steps.admission import AdmissionGate, Ticket
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.cache import CacheLookup, ResponseCache, cached_metered
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import RequestContext
+from relay_server.domain.pricing import DEFAULT_MARKUP, price
+from relay_server.pipeline.steps.meter import DefaultMarkup, MarkupSource
+from relay_server.domain.metered import Metered, Outcome, RequestRecorder
+from relay_server.pipeline.steps.request_tags import parse_request_tags
+from relay_server.pipeline.routing.route import Attempt, Router
+from relay_server.pipeline.steps.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
 from relay_server.pipeline.session import StreamSession
-from relay_server.pipeline.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
-from relay_server.providers.base import NativeResponse, RequestKind
+from relay_server.domain.provider import NativeResponse, RequestKind
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""Provider backends behind the ``Provider`` protocol of ``providers.base``."""
+"""Provider backends behind the ``Provider`` protocol of ``domain.provider``."""

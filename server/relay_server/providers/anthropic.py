@@ -20,8 +20,8 @@ from relay_server.providers.anthropic_stream import (
     finish_reason,
     openai_usage,
 )
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.auth import credential_headers
-from relay_server.providers.base import Credential, ProviderCall
 from relay_server.providers.translator import (
     ProviderFailure,
     UpstreamRequest,

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from relay_server.providers.base import ProviderCall
+from relay_server.domain.provider import ProviderCall
 from relay_server.providers.translator import unsupported
 
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})

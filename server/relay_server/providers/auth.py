@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from relay_server.providers.base import Credential
+from relay_server.domain.provider import Credential
 
 Scheme = Literal["bearer", "x-api-key"]
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from relay_server.providers.base import Credential, NativeEvent, NativeResponse, ProviderCall
+from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
 

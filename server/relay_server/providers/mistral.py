@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from relay_server.providers.base import ProviderCall
+from relay_server.domain.provider import ProviderCall
 from relay_server.providers.openai_compat import OpenAICompatTranslator
 from relay_server.providers.translator import UpstreamRequest, unsupported
 

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline import tokens
+from relay_server.text import tokens
 from relay_server.providers import testmode_library as library
-from relay_server.providers.base import ProviderCall
+from relay_server.domain.provider import ProviderCall
 
 _NOT_IN_SEED = frozenset({
     "stream", "stream_options", "user", "metadata", "store", "service_tier", "prompt_cache_key",

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.providers.base import Provider, ProviderCall
+from relay_server.domain.provider import Provider, ProviderCall
 
 ERROR_HEADER = "x-relay-test-error"
 AFTER_HEADER = "x-relay-test-error-after"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.providers.base import Credential, NativeEvent, NativeResponse, ProviderCall
+from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.sse import SSEEvent
 
 

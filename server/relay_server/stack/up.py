@@ -369,7 +369,7 @@ def _dial_host(host: str) -> str:
 
 def _pythonpath() -> list[Path]:
     # Until Relay is installed as a package: the server and the generated stubs.
-    return [REPO / "server", REPO / "sdk_python"]
+    return [REPO / "server", REPO / "proto_python"]
 
 
 def redact(url: str) -> str:

@@ -14,7 +14,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.workers.webhook_destinations import RefusedDestination, classify, parse_literal
+from relay_server.webhook_destinations import RefusedDestination, classify, parse_literal
 
 MAX_CACHE_TTL_S = 30 * 86400
 MAX_MARKUP = Decimal("9.9999")  # requests.markup_rate is NUMERIC(5,4)

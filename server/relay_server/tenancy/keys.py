@@ -16,7 +16,7 @@ from datetime import datetime, timedelta, timezone
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.pipeline.authenticate import mint_key
+from relay_server.domain.keys import mint_key
 from relay_server.storage.postgres import api_keys as store
 from relay_server.storage.postgres.api_keys import ApiKeyRow, NewKey
 from relay_server.storage.postgres.pool import Conn, Database

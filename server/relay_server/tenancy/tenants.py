@@ -21,7 +21,7 @@ from psycopg.errors import UniqueViolation
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.pipeline.authenticate import mint_key
+from relay_server.domain.keys import mint_key
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import members as member_store
 from relay_server.storage.postgres import tenants as store

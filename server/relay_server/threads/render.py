@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import json_format
 
-from relay_sdk._proto.relay.v1 import threads_pb2
+from relay_proto.relay.v1 import threads_pb2
 from relay_server.storage.postgres.threads import MessageRow, ThreadRow
 
 _INT32_MAX = 2**31 - 1

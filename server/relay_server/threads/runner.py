@@ -24,9 +24,9 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.chunks import ChunkAssembler
-from relay_server.pipeline.embedder import Embedder, usable
-from relay_server.pipeline.tenant_flags import FlagSource
+from relay_server.text.chunks import ChunkAssembler
+from relay_server.pipeline.steps.embedder import Embedder, usable
+from relay_server.pipeline.steps.tenant_flags import FlagSource
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.threads import MessageRow

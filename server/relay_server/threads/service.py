@@ -17,10 +17,10 @@ import orjson
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.pipeline import tokens
-from relay_server.pipeline.context import Principal
-from relay_server.pipeline.embedder import Embedder, usable
-from relay_server.pipeline.tenant_flags import FlagSource
+from relay_server.text import tokens
+from relay_server.domain.request import Principal
+from relay_server.pipeline.steps.embedder import Embedder, usable
+from relay_server.pipeline.steps.tenant_flags import FlagSource
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.threads import MessageRow, NewMessage

@@ -30,7 +30,7 @@ import orjson
 from yarl import URL
 
 from relay_server.storage.postgres.webhooks import Delivery, WebhookStore
-from relay_server.workers.webhook_destinations import GuardedResolver, check_host, refusal_of
+from relay_server.webhook_destinations import GuardedResolver, check_host, refusal_of
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay_server.pipeline.catalog import CatalogEntry
+from relay_server.domain.catalog import CatalogEntry
 from relay_server.storage.postgres.pool import Database
 
 _LOAD = """

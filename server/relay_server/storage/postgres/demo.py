@@ -11,7 +11,7 @@ import json
 
 import psycopg
 
-from relay_server.pipeline.authenticate import hash_key, mint_key
+from relay_server.domain.keys import hash_key, mint_key
 
 DEMO_TENANT_ID = "ten_demo"
 DEMO_USER_ID = "usr_demo_owner"

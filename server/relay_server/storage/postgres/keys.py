@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 
-from relay_server.pipeline.authenticate import KeyRecord
+from relay_server.domain.keys import KeyRecord
 from relay_server.storage.postgres.pool import Database
 
 _FIND_BY_HASH = """

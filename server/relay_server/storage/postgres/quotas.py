@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from relay_server.pipeline.limits import KeyPolicy, QuotaRow, parse_key_overrides
+from relay_server.domain.policy import KeyPolicy, QuotaRow, parse_key_overrides
 from relay_server.storage.postgres.pool import Database
 
 

@@ -6,7 +6,7 @@
   count, errors and a latency histogram, from which the monitor derives the
   5-minute error rate and p95 latency (no per-request lists to trim).
 
-Redis errors propagate; ``pipeline/health.py`` falls back to in-process state.
+Redis errors propagate; ``pipeline/routing/health.py`` falls back to in-process state.
 """
 
 from __future__ import annotations

@@ -1,0 +1,199 @@
+"""The composition root: the only place that builds and wires components.
+
+``build()`` turns settings into a ready ``App`` (pools open, catalog loaded);
+``serve()`` runs one gRPC worker process until SIGTERM/SIGINT, then drains
+in-flight requests for ``shutdown_grace_s`` before closing the pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import signal
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from redis.asyncio import Redis
+
+from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
+from relay_proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
+from relay_server.api.admin_catalog import ModelCatalogServicer
+from relay_server.api.admin_credentials import register_credential_service
+from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_registry import register_admin_services
+from relay_server.api.admin_usage import register_usage_service
+from relay_server.api.inference_service import InferenceServicer
+from relay_server.api.openai_service import OpenAIServicer
+from relay_server.api.openai_wire import validate
+from relay_server.api.thread_service import register_thread_service
+from relay_server.app.observability import Observability, build_observability
+from relay_server.observability.sampler import Sources
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.pipeline.inference import InferencePipeline
+from relay_server.settings import Settings
+from relay_server.storage.postgres.catalog import PostgresCatalogStore
+from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.providers import PostgresProviderStore
+from relay_server.storage.redis.client import create_redis
+from relay_server.storage.redis.wire import RedisWire
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
+from relay_server.app.metering import Metering, build_metering, spool_dir
+from relay_server.app.routing import Routing, build_routing
+
+log = logging.getLogger(__name__)
+
+def _service_name(module, name: str) -> str:
+    return module.DESCRIPTOR.services_by_name[name].full_name
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    redis: Redis | None
+    wire: RedisWire | None  # the per-request Redis connection (storage/redis/wire.py)
+    catalog: Catalog
+    authenticator: Authenticator
+    pipeline: InferencePipeline
+    tenancy: Tenancy
+    metering: Metering
+    routing: Routing
+    conversations: Conversations | None = None  # response cache and threads
+    observability: Observability | None = None  # metrics, traces, provider anomalies
+
+    async def close(self) -> None:
+        if self.conversations is not None:
+            await self.conversations.stop()  # thread replies finish (or are persisted as interrupted) first
+        await self.pipeline.drain()  # requests that ended are metered and settled before the writer stops
+        await self.metering.stop()  # writes (or spools) the request rows still queued
+        if self.observability is not None:
+            await self.observability.stop()  # after the writer: the last sample sees its final counts
+        await self.routing.stop()
+        await self.tenancy.stop()
+        await self.catalog.stop()
+        if self.wire is not None:
+            await self.wire.close()
+        if self.redis is not None:
+            await self.redis.aclose()
+        await self.db.close()
+
+
+async def build(settings: Settings) -> App:
+    db = Database(
+        settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    await db.open()
+    redis = create_redis(settings.redis_url) if settings.redis_url else None
+    wire = RedisWire.from_url(settings.redis_url) if settings.redis_url else None
+    catalog = Catalog(PostgresCatalogStore(db))
+    await catalog.load()
+    catalog.start()
+    tenancy = build_tenancy(settings, db, redis, catalog)
+    authenticator = tenancy.authenticator
+    observability = build_observability(settings)
+    routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    router = routing.router
+    metering = build_metering(settings, db, redis, wire, tenancy.runner)
+    conversations = build_conversations(settings, db, redis, tenancy.runner)
+    pipeline = InferencePipeline(
+        authenticator, catalog, router, observability.recorder(metering.recorder),
+        gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
+        cache=conversations.cache, settle_after_response=True,
+    )  # fmt: skip
+    conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
+    await metering.start()
+    return App(
+        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
+        conversations=conversations, observability=observability,
+    )  # fmt: skip
+
+
+def start_observability(app: App) -> None:
+    """Sample the request log, spool, circuits and gate; record provider anomalies; serve /metrics."""
+    if app.observability is None:
+        return
+    sources = Sources(
+        gate=app.metering.gate, writer=app.metering.writer, spool_dir=spool_dir(app.settings),
+        health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
+    )  # fmt: skip
+    app.observability.start(sources, PostgresProviderStore(app.db))
+
+
+def add_services(server: grpc.aio.Server, app: App) -> list[str]:
+    """Register every servicer; returns the fully-qualified service names."""
+    openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server(
+        OpenAIServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
+    )
+    inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
+        InferenceServicer(app.pipeline, observability=app.observability), server
+    )
+    admin_auth = AdminAuthenticator(app.settings.admin_token)
+    catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
+    names = [
+        _service_name(openai_service_pb2, "OpenAIService"),
+        _service_name(inference_service_pb2, "InferenceService"),
+        _service_name(catalog_pb2, "ModelCatalogService"),
+    ]
+    names.extend(register_admin_services(server, app))
+    names.append(register_usage_service(server, app))
+    names.append(register_credential_service(server, app))
+    names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
+    return names
+
+
+def grpc_options(settings: Settings) -> list[tuple[str, int]]:
+    limit = settings.max_request_bytes + 1024 * 1024  # room for framing around the largest body
+    return [
+        ("grpc.max_receive_message_length", limit),
+        ("grpc.max_send_message_length", limit),
+        ("grpc.so_reuseport", 1),  # --workers N processes share one port
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def freeze_startup_heap() -> None:
+    """Hide what start-up built (catalog, descriptors, tokenizers, pools) from the cyclic GC.
+
+    It lives as long as the worker, yet every full collection walked it (~88,000
+    objects, 14–32 ms per collection, a latency spike for every request in flight).
+    After ``gc.freeze()`` a full collection scans only what requests left behind
+    (~1,300 objects in a streaming bench).
+    """
+    gc.collect()
+    gc.freeze()
+
+
+async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    app = await build(settings)
+    server = grpc.aio.server(options=grpc_options(settings))
+    names = add_services(server, app)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    server.add_insecure_port(settings.grpc_address)
+    await server.start()
+    await app.tenancy.start()
+    start_observability(app)
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    freeze_startup_heap()
+    log.info("relay worker serving", extra={"address": settings.grpc_address})
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    log.info("relay worker draining", extra={"grace_s": settings.shutdown_grace_s})
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.shutdown_grace_s)
+    await app.close()

@@ -1,0 +1,100 @@
+"""The routing capability, assembled from settings and the shared resources.
+
+``relay_server.app`` calls ``build_routing`` once: it opens the shared outbound HTTP
+client, loads the provider directory, and returns the live ``Router`` plus
+the credential vault the admin API uses; the health monitor and (when the
+keyring holds retired master keys) the re-wrap job are registered on the
+process's ``BackgroundRunner``.  ``stop`` closes what ``build_routing`` opened.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+
+from relay_server.crypto.keyring import Keyring
+from relay_server.tenancy.vault import CredentialVault
+from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.pipeline.routing.credential_cache import CredentialCache
+from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.provider_directory import ProviderDirectory
+from relay_server.pipeline.routing.route import RetryPolicy, Router
+from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_http
+from relay_server.providers.testmode import TestModeProvider
+from relay_server.settings import Settings
+from relay_server.storage.postgres.credentials import PostgresCredentialSource
+from relay_server.storage.postgres.pool import Database
+from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDetector
+from relay_server.storage.postgres.providers import PostgresProviderStore
+from relay_server.storage.redis.health import RedisHealthStore
+from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.wire import RedisWire
+from relay_server.workers.credential_rotation import rotate_in_background
+from relay_server.workers.health_monitor import HealthMonitor
+from relay_server.workers.runner import BackgroundRunner, Periodic
+
+
+@dataclass
+class Routing:
+    router: Router
+    vault: CredentialVault
+    client: UpstreamHttp
+    directory: ProviderDirectory
+    credentials: CredentialCache
+    health: HealthTracker
+    monitor: HealthMonitor
+    keyring: Keyring | None
+
+    async def stop(self) -> None:
+        await self.health.close()  # the attempt samples still buffered
+        await self.directory.stop()
+        await self.client.close()
+
+
+async def build_routing(
+    settings: Settings,
+    db: Database,
+    redis: Redis | None,
+    wire: RedisWire | None,
+    catalog: Catalog,
+    runner: BackgroundRunner | None,
+    *,
+    anomalies: AnomalyDetector | None = None,
+) -> Routing:
+    keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
+    client = build_upstream_http(settings)  # native or aiohttp, proxy from settings
+    try:
+        directory = ProviderDirectory(PostgresProviderStore(db), client)
+        await directory.load()
+    except BaseException:
+        await client.close()
+        raise
+    directory.start()
+    source = PostgresCredentialSource(db)
+    credentials = CredentialCache(source.routable, ttl_s=settings.credential_cache_ttl_s)
+    health = HealthTracker(
+        RedisHealthStore(redis) if redis is not None else None,
+        CircuitPolicy(settings.circuit_failure_threshold, settings.circuit_cooldown_s),
+    )
+    planner = CandidatePlanner(
+        catalog, directory, credentials, health,
+        OutboundGuard(OutboundWindows(redis) if redis is not None else None), keyring,
+        policy=RetryPolicy(backoff_s=settings.retry_backoff_s), timeout_s=settings.provider_timeout_s,
+        state_reads=wire if redis is not None else None,
+    )  # fmt: skip
+    router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
+    vault = CredentialVault(db, keyring, on_change=credentials.invalidate)
+    # With a detector, a probe's "healthy" does not overrule a live latency/error-rate anomaly.
+    statuses = PostgresProviderStore(db)
+    monitor = HealthMonitor(
+        directory, health, statuses if anomalies is None else AnomalyAwareStatuses(statuses, anomalies),
+        source.pooled, keyring, interval_s=settings.health_probe_interval_s,
+    )  # fmt: skip
+    if runner is not None:
+        if settings.health_monitor:
+            runner.add_periodic(Periodic("provider-health", settings.health_probe_interval_s, monitor.tick))
+        if keyring is not None and keyring.retired_ids:
+            runner.add_loop("credential-rotation", lambda: rotate_in_background(db, keyring))
+    return Routing(router, vault, client, directory, credentials, health, monitor, keyring)

@@ -1,0 +1,124 @@
+"""The tenancy capability, assembled from settings and the shared resources.
+
+``relay_server.app`` (the composition root) calls ``build_tenancy`` once and owns the
+result; this keeps the tenancy wiring in one readable place without spreading
+it through ``relay_server.app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from datetime import timedelta
+
+from redis.asyncio import Redis
+
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.settings import Settings
+from relay_server.storage.postgres.keys import PostgresKeyStore
+from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.auth_cache import PURGE_JOB, AuthInvalidator, RedisKeyCache
+from relay_server.tenancy.config import TenantConfigReader
+from relay_server.tenancy.keys import ApiKeyService
+from relay_server.tenancy.last_used import LastUsedRecorder
+from relay_server.tenancy.lifecycle import Lifecycle
+from relay_server.tenancy.members import MemberAdmin
+from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
+from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
+from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
+from relay_server.workers.lifecycle import LifecycleJobs
+from relay_server.workers.provisioning import Provisioner
+from relay_server.workers.runner import BackgroundRunner, Periodic
+
+
+@dataclass
+class Tenancy:
+    settings: Settings
+    authenticator: Authenticator
+    last_used: LastUsedRecorder
+    invalidator: AuthInvalidator
+    config: TenantConfigReader
+    silos: SiloDirectory
+    lifecycle: Lifecycle
+    keys: ApiKeyService
+    tenants: TenantAdmin
+    members: MemberAdmin
+    tenant_settings: TenantSettingsAdmin
+    lifecycle_jobs: LifecycleJobs
+    runner: BackgroundRunner
+
+    async def start(self, subscribe_timeout_s: float = 2.0) -> None:
+        self.runner.start(jobs_enabled=self.settings.background_jobs)
+        if self.settings.redis_url:
+            # Report SERVING only once purges from other workers reach this one
+            # (if Redis is down, serve anyway: the subscriber keeps retrying).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.invalidator.subscribed.wait(), subscribe_timeout_s)
+
+    async def stop(self) -> None:
+        await self.runner.stop()
+        await self.last_used.flush()  # what was collected since the last flush
+
+
+def _model_exists(catalog: Catalog):  # noqa: ANN202
+    def exists(name: str) -> bool:
+        return any(e.relay_name == name or e.model_id == name for e in catalog.entries())
+
+    return exists
+
+
+def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog: Catalog) -> Tenancy:
+    key_store = PostgresKeyStore(db)
+    last_used = LastUsedRecorder(key_store, flush_s=settings.last_used_flush_s)
+    shared = RedisKeyCache(redis, ttl_s=settings.auth_redis_ttl_s) if redis is not None else None
+    authenticator = Authenticator(key_store, cache_ttl_s=settings.auth_cache_ttl_s, shared=shared, on_use=last_used.touch)
+
+    def subscriber() -> Redis:
+        # Its own connection with no read timeout: it waits for messages.
+        return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
+
+    invalidator = AuthInvalidator(
+        db, authenticator, cache=shared, redis=redis, subscriber=subscriber if redis is not None else None
+    )
+    config = TenantConfigReader(db, redis, ttl_s=settings.config_cache_ttl_s)
+    silos = SiloDirectory(db, parse_silo_setting(settings.silo_databases))
+    lifecycle = Lifecycle(db, invalidator, config, trial_days=settings.trial_days)
+    model_exists = _model_exists(catalog)
+    provisioner = Provisioner(db, lifecycle, invalidator, silos)
+    lifecycle_jobs = LifecycleJobs(
+        db,
+        lifecycle,
+        silos,
+        suspended_grace=timedelta(days=settings.suspended_grace_days),
+        expired_grace=timedelta(days=settings.expired_grace_days),
+        retention=timedelta(days=settings.deletion_retention_days),
+        provisioning_stuck=timedelta(seconds=settings.provisioning_stuck_s),
+    )
+    runner = BackgroundRunner(
+        db,
+        {PROVISION_JOB: provisioner.run, PURGE_JOB: invalidator.run_job, **lifecycle_jobs.handlers()},  # type: ignore[dict-item]
+        poll_s=settings.jobs_poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+    )
+    runner.set_max_attempts(PURGE_JOB, 100)  # a purge is cheap and must happen: retry for hours
+    runner.add_periodic(Periodic("lifecycle-sweep", settings.lifecycle_sweep_s, lifecycle_jobs.sweep))
+    runner.add_loop("last-used-flush", last_used.run)
+    if redis is not None:
+        runner.add_loop("auth-invalidation", invalidator.run_subscriber)
+    return Tenancy(
+        settings=settings,
+        authenticator=authenticator,
+        last_used=last_used,
+        invalidator=invalidator,
+        config=config,
+        silos=silos,
+        lifecycle=lifecycle,
+        keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
+        tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
+        members=MemberAdmin(db),
+        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
+        lifecycle_jobs=lifecycle_jobs,
+        runner=runner,
+    )

@@ -1,0 +1,24 @@
+"""A model as the catalog knows it: provider, provider-side name, prices, limits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogEntry:
+    model_id: str
+    relay_name: str
+    provider_id: str
+    provider_api: str
+    provider_name: str
+    kind: str  # chat | completion | embedding
+    input_cost_per_1m: Decimal
+    output_cost_per_1m: Decimal
+    context_window: int
+    max_output_tokens: int | None
+    owned_by: str
+    created: int
+    cache_read_cost_per_1m: Decimal | None = None
+    cache_write_cost_per_1m: Decimal | None = None

@@ -1,0 +1,77 @@
+"""What one request carries through the pipeline."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay_server.domain.provider import RequestKind, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of an inference request (an API key)."""
+
+    tenant_id: str
+    key_id: str
+    key_hint: str
+    environment: str  # live | test
+    scope: str  # inference | management
+    tenant_plan: str = "free"
+    end_user_id: str | None = None
+    allowed_models: tuple[str, ...] = ()
+
+    @property
+    def is_test(self) -> bool:
+        return self.environment == "test"
+
+
+def new_request_id() -> str:
+    return "req_" + uuid.uuid4().hex
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Mutable per-request state: filled step by step, read by the meter at the end."""
+
+    request_id: str
+    kind: RequestKind
+    body: Mapping[str, Any]
+    """The client's JSON, never mutated (translators copy what they change)."""
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    """gRPC metadata (HTTP headers through Envoy), lower-cased; holds secrets: never log it."""
+    principal: Principal | None = None
+    model: str = ""
+    stream: bool = False
+    include_usage: bool = False
+    started_ns: int = field(default_factory=time.monotonic_ns)
+    started_at: float = field(default_factory=time.time)
+    first_token_ns: int | None = None
+    usage: Usage | None = None
+    provider_id: str | None = None
+    attempts: int = 0
+    tags: dict[str, str] | None = None
+    """The caller's ``x-relay-metadata`` pairs, kept in the request log."""
+    door: str = "openai"
+    """The public API dialect the request came through (kept in the request log)."""
+    native_body: Mapping[str, Any] | None = None
+    """The client's body in its door's own dialect, when that is not OpenAI's (``body`` is its OpenAI form)."""
+
+    @property
+    def model_name(self) -> str:
+        return self.model or str(self.body.get("model") or "")
+
+    def mark_first_token(self) -> None:
+        if self.first_token_ns is None:
+            self.first_token_ns = time.monotonic_ns()
+
+    def elapsed_ms(self) -> int:
+        return (time.monotonic_ns() - self.started_ns) // 1_000_000
+
+    def ttft_ms(self) -> int | None:
+        if self.first_token_ns is None:
+            return None
+        return (self.first_token_ns - self.started_ns) // 1_000_000

@@ -1,0 +1,1 @@
+"""The request's steps, in order: authenticate, catalog, admission (limits, spend), cache, meter."""
