@@ -58,6 +58,10 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
                 metrics.worker_exited(proc.pid)
                 time.sleep(backoff[slot])
                 backoff[slot] = min(backoff[slot] * 2, 10.0)
+                if stopping:
+                    # The shutdown signal came during the back-off and was forwarded to the
+                    # workers alive then: a worker started now would never receive it.
+                    continue
                 start(slot)
                 alive += 1
         if stopping and alive == 0:
