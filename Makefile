@@ -58,9 +58,11 @@ test-integration: $(STAMP)
 test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
+# Portkey's gateway beside Relay in the same run (installed into bench/.cache/peers by the bench); BENCH_PEERS= to skip.
+BENCH_PEERS ?= --peers
 ## bench: own stack on free ports, mock upstream; prints one table, writes bench/results/latest.json (bench/README.md)
 bench: $(STAMP)
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run.py $(BENCH_PEERS) $(BENCH_ARGS)
 
 clean:
 	rm -rf .pytest_cache

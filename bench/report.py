@@ -101,7 +101,7 @@ def table(rows: Sequence[Row]) -> str:
         if "ttft_p50_ms" in relay:
             ttft = f"{_f(direct.get('ttft_p50_ms'), '{:.1f}')}/{_f(relay.get('ttft_p50_ms'), '{:.1f}')}"
         cells = (
-            row["scenario"], row["workers"], row["concurrency"], row["mode"], relay["driver"],
+            row["scenario"] + (f" #{row['run']}" if row.get("run", 1) > 1 else ""), row["workers"], row["concurrency"], row["mode"], relay["driver"],
             _f(direct.get("rps"), "{:.0f}"), _f(relay["rps"], "{:.0f}"), _f(row.get("throughput_ratio")),
             f"{_f(direct.get('p50_ms'))}/{_f(relay['p50_ms'])}" if direct else _f(relay["p50_ms"]),
             _f(row.get("added_p50_ms")),

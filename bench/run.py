@@ -30,13 +30,22 @@ for _p in (_REPO / "proto_python", _REPO / "sdk_python", _REPO / "server", _REPO
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from bench import profile as bench_profile  # noqa: E402
-from bench import redis_trace, report, scenarios  # noqa: E402
-from bench.loadgen import drive  # noqa: E402
-from bench.procstats import worker_pids  # noqa: E402
-from bench.soak import run_soak  # noqa: E402
-from bench.stack import BenchStack, StackOptions, new_stack  # noqa: E402
-from bench.wrkdriver import INSTALL_HINT, find_wrk, run_wrk  # noqa: E402
+from bench import (
+    compare,
+    peers,
+    pinning,
+    procstats,
+    redis_trace,
+    report,
+    scenarios,
+    stages,
+)
+from bench import profile as bench_profile
+from bench.loadgen import drive
+from bench.procstats import worker_pids
+from bench.soak import run_soak
+from bench.stack import BenchStack, StackOptions, new_stack
+from bench.wrkdriver import INSTALL_HINT, find_wrk, run_wrk
 
 RESULTS = _REPO / "bench" / "results"
 
@@ -59,6 +68,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=_int_list, default=list(range(1, cores + 1)) if cores > 1 else [],
                    help=f"worker counts for the scaling rows (default 1..{cores}); --no-scale to skip")  # fmt: skip
     p.add_argument("--no-scale", action="store_true")
+    p.add_argument("--peers", action="store_true",
+                   help="also run Portkey's gateway (npm, installed into bench/.cache/peers) against the same mock, "
+                        "interleaved, and judge Relay by ratios to it")  # fmt: skip
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure every scenario N times in turn (direct, Relay, peer each time); the peer "
+                        "targets then say in how many runs they were met")  # fmt: skip
+    p.add_argument("--stages", type=int, default=0, metavar="SECONDS",
+                   help="per-stage CPU tables: py-spy on one worker under chat and stream at c=32")  # fmt: skip
+    p.add_argument("--driver-cores", type=int, default=1,
+                   help="scaling rows: cores kept for the load driver and the rest of the stack (default 1)")  # fmt: skip
     p.add_argument("--driver", choices=["auto", "wrk", "python"], default="auto", help="non-streaming load driver")
     p.add_argument("--profile", type=int, default=0, metavar="SECONDS",
                    help="also sample one worker with py-spy under non-streaming chat at c=32")  # fmt: skip
@@ -79,6 +98,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown scenario(s): {', '.join(sorted(unknown))}")
     if args.duration <= 0 or args.requests < 1 or args.workers < 1 or args.chunks < 1:
         p.error("--duration, --requests, --workers and --chunks must be positive")
+    if args.stages < 0 or args.driver_cores < 1 or args.repeat < 1:
+        p.error("--stages must not be negative; --driver-cores and --repeat must be positive")
     if args.profile < 0 or args.soak < 0 or args.soak_every < 0 or args.soak_concurrency < 1:
         p.error("--profile, --soak and --soak-every must not be negative; --soak-concurrency must be positive")
     if not 1 <= args.envoy_concurrency <= 64:
@@ -130,31 +151,57 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str, scenarios.Mode],
            args: argparse.Namespace, use_wrk: bool) -> int:  # fmt: skip
     rows: list[report.Row] = []
+    peer_rows: list[report.Row] = []
     broken = scenarios.Mode("broken", "")
+    peer = _start_peer(stack, chosen) if args.peers else None
     baseline = scenarios.idle_baseline(stack)
     print("idle CPU ms/s (subtracted from every run): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in baseline.items()))
     bounds = {"requests": args.requests, "duration_s": args.duration, "use_wrk": use_wrk, "baseline": baseline}
-    for scenario in chosen:
-        mode = modes[scenario.name]
-        if mode.name == "broken":
-            print(f"skip {scenario.name}: {mode.detail}", file=sys.stderr)
-            continue
-        trace = redis_trace.trace(stack.redis_url, scenarios.spec_for(stack, scenario, relay=True, mode=mode))
-        print(f"redis {scenario.name:10} per request: {_trace_line(trace)}")
-        for c in args.concurrency:
-            print(f"run  {scenario.name:10} c={c:<3} direct ...", flush=True)
-            direct = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, **bounds)
-            print(f"run  {scenario.name:10} c={c:<3} relay ({mode.name}) ...", flush=True)
-            relay = scenarios.measure(stack, scenario, relay=True, mode=mode, concurrency=c, **bounds)
-            rows.append(report.make_row(scenario.name, args.workers, c, mode, relay, direct, trace))
+    traces: dict[str, dict[str, Any]] = {}
+    for run in range(1, args.repeat + 1):
+        for scenario in chosen:
+            mode = modes[scenario.name]
+            if mode.name == "broken":
+                print(f"skip {scenario.name}: {mode.detail}", file=sys.stderr)
+                continue
+            if scenario.name not in traces:
+                spec = scenarios.spec_for(stack, scenario, relay=True, mode=mode)
+                traces[scenario.name] = redis_trace.trace(stack.redis_url, spec)
+                print(f"redis {scenario.name:10} per request: {_trace_line(traces[scenario.name])}")
+            for c in args.concurrency:
+                tag = f"run {run}: " if args.repeat > 1 else ""
+                print(f"run  {tag}{scenario.name:10} c={c:<3} direct ...", flush=True)
+                direct = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, **bounds)
+                print(f"run  {tag}{scenario.name:10} c={c:<3} relay ({mode.name}) ...", flush=True)
+                relay = scenarios.measure(stack, scenario, relay=True, mode=mode, concurrency=c, **bounds)
+                rows.append({**report.make_row(scenario.name, args.workers, c, mode, relay, direct,
+                                               traces[scenario.name]), "run": run})  # fmt: skip
+                if peer is not None:
+                    print(f"run  {tag}{scenario.name:10} c={c:<3} {peer.name} ...", flush=True)
+                    other = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, peer=peer,
+                                              **bounds)  # fmt: skip
+                    peer_rows.append({**compare.peer_row(scenario.name, c, peer.name, other, direct), "run": run})
+    if peer is not None:
+        peer.stop()
+    stage_tables = _stages(stack, chosen, modes, args, use_wrk, baseline) if args.stages else {}
     profile_json = (
         _profile(stack, modes, args, use_wrk) if args.profile and modes.get("chat", broken).name != "broken" else None
     )
     scaling = _scaling(stack, modes, args, use_wrk, bounds) if "chat" in modes else []
     verdicts = report.targets(rows, scaling, None)
+    comparisons = compare.side_by_side(rows, peer_rows)
+    per_run = [compare.targets([c for c in comparisons if c["run"] == run]) for run in range(1, args.repeat + 1)]
+    peer_verdicts = compare.across_runs(per_run) + [v for v in verdicts if v["target"].startswith("RSS")]
     print()
     print(report.table([*rows, *scaling]))
-    print("\ntargets:")
+    for _, text in stage_tables.values():
+        print(f"\n{text}")
+    if comparisons:
+        print(f"\nside by side with {peer.name if peer else 'peer'} (same run, same mock, same drivers):")
+        print(compare.table(comparisons))
+        print("\ntargets (relative to the peer, same run):")
+        print(report.verdict_lines(peer_verdicts))
+    print("\nabsolute targets (secondary: they move with the machine):" if comparisons else "\ntargets:")
     print(report.verdict_lines(verdicts))
     notes = _notes(stack, modes, use_wrk)
     for note in notes:
@@ -166,12 +213,88 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
         "rows": rows,
         "scaling": scaling,
         "targets": verdicts,
+        "peers": _peer_json(peer, peer_rows, comparisons, peer_verdicts),
+        "stages": {title: table_rows for title, (table_rows, _) in stage_tables.items()} or None,
         "profile": profile_json,
         "notes": notes,
     }
     report.write_json(args.output, payload)
     print(f"\nwrote {args.output}")
     return 0
+
+
+def _peer_json(peer: peers.Peer | None, rows: list[report.Row], comparisons: list[report.Row],
+               verdicts: list[dict[str, Any]]) -> dict[str, Any] | None:  # fmt: skip
+    if peer is None:
+        return None
+    return {"name": peer.name, "version": peer.version, "node": peers.node_version(), "pins": peers.PORTKEY_PINS,
+            "rows": rows, "side_by_side": comparisons, "targets": verdicts}  # fmt: skip
+
+
+def _start_peer(stack: BenchStack, chosen: list[scenarios.Scenario]) -> peers.Peer | None:
+    """Portkey's gateway on a free port, pointed at the stack's mock, warmed up; None (and why) if it cannot run."""
+    try:
+        script = peers.ensure_portkey()
+        peer = peers.start_portkey(script, stack.mock_url, stack.paths.log("portkey"))
+    except peers.PeerError as exc:
+        print(f"peers: skipped: {exc}", file=sys.stderr)
+        return None
+    stack.on_stop(peer.stop)
+    print(f"peer {peer.name} {peer.version} (node {peers.node_version()}) :{peer.port} -> mock {stack.mock_url}")
+    # V8 optimises hot code only after thousands of calls; a 1 s per-run warm-up at c=1 leaves the
+    # peer half-interpreted (CPU per request fell 3.8 -> 2.5 ms over its first 1,500 requests here).
+    for scenario in chosen:
+        spec = scenarios.spec_for(stack, scenario, relay=False, mode=None, peer=peer)
+        drive(spec, concurrency=8, requests=peers.WARMUP_REQUESTS, duration_s=peers.WARMUP_S)
+    return peer
+
+
+def _stages(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str, scenarios.Mode],
+            args: argparse.Namespace, use_wrk: bool,
+            baseline: dict[str, float]) -> dict[str, tuple[list[dict[str, Any]], str]]:  # fmt: skip
+    """Per-stage CPU tables for chat and stream at c=32 (py-spy on one worker, see bench/stages.py)."""
+    assert stack.server is not None
+    out: dict[str, tuple[list[dict[str, Any]], str]] = {}
+    for scenario in chosen:
+        rules = {"chat": stages.NON_STREAM_RULES, "stream": stages.STREAM_RULES}.get(scenario.name)
+        if rules is None or modes[scenario.name].name == "broken":
+            continue
+        pid = worker_pids(stack.server.pid)[0]
+        spec = scenarios.spec_for(stack, scenario, relay=True, mode=modes[scenario.name])
+        print(f"run  stages     py-spy on worker {pid}, {scenario.name} c=32 for {args.stages}s ...", flush=True)
+        drive(spec, concurrency=32, requests=2000, duration_s=1.0)  # warm
+        collapsed = stack.root / f"stages-{scenario.name}.txt"
+        spy = bench_profile.record(pid, args.stages + 1, collapsed)
+        time.sleep(0.5)  # py-spy attaches
+        watched = scenarios.groups(stack, relay=True)
+        before, started = procstats.snapshot(watched), time.monotonic()
+        result = scenarios.run_load(spec, concurrency=32, requests=10**9, duration_s=args.stages, use_wrk=use_wrk)
+        time.sleep(scenarios.SETTLE_S)
+        after, elapsed = procstats.snapshot(watched), time.monotonic() - started
+        try:
+            spy.wait(timeout=args.stages + 30)
+        except subprocess.TimeoutExpired:
+            spy.kill()
+            spy.wait()
+        if not collapsed.exists() or not result.ok:
+            print(f"stages: nothing recorded for {scenario.name}", file=sys.stderr)
+            continue
+        cpu = {k: max(0.0, v - baseline.get(k, 0.0) * elapsed) * 1000 / result.ok
+               for k, v in procstats.cpu_delta_s(before, after).items()}  # fmt: skip
+        others = {"envoy (transcoder + client write)": cpu.get("envoy", 0.0), "redis": cpu.get("redis", 0.0),
+                  "postgres": cpu.get("postgres", 0.0)}  # fmt: skip
+        samples = stages.attribute(collapsed.read_text(), rules)
+        title = (f"stages: {scenario.name} c=32, {result.rps:.0f} rps, {samples.total} worker samples "
+                 f"(CPU per {'stream' if scenario.stream else 'request'}; µs)")  # fmt: skip
+        rows = stages.stage_table(samples, cpu.get("workers", 0.0), others)
+        text = stages.render(title, rows)
+        if scenario.stream:
+            events = args.chunks + 4  # the mock's role chunk, content chunks, finish, usage, [DONE]
+            per_frame = stages.stage_table(samples, cpu.get("workers", 0.0), others, per="event", divisor=events)
+            text += "\n" + stages.render(f"stages: stream c=32 per upstream event ({events} per stream)", per_frame)
+            rows = rows + per_frame
+        out[scenario.name] = (rows, text)
+    return out
 
 
 def _trace_line(trace: dict[str, Any]) -> str:
@@ -189,16 +312,37 @@ def _scaling(stack: BenchStack, modes: dict[str, scenarios.Mode], args: argparse
         return []
     rows = []
     c = max(args.concurrency)
-    for workers in counts:
-        print(f"run  scaling    workers={workers} c={c} relay ...", flush=True)
-        stack.start_server(workers)
-        fresh = {**bounds, "baseline": scenarios.idle_baseline(stack, 2.0)}  # idle cost grows with workers
-        m = scenarios.measure(stack, scenarios.BY_NAME["chat"], relay=True, mode=modes["chat"], concurrency=c,
-                              warmup_s=2.0, **fresh)  # fmt: skip
-        rows.append(report.make_row("chat-scale", workers, c, modes["chat"], m, None))
-        shares = ", ".join(f"{pid}: {share:.0%}" for pid, share in m.worker_cpu_share.items())
-        print(f"     workers={workers}: {m.result.rps:.0f} rps; CPU share per server process: {shares}")
+    all_cores = pinning.online_cores()
+    split = pinning.split(all_cores, args.driver_cores)
+    print(f"     scaling: {split.describe() if split else 'not pinned (one core)'}")
+    try:
+        for workers in counts:
+            print(f"run  scaling    workers={workers} c={c} relay ...", flush=True)
+            stack.start_server(workers)
+            if split is not None:
+                _pin_stack(stack, split)
+            fresh = {**bounds, "baseline": scenarios.idle_baseline(stack, 2.0)}  # idle cost grows with workers
+            m = scenarios.measure(stack, scenarios.BY_NAME["chat"], relay=True, mode=modes["chat"], concurrency=c,
+                                  warmup_s=2.0, **fresh)  # fmt: skip
+            row = report.make_row("chat-scale", workers, c, modes["chat"], m, None)
+            row["pinning"] = {"driver_cores": list(split.driver), "worker_cores": list(split.workers)} if split else None
+            # How busy the workers' cores were: near 1.0 per core means the workers were the bottleneck.
+            row["worker_cores_busy"] = round(m.cpu_s.get("workers", 0.0) / m.result.duration_s, 2) if m.result.duration_s else None
+            rows.append(row)
+            shares = ", ".join(f"{pid}: {share:.0%}" for pid, share in m.worker_cpu_share.items())
+            print(f"     workers={workers}: {m.result.rps:.0f} rps; workers busy {row['worker_cores_busy']} cores; "
+                  f"CPU share per server process: {shares}")  # fmt: skip
+    finally:
+        if split is not None:
+            _pin_stack(stack, pinning.Split(tuple(all_cores), tuple(all_cores)))
     return rows
+
+
+def _pin_stack(stack: BenchStack, split: pinning.Split) -> None:
+    """Workers on their cores; the bench (hence wrk), Envoy, Redis, Postgres and the mock on the others."""
+    groups = {g.name: g.pids() for g in scenarios.groups(stack, relay=True)}
+    pinning.pin(groups.pop("workers", []), split.workers)
+    pinning.pin([os.getpid(), *(pid for pids in groups.values() for pid in pids)], split.driver)
 
 
 def _profile(stack: BenchStack, modes: dict[str, scenarios.Mode], args: argparse.Namespace,
@@ -267,7 +411,13 @@ def _meta(stack: BenchStack, args: argparse.Namespace, use_wrk: bool) -> dict[st
         wrk_version = (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else ""
     return {
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "host": {"cores": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+        "host": {
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            # Other work on the machine shows here (and per run in `other`/foreign_cores).
+            "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
+        },
         "driver": "wrk" if use_wrk else "python",
         "wrk": wrk_version,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -19,6 +19,7 @@ import orjson
 from bench import procstats
 from bench.http1 import Connection, HttpError, Target, render_request
 from bench.loadgen import LoadResult, RequestSpec, drive
+from bench.peers import Peer
 from bench.stack import BenchStack
 from bench.wrkdriver import find_wrk, run_wrk
 
@@ -102,7 +103,11 @@ def groups(stack: BenchStack, *, relay: bool) -> list[procstats.Group]:
     return found
 
 
-def spec_for(stack: BenchStack, scenario: Scenario, *, relay: bool, mode: Mode | None) -> RequestSpec:
+def spec_for(stack: BenchStack, scenario: Scenario, *, relay: bool, mode: Mode | None,
+             peer: Peer | None = None) -> RequestSpec:  # fmt: skip
+    if peer is not None:
+        headers = {"Content-Type": "application/json", **peer.headers}
+        return RequestSpec(peer.url + scenario.path, body_for(stack, scenario), headers, stream=scenario.stream)
     base = stack.relay_url if relay else stack.mock_url
     headers = {"Content-Type": "application/json"}
     if relay:
@@ -146,13 +151,18 @@ def measure(
     use_wrk: bool,
     warmup_s: float = 1.0,
     baseline: dict[str, float] | None = None,
+    peer: Peer | None = None,
 ) -> Measurement:
     """One measured run.  ``baseline`` (CPU seconds per second each group burns
     while idle: background loops, timers) is subtracted from the CPU deltas, so a
-    slow scenario is not charged for the housekeeping that ran meanwhile."""
-    spec = spec_for(stack, scenario, relay=relay, mode=mode)
+    slow scenario is not charged for the housekeeping that ran meanwhile.
+    With ``peer``, the run goes through that gateway instead (``relay`` must be
+    False); its process is charged as the group named after it."""
+    spec = spec_for(stack, scenario, relay=relay, mode=mode, peer=peer)
     drive(spec, concurrency=concurrency, requests=max(50, concurrency * 10), duration_s=warmup_s)
     watched = groups(stack, relay=relay)
+    if peer is not None:
+        watched.append(procstats.Group(peer.name, (peer.pid,), descendants=True))
     calls_before, xacts_before = (redis_calls(stack), pg_xacts(stack)) if relay else ({}, 0)
     before = procstats.snapshot(watched)
     machine_before = procstats.machine_sample()
@@ -164,6 +174,8 @@ def measure(
     raw = procstats.cpu_delta_s(before, after)
     foreign = procstats.foreign_s(machine_before, procstats.machine_sample(), sum(raw.values()))
     cpu = {name: max(0.0, used - (baseline or {}).get(name, 0.0) * elapsed) for name, used in raw.items()}
+    if peer is not None:
+        return Measurement(result, cpu, max(0.0, foreign / elapsed), dict(procstats.memories([peer.pid])))
     if not relay:
         return Measurement(result, cpu, max(0.0, foreign / elapsed))
     assert stack.server is not None

@@ -23,7 +23,13 @@ from relay_server.settings import Settings
 from relay_server.stack import StackPaths, processes
 from relay_server.stack import envoy as stack_envoy
 from relay_server.stack import redis as stack_redis
-from relay_server.stack.up import DESCRIPTOR, REPO, ensure_postgres, grpc_serving, stop_postgres
+from relay_server.stack.up import (
+    DESCRIPTOR,
+    REPO,
+    ensure_postgres,
+    grpc_serving,
+    stop_postgres,
+)
 
 from bench import seed as bench_seed
 
@@ -64,6 +70,8 @@ class BenchStack:
     mock: subprocess.Popen[str] | None = None
     postgres_pid: int | None = None
     log: list[str] = field(default_factory=list)
+    # Stopped first by stop(): processes the run added beside the stack (a peer gateway).
+    extra_stops: list[Callable[[], object]] = field(default_factory=list)
 
     @property
     def paths(self) -> StackPaths:
@@ -188,9 +196,13 @@ class BenchStack:
 
     # -- stop ---------------------------------------------------------------
 
+    def on_stop(self, step: Callable[[], object]) -> None:
+        self.extra_stops.append(step)
+
     def stop(self) -> None:
         """Stop everything this stack started (each step even if one fails)."""
         steps: list[Callable[[], object]] = [
+            *self.extra_stops,
             lambda: _terminate(self.envoy),
             self.stop_server,
             lambda: _terminate(self.mock),

@@ -5,6 +5,7 @@
 --   BENCH_BODY_FILE            path of the request body
 --   BENCH_AUTH                 the Authorization header value (may be empty)
 --   BENCH_REQUESTS_PER_THREAD  stop each thread after this many responses (0 = no budget)
+--   BENCH_HEADERS              more headers, one "Name: value" per line (a peer gateway's routing)
 
 local body_file = os.getenv("BENCH_BODY_FILE")
 local f = assert(io.open(body_file, "rb"), "cannot open BENCH_BODY_FILE")
@@ -15,6 +16,13 @@ wrk.headers["Content-Type"] = "application/json"
 local auth = os.getenv("BENCH_AUTH") or ""
 if auth ~= "" then
   wrk.headers["Authorization"] = auth
+end
+
+for line in string.gmatch(os.getenv("BENCH_HEADERS") or "", "[^\n]+") do
+  local name, value = string.match(line, "^([^:]+):%s*(.*)$")
+  if name then
+    wrk.headers[name] = value
+  end
 end
 
 local budget = tonumber(os.getenv("BENCH_REQUESTS_PER_THREAD") or "0") or 0

@@ -16,6 +16,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from bench.http1 import Target
@@ -46,6 +47,7 @@ def run_wrk(spec: RequestSpec, *, concurrency: int, requests: int, duration_s: f
             # Passed in the environment, never in argv (visible in `ps`).
             "BENCH_AUTH": spec.headers.get("Authorization", ""),
             "BENCH_REQUESTS_PER_THREAD": str(per_thread),
+            "BENCH_HEADERS": extra_headers(spec.headers),
         }
         argv = [
             binary, "-t", str(threads), "-c", str(concurrency), "-d", f"{max(1, math.ceil(duration_s))}s",
@@ -72,6 +74,11 @@ def run_wrk(spec: RequestSpec, *, concurrency: int, requests: int, duration_s: f
                 proc.wait()
         stderr = proc.stderr.read() if proc.stderr else ""
     return _parse(lines, concurrency, stderr)
+
+
+def extra_headers(headers: Mapping[str, str]) -> str:
+    """Headers other than Content-Type and Authorization, as the Lua script reads them."""
+    return "\n".join(f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-type", "authorization"))
 
 
 def _parse(lines: list[str], concurrency: int, stderr: str) -> LoadResult:

@@ -7,18 +7,20 @@ Run: ``PYTHONPATH=server:proto_python:sdk_python:. .venv/bin/pytest -q bench/tes
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 import pytest_asyncio
-
-from bench import profile, report, soak, wrkdriver
-from bench.http1 import Connection, Target, render_request
-from bench.loadgen import RequestSpec, drive_async, percentile
-from bench.mock_upstream import MockConfig, start
 from relay_server.stack.processes import free_port
+
+from bench import compare, peers, pinning, profile, report, soak, stages, wrkdriver
+from bench.http1 import Connection, Target, render_request
+from bench.loadgen import LoadResult, RequestSpec, drive_async, percentile
+from bench.mock_upstream import MockConfig, start
+from bench.scenarios import Measurement, Mode
 
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}})
@@ -199,5 +201,160 @@ def test_table_renders_rows_without_direct_side() -> None:
     }  # fmt: skip
     text = report.table([row])
     assert "chat-scale" in text and "1.500 (0.200/1.300)" in text and "120/121" in text
+    assert "chat-scale #2" in report.table([{**row, "run": 2}]) and "#1" not in report.table([{**row, "run": 1}])
     verdicts = report.targets([], [row, {**row, "workers": 1, "relay": {**row["relay"], "rps": 450.0}}], None)
     assert any("scales" in v["target"] for v in verdicts)
+
+
+# -- peers: ratios and verdicts (pure) ---------------------------------------
+
+
+def _load(ok: int, duration_s: float, latency_ms: float, ttft_ms: float | None = None) -> LoadResult:
+    result = LoadResult("python", 1, ok=ok, duration_s=duration_s)
+    result.latencies_s = [latency_ms / 1000] * ok
+    if ttft_ms is not None:
+        result.ttft_s = [ttft_ms / 1000] * ok
+    return result
+
+
+def _relay_row(scenario: str, c: int, relay: LoadResult, direct: LoadResult, cpu_s: dict[str, float]) -> report.Row:
+    return report.make_row(scenario, 1, c, Mode("live", "k"), Measurement(relay, cpu_s), Measurement(direct, {}))
+
+
+def test_peer_row_and_side_by_side_ratios() -> None:
+    direct = _load(1000, 1.0, 0.1)
+    relay = _relay_row("chat", 1, _load(500, 1.0, 1.1), direct,
+                       {"envoy": 0.1, "workers": 0.4, "redis": 0.05, "postgres": 0.05})  # fmt: skip
+    peer = compare.peer_row("chat", 1, "portkey", Measurement(_load(400, 1.0, 1.6), {"portkey": 0.8, "mock": 0.1}),
+                            Measurement(direct, {}))
+    assert peer["cpu_ms_per_request"] == 2.0 and peer["added_p50_ms"] == 1.5 and peer["throughput_ratio"] == 0.4
+    [row] = compare.side_by_side([relay], [peer])
+    assert row["cpu_relay_ms"] == 1.0 and row["cpu_relay_all_ms"] == 1.2 and row["cpu_peer_ms"] == 2.0
+    assert row["cpu_ratio"] == 0.5 and row["cpu_ratio_all"] == 0.6
+    assert row["added_p50_relay_ms"] == 1.0 and row["added_p50_diff_ms"] == -0.5
+    assert "0.50" in compare.table([row]) and "1.000/1.200/2.000" in compare.table([row])
+    # A peer row with no Relay row of the same scenario and concurrency is not compared.
+    assert compare.side_by_side([relay], [{**peer, "concurrency": 32}]) == []
+
+
+def _comparison(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "scenario": "chat", "concurrency": 1, "peer": "portkey", "cpu_ratio": 0.7, "cpu_ratio_all": 0.9,
+        "cpu_relay_ms": 0.7, "cpu_peer_ms": 1.0, "added_p50_relay_ms": 1.0, "added_p50_peer_ms": 1.5,
+        "added_p50_diff_ms": -0.5, "throughput_ratio_relay": 0.96, "throughput_ratio_peer": 0.9,
+        "ttft_overhead_p50_relay_ms": 0.9, "ttft_overhead_p50_peer_ms": 27.0, "ttft_overhead_ratio": 0.033,
+    }  # fmt: skip
+    return {**base, **overrides}
+
+
+def _met(verdicts: list[dict[str, Any]]) -> dict[str, bool | None]:
+    return {v["target"].split(" ")[0] + " " + v["target"].split(" ")[1]: v["met"] for v in verdicts}
+
+
+def test_peer_targets_meet_and_miss_on_their_thresholds() -> None:
+    rows = [_comparison(), _comparison(concurrency=32), _comparison(scenario="stream", concurrency=32),
+            _comparison(scenario="stream")]  # fmt: skip
+    assert _met(compare.targets(rows)) == {"CPU per": True, "added latency": True, "streaming throughput": True,
+                                           "TTFT overhead": True}  # fmt: skip
+    # CPU: every chat concurrency must be at or under 0.8x; the bound itself is met.
+    assert _met(compare.targets([_comparison(cpu_ratio=0.8), _comparison(concurrency=32, cpu_ratio=0.81)]))[
+        "CPU per"] is False  # fmt: skip
+    assert _met(compare.targets([_comparison(cpu_ratio=0.8)]))["CPU per"] is True
+    # Added latency: Relay must not add more than the peer at c=1.
+    assert _met(compare.targets([_comparison(added_p50_relay_ms=1.6)]))["added latency"] is False
+    # Streaming at c=32 against direct, not against the peer.
+    slow = _comparison(scenario="stream", concurrency=32, throughput_ratio_relay=0.94, throughput_ratio_peer=0.5)
+    assert _met(compare.targets([slow]))["streaming throughput"] is False
+    # TTFT: both the absolute 1 ms and the 0.1x ratio.
+    over_ms = _comparison(scenario="stream", ttft_overhead_p50_relay_ms=1.2, ttft_overhead_ratio=0.04)
+    over_ratio = _comparison(scenario="stream", ttft_overhead_p50_relay_ms=0.5, ttft_overhead_ratio=0.2)
+    assert _met(compare.targets([over_ms]))["TTFT overhead"] is False
+    assert _met(compare.targets([over_ratio]))["TTFT overhead"] is False
+    # A missing figure is not a verdict either way.
+    assert _met(compare.targets([_comparison(cpu_ratio=None)]))["CPU per"] is None
+    assert compare.targets([]) == []
+
+
+def test_peer_manifest_pins_the_gateway_and_its_runtime_dependencies() -> None:
+    m = peers.manifest()
+    assert m["dependencies"] == {"@portkey-ai/gateway": peers.PORTKEY_VERSION}
+    overrides = m["overrides"]
+    assert isinstance(overrides, dict) and overrides["@hono/node-server"] == "1.13.5"
+    assert all(v[0].isdigit() for v in overrides.values())  # exact versions, no ranges
+    headers = peers.portkey_headers("http://127.0.0.1:9/v1")
+    assert headers["x-portkey-provider"] == "openai" and headers["x-portkey-custom-host"] == "http://127.0.0.1:9/v1"
+
+
+def test_wrk_extra_headers_leave_out_what_the_script_sets_itself() -> None:
+    text = wrkdriver.extra_headers({"Content-Type": "application/json", "Authorization": "Bearer k",
+                                    "x-portkey-provider": "openai", "x-b": "1"})  # fmt: skip
+    assert text.split("\n") == ["x-portkey-provider: openai", "x-b: 1"]
+
+
+# -- pinning and per-stage attribution (pure) ---------------------------------
+
+
+def test_pinning_split_keeps_driver_cores_apart() -> None:
+    two = pinning.split([1, 0])
+    assert two is not None and two.driver == (0,) and two.workers == (1,)
+    assert "workers on core(s) 1" in two.describe()
+    four = pinning.split([0, 1, 2, 3], driver_cores=2)
+    assert four is not None and four.workers == (2, 3)
+    assert pinning.split([0]) is None and pinning.split([0, 1], driver_cores=2) is None
+
+
+_R = "/x/server/relay_server/"
+
+
+def test_stage_classification_innermost_rule_wins() -> None:
+    text = "\n".join([
+        # Redis wire code under the admission step counts as admission.
+        (f"run (a/asyncio/runners.py:1);serve ({_R}api/door.py:77);admit ({_R}pipeline/admission.py:146);"
+         f"_flush ({_R}storage/redis/wire.py:119) 4"),
+        # The Redis protocol's own callback, straight from the loop: its own row.
+        f"Runner.run (a/asyncio/runners.py:118);_Protocol._flush ({_R}storage/redis/wire.py:119) 3",
+        "Runner.run (a/asyncio/runners.py:118) 10",
+        f"serve ({_R}api/door.py:77);AdmissionGate.settle ({_R}pipeline/admission.py:300) 2",
+        f"serve ({_R}api/door.py:92) 5",
+        "Thread.run (/usr/lib/python3.11/threading.py:982) 7",
+    ])  # fmt: skip
+    s = stages.attribute(text, stages.NON_STREAM_RULES)
+    assert s.total == 24  # the idle pool thread is left out
+    assert s.by_stage == {"admission": 4, "Redis client I/O (every stage's calls)": 3, stages.LOOP: 10, "settle": 2,
+                          "response write": 5}  # fmt: skip
+    stream = stages.attribute(f"serve ({_R}api/door.py:96);feed ({_R}providers/sse.py:40) 3", stages.STREAM_RULES)
+    assert stream.by_stage == {"upstream read/parse": 3}
+
+
+def test_stage_table_splits_worker_cpu_by_share_and_adds_processes() -> None:
+    s = stages.StageSamples(total=4, by_stage=Counter({"auth": 1, stages.LOOP: 3}))
+    rows = stages.stage_table(s, worker_ms=0.8, processes_ms={"envoy": 0.2})
+    by = {r["stage"]: r for r in rows}
+    assert by[f"worker: {stages.LOOP}"]["us"] == pytest.approx(600) and by["worker: auth"]["us"] == pytest.approx(200)
+    assert by["envoy"]["share"] == pytest.approx(0.2) and rows[-1]["stage"] == "total" and rows[-1]["us"] == 1000
+    per_event = stages.stage_table(s, worker_ms=0.8, processes_ms={"envoy": 0.2}, per="event", divisor=10)
+    assert per_event[-1]["us"] == pytest.approx(100) and "µs/event" in stages.render("t", per_event)
+
+
+def test_peer_verdicts_across_runs_need_every_run() -> None:
+    met = compare.targets([_comparison()])
+    missed = compare.targets([_comparison(cpu_ratio=0.9)])
+    unknown = compare.targets([_comparison(cpu_ratio=None)])
+    [cpu] = [v for v in compare.across_runs([met, missed, met]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is False and cpu["note"] == "met in 2 of 3 runs"
+    assert "run 2: " in cpu["measured"] and "0.9x" in cpu["measured"]
+    [cpu] = [v for v in compare.across_runs([met, met]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is True and cpu["note"] == "met in 2 of 2 runs"
+    [cpu] = [v for v in compare.across_runs([met, unknown]) if v["target"].startswith("CPU")]
+    assert cpu["met"] is None
+    assert compare.across_runs([met]) == met  # one run: its own verdicts, unchanged
+
+
+def test_side_by_side_pairs_rows_of_the_same_run() -> None:
+    direct = _load(1000, 1.0, 0.1)
+    relay = [{**_relay_row("chat", 1, _load(500, 1.0, 1.1), direct, {"envoy": 0.1 * run, "workers": 0.4}), "run": run}
+             for run in (1, 2)]  # fmt: skip
+    peer = compare.peer_row("chat", 1, "portkey", Measurement(_load(400, 1.0, 1.6), {"portkey": 0.8}),
+                            Measurement(direct, {}))  # fmt: skip
+    pairs = compare.side_by_side(relay, [{**peer, "run": 2}, {**peer, "run": 1}])
+    assert [(p["run"], p["cpu_relay_ms"]) for p in pairs] == [(2, 1.2), (1, 1.0)]

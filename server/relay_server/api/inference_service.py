@@ -122,6 +122,9 @@ class TypedFrames:
     def failed(self, err: RelayError) -> tuple[()]:
         raise err
 
+    def join(self, frames: list[Message]) -> list[Message]:
+        return frames  # typed messages are each a message of their own
+
 
 def _embedding_json(request: Message) -> dict[str, Any]:
     body = json_format.MessageToDict(request, preserving_proto_field_name=True)

@@ -144,5 +144,7 @@ class OpenAISSE:
     def end(self) -> tuple[httpbody_pb2.HttpBody]:
         return (_DONE,)
 
+    join = staticmethod(door.join_sse)
+
     def failed(self, err: RelayError) -> tuple[httpbody_pb2.HttpBody]:
         return (httpbody_pb2.HttpBody(content_type=_SSE, data=sse_error_frame(err)),)

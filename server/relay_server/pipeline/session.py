@@ -62,6 +62,12 @@ class StreamSession:
     def admitted(self) -> Admitted:
         return self._admitted
 
+    @property
+    def buffered(self) -> int:
+        """Upstream items ready without waiting: a door may frame them together with the last one.
+        An item the session then hides (a usage chunk not asked for) still counts: a hint, not a promise."""
+        return self._upstream.buffered if self._upstream is not None else 0
+
     # -- streamed -------------------------------------------------------------------------
 
     def __aiter__(self) -> StreamSession:

@@ -20,6 +20,7 @@ from relay_server.providers.openai_compat import (
     GenericOpenAICompatible,
     OpenAICompatTranslator,
 )
+from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.translator import Translator
 
 PROVIDER_APIS: Final = ("openai", "anthropic", "mistral", "groq", "openai_compatible", "test")
@@ -50,7 +51,8 @@ def build_provider(
 
     match api:
         case "openai":
-            return http(OpenAICompatTranslator(name, base_url or OPENAI_BASE_URL))
+            base = base_url or OPENAI_BASE_URL
+            return http(OpenAICompatTranslator(name, base), responses=OpenAIResponsesTranslator(name, base))
         case "anthropic":
             return http(AnthropicTranslator(name, base_url or ANTHROPIC_BASE_URL))
         case "mistral":

@@ -221,6 +221,11 @@ class FailoverStream:
     def __aiter__(self) -> FailoverStream:
         return self
 
+    @property
+    def buffered(self) -> int:
+        """Items the committed attempt holds ready without waiting (see ``HttpStream.buffered``)."""
+        return getattr(self._upstream, "buffered", 0) if self._first is None else 1
+
     async def __aenter__(self) -> FailoverStream:
         return self
 
