@@ -6,6 +6,7 @@ is prompt."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import pytest
 
@@ -62,7 +63,7 @@ async def test_workers_run_committed_jobs_once_and_periodic_ticks_once_per_clust
                 "SELECT count(*) AS n FROM procrastinate_jobs WHERE status = 'failed'")).fetchone()  # fmt: skip
         # A tick per second for the cluster: two workers running one tick would show as a pair
         # of runs a moment apart.
-        gaps = [b - a for a, b in zip(tick_times, tick_times[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(tick_times)]
         assert min(gaps) > 0.5, f"each tick ran once: {gaps}"
         assert "plain" not in ticks, "a process that did not register the sweep never runs it"
         assert left == [{"task_name": "unhandled_here", "status": "todo"}], "left for a process that handles it"

@@ -38,11 +38,15 @@ from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
     ResponseStore,
@@ -54,10 +58,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)

@@ -30,13 +30,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from relay_server.providers.http_connection import ConnectionBroken
-
 # The proxy's answer to CONNECT is a short head; anything longer is not a proxy.
 _MAX_CONNECT_HEAD = 16 * 1024
 
 
-class ProxyRefused(ConnectionBroken):
+class ProxyError(OSError):
+    """The proxy hung up or spoke nonsense during CONNECT (an ``OSError``, as a
+    failed dial is).  The text names no credential."""
+
+
+class ProxyRefused(ProxyError):
     """The proxy answered CONNECT with something other than 2xx (407: bad or
     missing credentials).  The text carries the status line only."""
 
@@ -169,7 +172,7 @@ async def open_tunnel(loop: asyncio.AbstractEventLoop, proxy: Proxy, host: str, 
     """A connected socket to the proxy on which ``CONNECT host:port`` succeeded.
 
     Raises ``OSError`` (proxy unreachable), ``ProxyRefused`` (non-2xx answer) or
-    ``ConnectionBroken`` (the proxy hung up or spoke nonsense)."""
+    ``ProxyError`` (the proxy hung up or spoke nonsense)."""
     sock = await _connect_socket(loop, proxy.host, proxy.port)
     try:
         await loop.sock_sendall(sock, connect_head(proxy, host, port))
@@ -177,18 +180,18 @@ async def open_tunnel(loop: asyncio.AbstractEventLoop, proxy: Proxy, host: str, 
         while b"\r\n\r\n" not in head:
             chunk = await loop.sock_recv(sock, 4096)
             if not chunk:
-                raise ConnectionBroken("the proxy closed the connection during CONNECT")
+                raise ProxyError("the proxy closed the connection during CONNECT")
             head += chunk
             if len(head) > _MAX_CONNECT_HEAD:
-                raise ConnectionBroken("the proxy's answer to CONNECT is too long")
+                raise ProxyError("the proxy's answer to CONNECT is too long")
         status_line = head.split(b"\r\n", 1)[0].decode("latin-1")
         parts = status_line.split(" ", 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise ConnectionBroken("the proxy's answer to CONNECT is malformed")
+            raise ProxyError("the proxy's answer to CONNECT is malformed")
         if not 200 <= int(parts[1]) < 300:
             raise ProxyRefused(f"the proxy refused the tunnel: {parts[1]} {parts[2] if len(parts) > 2 else ''}".rstrip())
         if not head.endswith(b"\r\n\r\n"):
-            raise ConnectionBroken("the proxy sent bytes after its answer to CONNECT")
+            raise ProxyError("the proxy sent bytes after its answer to CONNECT")
     except BaseException:
         sock.close()
         raise
@@ -227,10 +230,10 @@ async def dial(
     with TLS inside for https (``tls`` is its context), or a plain connection
     to the proxy itself for http (requests then go in absolute form)."""
     if tls is None:
-        return await loop.create_connection(factory, proxy.host, proxy.port)  # type: ignore[return-value]
+        return await loop.create_connection(factory, proxy.host, proxy.port)
     sock = await open_tunnel(loop, proxy, host, port)
     try:
-        return await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=host)  # type: ignore[return-value]
+        return await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=host)
     except BaseException:
         sock.close()
         raise

@@ -20,7 +20,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import procrastinate
@@ -66,8 +66,8 @@ class _Retry(procrastinate.BaseRetryStrategy):
             return None
         if isinstance(exception, (asyncio.CancelledError, procrastinate.exceptions.JobAborted)):
             # Cut short by a worker shutting down: not the job's fault, hand it to another worker now.
-            return RetryDecision(retry_in={"seconds": 0})
-        return RetryDecision(retry_in={"seconds": self._backoff(tries).total_seconds()})
+            return RetryDecision(retry_at=datetime.now(UTC))
+        return RetryDecision(retry_at=datetime.now(UTC) + self._backoff(tries))
 
 
 def periodic_queue(sweep: Periodic) -> str:

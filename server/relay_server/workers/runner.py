@@ -27,14 +27,14 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.workers.job_app import (
     JobHandler,
     Kind,
-    PermanentJobError,
     Periodic,
+    PermanentJobError,
     build_app,
     default_backoff,
     periodic_queue,
 )
 
-__all__ = ["BackgroundRunner", "JobHandler", "PermanentJobError", "Periodic", "default_backoff"]
+__all__ = ["BackgroundRunner", "JobHandler", "Periodic", "PermanentJobError", "default_backoff"]
 
 log = logging.getLogger(__name__)
 
