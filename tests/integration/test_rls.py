@@ -90,7 +90,6 @@ ROWS: dict[str, RowFn] = {
     },
     "tenant_feature_overrides": lambda t, n: {"tenant_id": t, "feature": FEATURES[n], "enabled": True},
     "tenant_config": lambda t, n: {"tenant_id": t, "key": f"k{n}", "value": "v"},
-    "jobs": lambda t, n: {"kind": "provision_tenant", "tenant_id": t, "dedupe_key": f"job_{t}_{n}"},
     "webhook_deliveries": lambda t, n: {
         "id": f"wh_{t}_{n}", "tenant_id": t, "event_id": f"ev_{t}_{n}", "event_type": "x", "url": "https://h.test/",
         "payload": Jsonb({}),
@@ -111,7 +110,7 @@ ROWS: dict[str, RowFn] = {
 # Tables whose tenant column is not tenant_id.
 TENANT_COLUMN = {"tenants": "id"}
 # Tables where rows with a NULL tenant exist and what relay_app may see of them.
-NULL_TENANT_VISIBLE = {"provider_credentials": True, "audit_log": False, "jobs": False}
+NULL_TENANT_VISIBLE = {"provider_credentials": True, "audit_log": False}
 
 
 def _insert(conn: psycopg.Connection[Any] | Any, table: str, row: dict[str, Any]) -> Any:
@@ -133,7 +132,6 @@ def _seed(owner_dsn: str) -> None:
         _insert(conn, "provider_credentials", {**ROWS["provider_credentials"]("relay", 0), "tenant_id": None})
         platform_event = {**ROWS["audit_log"]("platform", 0), "tenant_id": None, "actor_type": "platform_admin"}
         _insert(conn, "audit_log", platform_event)
-        _insert(conn, "jobs", {"kind": "platform_sweep", "tenant_id": None})
 
 
 @pytest.fixture(scope="module")

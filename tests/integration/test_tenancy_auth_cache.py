@@ -27,7 +27,7 @@ from relay_server.tenancy.auth_cache import RedisKeyCache, decode_record, redis_
 from relay_server.tenancy.cache_fill import is_tombstone
 from relay_server.tenancy.keys import KeyRequest
 from relay_server.tenancy.policy_bus import CHANNEL, PolicyBus
-from tests.support.tenancy import operator, signup, tenancy_for
+from tests.support.tenancy import JOBS, operator, signup, tenancy_for
 
 
 def _md(secret: str) -> dict[str, str]:
@@ -200,21 +200,23 @@ async def test_with_redis_down_auth_falls_back_to_postgres_and_purges_catch_up(
             with pytest.raises(RelayError):
                 await t.authenticator.authenticate(_md(secret))
             async with database.system_tx() as conn:
-                staged = await (await conn.execute("SELECT id, status FROM jobs WHERE kind = 'policy_purge'")).fetchall()
+                staged = await (await conn.execute(f"SELECT id, status FROM {JOBS} WHERE kind = 'policy_purge'")).fetchall()
                 assert [j["status"] for j in staged] == ["queued"]
-                await conn.execute("UPDATE jobs SET run_after = now() WHERE kind = 'policy_purge'")
-            failed = await t.runner.run_once()
-            assert failed is not None and failed.kind == "policy_purge"
+                await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE task_name = 'policy_purge'")
+            assert await t.runner.drain() == 1
+            async with database.system_tx() as conn:
+                failed = await (await conn.execute(f"SELECT status, attempts FROM {JOBS} WHERE kind = 'policy_purge'")).fetchone()
+            assert failed == {"status": "queued", "attempts": 1}, "failed while Redis is down: queued again"
 
             server = start_redis(tmp_path, port)
             # A Redis that comes back with its data would still hold the old record.
             await redis.set(redis_key(row.key_hash), b"stale")
             async with database.system_tx() as conn:
-                await conn.execute("UPDATE jobs SET run_after = now() WHERE kind = 'policy_purge'")
-            assert (await t.runner.run_once()).kind == "policy_purge"
+                await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE task_name = 'policy_purge'")
+            assert await t.runner.drain() == 1
             assert is_tombstone(await redis.get(redis_key(row.key_hash)))
-            async with database.system_tx() as conn:
-                assert (await (await conn.execute("SELECT status FROM jobs WHERE kind = 'policy_purge'")).fetchone())["status"] == "succeeded"
+            async with database.system_tx() as conn:  # succeeded, so it left the queue
+                assert await (await conn.execute(f"SELECT status FROM {JOBS} WHERE kind = 'policy_purge'")).fetchone() is None
     finally:
         await redis.aclose()
         server.stop()
@@ -227,7 +229,7 @@ async def test_a_successful_purge_removes_its_staged_job(database: Database, red
         row, _ = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k", environment="test"))
         await t.keys.revoke(operator(), s.tenant.id, row.id)
         async with database.system_tx() as conn:
-            assert await (await conn.execute("SELECT id FROM jobs WHERE kind = 'policy_purge'")).fetchall() == []
+            assert await (await conn.execute(f"SELECT id FROM {JOBS} WHERE kind = 'policy_purge'")).fetchall() == []
 
 
 @pytest.mark.asyncio

@@ -22,8 +22,8 @@ from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.pipeline.routing.route import RetryPolicy, Router
-from relay_server.providers.http_client import HttpClient
 from relay_server.providers.testmode import TestModeProvider
+from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_http
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
@@ -41,7 +41,7 @@ from relay_server.workers.runner import BackgroundRunner, Periodic
 class Routing:
     router: Router
     vault: CredentialVault
-    client: HttpClient
+    client: UpstreamHttp
     directory: ProviderDirectory
     credentials: CredentialCache
     health: HealthTracker
@@ -66,7 +66,8 @@ async def build_routing(
     on_credentials_change: Callable[[str | None], object] | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
-    client = HttpClient.create(allow_private=settings.private_destinations_allowed)
+    client = build_upstream_http(settings)  # native or aiohttp, proxy from settings
+    client = build_upstream_http(settings, allow_private=settings.private_destinations_allowed)  # native or aiohttp, proxy from settings
     try:
         directory = ProviderDirectory(PostgresProviderStore(db), client)
         await directory.load()

@@ -101,7 +101,10 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         db,
         {PROVISION_JOB: provisioner.run, PURGE_JOB: invalidator.run_job, LEGACY_PURGE_JOB: invalidator.run_job, **lifecycle_jobs.handlers()},  # type: ignore[dict-item]
         poll_s=settings.jobs_poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
+    for purge in (PURGE_JOB, LEGACY_PURGE_JOB):
+        runner.set_max_attempts(purge, 100)  # a purge is cheap and must happen: retry for hours
     runner.add_periodic(Periodic("lifecycle-sweep", settings.lifecycle_sweep_s, lifecycle_jobs.sweep))
     runner.add_loop("last-used-flush", last_used.run)
     if redis is not None:

@@ -20,8 +20,9 @@ from typing import Any
 import orjson
 
 from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
-from relay_server.providers.http_client import HttpClient, Timeouts
+from relay_server.providers.http_client import Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
+from relay_server.providers.upstream_http import UpstreamHttp
 
 
 def _guarded(request: UpstreamRequest, credential: Credential | None) -> UpstreamRequest:
@@ -40,7 +41,7 @@ class HttpProvider:
         self,
         name: str,
         translator: Translator,
-        client: HttpClient,
+        client: UpstreamHttp,
         timeouts: Timeouts | None = None,
         *,
         by_door: Mapping[str, Translator] | None = None,
@@ -117,7 +118,7 @@ class HttpStream:
 
     __slots__ = ("_call", "_client", "_error", "_opened", "_pending", "_state", "_timeouts", "_translator", "_upstream")
 
-    def __init__(self, client: HttpClient, translator: Translator, call: ProviderCall, timeouts: Timeouts) -> None:
+    def __init__(self, client: UpstreamHttp, translator: Translator, call: ProviderCall, timeouts: Timeouts) -> None:
         self._client = client
         self._translator = translator
         self._call = call

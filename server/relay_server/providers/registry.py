@@ -13,7 +13,7 @@ from relay_server.domain.provider import Provider
 from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
 from relay_server.providers.anthropic_native import AnthropicNative
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
-from relay_server.providers.http_client import HttpClient, Timeouts
+from relay_server.providers.http_client import Timeouts
 from relay_server.providers.http_provider import HttpProvider
 from relay_server.providers.mistral import MISTRAL_BASE_URL, MistralTranslator
 from relay_server.providers.openai_compat import (
@@ -23,6 +23,7 @@ from relay_server.providers.openai_compat import (
 )
 from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.translator import Translator
+from relay_server.providers.upstream_http import UpstreamHttp
 
 PROVIDER_APIS: Final = ("openai", "anthropic", "mistral", "groq", "openai_compatible", "test")
 
@@ -31,7 +32,7 @@ def build_provider(
     api: str,
     *,
     name: str,
-    client: HttpClient | None,
+    client: UpstreamHttp | None,
     base_url: str = "",
     timeouts: Timeouts | None = None,
     test_chunk_delay_s: float = 0.0,

@@ -121,7 +121,7 @@ class PolicyBus:
         if self._redis is None:
             return None
         payload = {"changes": [list(c) for c in changes], **({"key_hashes": list(key_hashes)} if key_hashes else {})}
-        return await jobs.enqueue(conn, PURGE_JOB, tenant_id=tenant_id, payload=payload, delay=timedelta(seconds=10), max_attempts=100)
+        return await jobs.enqueue(conn, PURGE_JOB, tenant_id=tenant_id, payload=payload, delay=timedelta(seconds=10))
 
     async def publish(
         self, tenant_id: str | None, changes: Sequence[Tag], *, key_hashes: Sequence[str] = (), staged: int | None = None

@@ -9,7 +9,8 @@ sweeps never double-queue:
 * ``hard_delete``    deleted longer than the retention period    → every row removed
 * ``provision_tenant`` again for tenants stuck in provisioning with no live job
 
-and also re-queues jobs whose worker died, and marks keys past their expiry.
+and also re-queues jobs whose worker died (no heartbeat for ``job_lease``),
+and marks keys past their expiry.
 The jobs re-check the tenant when they run: one that moved on meanwhile (a
 trial that converted) is left alone.
 """
@@ -89,9 +90,9 @@ class LifecycleJobs:
             for tid in await store.stuck_provisioning(conn, now - self._stuck):
                 last = await jobs.latest(conn, PROVISION_JOB, tid)
                 job_id = await jobs.enqueue(conn, PROVISION_JOB, tenant_id=tid, payload=last.payload if last else {}, dedupe_key=f"provision:{tid}")
-                log.warning("tenant stuck in provisioning: job re-queued", extra={"tenant_id": tid, "last_error": last.last_error if last else None})
+                log.warning("tenant stuck in provisioning: job re-queued", extra={"tenant_id": tid, "last_status": last.status if last else None})
                 count("provision_tenant", job_id)
-            counts["requeued_leases"] = await jobs.requeue_expired_leases(conn, self._lease)
+            counts["requeued_leases"] = await jobs.retry_stalled(conn, self._lease)
             counts["expired_keys"] = await expire_due_keys(conn, now)
         return counts
 

@@ -57,6 +57,7 @@ class Database:
             # The owner is not confined by tenant_isolation: running tenant
             # queries as it would silently turn row-level security off.
             raise ValueError("the app DSN must use a different role from the owner DSN")
+        self._owner_dsn = owner_dsn  # the job queue opens its own pool on it
         # autocommit: transactions are always explicit (tenant_tx / system_tx).
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
         self.system: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -75,6 +76,11 @@ class Database:
             open=False,
             name=f"{name}-app",
         )
+
+    @property
+    def owner_dsn(self) -> str:
+        """For components that keep a pool of their own as the owner (the job worker)."""
+        return self._owner_dsn
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:

@@ -138,9 +138,9 @@ async def stuck_provisioning(conn: Conn, before: datetime, limit: int = 100) -> 
     cur = await conn.execute(
         """SELECT t.id FROM tenants t
             WHERE t.status = 'provisioning' AND t.status_changed_at <= %s
-              AND NOT EXISTS (SELECT 1 FROM jobs j
-                               WHERE j.tenant_id = t.id AND j.kind = 'provision_tenant'
-                                 AND j.status IN ('queued', 'running'))
+              AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                               WHERE j.task_name = 'provision_tenant' AND j.args ->> 'tenant_id' = t.id
+                                 AND j.status IN ('todo', 'doing'))
             ORDER BY t.status_changed_at LIMIT %s""",
         (before, limit),
     )
