@@ -16,7 +16,6 @@ else.  Without Redis (one process) the local reload is everything.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import time
@@ -25,6 +24,8 @@ from collections.abc import Awaitable, Callable, Sequence
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+
+from relay_server.storage.redis.subscriber import listen_forever
 
 log = logging.getLogger(__name__)
 
@@ -112,31 +113,14 @@ class CatalogSync:
         """Listen for changes until cancelled; reconnect (and reload) after a failure."""
         if self._subscriber is None:
             return
-        backoff = 0.1
-        first = True  # the worker loaded the catalog at start-up
-        while True:
-            client = self._subscriber()
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                if not first:
-                    await self.reload()  # changes announced while we were not listening
-                first = False
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self.on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 (keep listening whatever happened)
-                self.subscribed.clear()
-                log.warning("catalog change subscriber lost redis; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        first = [True]  # the worker loaded the catalog at start-up
+
+        async def catch_up() -> None:
+            if not first[0]:
+                await self.reload()  # changes announced while we were not listening
+            first[0] = False
+
+        await listen_forever(
+            self._subscriber, CHANNEL, self.on_message, on_subscribed=catch_up, subscribed=self.subscribed,
+            what="catalog change",
+        )

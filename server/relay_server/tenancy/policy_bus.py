@@ -50,6 +50,7 @@ from relay_server.cache.policy_cache import SCOPES, Tag
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres.api_keys import tenant_key_hashes
 from relay_server.storage.postgres.pool import Conn, Database
+from relay_server.storage.redis.subscriber import listen_forever
 from relay_server.tenancy.auth_cache import RedisKeyCache
 
 log = logging.getLogger(__name__)
@@ -218,30 +219,9 @@ class PolicyBus:
         """Listen for purges from other workers until cancelled; reconnect on failure."""
         if self._subscriber is None:
             return
-        backoff = 0.1
-        while True:
-            client = self._subscriber()
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(CHANNEL)
-                # Messages sent while this worker was not subscribed are lost:
-                # forget everything cached rather than trust it.
-                self.clear_locally()
-                self.subscribed.set()
-                backoff = 0.1
-                while True:
-                    message = await pubsub.get_message(timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        await self.on_message(message["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 (keep listening whatever happened)
-                self.subscribed.clear()
-                log.warning("policy invalidation subscriber lost redis; retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
-                with contextlib.suppress(Exception):
-                    await client.aclose()
+        # Messages sent while this worker was not subscribed are lost: on (re)subscribing it
+        # forgets everything cached rather than trust it.
+        await listen_forever(
+            self._subscriber, CHANNEL, self.on_message, on_subscribed=self.clear_locally, subscribed=self.subscribed,
+            what="policy invalidation",
+        )

@@ -1,0 +1,60 @@
+"""One Redis pub/sub channel, listened to for as long as a worker runs.
+
+The broadcasts every worker must act on (policy invalidations, catalog changes) share this loop:
+subscribe, hand each message to ``on_message``, and after any failure reconnect with capped
+exponential back-off.  ``on_subscribed`` runs each time the subscription is (re)established,
+before ``subscribed`` is set: messages sent while a worker was not listening are lost, so that
+is where a listener catches up (reload, or forget what it cached).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_FIRST_BACKOFF_S = 0.1
+_MAX_BACKOFF_S = 5.0
+
+
+async def listen_forever(
+    connect: Callable[[], Any],
+    channel: str,
+    on_message: Callable[[bytes | str], Awaitable[None]],
+    *,
+    on_subscribed: Callable[[], Awaitable[None] | None],
+    subscribed: asyncio.Event,
+    what: str,
+) -> None:
+    """Listen on ``channel`` until cancelled (``what`` names the listener in log lines)."""
+    backoff = _FIRST_BACKOFF_S
+    while True:
+        client = connect()
+        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(channel)
+            caught_up = on_subscribed()
+            if caught_up is not None:
+                await caught_up
+            subscribed.set()
+            backoff = _FIRST_BACKOFF_S
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message.get("type") == "message":
+                    await on_message(message["data"])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 (keep listening whatever happened)
+            subscribed.clear()
+            log.warning(f"{what} subscriber lost redis; retrying", extra={"error": repr(exc)})
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF_S)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+            with contextlib.suppress(Exception):
+                await client.aclose()
