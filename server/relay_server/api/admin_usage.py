@@ -357,7 +357,8 @@ def register_usage_service(server: Any, app: Any) -> str:
     db = app.db
     spend = RedisSpend(app.redis) if app.redis is not None else None
     servicer = UsageServicer(
-        admin_authenticator(app), app.authenticator, UsageQueries(db), BillingStore(db), PostgresSpendLedger(db), spend
+        admin_authenticator(app), app.authenticator, UsageQueries(db, cold=app.archive.cold if app.archive else None),
+        BillingStore(db), PostgresSpendLedger(db), spend,
     )
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
     return usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name

@@ -30,6 +30,7 @@ from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.archive import Archive, build_archive
 from relay_server.app.observability import Observability, build_observability
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.steps.authenticate import Authenticator
@@ -66,6 +67,7 @@ class App:
     routing: Routing
     conversations: Conversations | None = None  # response cache and threads
     observability: Observability | None = None  # metrics, traces, provider anomalies
+    archive: Archive | None = None  # cold request history (docs/archival.md)
 
     async def close(self) -> None:
         if self.conversations is not None:
@@ -97,6 +99,8 @@ async def build(settings: Settings) -> App:
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
+    archive = build_archive(settings, db, tenancy.runner, observability.metrics)
+    tenancy.lifecycle_jobs.archive = archive.files  # a tenant's hard delete erases its archived files too
     routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
@@ -110,7 +114,7 @@ async def build(settings: Settings) -> App:
     await metering.start()
     return App(
         settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
-        conversations=conversations, observability=observability,
+        conversations=conversations, observability=observability, archive=archive,
     )  # fmt: skip
 
 

@@ -16,13 +16,16 @@ trial that converted) is left alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import tenants as store
 from relay_server.storage.postgres.api_keys import expire_due_keys
+from relay_server.storage.postgres.archive import ARCHIVE_LOCK
 from relay_server.storage.postgres.audit import AuditEntry, insert_audit
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
@@ -64,6 +67,8 @@ class LifecycleJobs:
         self._stuck = provisioning_stuck
         self._lease = job_lease
         self._now = now
+        # The request archive (storage/archive/files.py): a hard delete erases the tenant's files too.
+        self.archive: Any = None
 
     def handlers(self) -> dict[str, Callable[[Job], object]]:
         return {"expire_trial": self.expire_trial, "grace_delete": self.grace_delete, "hard_delete": self.hard_delete}
@@ -129,13 +134,19 @@ class LifecycleJobs:
                 silo = await self._silos.database_named(tenant.silo_database)
                 async with silo.system_tx() as silo_conn:
                     silo_counts = await hard_delete_tenant(silo_conn, tenant_id)
+            files_removed = 0
+            if self.archive is not None:
+                # Waits for a running archiver, which could otherwise write this tenant's file again;
+                # files go before rows, so a crash in between leaves the rows for the retry to find.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ARCHIVE_LOCK,))
+                files_removed = await asyncio.to_thread(self.archive.erase_tenant, tenant_id)
             counts = await hard_delete_tenant(conn, tenant_id)
             await insert_audit(
                 conn,
                 AuditEntry(
                     tenant_id=None, actor_id="system", actor_type="system", action="tenant.hard_deleted",
                     resource_type="tenant", resource_id=tenant_id, request_id=f"job_{job.id}",
-                    metadata={"rows": {k: v for k, v in counts.items() if v},
+                    metadata={"rows": {k: v for k, v in counts.items() if v}, "archived_files": files_removed,
                               **({"silo_rows": {k: v for k, v in silo_counts.items() if v}} if silo_counts else {})},
                 ),
             )  # fmt: skip

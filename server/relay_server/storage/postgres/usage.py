@@ -162,10 +162,15 @@ class UsageFilter:
 
 
 class UsageQueries:
-    """Reads for the usage API, inside the tenant's RLS-scoped transaction."""
+    """Reads for the usage API, inside the tenant's RLS-scoped transaction.
 
-    def __init__(self, db: Database) -> None:
+    ``cold`` (storage/archive/cold.py) serves the request log of archived
+    months; the usage totals read ``usage_daily``, which is never archived.
+    """
+
+    def __init__(self, db: Database, cold: Any = None) -> None:
         self._db = db
+        self._cold = cold
 
     async def usage(self, tenant_id: str, f: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
         """Rows grouped by ``group_by`` (a key of GROUP_COLUMNS), or one total row for None."""
@@ -214,7 +219,14 @@ class UsageQueries:
             sql.SQL(" AND ").join(where)
         )
         async with self._db.tenant_tx(tenant_id) as conn:
-            return list(await (await conn.execute(query, [*params, limit])).fetchall())
+            hot = list(await (await conn.execute(query, [*params, limit])).fetchall())
+        if self._cold is None:
+            return hot
+        # Archived months are no longer in Postgres (and hot ones not yet in a read file): merge the two pages.
+        cold = await self._cold.requests(tenant_id, filters, start, end, after, limit)
+        if not cold:
+            return hot
+        return sorted(hot + cold, key=lambda r: (r["created_at"], r["id"]), reverse=True)[:limit]
 
 
 def encode_cursor(created_at: datetime, request_id: str) -> str:
