@@ -236,3 +236,67 @@ async def test_another_tenants_archived_rows_are_unreachable(database: Database,
         await h.queries.requests(h.b, {}, None, None, None, 10)
     table = await h.cold.table(h.a, {}, None, None)
     assert set(table.column("tenant_id").to_pylist()) == {h.a}
+
+
+async def test_hard_deleting_a_tenant_leaves_nothing_of_it_anywhere(database: Database, pg_db: TestDatabase, tmp_path: Path) -> None:
+    from relay_server.storage.postgres import jobs  # noqa: PLC0415
+    from tests.support.tenancy import tenancy_for  # noqa: PLC0415
+
+    h = await _history(database, pg_db, tmp_path / "archive", {"a": 300, "b": 100}, hot=10)
+    with pytest.raises(Crash):  # one month only half-way: detached, not yet dropped
+        await _archiver(database, h, fault=_crash_at("detached")).run_once()
+    with psycopg.connect(pg_db.owner_dsn) as conn:
+        conn.execute("UPDATE tenants SET status = 'deleted', deleted_at = now() - interval '40 days', "
+                     "status_changed_at = now() - interval '40 days' WHERE id = %s", (h.a,))  # fmt: skip
+    async with tenancy_for(database, None) as t:
+        t.lifecycle_jobs.archive = h.files
+        async with database.system_tx() as conn:
+            await jobs.enqueue(conn, "hard_delete", payload={"tenant_id": h.a})
+        assert await t.runner.drain() == 1
+    assert h.files.tenant_files(h.a) == [] and h.files.tenant_files(h.b)
+    leftovers = [str(p) for p in (tmp_path / "archive").rglob("*") if h.a in str(p)]
+    assert leftovers == []
+    for path in (tmp_path / "archive").rglob("*.parquet"):  # B's files hold no row of A's
+        assert h.a not in set(pq.read_table(path, columns=["tenant_id"]).column("tenant_id").to_pylist())
+    with psycopg.connect(pg_db.owner_dsn) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT c.relname FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND a.attname = 'tenant_id' AND NOT a.attisdropped")]  # fmt: skip
+        for table in tables:  # partitions and the detached month included
+            n = conn.execute(f'SELECT count(*) FROM "{table}" WHERE tenant_id = %s', (h.a,)).fetchone()[0]
+            assert n == 0, table
+        assert conn.execute("SELECT count(*) FROM tenants WHERE id = %s", (h.a,)).fetchone()[0] == 0
+    await _archiver(database, h).run_once()  # the interrupted archive completes for the tenant that is left
+    assert len(await _all(h.queries, h.b)) == h.counts[h.b]
+
+
+async def test_the_archive_on_an_s3_compatible_server(
+    database: Database, pg_db: TestDatabase, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3  # noqa: PLC0415
+    from moto.server import ThreadedMotoServer  # noqa: PLC0415
+
+    from relay_server.stack.processes import free_port  # noqa: PLC0415
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        for name, value in (("AWS_ACCESS_KEY_ID", "relay-test"), ("AWS_SECRET_ACCESS_KEY", "relay-test-secret"),
+                            ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_REGION", "us-east-1"),
+                            ("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")):  # fmt: skip
+            monkeypatch.setenv(name, value)
+        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="relay-archive")
+        h = await _history(database, pg_db, tmp_path / "unused", {"a": 500, "b": 100}, hot=10)
+        h.files = ArchiveFiles.from_url("s3://relay-archive/prod/requests-archive")
+        h.cold = ColdRequests(database, h.files)
+        h.queries = UsageQueries(database, cold=h.cold)
+        before = await _all(h.queries, h.a)
+        report = await _archiver(database, h).run_once()
+        assert report.files == 6 and await _all(h.queries, h.a) == before
+        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}")
+                .list_objects_v2(Bucket="relay-archive")["Contents"]]  # fmt: skip
+        assert f"prod/requests-archive/requests/month={OLD_MONTHS[0]:%Y-%m}/tenant={h.a}/part-0.parquet" in keys
+        assert h.files.erase_tenant(h.a) == 3 and h.files.tenant_files(h.a) == [] and len(h.files.tenant_files(h.b)) == 3
+    finally:
+        server.stop()
