@@ -300,3 +300,34 @@ async def test_the_archive_on_an_s3_compatible_server(
         assert h.files.erase_tenant(h.a) == 3 and h.files.tenant_files(h.a) == [] and len(h.files.tenant_files(h.b)) == 3
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+async def test_relay_requests_export_writes_hot_and_archived_rows_of_one_tenant(
+    database: Database, pg_db: TestDatabase, tmp_path: Path, fmt: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    import pyarrow.csv as pacsv  # noqa: PLC0415
+
+    from relay_server.cli import main  # noqa: PLC0415
+    from relay_server.settings import Settings  # noqa: PLC0415
+
+    h = await _history(database, pg_db, tmp_path / "archive", {"a": 200, "b": 50}, hot=10)
+    await _archiver(database, h).run_once()
+    settings = Settings(database_url=pg_db.owner_dsn, app_database_url=pg_db.app_dsn, archive_url=str(tmp_path / "archive"))
+    out = tmp_path / f"export.{fmt}"
+    start, end = OLD_MONTHS[1], THIS_MONTH + timedelta(days=27)  # the first archived month is outside the range
+    argv = ["requests", "export", "--tenant", h.a, "--from", start.isoformat(), "--to", end.isoformat(), "--format", fmt, "-o", str(out)]
+    monkeypatch.setattr(Settings, "from_env", classmethod(lambda cls, env=None, **kw: settings))
+    assert await asyncio.to_thread(main, argv) == 0
+    if fmt == "parquet":
+        table = pq.read_table(out)
+    elif fmt == "csv":
+        table = pacsv.read_csv(out)
+    else:
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        assert {r["tenant_id"] for r in lines} == {h.a} and len(lines) == 2 * 200 + 10
+        return
+    assert table.num_rows == 2 * 200 + 10 and set(table.column("tenant_id").to_pylist()) == {h.a}
