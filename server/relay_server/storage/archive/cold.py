@@ -12,7 +12,8 @@ statistics exclude the filter are skipped).
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+import threading
+from datetime import datetime, timedelta
 from typing import Any
 
 import duckdb
@@ -24,6 +25,7 @@ from relay_server.storage.archive.parquet import COLUMNS, SCHEMA, row_from_arrow
 from relay_server.storage.postgres.archive import cold_files
 from relay_server.storage.postgres.pool import Database
 
+_EPSILON = timedelta(microseconds=1)
 FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment"})
 
 
@@ -31,10 +33,22 @@ class ColdRequests:
     def __init__(self, db: Database, files: ArchiveFiles) -> None:
         self._db = db
         self._files = files
+        self._duck: duckdb.DuckDBPyConnection | None = None  # opened once (~50 ms); each query uses a cursor of it
+        self._duck_lock = threading.Lock()
+
+    def _cursor(self) -> duckdb.DuckDBPyConnection:
+        with self._duck_lock:
+            if self._duck is None:
+                self._duck = duckdb.connect(config={"threads": 1})  # a page read, not a warehouse query
+            cursor = self._duck.cursor()
+        cursor.execute("SET TimeZone = 'UTC'")
+        return cursor
 
     async def paths(self, tenant_id: str, start: datetime | None, end: datetime | None) -> list[str]:
+        """The tenant's archived files that may hold rows in [start, end), newest month first."""
         async with self._db.tenant_tx(tenant_id) as conn:
-            paths = await cold_files(conn, tenant_id, start.date() if start else None, end.date() if end else None)
+            found = await cold_files(conn, tenant_id, start, end)
+        paths = [path for _, path in found]
         for path in paths:
             if not owned_by(path, tenant_id):
                 raise PermissionError(f"archive manifest lists {path!r} for tenant {tenant_id!r}")
@@ -45,6 +59,8 @@ class ColdRequests:
         after: tuple[datetime, str] | None = None, limit: int | None = None,
     ) -> pa.Table:  # fmt: skip
         """Matching archived rows, newest first, as an Arrow table."""
+        if after is not None:  # a page after a cursor holds nothing newer than it
+            end = min(end, after[0] + _EPSILON) if end is not None else after[0] + _EPSILON
         paths = await self.paths(tenant_id, start, end)
         if not paths:
             return SCHEMA.empty_table()
@@ -77,16 +93,33 @@ class ColdRequests:
         if after is not None:
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")
             params += [after[0], after[0], after[1]]
-        dataset = ds.dataset([self._files.full(p) for p in paths], schema=SCHEMA, format="parquet",
-                             filesystem=self._files.filesystem)  # fmt: skip
-        con = duckdb.connect()
+        con = self._cursor()
         try:
-            con.execute("SET TimeZone = 'UTC'")
-            con.register("archived", dataset)  # a pyarrow dataset: DuckDB pushes projection and filters into the scan
-            query = f"SELECT {', '.join(COLUMNS)} FROM archived WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
-            if limit is not None:
-                query += " LIMIT ?"
-                params.append(limit)
-            return con.sql(query, params=params).to_arrow_table()
+            sql = f"SELECT {', '.join(COLUMNS)} FROM {{source}} WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC"
+            if limit is None:
+                return self._scan(con, paths, sql, params)
+            # One month's file at a time, newest first: months are disjoint, so a page is complete as soon
+            # as it has ``limit`` rows (the first page of a year of history opens one file, not twelve).
+            parts: list[pa.Table] = []
+            remaining = limit
+            for path in paths:
+                part = self._scan(con, [path], sql + " LIMIT ?", [*params, remaining])
+                parts.append(part)
+                remaining -= part.num_rows
+                if remaining <= 0:
+                    break
+            return pa.concat_tables(parts) if parts else SCHEMA.empty_table()
         finally:
             con.close()
+
+    def _scan(self, con: duckdb.DuckDBPyConnection, paths: list[str], sql: str, params: list[Any]) -> pa.Table:
+        full = [self._files.full(p) for p in paths]
+        if self._files.local:
+            # DuckDB's own Parquet reader: row-group statistics and the filters pushed into the scan.
+            return con.sql(sql.format(source="read_parquet(?)"), params=[full, *params]).to_arrow_table()
+        # Object storage through pyarrow's filesystem (DuckDB pushes projection and filters into the dataset).
+        con.register("archived", ds.dataset(full, schema=SCHEMA, format="parquet", filesystem=self._files.filesystem))
+        try:
+            return con.sql(sql.format(source="archived"), params=params).to_arrow_table()
+        finally:
+            con.unregister("archived")

@@ -43,6 +43,7 @@ class ArchiveFiles:
         self.filesystem = filesystem
         self._root = root.rstrip("/")
         self.url = url
+        self.local = isinstance(filesystem, pafs.LocalFileSystem)
 
     @classmethod
     def from_url(cls, url: str) -> ArchiveFiles:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 from psycopg import sql
@@ -128,15 +128,15 @@ async def drop(conn: Conn, partition: str) -> None:
     )
 
 
-async def cold_files(conn: Conn, tenant_id: str, start: date | None, end: date | None) -> list[str]:
-    """Paths of ``tenant_id``'s files Postgres no longer serves, for months overlapping [start, end)."""
+async def cold_files(conn: Conn, tenant_id: str, start: datetime | None, end: datetime | None) -> list[tuple[date, str]]:
+    """(month, path) of ``tenant_id``'s files Postgres no longer serves, for months overlapping [start, end), newest first."""
     where = ["tenant_id = %s", "state IN ('detached', 'archived')"]
     params: list[Any] = [tenant_id]
-    if start is not None:
-        where.append("month > %s - interval '1 month'")
+    if start is not None:  # the month ends after start
+        where.append("month > (%s AT TIME ZONE 'UTC')::date - interval '1 month'")
         params.append(start)
-    if end is not None:
-        where.append("month <= %s")
+    if end is not None:  # the month begins before end
+        where.append("month < %s AT TIME ZONE 'UTC'")
         params.append(end)
-    rows = await conn.execute(f"SELECT path FROM request_archive_files WHERE {' AND '.join(where)} ORDER BY month", params)
-    return [r["path"] for r in await rows.fetchall()]
+    rows = await conn.execute(f"SELECT month, path FROM request_archive_files WHERE {' AND '.join(where)} ORDER BY month DESC", params)
+    return [(r["month"], r["path"]) for r in await rows.fetchall()]

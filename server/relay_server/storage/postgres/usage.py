@@ -223,7 +223,11 @@ class UsageQueries:
         if self._cold is None:
             return hot
         # Archived months are no longer in Postgres (and hot ones not yet in a read file): merge the two pages.
-        cold = await self._cold.requests(tenant_id, filters, start, end, after, limit)
+        # A full hot page bounds what an archived row could add: only rows at or after its last one.
+        floor = start
+        if len(hot) >= limit:
+            floor = hot[-1]["created_at"] if start is None else max(start, hot[-1]["created_at"])
+        cold = await self._cold.requests(tenant_id, filters, floor, end, after, limit)
         if not cold:
             return hot
         return sorted(hot + cold, key=lambda r: (r["created_at"], r["id"]), reverse=True)[:limit]
