@@ -327,3 +327,24 @@ async def test_relay_requests_export_writes_hot_and_archived_rows_of_one_tenant(
         assert {r["tenant_id"] for r in lines} == {h.a} and len(lines) == 2 * 200 + 10
         return
     assert table.num_rows == 2 * 200 + 10 and set(table.column("tenant_id").to_pylist()) == {h.a}
+
+
+async def test_a_late_row_for_an_archived_month_leaves_that_months_usage_totals_alone(
+    database: Database, pg_db: TestDatabase, tmp_path: Path
+) -> None:
+    h = await _history(database, pg_db, tmp_path / "archive", {"a": 200, "b": 50}, hot=5)
+    await _archiver(database, h).run_once()
+    day = OLD_MONTHS[0] + timedelta(days=3)
+    usage = UsageFilter(OLD_MONTHS[0], OLD_MONTHS[0] + timedelta(days=27), "test")
+    before = await h.queries.usage(h.a, usage, "day")
+    key = make_key(pg_db.owner_dsn, h.a).key_id
+    with psycopg.connect(pg_db.owner_dsn) as conn:  # lands in requests_default: the month's partition is gone
+        conn.execute(
+            "INSERT INTO requests (id, created_at, tenant_id, api_key_id, environment, model_id, request_type, started_at, "
+            "status, cost_micros) SELECT 'req_late', %s, %s, %s, 'test', id, 'chat', %s, 'success', 999 FROM models LIMIT 1",
+            (month_start(day) + timedelta(days=3, hours=1), h.a, key, month_start(day) + timedelta(days=3, hours=1)),
+        )
+        conn.execute("INSERT INTO usage_rollup_pending (tenant_id, date, environment) VALUES (%s, %s, 'test')", (h.a, day))
+    await roll_up(database)
+    assert await h.queries.usage(h.a, usage, "day") == before
+    assert "req_late" in {r["id"] for r in await h.queries.requests(h.a, {}, None, None, None, 100_000)}

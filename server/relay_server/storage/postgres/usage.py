@@ -35,6 +35,10 @@ SELECT tenant_id, %(date)s, model_id, environment, api_key_id, max(end_user_id),
   FROM requests
  WHERE tenant_id = %(tenant)s AND environment = %(env)s AND model_id IS NOT NULL
    AND created_at >= %(lo)s AND created_at < %(hi)s
+   -- A day of a month archived for this tenant keeps its totals: its rows left Postgres, and a
+   -- late row (landing in requests_default) must not replace the day's sums with its own.
+   AND NOT EXISTS (SELECT 1 FROM request_archive_files f
+                    WHERE f.tenant_id = %(tenant)s AND f.month = date_trunc('month', %(date)s::date)::date)
  GROUP BY tenant_id, model_id, environment, api_key_id
 ON CONFLICT (tenant_id, date, model_id, environment, api_key_id) DO UPDATE SET
     end_user_id = EXCLUDED.end_user_id, request_count = EXCLUDED.request_count,
