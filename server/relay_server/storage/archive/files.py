@@ -59,9 +59,8 @@ class ArchiveFiles:
         filesystem = pafs.LocalFileSystem()
         from pathlib import Path  # noqa: PLC0415
 
-        root = str(Path(local).expanduser().resolve())
-        filesystem.create_dir(root, recursive=True)
-        return cls(filesystem, root, url)
+        # Made on the first write, not here: a process that never archives leaves no directory behind.
+        return cls(filesystem, str(Path(local).expanduser().resolve()), url)
 
     def full(self, path: str) -> str:
         return f"{self._root}/{path}"
