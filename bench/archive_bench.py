@@ -16,13 +16,14 @@ import shutil
 import statistics
 import tempfile
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
+from relay_server.domain.usage import UsageFilter
 from relay_server.storage.archive.cold import ColdRequests
 from relay_server.storage.archive.files import ArchiveFiles
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.usage import UsageFilter, UsageQueries
+from relay_server.storage.postgres.usage import UsageQueries
 from relay_server.workers.archiver import RequestArchiver
 from tests.support.history import generate, month_start, roll_up
 from tests.support.metering import make_key, make_tenant
@@ -30,7 +31,7 @@ from tests.support.pg import start_cluster
 
 
 def _months_back(n: int) -> date:
-    month = datetime.now(timezone.utc).date().replace(day=1)
+    month = datetime.now(UTC).date().replace(day=1)
     for _ in range(n):
         month = (month - timedelta(days=1)).replace(day=1)
     return month

@@ -49,6 +49,12 @@ _THREAD_SSE = (
     "exactly the missed events."
 )
 
+_RESPONSES_SSE = (
+    "Server-sent events `event: <type>` + `data: {JSON}` (response.created, response.in_progress, "
+    "output_item.added/done, content_part.added/done, output_text.delta/done, function_call_arguments.delta/done, "
+    "then response.completed, response.incomplete or response.failed), each with its `sequence_number`."
+)
+
 
 @dataclass(frozen=True)
 class RawBody:
@@ -76,6 +82,13 @@ RAW_BODY_MESSAGES: dict[str, RawBody] = {
     "relay.v1.OpenAIService.CreateEmbedding": RawBody("relay.v1.EmbeddingRequest", "relay.v1.EmbeddingList"),
     "relay.v1.ThreadService.SendMessage": RawBody(None, "relay.v1.SendMessageResponse", _THREAD_SSE),
     "relay.v1.ThreadService.StreamMessage": RawBody(None, None, _THREAD_SSE),
+    "relay.v1.ResponsesService.CreateResponse": RawBody(
+        "relay.v1.CreateResponseRequest", "relay.v1.Response", _RESPONSES_SSE, "relay.v1.ResponseStreamEvent"
+    ),
+    "relay.v1.ResponsesService.GetResponse": RawBody(None, "relay.v1.Response"),
+    "relay.v1.ResponsesService.DeleteResponse": RawBody(None, "relay.v1.DeletedResponse"),
+    "relay.v1.ResponsesService.CancelResponse": RawBody(None, "relay.v1.Response"),
+    "relay.v1.ResponsesService.ListInputItems": RawBody(None, "relay.v1.InputItemList"),
 }
 
 # All three are `Authorization: Bearer …`; the server tells them apart by shape.
@@ -131,10 +144,10 @@ _METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 def _error_table() -> dict[int, list[tuple[str, str, bool]]]:
     """{status: [(code, type, retryable)]} from the server's error table and Envoy's replies."""
     try:
-        from relay_server.errors import ErrorKind  # noqa: PLC0415
+        from relay_server.errors import ErrorKind
     except ImportError:  # the server package is not installed: use the tree's
         sys.path.insert(0, str(REPO / "server"))
-        from relay_server.errors import ErrorKind  # noqa: PLC0415
+        from relay_server.errors import ErrorKind
     table: dict[int, set[tuple[str, str, bool]]] = {}
     for kind in ErrorKind:
         table.setdefault(kind.http_status, set()).add((kind.value.code, kind.value.type, kind.value.retryable))
@@ -348,7 +361,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=REPO)
     args = parser.parse_args()
-    import gen  # noqa: PLC0415  (the shared protoc setup; gen imports this module, not the reverse)
+    import gen
 
     with tempfile.TemporaryDirectory() as tmp:
         descriptor = Path(tmp) / "openapi.pb"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from relay_server.settings import Settings
@@ -45,8 +45,8 @@ async def export(settings: Settings, tenant_id: str, start: date, end: date, fmt
     from relay_server.storage.postgres.pool import Database  # noqa: PLC0415
     from relay_server.storage.postgres.usage import UsageQueries  # noqa: PLC0415
 
-    lo = datetime.combine(start, time.min, tzinfo=timezone.utc)
-    hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=timezone.utc)
+    lo = datetime.combine(start, time.min, tzinfo=UTC)
+    hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
     db = Database.from_settings(settings)
     await db.open()
     try:

@@ -42,7 +42,7 @@ class JsonFormatter(logging.Formatter):
         return scrub(orjson.dumps(entry, default=str).decode())
 
 
-class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class BufferedLineHandler(logging.StreamHandler):
     """Lines leave in batches: at most ``flush_s`` late, at once for warnings and errors.
 
     Why: one ``write`` per request line costs far more than the line itself in a
@@ -54,7 +54,7 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """
 
     def __init__(self, stream: object = None, *, flush_s: float = 0.1, max_bytes: int = 64 * 1024) -> None:
-        super().__init__(stream)  # type: ignore[arg-type]
+        super().__init__(stream)
         self._lines: list[str] = []
         self._size = 0
         self._max_bytes = max_bytes

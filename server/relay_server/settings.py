@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -143,9 +143,6 @@ class Settings:
                     break
         values.update(overrides)
         return cls(**values)
-
-    def with_overrides(self, **overrides: Any) -> Settings:
-        return replace(self, **overrides)
 
     @property
     def archive_location(self) -> str:

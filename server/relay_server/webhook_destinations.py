@@ -112,7 +112,7 @@ def classify(address: IPAddress) -> Refused | None:
     if inner is not None:
         return classify(inner)
     rules = _V4_RULES if isinstance(address, ipaddress.IPv4Address) else _V6_RULES
-    return next((verdict for network, verdict in rules if address in network), None)  # type: ignore[operator]
+    return next((verdict for network, verdict in rules if address in network), None)
 
 
 def looks_like_ip(host: str) -> bool:

@@ -20,18 +20,36 @@ from tests.support.stack import RelayStack
 pytestmark = pytest.mark.e2e
 
 
+DOORS = ("openai", "responses")
+"""The public dialects a client may call; limits, caps and the request log are the same through each."""
+
+
 def _client(relay: RelayStack, key: Key, **kw: object) -> OpenAI:
     return OpenAI(base_url=relay.base_url, api_key=key.secret, timeout=30, **{"max_retries": 0, **kw})  # type: ignore[arg-type]
 
 
-def test_rate_limit_headers_on_success_and_a_429_with_retry_after(relay: RelayStack) -> None:
+def _ask(client: OpenAI, door: str, *, raw: bool = False) -> object:
+    """One small request through ``door`` (the raw response when ``raw``)."""
+    if door == "responses":
+        create = client.responses.with_raw_response.create if raw else client.responses.create
+        return create(model="gpt-4o-mini", input=MESSAGES, max_output_tokens=5)
+    create = client.chat.completions.with_raw_response.create if raw else client.chat.completions.create
+    return create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+
+
+def _answered(reply: object, door: str) -> str:
+    return reply.output_text if door == "responses" else reply.choices[0].message.content  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("door", DOORS)
+def test_rate_limit_headers_on_success_and_a_429_with_retry_after(relay: RelayStack, door: str) -> None:
     tenant = make_tenant(relay.db.owner_dsn)
     key = make_key(relay.db.owner_dsn, tenant, rate_limits={"rpm": 2})
     client = _client(relay, key)
     remaining = []
     for _ in range(2):
-        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
-        assert raw.parse().choices[0].message.content
+        raw = _ask(client, door, raw=True)
+        assert _answered(raw.parse(), door)  # type: ignore[attr-defined]
         assert raw.headers["x-ratelimit-limit-requests"] == "2"
         assert raw.headers["x-ratelimit-limit-tokens"] == "2000000"  # the pro plan's TPM
         assert raw.headers["x-ratelimit-reset-requests"].endswith("s")
@@ -39,7 +57,7 @@ def test_rate_limit_headers_on_success_and_a_429_with_retry_after(relay: RelaySt
     assert remaining == ["1", "0"]
 
     with pytest.raises(openai.RateLimitError) as refused:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+        _ask(client, door)
     response = refused.value.response
     assert response.status_code == 429
     assert 1 <= int(response.headers["retry-after"]) <= 60
@@ -62,12 +80,13 @@ def test_a_stream_carries_the_headers_too(relay: RelayStack) -> None:
         assert list(stream.iter_lines())
 
 
-def test_an_exhausted_cap_is_a_402_the_sdk_does_not_retry(relay: RelayStack) -> None:
+@pytest.mark.parametrize("door", DOORS)
+def test_an_exhausted_cap_is_a_402_the_sdk_does_not_retry(relay: RelayStack, door: str) -> None:
     tenant = make_tenant(relay.db.owner_dsn)
     key = make_key(relay.db.owner_dsn, tenant, cap_micros=1, cap_window="daily")
     client = _client(relay, key, max_retries=3)
     with pytest.raises(openai.APIStatusError) as refused:
-        client.chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+        _ask(client, door)
     response = refused.value.response
     assert response.status_code == 402
     assert response.headers["x-should-retry"] == "false"
@@ -80,10 +99,11 @@ def test_an_exhausted_cap_is_a_402_the_sdk_does_not_retry(relay: RelayStack) -> 
     assert [(r["status"], r["http_status"], r["error_code"]) for r in rows] == [("error", 402, "spend_cap_exceeded")]
 
 
-def test_the_request_log_is_served_over_rest(relay: RelayStack) -> None:
+@pytest.mark.parametrize("door", DOORS)
+def test_the_request_log_is_served_over_rest(relay: RelayStack, door: str) -> None:
     tenant = make_tenant(relay.db.owner_dsn)
     key = make_key(relay.db.owner_dsn, tenant)
-    _client(relay, key).chat.completions.create(model="gpt-4o-mini", messages=MESSAGES, max_tokens=5)
+    _ask(_client(relay, key), door)
     _wait_for_rows(relay, key, 1)
     with httpx.Client(base_url=relay.base_url, headers={"authorization": f"Bearer {key.secret}"}, timeout=30) as http:
         listed = http.get("/requests", params={"page_size": 10})

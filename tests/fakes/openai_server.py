@@ -21,6 +21,7 @@ from typing import Any, Literal
 import orjson
 from aiohttp import web
 
+from tests.fakes import openai_responses
 from tests.fakes.faults import (
     FakeServer,
     Fault,
@@ -51,6 +52,7 @@ class FakeOpenAI(FakeServer):
             web.post("/v1/completions", self._completions),
             web.post("/v1/embeddings", self._embeddings),
             web.get("/v1/models", self._models),
+            web.post("/v1/responses", self._responses),
         ]
 
     # -- handlers ------------------------------------------------------------
@@ -85,6 +87,26 @@ class FakeOpenAI(FakeServer):
         if self.flavor == "groq":
             result["x_groq"] = {"id": "req_fake"}
         return web.json_response(result)
+
+    async def _responses(self, request: web.Request) -> web.StreamResponse:
+        """OpenAI's Responses API (openai flavor only; tests/fakes/openai_responses.py)."""
+        body, fault = await self.receive(request)
+        if self.flavor != "openai":
+            return json_error(404, {"error": {"message": "Not Found", "type": "invalid_request_error"}})
+        refusal = self._refuse(request, body, fault) or openai_responses.refusal(body)
+        if refusal is not None:
+            return refusal
+        await self.pause(fault)
+        reply = self.next_reply()
+        prompt = openai_responses.prompt_tokens(body)
+        self.bill(prompt, openai_responses.completion_tokens(reply))
+        if not body.get("stream"):
+            return web.json_response(openai_responses.whole(body, reply, prompt))
+        frames = openai_responses.events(body, reply, prompt, fault)
+        return await self.run_stream(
+            request, fault, ((kind, orjson.dumps(data).decode()) for kind, data in frames),
+            error_frame=openai_responses.error_event(), hang_frame=openai_responses.hang_event(),
+        )  # fmt: skip
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         body, fault = await self.receive(request)

@@ -5,7 +5,7 @@ after any step reruns to completion, and the tenant wall holds for cold rows."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +15,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from relay_server.api.admin_usage import _record
+from relay_server.domain.usage import UsageFilter
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.storage.archive.cold import ColdRequests
 from relay_server.storage.archive.files import ArchiveFiles
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.usage import UsageFilter, UsageQueries, decode_cursor, encode_cursor
+from relay_server.storage.postgres.usage import UsageQueries, decode_cursor, encode_cursor
 from relay_server.workers.archiver import STEPS, ArchiveMismatch, RequestArchiver
 from tests.support.history import generate, month_start, roll_up
 from tests.support.metering import make_key, make_tenant
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _months_back(n: int) -> date:
-    month = datetime.now(timezone.utc).date().replace(day=1)
+    month = datetime.now(UTC).date().replace(day=1)
     for _ in range(n):
         month = (month - timedelta(days=1)).replace(day=1)
     return month

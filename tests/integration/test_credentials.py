@@ -12,13 +12,13 @@ import pytest
 
 from relay_server.crypto.envelope import open_sealed
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.demo import DEMO_TENANT_ID, seed_demo
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import MANAGEMENT_KEY_PERMISSIONS, PLATFORM, SYSTEM_ROLES, AdminPrincipal
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.workers.credential_rotation import RotationError, rotate_master_key
 from tests.support.pg import TestDatabase
 

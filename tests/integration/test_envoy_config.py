@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -223,7 +224,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str, etype:
 
 
 def assert_no_grpc_headers(response: httpx.Response) -> None:
-    leaked = [h for h in response.headers if h.startswith("grpc-") or h.startswith("x-relay-")]
+    leaked = [h for h in response.headers if h.startswith(("grpc-", "x-relay-"))]
     assert leaked == []
 
 
@@ -243,7 +244,7 @@ def test_validation_raises_with_envoys_reason(descriptor: Path) -> None:
         http_port=free_port(), grpc_host="127.0.0.1", grpc_port=free_port(), admin_port=free_port(),
         descriptor_path=descriptor, services=["relaytest.v1.NoSuchService"], max_request_bytes=MAX_BYTES,
     )  # fmt: skip
-    with pytest.raises(stack_envoy.EnvoyConfigError, match="Could not find 'relaytest.v1.NoSuchService'"):
+    with pytest.raises(stack_envoy.EnvoyConfigError, match=re.escape("Could not find 'relaytest.v1.NoSuchService'")):
         stack_envoy.validate_envoy_config(text)
 
 

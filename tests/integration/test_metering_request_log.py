@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.asyncio
 
 
 def _row(tenant: str, key: str, **kw: object) -> RequestRow:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     base: dict[str, object] = dict(
         id=new_id("req"), created_at=now, tenant_id=tenant, api_key_id=key, environment="test", request_type="chat",
         stream=False, started_at=now, status="success", model_id="gpt-4o-mini", provider_id="test", cost_micros=3,

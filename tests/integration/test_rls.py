@@ -105,6 +105,13 @@ ROWS: dict[str, RowFn] = {
         "id": f"msg_{t}_{n}", "tenant_id": t, "thread_id": f"thr_{t}_0", "seq": n + 1, "role": "user",
         "idempotency_key": f"idem_{n}",
     },
+    "responses": lambda t, n: {
+        "id": f"resp_{t}_{n}", "tenant_id": t, "model": "gpt-4o-mini", "status": "completed", "body": "{}",
+        "expires_at": "2999-01-01T00:00:00Z",
+    },
+    "response_input_items": lambda t, n: {
+        "tenant_id": t, "response_id": f"resp_{t}_0", "position": n, "id": f"msg_{t}_{n}", "item": "{}",
+    },
 }
 # Tables whose tenant column is not tenant_id.
 TENANT_COLUMN = {"tenants": "id"}

@@ -4,7 +4,7 @@ them), then rolled up into usage_daily the way the rollup worker does."""
 
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import psycopg
 
@@ -35,7 +35,7 @@ SELECT %(tag)s || lpad(g::text, 7, '0'),
 
 
 def month_start(month: date) -> datetime:
-    return datetime(month.year, month.month, 1, tzinfo=timezone.utc)
+    return datetime(month.year, month.month, 1, tzinfo=UTC)
 
 
 def generate(owner_dsn: str, tenant_id: str, key_id: str, month: date, rows: int) -> None:

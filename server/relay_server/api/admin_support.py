@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import grpc
@@ -17,8 +17,8 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.request import new_request_id
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.tenancy.calls import Call
 
 T = TypeVar("T")
@@ -79,11 +79,17 @@ def decode_cursor(token: str) -> tuple[datetime, str] | None:
     raw = decode_token(token)
     stamp, sep, row_id = raw.partition("|")
     try:
-        if not sep or not row_id:
+        moment = datetime.fromisoformat(stamp)
+        if not sep or not row_id or moment.tzinfo is None:
             raise ValueError(raw)
-        return datetime.fromisoformat(stamp), row_id
+        return moment, row_id
     except ValueError:
         raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
+
+
+def encode_cursor(stamp: datetime, row_id: str) -> str:
+    """The page token after the row stamped ``stamp`` with id ``row_id`` (``decode_cursor`` reads it)."""
+    return encode_token(f"{stamp.isoformat()}|{row_id}")
 
 
 def paged(rows: list[T], requested: int, cursor: Callable[[T], tuple[datetime, str]]) -> tuple[list[T], str]:
@@ -92,8 +98,7 @@ def paged(rows: list[T], requested: int, cursor: Callable[[T], tuple[datetime, s
     if len(rows) <= size:
         return rows, ""
     rows = rows[:size]
-    stamp, row_id = cursor(rows[-1])
-    return rows, encode_token(f"{stamp.isoformat()}|{row_id}")
+    return rows, encode_cursor(*cursor(rows[-1]))
 
 
 def limit(requested: int) -> int:
@@ -116,4 +121,4 @@ def from_timestamp(message: object, field: str) -> datetime | None:
     """The datetime in ``message.field`` if the field is set (aware, UTC)."""
     if not message.HasField(field):  # type: ignore[attr-defined]
         return None
-    return getattr(message, field).ToDatetime(tzinfo=timezone.utc)
+    return getattr(message, field).ToDatetime(tzinfo=UTC)

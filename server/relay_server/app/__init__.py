@@ -20,7 +20,14 @@ from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
-from relay_proto.relay.v1 import inference_service_pb2, inference_service_pb2_grpc, openai_service_pb2, openai_service_pb2_grpc
+from relay_proto.relay.v1 import (
+    inference_service_pb2,
+    inference_service_pb2_grpc,
+    openai_service_pb2,
+    openai_service_pb2_grpc,
+    responses_pb2,
+    responses_pb2_grpc,
+)
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
@@ -29,23 +36,30 @@ from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
+from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
-from relay_server.app.archive import Archive, build_archive
+from relay_server.app.archive import Archive, build_archive, register_archiver
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.responses.service import (
+    SWEEP_INTERVAL_S,
+    ResponseStore,
+    RetentionSource,
+)
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
+from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +81,12 @@ class App:
     routing: Routing
     conversations: Conversations | None = None  # response cache and threads
     observability: Observability | None = None  # metrics, traces, provider anomalies
+    responses: ResponseStore | None = None  # stored Responses API turns (docs/responses.md)
     archive: Archive | None = None  # cold request history (docs/archival.md)
 
     async def close(self) -> None:
+        if self.responses is not None:
+            await self.responses.close(self.settings.shutdown_grace_s)  # background responses finish or are cancelled
         if self.conversations is not None:
             await self.conversations.stop()  # thread replies finish (or are persisted as interrupted) first
         await self.pipeline.drain()  # requests that ended are metered and settled before the writer stops
@@ -96,11 +113,11 @@ async def build(settings: Settings) -> App:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
-    tenancy = build_tenancy(settings, db, redis, catalog)
-    authenticator = tenancy.authenticator
     observability = build_observability(settings)
-    archive = build_archive(settings, db, tenancy.runner, observability.metrics)
-    tenancy.lifecycle_jobs.archive = archive.files  # a tenant's hard delete erases its archived files too
+    archive = build_archive(settings, db, observability.metrics)
+    tenancy = build_tenancy(settings, db, redis, catalog, archive=archive)
+    register_archiver(settings, archive, tenancy.runner)
+    authenticator = tenancy.authenticator
     routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
@@ -111,10 +128,12 @@ async def build(settings: Settings) -> App:
         cache=conversations.cache, settle_after_response=True,
     )  # fmt: skip
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
+    responses = ResponseStore(db, RetentionSource(tenancy.config.get))
+    tenancy.runner.add_periodic(Periodic("responses-retention", SWEEP_INTERVAL_S, responses.sweep))
     await metering.start()
     return App(
         settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
-        conversations=conversations, observability=observability, archive=archive,
+        conversations=conversations, observability=observability, responses=responses, archive=archive,
     )  # fmt: skip
 
 
@@ -137,6 +156,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
+    if app.responses is not None:
+        responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
+            ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
+        )
     admin_auth = AdminAuthenticator(app.settings.admin_token)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
     names = [
@@ -144,6 +167,8 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         _service_name(inference_service_pb2, "InferenceService"),
         _service_name(catalog_pb2, "ModelCatalogService"),
     ]
+    if app.responses is not None:
+        names.append(_service_name(responses_pb2, "ResponsesService"))
     names.extend(register_admin_services(server, app))
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))

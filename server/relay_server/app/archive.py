@@ -22,9 +22,13 @@ class Archive:
     archiver: RequestArchiver
 
 
-def build_archive(settings: Settings, db: Database, runner: BackgroundRunner | None, metrics: Any = None) -> Archive:
+def build_archive(settings: Settings, db: Database, metrics: Any = None) -> Archive:
     files = ArchiveFiles.from_url(settings.archive_location)
     archiver = RequestArchiver(db, files, retention=timedelta(days=settings.archive_retention_days), metrics=metrics)
-    if runner is not None and settings.archiver:
-        runner.add_periodic(Periodic("request-archiver", settings.archive_interval_s, archiver.run_once))
     return Archive(files, ColdRequests(db, files), archiver)
+
+
+def register_archiver(settings: Settings, archive: Archive, runner: BackgroundRunner) -> None:
+    """The archiver as a periodic job of this process's runner (one run at a time across nodes: its lock)."""
+    if settings.archiver:
+        runner.add_periodic(Periodic("request-archiver", settings.archive_interval_s, archive.archiver.run_once))

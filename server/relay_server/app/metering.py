@@ -17,8 +17,8 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 from redis.asyncio import Redis
 
-from relay_server.pipeline.steps.admission import AdmissionGate
 from relay_server.pipeline.inference import UsagePolicy
+from relay_server.pipeline.steps.admission import AdmissionGate
 from relay_server.pipeline.steps.limits import LimitResolver
 from relay_server.pipeline.steps.meter import RequestLogRecorder
 from relay_server.pipeline.steps.noisy import NoisyNeighbours

@@ -14,20 +14,23 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
+from relay_server.app.archive import Archive
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import PURGE_JOB, AuthInvalidator, RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.keys import ApiKeyService
 from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.members import MemberAdmin
+from relay_server.tenancy.members import MemberAdmin, MemberPermissions
 from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
+from relay_server.tenancy.usage import UsageReports
 from relay_server.workers.lifecycle import LifecycleJobs
 from relay_server.workers.provisioning import Provisioner
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -45,6 +48,9 @@ class Tenancy:
     keys: ApiKeyService
     tenants: TenantAdmin
     members: MemberAdmin
+    member_permissions: MemberPermissions
+    audit: AuditLog
+    usage: UsageReports
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -69,7 +75,10 @@ def _model_exists(catalog: Catalog):  # noqa: ANN202
     return exists
 
 
-def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog: Catalog) -> Tenancy:
+def build_tenancy(
+    settings: Settings, db: Database, redis: Redis | None, catalog: Catalog, *, archive: Archive | None = None
+) -> Tenancy:
+    """``archive``: the request archive, read by the usage API and erased with a tenant (docs/archival.md)."""
     key_store = PostgresKeyStore(db)
     last_used = LastUsedRecorder(key_store, flush_s=settings.last_used_flush_s)
     shared = RedisKeyCache(redis, ttl_s=settings.auth_redis_ttl_s) if redis is not None else None
@@ -95,6 +104,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         expired_grace=timedelta(days=settings.expired_grace_days),
         retention=timedelta(days=settings.deletion_retention_days),
         provisioning_stuck=timedelta(seconds=settings.provisioning_stuck_s),
+        archive=archive.files if archive is not None else None,
     )
     runner = BackgroundRunner(
         db,
@@ -116,6 +126,9 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
         tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
         members=MemberAdmin(db),
+        member_permissions=MemberPermissions(db),
+        audit=AuditLog(db),
+        usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
         tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

@@ -128,6 +128,7 @@ class Provider(Protocol):
         events when the provider speaks the call's door dialect)."""
         ...
 
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
-        """Embeddings: the OpenAI ``list`` body, honouring ``encoding_format``."""
+    async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
+        """Embeddings: the OpenAI ``list`` body, honouring ``encoding_format`` (never native in practice;
+        typed like ``complete`` because one HTTP exchange serves both)."""
         ...

@@ -29,11 +29,11 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from relay_server.domain.provider import NativeEvent, NativeResponse, Usage
 from relay_server.observability.tracing import step
-from relay_server.text.chunks import ChunkAssembler
 from relay_server.pipeline.routing.failover import FailoverStream, complete_with_failover
 from relay_server.pipeline.steps.usage_estimate import OutputCounter
-from relay_server.domain.provider import NativeEvent, NativeResponse, Usage
+from relay_server.text.chunks import ChunkAssembler
 
 if TYPE_CHECKING:
     from relay_server.pipeline.inference import Admitted, InferencePipeline
@@ -61,6 +61,12 @@ class StreamSession:
     @property
     def admitted(self) -> Admitted:
         return self._admitted
+
+    @property
+    def buffered(self) -> int:
+        """Upstream items ready without waiting: a door may frame them together with the last one.
+        An item the session then hides (a usage chunk not asked for) still counts: a hint, not a promise."""
+        return self._upstream.buffered if self._upstream is not None else 0
 
     # -- streamed -------------------------------------------------------------------------
 

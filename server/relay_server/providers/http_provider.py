@@ -12,7 +12,8 @@ closes the connection by itself.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections import deque
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -75,25 +76,108 @@ class HttpProvider:
             raise malformed_failure("response body is not a JSON object")
         return resp.status, body
 
-    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any] | NativeEvent]:
-        translator = self.translator_for(call)
+    def stream(self, call: ProviderCall) -> HttpStream:
+        return HttpStream(self._client, self.translator_for(call), call, self._timeouts)
+
+
+class HttpStream:
+    """One streamed provider call: the translated items of each upstream read, one per ``__anext__``.
+
+    Everything one socket read brought is translated at once and held; ``buffered`` says how many
+    items are ready without waiting for the network, so a door can send them to its client as one
+    frame (one gRPC message and one Envoy write instead of several — the per-message cost dominates
+    a stream's CPU).  A translator error in a later event of the same read is raised only after the
+    items before it were handed out, as if they had been read one by one.
+
+    The stream either reaches the provider's end marker or raises (never a silent truncation);
+    ``aclose`` — or a task cancelled while waiting — closes the upstream connection.
+    """
+
+    __slots__ = ("_call", "_client", "_error", "_opened", "_pending", "_state", "_timeouts", "_translator", "_upstream")
+
+    def __init__(self, client: HttpClient, translator: Translator, call: ProviderCall, timeouts: Timeouts) -> None:
+        self._client = client
+        self._translator = translator
+        self._call = call
+        self._timeouts = timeouts
+        self._opened: Any = None  # the open_stream context manager, once entered
+        self._upstream: Any = None
+        self._state: Any = None
+        self._pending: deque[dict[str, Any] | NativeEvent] = deque()
+        self._error: BaseException | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Items ready without waiting for the network, plus one when the stream's end is known
+        (the provider's end marker was read): the next ``__anext__`` will not wait."""
+        ended = self._state is not None and (self._upstream is None or self._state.done)
+        return len(self._pending) + (1 if ended else 0)
+
+    def __aiter__(self) -> HttpStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any] | NativeEvent:
+        if self._pending:
+            return self._pending.popleft()
+        try:
+            if self._error is not None:
+                raise self._error
+            if self._upstream is None:
+                if self._state is not None:  # already ended
+                    raise StopAsyncIteration
+                await self._open()
+            while not self._pending:
+                if self._state.done:
+                    await self._upstream.drain()
+                    await self._close(None)
+                    raise StopAsyncIteration
+                await self._read()
+        except StopAsyncIteration:
+            raise
+        except BaseException as exc:
+            await self._close(exc)
+            raise
+        return self._pending.popleft()
+
+    async def _open(self) -> None:
+        translator, call = self._translator, self._call
         request = translator.request(call, stream=True)
-        async with self._client.open_stream(request, self._timeouts, call.timeout_s) as upstream:
-            if upstream.status >= 400:
-                body = await upstream.read_body()
-                raise translator.error(upstream.status, body, upstream.headers)
-            state = translator.stream_events(call)
-            while not state.done:
-                events = await upstream.next_events()
-                if events is None:
-                    # Connection ended: the translator decides whether that was
-                    # a complete stream or a cut one (it raises if cut).
-                    for chunk in state.finish():
-                        yield chunk
-                    return
-                for event in events:
-                    for chunk in state.feed(event):
-                        yield chunk
-                    if state.done:
-                        break
-            await upstream.drain()
+        opened = self._client.open_stream(request, self._timeouts, call.timeout_s)
+        upstream = await opened.__aenter__()
+        self._opened, self._upstream = opened, upstream
+        if upstream.status >= 400:
+            body = await upstream.read_body()
+            raise translator.error(upstream.status, body, upstream.headers)
+        self._state = translator.stream_events(call)
+
+    async def _read(self) -> None:
+        state = self._state
+        events = await self._upstream.next_events()
+        try:
+            if events is None:
+                # Connection ended: the translator decides whether that was
+                # a complete stream or a cut one (it raises if cut).
+                self._pending.extend(state.finish())
+                await self._close(None)
+                if not self._pending:
+                    raise StopAsyncIteration
+                return
+            for event in events:
+                self._pending.extend(state.feed(event))
+                if state.done:
+                    break
+        except StopAsyncIteration:
+            raise
+        except Exception as exc:  # noqa: BLE001 (raised in turn, after the items read before it)
+            if not self._pending:
+                raise
+            self._error = exc
+
+    async def _close(self, exc: BaseException | None) -> None:
+        opened, self._opened, self._upstream = self._opened, None, None
+        if opened is not None:
+            await opened.__aexit__(type(exc) if exc else None, exc, exc.__traceback__ if exc else None)
+
+    async def aclose(self) -> None:
+        self._pending.clear()
+        await self._close(None)

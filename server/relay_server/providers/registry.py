@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
 from relay_server.domain.provider import Provider
+from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import HttpProvider
@@ -20,6 +20,7 @@ from relay_server.providers.openai_compat import (
     GenericOpenAICompatible,
     OpenAICompatTranslator,
 )
+from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.translator import Translator
 
 PROVIDER_APIS: Final = ("openai", "anthropic", "mistral", "groq", "openai_compatible", "test")
@@ -50,7 +51,8 @@ def build_provider(
 
     match api:
         case "openai":
-            return http(OpenAICompatTranslator(name, base_url or OPENAI_BASE_URL))
+            base = base_url or OPENAI_BASE_URL
+            return http(OpenAICompatTranslator(name, base), responses=OpenAIResponsesTranslator(name, base))
         case "anthropic":
             return http(AnthropicTranslator(name, base_url or ANTHROPIC_BASE_URL))
         case "mistral":

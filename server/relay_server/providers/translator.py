@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.sse import SSEEvent
 
 

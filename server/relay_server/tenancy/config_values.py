@@ -17,6 +17,7 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.webhook_destinations import RefusedDestination, classify, parse_literal
 
 MAX_CACHE_TTL_S = 30 * 86400
+MAX_RETENTION_DAYS = 3650
 MAX_MARKUP = Decimal("9.9999")  # requests.markup_rate is NUMERIC(5,4)
 MAX_SPEND_USD = Decimal(1_000_000_000)
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -32,6 +33,12 @@ class _Invalid(ValueError):
 def _seconds(value: str, _: ModelExists | None) -> str:
     if not value.isdigit() or int(value) > MAX_CACHE_TTL_S:
         raise _Invalid(f"an integer number of seconds from 0 to {MAX_CACHE_TTL_S}.")
+    return str(int(value))
+
+
+def _days(value: str, _: ModelExists | None) -> str:
+    if not value.isdigit() or not 1 <= int(value) <= MAX_RETENTION_DAYS:
+        raise _Invalid(f"an integer number of days from 1 to {MAX_RETENTION_DAYS}.")
     return str(int(value))
 
 
@@ -126,6 +133,7 @@ VALIDATORS: dict[str, Callable[[str, ModelExists | None], str]] = {
     "semantic_cache_threshold": _threshold,
     "semantic_cache_model": _model,
     "thread_embeddings": _boolean,
+    "response_retention_days": _days,
 }
 CONFIG_KEYS = tuple(VALIDATORS)
 

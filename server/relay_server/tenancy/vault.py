@@ -27,10 +27,11 @@ from urllib.parse import urlsplit
 
 from relay_server.crypto.envelope import RecordRef, seal
 from relay_server.crypto.keyring import Keyring
+from relay_server.domain.credentials import CredentialRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
 from relay_server.storage.postgres import credentials as store
-from relay_server.storage.postgres.credentials import CredentialRow, NewCredential
+from relay_server.storage.postgres.credentials import NewCredential
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy.calls import Call
 

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay_server.storage.archive import parquet
@@ -46,7 +46,7 @@ class ArchiveMismatch(RuntimeError):
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass
@@ -166,8 +166,8 @@ class RequestArchiver:
         writer = await asyncio.to_thread(parquet.FileWriter, self._files.filesystem, self._files.full(path))
         try:
             async with self._db.system.connection() as conn:
-                async for rows in manifest.stream_rows(conn, partition.name, slice_.tenant_id, _BATCH_ROWS):
-                    await asyncio.to_thread(writer.add, rows)
+                async for batch in manifest.stream_rows(conn, partition.name, slice_.tenant_id, _BATCH_ROWS):
+                    await asyncio.to_thread(writer.add, batch)
         finally:
             written = await asyncio.to_thread(writer.close)
         self._fault("written")
@@ -201,4 +201,4 @@ class RequestArchiver:
 
 def _month_end(p: Partition) -> datetime:
     end = next_month(p.month)
-    return datetime(end.year, end.month, 1, tzinfo=timezone.utc)
+    return datetime(end.year, end.month, 1, tzinfo=UTC)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from relay_server.storage.postgres import jobs
@@ -42,7 +42,7 @@ _SWEEP_LOCK = 0x52454C4159  # "RELAY": one sweep at a time across processes
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class LifecycleJobs:
@@ -57,6 +57,7 @@ class LifecycleJobs:
         retention: timedelta,
         provisioning_stuck: timedelta,
         job_lease: timedelta = timedelta(minutes=5),
+        archive: Any = None,
         now: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._db = db
@@ -68,7 +69,7 @@ class LifecycleJobs:
         self._lease = job_lease
         self._now = now
         # The request archive (storage/archive/files.py): a hard delete erases the tenant's files too.
-        self.archive: Any = None
+        self.archive = archive
 
     def handlers(self) -> dict[str, Callable[[Job], object]]:
         return {"expire_trial": self.expire_trial, "grace_delete": self.grace_delete, "hard_delete": self.hard_delete}

@@ -116,7 +116,7 @@ class WebhookDispatcher:
             return
         body = orjson.dumps(
             {"id": delivery.event_id, "type": delivery.event_type, "created": int(delivery.created_at.timestamp()),
-             "data": delivery.payload}  # fmt: skip
+             "data": delivery.payload}
         )
         headers = {
             "content-type": "application/json",
@@ -135,7 +135,7 @@ class WebhookDispatcher:
             async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             refused = refusal_of(exc)
             if refused is not None:
                 # Dead at once (this attempt counts as the last): the same rule would refuse every retry.

@@ -77,7 +77,8 @@ class ColdRequests:
         self, paths: list[str], tenant_id: str, filters: dict[str, Any], start: datetime | None, end: datetime | None,
         after: tuple[datetime, str] | None, limit: int | None,
     ) -> pa.Table:  # fmt: skip
-        where, params = ["tenant_id = ?"], [tenant_id]
+        where: list[str] = ["tenant_id = ?"]
+        params: list[Any] = [tenant_id]
         for column, value in filters.items():
             if column not in FILTER_COLUMNS:
                 raise ValueError(f"unknown filter {column!r}")

@@ -88,7 +88,7 @@ class FileWriter:
 
 
 class Checksum:
-    """md5 over ``id:cost_micros,`` in id order: Postgres computes the same (``PG_CHECKSUM``)."""
+    """md5 over ``id:cost_micros,`` in id order: Postgres computes the same (storage/postgres/archive.py ``PG_CHECKSUM``)."""
 
     def __init__(self) -> None:
         self._md5 = hashlib.md5(usedforsecurity=False)
@@ -100,14 +100,6 @@ class Checksum:
 
     def hexdigest(self) -> str:
         return self._md5.hexdigest()
-
-
-# Per tenant of one partition; ids sort by byte (COLLATE "C") as Python sorts str.
-PG_CHECKSUM = (
-    "SELECT tenant_id, count(*) AS row_count, "
-    "md5(coalesce(string_agg(id || ':' || coalesce(cost_micros::text, '') || ',', '' ORDER BY id COLLATE \"C\", cost_micros), '')) "
-    "AS checksum FROM {table} GROUP BY tenant_id"
-)
 
 
 def file_checksum(filesystem: pafs.FileSystem, full_path: str) -> tuple[int, str]:

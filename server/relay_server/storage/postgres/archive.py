@@ -12,11 +12,19 @@ from typing import Any
 
 from psycopg import sql
 
-from relay_server.storage.archive.parquet import PG_CHECKSUM
 from relay_server.storage.postgres.pool import Conn
 
 ARCHIVE_LOCK = 0x52454C4141  # "RELAA": one archiver run (or tenant erasure) at a time across nodes
 _NAME = re.compile(r"^requests_y(\d{4})m(\d{2})$")
+
+# Per tenant of one partition: what storage/archive/parquet.py's Checksum computes from a file
+# (ids sort by byte, COLLATE "C", as Python sorts str).
+PG_CHECKSUM = (
+    "SELECT tenant_id, count(*) AS row_count, "
+    "md5(coalesce(string_agg(id || ':' || coalesce(cost_micros::text, '') || ',', '' ORDER BY id COLLATE \"C\", cost_micros), '')) "
+    "AS checksum FROM {table} GROUP BY tenant_id"
+)
+
 
 _PARTITIONS = r"""
 SELECT c.relname AS name, c.relispartition AS attached

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -136,7 +136,7 @@ TRANSIENT = (psycopg.OperationalError, PoolTimeout, OSError, asyncio.TimeoutErro
 
 
 def utc_day(moment: datetime) -> Any:
-    return moment.astimezone(timezone.utc).date()
+    return moment.astimezone(UTC).date()
 
 
 class RequestLogStore:
@@ -241,7 +241,7 @@ class RequestLogWriter:
                     break
                 try:  # short waits, so that stop() never waits for a whole flush interval
                     batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, _POLL_S)))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             try:
                 await self._write(batch)

@@ -5,4 +5,5 @@ export * from "./embeddings_pb.js";
 export * from "./inference_service_pb.js";
 export * from "./models_pb.js";
 export * from "./openai_service_pb.js";
+export * from "./responses_pb.js";
 export * from "./threads_pb.js";

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import Principal
-from relay_server.pipeline.reload import PeriodicReload
 from relay_server.domain.provider import RequestKind
+from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.pipeline.reload import PeriodicReload
 
 
 class CatalogStore(Protocol):
