@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 from prometheus_client import CollectorRegistry
 
+from relay_server.api.admin_support import decode_cursor, encode_cursor
 from relay_server.api.admin_usage import _record
 from relay_server.domain.usage import UsageFilter
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.storage.archive.cold import ColdRequests
 from relay_server.storage.archive.files import ArchiveFiles
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.usage import UsageQueries, decode_cursor, encode_cursor
+from relay_server.storage.postgres.usage import UsageQueries
 from relay_server.workers.archiver import STEPS, ArchiveMismatch, RequestArchiver
 from tests.support.history import generate, month_start, roll_up
 from tests.support.metering import make_key, make_tenant
