@@ -350,3 +350,14 @@ async def test_a_late_row_for_an_archived_month_leaves_that_months_usage_totals_
     await roll_up(database)
     assert await h.queries.usage(h.a, usage, "day") == before
     assert "req_late" in {r["id"] for r in await h.queries.requests(h.a, {}, None, None, None, 100_000)}
+
+
+async def test_a_partition_detached_by_hand_is_never_dropped(database: Database, pg_db: TestDatabase, tmp_path: Path) -> None:
+    h = await _history(database, pg_db, tmp_path / "archive", {"a": 100, "b": 20}, hot=3)
+    name = f"requests_y{OLD_MONTHS[0]:%Y}m{OLD_MONTHS[0]:%m}"
+    with psycopg.connect(pg_db.owner_dsn) as conn:
+        conn.execute(f"ALTER TABLE requests DETACH PARTITION {name}")
+    with pytest.raises(ArchiveMismatch):
+        await _archiver(database, h).run_once()
+    with psycopg.connect(pg_db.owner_dsn) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0] == 120

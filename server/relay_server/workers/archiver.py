@@ -150,10 +150,20 @@ class RequestArchiver:
                     await manifest.forget(conn, partition.name, tenant_id)
                 await asyncio.to_thread(self._files.delete_file, known[tenant_id]["path"])
             await self._detach(partition)
+        elif partition.exists:
+            await self._check_detached_by_us(partition)
         self._fault("detached")
         async with self._db.system_tx() as conn:
             await manifest.drop(conn, partition.name)
         self._fault("dropped")
+
+    async def _check_detached_by_us(self, partition: Partition) -> None:
+        """A detached table is dropped only if this archiver detached it (or it holds nothing)."""
+        async with self._db.system.connection() as conn:
+            known = await manifest.manifest(conn, partition.name)
+            rows = await manifest.slices(conn, partition.name)
+        if rows and not (known and all(m["state"] == "detached" for m in known.values())):
+            raise ArchiveMismatch(f"{partition.name} was detached outside the archiver; attach it again to archive it")
 
     def _still_valid(self, row: dict[str, Any], slice_: TenantSlice) -> bool:
         return (row["row_count"], row["checksum"]) == (slice_.row_count, slice_.checksum) and (
