@@ -200,6 +200,14 @@ async def test_a_tenant_cannot_touch_another_tenants_or_pooled_keys(seeded: Test
         (CredentialSpec("openai", base_url="https://10.1.2.3/v1"), SECRET, False, "credential.base_url"),
         (CredentialSpec("openai", base_url="https://[::1]/v1"), SECRET, False, "credential.base_url"),
         (CredentialSpec("openai", base_url="https://169.254.169.254/latest"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://2852039166/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0x7f000001/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://127.1/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0177.0.0.1/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://169.254.43518/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://[::ffff:127.0.0.1]/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://[::ffff:169.254.169.254]/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0x7f.0.0.1/v1"), SECRET, False, "credential.base_url"),
     ],
 )
 async def test_bad_input_is_refused(seeded: TestDatabase, database: Database, spec, secret, operator_call, param) -> None:

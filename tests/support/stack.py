@@ -48,6 +48,7 @@ class RelayStack:
             "REDIS_URL": self.redis_url,
             "RELAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "RELAY_LOG_LEVEL": "INFO",
+            "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",  # Envoy's hop
             "RELAY_METRICS_PORT": "0",  # test stacks run side by side; tests that scrape /metrics set their own
             **extra,
         }

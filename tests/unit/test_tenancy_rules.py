@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from relay_server.api.admin_support import client_ip, decode_cursor, paged
+from relay_server.api.admin_support import client_ip, decode_cursor, paged, parse_proxies
 from relay_server.api.pagination import encode_token
 from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 from relay_server.errors import ErrorKind, RelayError
@@ -160,18 +160,29 @@ def test_system_roles_nest_and_stay_in_the_vocabulary() -> None:
 # --- wire helpers ---------------------------------------------------------------------------
 
 
+ENVOY = parse_proxies("127.0.0.1, ::1")
+
+
 @pytest.mark.parametrize(
     ("metadata", "peer", "expected"),
     [
         ({"x-forwarded-for": "10.0.0.1, 198.51.100.9"}, "ipv4:127.0.0.1:5000", "198.51.100.9"),  # Envoy's entry is last
+        ({"x-forwarded-for": "10.0.0.1, 198.51.100.9"}, "ipv6:[::1]:5000", "198.51.100.9"),
         ({"x-forwarded-for": "evil"}, "ipv4:127.0.0.1:5000", None),
+        # A client that is not the Envoy hop cannot pick its audit address.
+        ({"x-forwarded-for": "198.51.100.9"}, "ipv4:192.0.2.3:5000", "192.0.2.3"),
+        ({"x-forwarded-for": "198.51.100.9"}, "ipv6:[2001:db8::7]:5000", "2001:db8::7"),
         ({}, "ipv4:192.0.2.3:5000", "192.0.2.3"),
         ({}, "ipv6:[::1]:5000", "::1"),
         ({}, "unix:/tmp/sock", None),
     ],
 )
 def test_client_ip(metadata: dict, peer: str, expected: str | None) -> None:
-    assert client_ip(metadata, peer) == expected
+    assert client_ip(metadata, peer, ENVOY) == expected
+
+
+def test_forwarded_for_is_ignored_without_configured_proxies() -> None:
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:127.0.0.1:5000") == "127.0.0.1"
 
 
 def test_keyset_page_tokens() -> None:
@@ -267,3 +278,17 @@ async def test_last_used_keeps_a_failed_batch_for_the_next_flush() -> None:
     assert await recorder.flush() == 2
     assert store.calls[-1] == {"k1": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC), "k2": datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)}
     assert await recorder.flush() == 0 and len(store.calls) == 2
+
+
+def test_the_admin_authenticator_trusts_only_the_configured_hops() -> None:
+    from types import SimpleNamespace
+
+    from relay_server.api.admin_registry import admin_authenticator
+    from relay_server.settings import Settings
+
+    app = SimpleNamespace(settings=Settings.from_env({"RELAY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}),
+                          tenancy=SimpleNamespace(authenticator=None, member_permissions=None), db=None)  # fmt: skip
+    auth = admin_authenticator(app)
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:10.1.2.3:1", auth.trusted_proxies) == "198.51.100.9"
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:127.0.0.1:1", auth.trusted_proxies) == "127.0.0.1"
+    assert admin_authenticator(SimpleNamespace(settings=Settings.from_env({}), tenancy=app.tenancy, db=None)).trusted_proxies == ()

@@ -16,6 +16,7 @@ Comparisons of secrets are constant-time; secrets are never logged.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -42,8 +43,11 @@ class AdminAuthenticator:
         members: PermissionSource | None = None,
         jwt_secret: str = "",
         jwt_issuer: str = "relay",
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> None:
         self._token = admin_token.encode()
+        # The Envoy hop(s) whose x-forwarded-for names the caller (api/admin_support.client_ip).
+        self.trusted_proxies = trusted_proxies
         self._keys = keys
         self._members = members
         self._jwt_secret = jwt_secret

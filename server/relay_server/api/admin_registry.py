@@ -18,6 +18,7 @@ from relay_proto.relay.admin.v1 import (
 from relay_server.api.admin_api_keys import ApiKeyServicer
 from relay_server.api.admin_audit import AuditLogServicer
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_tenants import TenantServicer
 
 SERVICES = (
@@ -35,6 +36,7 @@ def admin_authenticator(app: Any) -> AdminAuthenticator:
         members=app.tenancy.member_permissions,
         jwt_secret=settings.jwt_secret,
         jwt_issuer=settings.jwt_issuer,
+        trusted_proxies=parse_proxies(settings.trusted_proxies),
     )
 
 

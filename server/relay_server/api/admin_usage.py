@@ -29,7 +29,7 @@ from relay_server.api.pagination import decode_token, encode_token, page_size
 from relay_server.domain.pricing import money_micros
 from relay_server.domain.request import new_request_id
 from relay_server.domain.usage import UsageFilter
-from relay_server.errors import ErrorKind, RelayError
+from relay_server.errors import ErrorKind, RelayError, clip
 from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
 from relay_server.pipeline.steps.spend import usd
 from relay_server.tenancy.rbac import AdminPrincipal
@@ -195,7 +195,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 raise RelayError(ErrorKind.PERMISSION_DENIED, "An end user's key can read only its own usage.")
             key = await self._reports.key(tenant, request.key_id)
             if key is None:
-                raise RelayError(ErrorKind.NOT_FOUND, f"API key `{request.key_id}` does not exist.", param="key_id")
+                raise RelayError(ErrorKind.NOT_FOUND, f"API key `{clip(request.key_id)}` does not exist.", param="key_id")
             start, end = self._range(_date(request.start_date, "start_date"), _date(request.end_date, "end_date"))
             filters = UsageFilter(start=start, end=end, environment=key["environment"], api_key_id=key["id"])
             days = await self._reports.usage(tenant, filters, "day")

@@ -137,6 +137,10 @@ def _check_ranges(kind: RequestKind, body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is None or isinstance(value, bool):
             continue
+        if not isinstance(value, (int, float)):
+            # Only a typed gRPC request's extra_body can get here with another type (JSON bodies are typed first).
+            raise RelayError(ErrorKind.BAD_REQUEST, f"Invalid type for '{name}': expected a number.", param=name,
+                             code="invalid_type")  # fmt: skip
         if not low <= value <= high:
             raise RelayError(
                 ErrorKind.INVALID_REQUEST,

@@ -120,7 +120,7 @@ def build_metering(
             WebhookStore(db),
             signing_key=settings.webhook_signing_key,
             max_attempts=settings.webhook_max_attempts,
-            allow_private=settings.webhook_allow_private,
+            allow_private=settings.private_destinations_allowed,
         ),
         noisy=noisy,
     )

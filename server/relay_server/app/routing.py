@@ -64,7 +64,7 @@ async def build_routing(
     anomalies: AnomalyDetector | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
-    client = HttpClient.create()
+    client = HttpClient.create(allow_private=settings.private_destinations_allowed)
     try:
         directory = ProviderDirectory(PostgresProviderStore(db), client)
         await directory.load()

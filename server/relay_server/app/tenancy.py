@@ -129,7 +129,7 @@ def build_tenancy(
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
         usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
-        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
+        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists, auth_changed=invalidator.tenant_changed),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,
     )

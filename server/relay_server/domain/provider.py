@@ -32,6 +32,8 @@ class Credential:
     id: str
     api_key: str = field(repr=False)
     base_url: str = ""
+    byok: bool = False
+    """A tenant's own key: its ``base_url`` was chosen by the tenant, so connections to it are guarded."""
 
 
 @dataclass(frozen=True, slots=True)

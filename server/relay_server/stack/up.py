@@ -43,7 +43,7 @@ Echo = Callable[[str], None]
 
 _STACK_ENV_HEADER = "Written by `make up`: the databases the local stack started. Do not edit."
 _QUICKSTART_HEADER = (
-    "Written by `make up`. Load into a shell with:  set -a; . .relay/quickstart.env; set +a\n"
+    "Written by `make up`. Load into a shell with:  source .relay/quickstart.env\n"
     "RELAY_TEST_KEY is a test-mode key (deterministic mock answers, no provider is called)."
 )
 
@@ -75,7 +75,9 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "RELAY_GRPC_PORT": str(settings.grpc_port),
         "RELAY_STATE_DIR": str(paths.root),
         # Local development: webhook receivers run on this machine (localhost), which production refuses.
-        "RELAY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "RELAY_ALLOW_PRIVATE_DESTINATIONS": "true",
+        # Envoy dials the server from loopback: its x-forwarded-for names REST callers.
+        "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",
     }
     test_key = _seed_demo(server_env, settings.test_key or quick.get("RELAY_TEST_KEY", ""), paths)
     quickstart = {
@@ -282,6 +284,8 @@ def _render_envoy(settings: Settings, paths: StackPaths) -> str:
         services=stack_envoy.http_services(DESCRIPTOR),
         max_request_bytes=settings.max_request_bytes,
         access_log_path=paths.access_log,
+        request_timeout=f"{settings.envoy_request_timeout_s}s",
+        stream_idle_timeout=f"{settings.envoy_stream_idle_timeout_s}s",
     )
     stack_envoy.validate_envoy_config(config)
     return config
@@ -397,7 +401,7 @@ Relay is up.
   REST (OpenAI-compatible)  {base}
   gRPC                      {quick["RELAY_GRPC_ADDR"]}
   test key                  {quick["RELAY_TEST_KEY"]}
-  settings                  {env_file}   (load: set -a; . {env_file}; set +a)
+  settings                  {env_file}   (load: source {env_file})
   logs                      {_show(paths.logs)}/   stop: make down
 
 curl {base}/chat/completions \\

@@ -74,7 +74,7 @@ class WebhookDispatcher:
         self._signing_key = signing_key
         self._max_attempts = max_attempts
         self._batch = batch
-        self._allow_private = allow_private  # loopback/private destinations (settings.webhook_allow_private)
+        self._allow_private = allow_private  # loopback/private destinations (settings.private_destinations_allowed)
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
 

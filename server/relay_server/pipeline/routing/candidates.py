@@ -243,7 +243,7 @@ class KeyGate:
             log.error("provider credential does not decrypt; skipping it", extra={"credential_id": self.cred.id})
             await KeyTicket(self, taken, Credential(self.cred.id, ""), probing).close(AttemptResult("cancelled"))
             return None
-        return KeyTicket(self, taken, Credential(self.cred.id, secret, self.cred.base_url or ""), probing)
+        return KeyTicket(self, taken, Credential(self.cred.id, secret, self.cred.base_url or "", byok=self.cred.byok), probing)
 
 
 class CandidatePlanner:
