@@ -22,6 +22,7 @@ step's name; tests raise from it to simulate a crash there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -103,7 +104,8 @@ class RequestArchiver:
                     self._count("partitions")
             finally:
                 await lock_conn.execute("SELECT pg_advisory_unlock(%s)", (ARCHIVE_LOCK,))
-                await self._observe_lag()
+                with contextlib.suppress(Exception):  # never hides why the run failed
+                    await self._observe_lag()
         report.seconds = time.monotonic() - started
         if report.partitions:
             log.info(
@@ -139,7 +141,7 @@ class RequestArchiver:
                 known = await manifest.manifest(conn, partition.name)
             for tenant_id, slice_ in sorted(pg.items()):
                 row = known.get(tenant_id)
-                if row is not None and row["state"] == "verified" and self._still_valid(row, slice_):
+                if row is not None and row["state"] == "verified" and await self._still_valid(row, slice_):
                     continue  # an earlier run got this far
                 size = await self._write_verified(partition, slice_)
                 report.rows += slice_.row_count
@@ -165,9 +167,9 @@ class RequestArchiver:
         if rows and not (known and all(m["state"] == "detached" for m in known.values())):
             raise ArchiveMismatch(f"{partition.name} was detached outside the archiver; attach it again to archive it")
 
-    def _still_valid(self, row: dict[str, Any], slice_: TenantSlice) -> bool:
+    async def _still_valid(self, row: dict[str, Any], slice_: TenantSlice) -> bool:
         return (row["row_count"], row["checksum"]) == (slice_.row_count, slice_.checksum) and (
-            self._files.size(row["path"]) == row["bytes"]
+            await asyncio.to_thread(self._files.size, row["path"]) == row["bytes"]
         )
 
     async def _write_verified(self, partition: Partition, slice_: TenantSlice) -> int:
@@ -185,7 +187,7 @@ class RequestArchiver:
         if (written, rows, checksum) != (slice_.row_count, slice_.row_count, slice_.checksum):
             await asyncio.to_thread(self._files.delete_file, path)
             raise ArchiveMismatch(f"{path}: {rows} rows / {checksum} in the file, {slice_.row_count} / {slice_.checksum} in Postgres")
-        size = self._files.size(path) or 0
+        size = await asyncio.to_thread(self._files.size, path) or 0
         sha = await asyncio.to_thread(self._files.sha256, path)
         self._fault("verified")
         async with self._db.system_tx() as conn:
@@ -205,7 +207,7 @@ class RequestArchiver:
                 if s is None or m is None or (m["row_count"], m["checksum"]) != (s.row_count, s.checksum):
                     # Late rows arrived (or rows went) since verification: roll the detach back, rerun rewrites.
                     raise ArchiveMismatch(f"{partition.name}: tenant {tenant_id} changed since it was verified")
-                if self._files.size(m["path"]) != m["bytes"]:
+                if await asyncio.to_thread(self._files.size, m["path"]) != m["bytes"]:
                     raise ArchiveMismatch(f"{m['path']} is missing or changed since it was verified")
 
 
