@@ -138,6 +138,12 @@ class Settings:
     anomaly_baseline_s: float = 1800.0
     anomaly_min_samples: int = 20  # attempts a window needs before it counts
 
+    # Request archival (docs/archival.md): months older than the retention window move to Parquet.
+    archive_url: str = ""  # a directory or s3://bucket/prefix; empty = <state_dir>/archive
+    archive_retention_days: int = 30  # requests stay in Postgres at least this long
+    archive_interval_s: float = 3600.0
+    archiver: bool = True  # run the archiver from this process's job runner
+
     # Files
     state_dir: Path = Path(".relay")
     log_level: str = "INFO"
@@ -158,6 +164,10 @@ class Settings:
                     break
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def archive_location(self) -> str:
+        return self.archive_url or str(self.state_dir / "archive")
 
     @property
     def private_destinations_allowed(self) -> bool:

@@ -72,6 +72,11 @@ ROWS: dict[str, RowFn] = {
         "tenant_id": t, "date": TODAY - timedelta(days=n), "model_id": "gpt-4o", "api_key_id": f"key_{t}_0",
     },
     "usage_rollup_pending": lambda t, n: {"tenant_id": t, "date": TODAY - timedelta(days=n)},
+    "request_archive_files": lambda t, n: {
+        "partition_name": f"requests_y2025m0{n + 1}", "month": date(2025, n + 1, 1), "tenant_id": t,
+        "path": f"requests/month=2025-0{n + 1}/tenant={t}/part-0.parquet", "row_count": 1, "bytes": 1,
+        "checksum": "x", "file_sha256": "x", "state": "archived",
+    },
     "billing_periods": lambda t, n: {
         "id": f"bp_{t}_{n}", "tenant_id": t,
         "period_start": date(2025, 12 - n, 1), "period_end": date(2025, 12 - n, 28),
@@ -249,8 +254,8 @@ async def test_tenant_cannot_insert_rows_of_another_tenant(db: Database, table: 
     with pytest.raises(psycopg.errors.InsufficientPrivilege) as denied:
         async with db.tenant_tx(A) as conn:
             await _insert(conn, table, ROWS[table](B, 1))
-    if table == "tenants":
-        assert "permission denied" in str(denied.value)  # no INSERT grant at all
+    if table in ("tenants", "request_archive_files"):
+        assert "permission denied" in str(denied.value)  # no INSERT grant at all (only the archiver writes it)
         return
     assert "row-level security" in str(denied.value)
     # Control: the same shape of row for its own tenant is accepted.

@@ -43,6 +43,7 @@ from relay_server.api.reflection import enable_reflection
 from relay_server.api.request_guard import GuardedServer
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.archive import Archive, build_archive, register_archiver
 from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
 from relay_server.app.routing import Routing, build_routing
@@ -90,6 +91,7 @@ class App:
     conversations: Conversations | None = None  # response cache and threads
     observability: Observability | None = None  # metrics, traces, provider anomalies
     responses: ResponseStore | None = None  # stored Responses API turns (docs/responses.md)
+    archive: Archive | None = None  # cold request history (docs/archival.md)
 
     async def close(self) -> None:
         if self.responses is not None:
@@ -120,9 +122,11 @@ async def build(settings: Settings) -> App:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
-    tenancy = build_tenancy(settings, db, redis, catalog)
-    authenticator = tenancy.authenticator
     observability = build_observability(settings)
+    archive = build_archive(settings, db, observability.metrics)
+    tenancy = build_tenancy(settings, db, redis, catalog, archive=archive)
+    register_archiver(settings, archive, tenancy.runner)
+    authenticator = tenancy.authenticator
     bus = tenancy.invalidator
     routing = await build_routing(
         settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector,
@@ -145,7 +149,7 @@ async def build(settings: Settings) -> App:
     await metering.start()
     return App(
         settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing, catalog_sync,
-        conversations=conversations, observability=observability, responses=responses,
+        conversations=conversations, observability=observability, responses=responses, archive=archive,
     )  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
+from relay_server.app.archive import Archive
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
@@ -73,7 +74,10 @@ def _model_exists(catalog: Catalog):  # noqa: ANN202
     return exists
 
 
-def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog: Catalog) -> Tenancy:
+def build_tenancy(
+    settings: Settings, db: Database, redis: Redis | None, catalog: Catalog, *, archive: Archive | None = None
+) -> Tenancy:
+    """``archive``: the request archive, read by the usage API and erased with a tenant (docs/archival.md)."""
     key_store = PostgresKeyStore(db)
     last_used = LastUsedRecorder(key_store, flush_s=settings.last_used_flush_s)
     shared = RedisKeyCache(redis, ttl_s=settings.auth_redis_ttl_s) if redis is not None else None
@@ -96,6 +100,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         expired_grace=timedelta(days=settings.expired_grace_days),
         retention=timedelta(days=settings.deletion_retention_days),
         provisioning_stuck=timedelta(seconds=settings.provisioning_stuck_s),
+        archive=archive.files if archive is not None else None,
     )
     runner = BackgroundRunner(
         db,
@@ -121,7 +126,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         members=MemberAdmin(db),
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
-        usage=UsageReports(db, redis),
+        usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

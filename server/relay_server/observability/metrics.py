@@ -59,6 +59,15 @@ class RelayMetrics:
         self.cache_hits = Counter("relay_cache_hits", "Requests answered by the response cache.", ["kind", "cache_kind"], registry=r)
         self.limit_refusals = Counter("relay_limit_refusals", "Requests refused by rate limits or spend caps.", ["code"], registry=r)
         self.attempts = Counter("relay_provider_attempts", "Provider attempts by how they ended.", ["provider", "outcome"], registry=r)
+        # The request archiver (workers/archiver.py).
+        self.archive_partitions = Counter("relay_archive_partitions", "Request partitions archived to Parquet.", registry=r)
+        self.archive_rows = Counter("relay_archive_rows", "Request rows written to verified Parquet files.", registry=r)
+        self.archive_bytes = Counter("relay_archive_bytes", "Bytes of verified Parquet files written.", registry=r)
+        self.archive_failures = Counter("relay_archive_failures", "Archiver runs that failed on a partition.", registry=r)
+        self.archive_lag = Gauge(
+            "relay_archive_lag_seconds", "How long the oldest request partition still in Postgres has been due for archival.",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
         self.provider_latency = Histogram(
             "relay_provider_latency_seconds", "Provider response time (streams: to the first chunk).",
             ["provider"], buckets=LATENCY_BUCKETS, registry=r,

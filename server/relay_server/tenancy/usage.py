@@ -17,8 +17,9 @@ from relay_server.storage.redis.spend import RedisSpend, cap_keys
 
 
 class UsageReports:
-    def __init__(self, db: Database, redis: Redis | None = None) -> None:
-        self._queries = UsageQueries(db)
+    def __init__(self, db: Database, redis: Redis | None = None, cold: Any = None) -> None:
+        # ``cold``: archived months of the request log (storage/archive/cold.py); usage rollups are never archived.
+        self._queries = UsageQueries(db, cold=cold)
         self._billing = BillingStore(db)
         self._ledger = PostgresSpendLedger(db)
         self._spend = RedisSpend(redis) if redis is not None else None

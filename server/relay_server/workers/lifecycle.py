@@ -17,13 +17,16 @@ trial that converted) is left alone.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import tenants as store
 from relay_server.storage.postgres.api_keys import expire_due_keys
+from relay_server.storage.postgres.archive import ARCHIVE_LOCK
 from relay_server.storage.postgres.audit import AuditEntry, insert_audit
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
@@ -53,6 +56,7 @@ class LifecycleJobs:
         retention: timedelta,
         provisioning_stuck: timedelta,
         job_lease: timedelta = timedelta(minutes=5),
+        archive: Any = None,
         now: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._db = db
@@ -62,6 +66,8 @@ class LifecycleJobs:
         self._stuck = provisioning_stuck
         self._lease = job_lease
         self._now = now
+        # The request archive (storage/archive/files.py): a hard delete erases the tenant's files too.
+        self.archive = archive
 
     def handlers(self) -> dict[str, Callable[[Job], object]]:
         return {"expire_trial": self.expire_trial, "grace_delete": self.grace_delete, "hard_delete": self.hard_delete}
@@ -122,13 +128,19 @@ class LifecycleJobs:
                 return  # already gone
             if tenant.status != "deleted" or tenant.deleted_at is None or tenant.deleted_at > self._now() - self._retention:
                 return  # not due (or restored by an operator fixing data by hand)
+            files_removed = 0
+            if self.archive is not None:
+                # Waits for a running archiver, which could otherwise write this tenant's file again;
+                # files go before rows, so a crash in between leaves the rows for the retry to find.
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ARCHIVE_LOCK,))
+                files_removed = await asyncio.to_thread(self.archive.erase_tenant, tenant_id)
             counts = await hard_delete_tenant(conn, tenant_id)
             await insert_audit(
                 conn,
                 AuditEntry(
                     tenant_id=None, actor_id="system", actor_type="system", action="tenant.hard_deleted",
                     resource_type="tenant", resource_id=tenant_id, request_id=f"job_{job.id}",
-                    metadata={"rows": {k: v for k, v in counts.items() if v}},
+                    metadata={"rows": {k: v for k, v in counts.items() if v}, "archived_files": files_removed},
                 ),
             )  # fmt: skip
         log.info("tenant hard-deleted", extra={"tenant_id": tenant_id, "rows": sum(counts.values())})

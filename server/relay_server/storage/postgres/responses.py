@@ -1,4 +1,4 @@
-"""Stored responses and their input items (``responses``, ``response_input_items``, migration 0018).
+"""Stored responses and their input items (``responses``, ``response_input_items``, migration 0019).
 
 Every function takes a connection inside ``tenant_tx`` (row-level security confines it to one
 tenant) except ``delete_expired``, the retention sweep, which runs on the owner connection.

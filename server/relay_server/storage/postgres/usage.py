@@ -33,6 +33,10 @@ SELECT tenant_id, %(date)s, model_id, environment, api_key_id, max(end_user_id),
   FROM requests
  WHERE tenant_id = %(tenant)s AND environment = %(env)s AND model_id IS NOT NULL
    AND created_at >= %(lo)s AND created_at < %(hi)s
+   -- A day of a month archived for this tenant keeps its totals: its rows left Postgres, and a
+   -- late row (landing in requests_default) must not replace the day's sums with its own.
+   AND NOT EXISTS (SELECT 1 FROM request_archive_files f
+                    WHERE f.tenant_id = %(tenant)s AND f.month = date_trunc('month', %(date)s::date)::date)
  GROUP BY tenant_id, model_id, environment, api_key_id
 ON CONFLICT (tenant_id, date, model_id, environment, api_key_id) DO UPDATE SET
     end_user_id = EXCLUDED.end_user_id, request_count = EXCLUDED.request_count,
@@ -138,10 +142,15 @@ _SUMS = sql.SQL(
 
 
 class UsageQueries:
-    """Reads for the usage API, inside the tenant's RLS-scoped transaction."""
+    """Reads for the usage API, inside the tenant's RLS-scoped transaction.
 
-    def __init__(self, db: Database) -> None:
+    ``cold`` (storage/archive/cold.py) serves the request log of archived
+    months; the usage totals read ``usage_daily``, which is never archived.
+    """
+
+    def __init__(self, db: Database, cold: Any = None) -> None:
         self._db = db
+        self._cold = cold
 
     async def usage(self, tenant_id: str, f: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
         """Rows grouped by ``group_by`` (a key of GROUP_COLUMNS), or one total row for None."""
@@ -190,6 +199,17 @@ class UsageQueries:
             sql.SQL(" AND ").join(where)
         )
         async with self._db.tenant_tx(tenant_id) as conn:
-            return list(await (await conn.execute(query, [*params, limit])).fetchall())
+            hot = list(await (await conn.execute(query, [*params, limit])).fetchall())
+        if self._cold is None:
+            return hot
+        # Archived months are no longer in Postgres (and hot ones not yet in a read file): merge the two pages.
+        # A full hot page bounds what an archived row could add: only rows at or after its last one.
+        floor = start
+        if len(hot) >= limit:
+            floor = hot[-1]["created_at"] if start is None else max(start, hot[-1]["created_at"])
+        cold = await self._cold.requests(tenant_id, filters, floor, end, after, limit)
+        if not cold:
+            return hot
+        return sorted(hot + cold, key=lambda r: (r["created_at"], r["id"]), reverse=True)[:limit]
 
 

@@ -1,0 +1,1 @@
+"""Cold request history: Parquet files under ``RELAY_ARCHIVE_URL`` (docs/archival.md)."""
