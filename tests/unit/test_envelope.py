@@ -112,7 +112,7 @@ def test_tampering_or_a_wrong_master_key_fails_closed() -> None:
     with pytest.raises(DecryptionError):
         open_sealed(ring, Sealed(flipped, sealed.key_nonce, sealed.dek_wrapped, sealed.master_key_id), REF)
     with pytest.raises(DecryptionError):
-        open_sealed(ring, Sealed(sealed.key_encrypted, sealed.key_nonce, sealed.dek_wrapped[:-1] + b"\0", sealed.master_key_id), REF)
+        open_sealed(ring, Sealed(sealed.key_encrypted, sealed.key_nonce, sealed.dek_wrapped[:-1] + bytes([sealed.dek_wrapped[-1] ^ 1]), sealed.master_key_id), REF)
     with pytest.raises(DecryptionError, match="not in the keyring"):
         open_sealed(keyring(), sealed, REF)
     # The wrap is bound to its master key id: relabelling the row does not help.
