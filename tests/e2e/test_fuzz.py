@@ -90,7 +90,8 @@ def assert_well_formed(response: Any, what: str) -> None:
             assert {"message", "type", "param", "code"} <= set(error), f"{what} -> {error}"
         assert isinstance(error["message"], str) and error["message"], f"{what} -> {error}"
         for internal in ("Traceback", "<class ", "_pb2", "DecodeError"):
-            assert internal not in error["message"], f"{what} -> {error}"
+            # An echo of the request's own text is not a leak (generated values can spell these too).
+            assert internal not in error["message"] or internal in what, f"{what} -> {error}"
     # x-relay-overhead-ms and x-relay-cache are documented answers; the error trailers are not.
     leaked = [h for h in headers if h.startswith("grpc-") or h in ("x-relay-error", "x-relay-http-status")]
     assert not leaked, f"{what} -> headers {leaked}"
