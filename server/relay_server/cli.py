@@ -57,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_admin  # noqa: PLC0415
 
     cli_admin.register(sub)  # relay tenants … / relay keys …
+    from relay_server import cli_dashboard  # noqa: PLC0415
+
+    cli_dashboard.register(sub)  # relay dashboard …
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, settings)
     if args.command == "migrate":
         return _migrate(args, settings)
+    if args.command == "dashboard":
+        return cli_dashboard.run(args, settings)
     if args.command in ("tenants", "keys"):
         return cli_admin.run(args, settings)
     return _seed_demo(args, settings)
