@@ -9,11 +9,11 @@ NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
 
 venv: $(STAMP)
 
+# relay-proto (the generated stubs, proto_python/) first: the SDK and the server both depend on it.
 $(STAMP): requirements-dev.txt server/pyproject.toml sdk_python/pyproject.toml proto_python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
-	# The generated stubs first: both the SDK and the server depend on relay-proto.
 	$(PY) -m pip install --quiet --no-deps -e ./proto_python -e ./sdk_python -e ./server
 	touch $(STAMP)
 

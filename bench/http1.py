@@ -59,7 +59,7 @@ class Connection:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(self._target.host, self._target.port, limit=1024 * 1024), self._timeout
             )
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             raise HttpError(f"connect: {exc!r}") from None
         self._reader, self._writer = reader, writer
         return reader, writer
@@ -109,7 +109,7 @@ class Connection:
             keep = headers.get("connection", "").lower() != "close"
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             raise HttpError(f"read: {exc!r}") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise HttpError("read: timed out") from None
         finally:
             if not keep:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench import seed as bench_seed
 from relay_server.settings import Settings
 from relay_server.stack import StackPaths, processes
 from relay_server.stack import envoy as stack_envoy
@@ -30,8 +31,6 @@ from relay_server.stack.up import (
     grpc_serving,
     stop_postgres,
 )
-
-from bench import seed as bench_seed
 
 MOCK = Path(__file__).resolve().parent / "mock_upstream.py"
 MAX_REQUEST_BYTES = 32 * 1024 * 1024

@@ -16,6 +16,14 @@
 -- the server's size limit, ...) still gets an OpenAI-shaped body, built from
 -- grpc-status and grpc-message, so a REST client never sees an empty error.
 -- Either way the grpc-* bookkeeping headers never leak to REST clients.
+--
+-- On the request path it keeps the gRPC server from ever seeing a header it
+-- cannot take (every one of those failed the call with a 500): names outside
+-- gRPC's metadata alphabet (HTTP allows "|", "%", "~", "!", ...), "-bin"
+-- headers (gRPC base64-decodes them), and grpc-* headers (a client's
+-- grpc-timeout or grpc-encoding would steer the server).  They are dropped, as
+-- proxies drop headers they cannot forward.  A native gRPC content type is
+-- refused: this port speaks REST only.
 
 -- gRPC status code -> the lowercase name used as the fallback error code.
 local GRPC_CODE_NAMES = {
@@ -47,6 +55,37 @@ local function error_type(status)
   if n == 429 then return "rate_limit_error" end
   if n >= 500 then return "server_error" end
   return "invalid_request_error"
+end
+
+-- gRPC metadata keys: lowercase letters, digits, "_", "-" and "." only.
+local function forwardable(name)
+  if string.sub(name, 1, 1) == ":" then return true end  -- HTTP/2 pseudo-headers
+  if not string.match(name, "^[0-9a-z_%.%-]+$") then return false end
+  if string.sub(name, 1, 5) == "grpc-" then return false end
+  return string.sub(name, -4) ~= "-bin"
+end
+
+function envoy_on_request(handle)
+  local h = handle:headers()
+  local content_type = h:get("content-type") or ""
+  if string.sub(string.lower(content_type), 1, 16) == "application/grpc" then
+    -- Envoy frames a local reply to a gRPC request as gRPC (HTTP 200); the
+    -- annotations make envoy_on_response turn it into the REST error.
+    handle:respond({[":status"] = "415", ["x-relay-http-status"] = "415", ["x-relay-error"] =
+      '{"error":{"message":"This port serves REST (JSON); send gRPC to the gRPC port instead.",' ..
+      '"type":"invalid_request_error","param":null,"code":"unsupported_media_type"}}'}, "")
+    return
+  end
+  local drop = nil
+  for name, _ in pairs(h) do
+    if not forwardable(name) then
+      drop = drop or {}
+      drop[#drop + 1] = name
+    end
+  end
+  if drop == nil then return end
+  -- Headers cannot be changed while they are being iterated.
+  for _, name in ipairs(drop) do h:remove(name) end
 end
 
 function envoy_on_response(handle)

@@ -233,7 +233,7 @@ def _class_lines(types: _Types, service: str, doc: str, methods: list[_Method], 
 def render(fds: descriptor_pb2.FileDescriptorSet) -> str:
     types, services = collect(fds)
     body: list[str] = []
-    for service, _, methods in services:
+    for _service, _, methods in services:
         for method in methods:
             body += [
                 f"{_spec_name(method)} = MethodSpec(",

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-
 from redis.asyncio import Redis
 
 from relay_server.stack.processes import free_port

@@ -19,7 +19,6 @@ from relay_proto.relay.v1.chat_pb2 import (
 )
 from relay_proto.relay.v1.completions_pb2 import Completion, CompletionRequest
 from relay_proto.relay.v1.embeddings_pb2 import EmbeddingList, EmbeddingRequest
-
 from relay_sdk._client import AsyncRelay, Relay
 from relay_sdk._errors import (
     AuthenticationError,

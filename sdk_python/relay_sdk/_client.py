@@ -15,8 +15,8 @@ import grpc
 import grpc.aio
 from google.protobuf import json_format, struct_pb2
 
-from relay_sdk._gen.methods import AsyncServices, SyncServices
 from relay_proto.relay.v1 import chat_pb2, embeddings_pb2
+from relay_sdk._gen.methods import AsyncServices, SyncServices
 from relay_sdk._retry import RetryPolicy
 from relay_sdk._wrappers import (
     AsyncInvoker,

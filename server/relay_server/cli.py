@@ -46,6 +46,32 @@ def _seed_demo(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _spool_replay(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from relay_server.app.metering import spool_dir  # noqa: PLC0415
+    from relay_server.storage.postgres.pool import Database  # noqa: PLC0415
+    from relay_server.storage.postgres.request_log import RequestLogStore  # noqa: PLC0415
+    from relay_server.storage.postgres.request_log_replay import replay_spool  # noqa: PLC0415
+    from relay_server.storage.spool import Spool  # noqa: PLC0415
+
+    directory = Path(args.dir) if args.dir else spool_dir(settings)
+
+    async def run() -> int:
+        db = Database.from_settings(settings)
+        # The request log is written by the owner role only: the app pool stays closed.
+        await db.system.open(wait=True, timeout=30)
+        try:
+            report = await replay_spool(RequestLogStore(db), Spool(directory))
+        finally:
+            await db.system.close()
+        print(f"{directory}: {report.written} row(s) written ({report.sanitised} sanitised), "
+              f"{report.still_dead} still refused (kept in the dead-letter file)")  # fmt: skip
+        return 1 if report.still_dead else 0
+
+    return asyncio.run(run())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="relay", description="Relay: a multi-tenant LLM API gateway.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="gRPC port (default RELAY_GRPC_PORT or 50051)")
     sub.add_parser("migrate", help="apply database migrations")
     sub.add_parser("seed-demo", help="create the demo tenant and test key (idempotent)")
+    spool = sub.add_parser("spool", help="the request-log spool").add_subparsers(dest="spool_command", required=True)
+    replay = spool.add_parser("replay", help="write spooled and dead-letter request rows to Postgres")
+    replay.add_argument("--dir", default=None, help="spool directory (default: this database's, under RELAY_STATE_DIR)")
     from relay_server import cli_admin  # noqa: PLC0415
 
     cli_admin.register(sub)  # relay tenants … / relay keys …
@@ -73,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         return _migrate(args, settings)
     if args.command == "dashboard":
         return cli_dashboard.run(args, settings)
+    if args.command == "spool":
+        return _spool_replay(args, settings)
     if args.command in ("tenants", "keys"):
         return cli_admin.run(args, settings)
     return _seed_demo(args, settings)

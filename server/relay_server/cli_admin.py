@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from relay_server.settings import Settings
@@ -25,7 +25,7 @@ _WINDOWS: dict[str, Any] = {"daily": 1, "monthly": 2, "total": 3}
 _TENANT_STATUS: dict[str, Any] = {s: i + 1 for i, s in enumerate(("provisioning", "trial", "active", "suspended", "expired", "deleted"))}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``tenants`` and ``keys`` command groups to ``relay``'s parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--addr", help="gRPC address (default RELAY_GRPC_ADDR, else the server's)")
@@ -185,13 +185,13 @@ def _key_action(channel: Any, args: argparse.Namespace) -> Invoker:
 
 def _parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _time(ts: Any) -> str:
     if not ts.seconds and not ts.nanos:
         return "-"
-    return ts.ToDatetime(tzinfo=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _enum(value: int, names: dict[str, int]) -> str:

@@ -14,7 +14,7 @@ import sys
 from relay_server.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     dashboard = sub.add_parser("dashboard", help="the web console").add_subparsers(dest="action", required=True)
     dashboard.add_parser("serve", help="run the console (behind Envoy at /dashboard)")
     p = dashboard.add_parser("create-operator", help="create (or re-password) an operator account")

@@ -59,6 +59,23 @@ class ErrorKind(enum.Enum):
         return self.value.grpc_status
 
 
+# A message travels in response headers (x-relay-error, grpc-message and the
+# status details each carry it, the JSON form escaping non-ASCII six-fold), and
+# Envoy drops a response whose headers pass its limit: a 20,000-character model
+# name echoed in full turned a 404 into a 502.  Messages are clipped here, and
+# a caller's value quoted in one is clipped far shorter with ``clip``.
+MAX_MESSAGE_CHARS = 2000
+MAX_ECHO_CHARS = 200
+
+
+def clip(value: object, limit: int = MAX_ECHO_CHARS) -> str:
+    """``value`` as text of at most about ``limit`` characters, saying how much was cut."""
+    text = str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}…({len(text) - limit} more characters)"
+
+
 class RelayError(Exception):
     """A failure that reaches the client in OpenAI's error shape.
 
@@ -79,6 +96,7 @@ class RelayError(Exception):
         retry_after_s: int | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> None:
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.kind = kind
         self.message = message

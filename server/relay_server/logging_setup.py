@@ -17,8 +17,13 @@ import time
 
 import orjson
 
+from relay_server.errors import clip
 from relay_server.observability.redaction import MASK, is_secret_field, scrub
 from relay_server.observability.request_context import log_fields
+
+# A logged value is clipped to this many characters: a caller's 20,000-character
+# model name must not become a 20 kB log line on every request.
+MAX_FIELD_CHARS = 2000
 
 # Attributes every LogRecord has; anything else came from ``extra=``.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -30,19 +35,23 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage(), MAX_FIELD_CHARS),
         }
         for key, value in record.__dict__.items():
             if key not in _STANDARD and value is not None:
-                entry[key] = MASK if is_secret_field(key) else value
+                entry[key] = MASK if is_secret_field(key) else _clipped(value)
         for key, value in log_fields().items():
-            entry.setdefault(key, value)  # explicit ``extra`` wins
+            entry.setdefault(key, _clipped(value))  # explicit ``extra`` wins
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return scrub(orjson.dumps(entry, default=str).decode())
 
 
-class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+def _clipped(value: object) -> object:
+    return clip(value, MAX_FIELD_CHARS) if isinstance(value, str) else value
+
+
+class BufferedLineHandler(logging.StreamHandler):
     """Lines leave in batches: at most ``flush_s`` late, at once for warnings and errors.
 
     Why: one ``write`` per request line costs far more than the line itself in a
@@ -54,7 +63,7 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """
 
     def __init__(self, stream: object = None, *, flush_s: float = 0.1, max_bytes: int = 64 * 1024) -> None:
-        super().__init__(stream)  # type: ignore[arg-type]
+        super().__init__(stream)
         self._lines: list[str] = []
         self._size = 0
         self._max_bytes = max_bytes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,10 @@ class Settings:
     # Limits
     max_request_bytes: int = 32 * 1024 * 1024
     provider_timeout_s: float = 600.0
+    # Envoy: a request's headers and body must arrive within this (a stalled upload → 408) ...
+    envoy_request_timeout_s: int = 60
+    # ... and a stream silent this long (either way, e.g. a provider that stopped) is cut.
+    envoy_stream_idle_timeout_s: int = 600
     shutdown_grace_s: float = 10.0
     auth_cache_ttl_s: float = 5.0
 
@@ -74,6 +78,9 @@ class Settings:
     lifecycle_sweep_s: float = 30.0
     # JSON object: silo database name (tenants.silo_database) → its owner DSN.
     silo_databases: str = field(default="", repr=False)
+    # Envoy hop(s), comma-separated addresses or CIDRs: only a connection from one of them
+    # may name the caller in x-forwarded-for (audit IPs).  Empty: the peer address counts.
+    trusted_proxies: str = ""
     # Where the `relay tenants|keys` commands connect (default: grpc_host:grpc_port).
     grpc_addr: str = ""
 
@@ -93,7 +100,7 @@ class Settings:
     webhook_poll_s: float = 2.0
     webhook_max_attempts: int = 12
     webhook_signing_key: str = field(default="", repr=False)  # derives a tenant's secret without webhook_secret
-    webhook_allow_private: bool = False  # deliver to loopback/private addresses too (dev, own network); link-local never
+    webhook_allow_private: bool = False  # the older name of allow_private_destinations (still honoured)
     noisy_share_threshold: float = 0.5  # share of all traffic in the last minute that flags a tenant
     noisy_min_requests: int = 600  # ... once the platform sees at least this many requests per minute
     noisy_limit_factor: float = 0.5  # flagged tenants' limits are multiplied by this
@@ -101,6 +108,9 @@ class Settings:
     billing_url: str = "https://relay.lorbic.com/billing"  # the upgrade_url in limit and cap errors
 
     # Routing, failover, provider health and credentials (docs/providers.md)
+    # Tenant-chosen destinations (webhook URLs, BYOK base URLs) may be loopback/private
+    # addresses too (dev, the operator's own network); link-local and metadata never.
+    allow_private_destinations: bool = False
     old_master_keys: str = field(default="", repr=False)  # retired master keys, comma-separated, for rotation
     credential_cache_ttl_s: float = 5.0  # a worker re-reads a tenant's provider credentials this often
     retry_backoff_s: float = 0.1  # first backoff between provider attempts (doubles each time)
@@ -139,8 +149,9 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def with_overrides(self, **overrides: Any) -> Settings:
-        return replace(self, **overrides)
+    @property
+    def private_destinations_allowed(self) -> bool:
+        return self.allow_private_destinations or self.webhook_allow_private
 
     @property
     def grpc_address(self) -> str:

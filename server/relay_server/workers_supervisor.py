@@ -46,7 +46,7 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
     signal.signal(signal.SIGINT, on_signal)
     for slot in range(workers):
         start(slot)
-    backoff = {slot: 0.5 for slot in procs}
+    backoff = dict.fromkeys(procs, 0.5)
     while True:
         time.sleep(0.2)
         alive = 0
@@ -58,6 +58,8 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
                 metrics.worker_exited(proc.pid)
                 time.sleep(backoff[slot])
                 backoff[slot] = min(backoff[slot] * 2, 10.0)
+                if stopping:  # the shutdown signal came during the back-off: a worker started now would never get it
+                    continue
                 start(slot)
                 alive += 1
         if stopping and alive == 0:

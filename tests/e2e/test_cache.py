@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from decimal import Decimal
 import uuid
+from decimal import Decimal
 
 import httpx
 import psycopg

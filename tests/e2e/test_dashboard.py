@@ -19,8 +19,8 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
-from relay_server.stack.redis import RedisHandle
 
+from relay_server.stack.redis import RedisHandle
 from tests.e2e.admin_helpers import rest, wait_for
 from tests.e2e.dashboard_support import (
     PASSWORD,

@@ -26,7 +26,7 @@ def _assert_openai_error(response: httpx.Response, status: int, code: str | None
     assert error["message"]
     if code is not None:
         assert error["code"] == code
-    assert not any(name.startswith("grpc-") or name.startswith("x-relay-") for name in response.headers)
+    assert not any(name.startswith(("grpc-", "x-relay-")) for name in response.headers)
     return error
 
 

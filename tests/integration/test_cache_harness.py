@@ -15,17 +15,17 @@ from typing import Any
 import psycopg
 from redis.asyncio import Redis
 
-from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.domain.keys import mint_key
-from relay_server.pipeline.steps.cache import ResponseCache
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.request import new_request_id
-from relay_server.pipeline.steps.embedder import EMBEDDING_DIMS, Embedder, PipelineEmbedder
-from relay_server.pipeline.inference import InferencePipeline
 from relay_server.domain.metered import Metered
-from relay_server.pipeline.routing.route import Router
-from relay_server.pipeline.steps.tenant_flags import PostgresTenantFlags
 from relay_server.domain.provider import ProviderCall
+from relay_server.domain.request import new_request_id
+from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.route import Router
+from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.cache import ResponseCache
+from relay_server.pipeline.steps.embedder import EMBEDDING_DIMS, Embedder, PipelineEmbedder
+from relay_server.pipeline.steps.tenant_flags import PostgresTenantFlags
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.demo import seed_demo

@@ -12,13 +12,13 @@ import pytest
 
 from relay_server.crypto.envelope import open_sealed
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.demo import DEMO_TENANT_ID, seed_demo
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import MANAGEMENT_KEY_PERMISSIONS, PLATFORM, SYSTEM_ROLES, AdminPrincipal
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.workers.credential_rotation import RotationError, rotate_master_key
 from tests.support.pg import TestDatabase
 
@@ -200,6 +200,14 @@ async def test_a_tenant_cannot_touch_another_tenants_or_pooled_keys(seeded: Test
         (CredentialSpec("openai", base_url="https://10.1.2.3/v1"), SECRET, False, "credential.base_url"),
         (CredentialSpec("openai", base_url="https://[::1]/v1"), SECRET, False, "credential.base_url"),
         (CredentialSpec("openai", base_url="https://169.254.169.254/latest"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://2852039166/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0x7f000001/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://127.1/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0177.0.0.1/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://169.254.43518/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://[::ffff:127.0.0.1]/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://[::ffff:169.254.169.254]/v1"), SECRET, False, "credential.base_url"),
+        (CredentialSpec("openai", base_url="https://0x7f.0.0.1/v1"), SECRET, False, "credential.base_url"),
     ],
 )
 async def test_bad_input_is_refused(seeded: TestDatabase, database: Database, spec, secret, operator_call, param) -> None:

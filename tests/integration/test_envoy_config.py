@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -77,7 +78,7 @@ def descriptor(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _render(descriptor: Path, *, grpc_port: int, log: Path) -> tuple[str, int, int]:
+def _render(descriptor: Path, *, grpc_port: int, log: Path, **options: str) -> tuple[str, int, int]:
     http_port, admin_port = free_port(), free_port()
     text = stack_envoy.render_envoy_config(
         http_port=http_port,
@@ -88,6 +89,7 @@ def _render(descriptor: Path, *, grpc_port: int, log: Path) -> tuple[str, int, i
         services=[SERVICE],
         max_request_bytes=MAX_BYTES,
         access_log_path=log,
+        **options,  # type: ignore[arg-type]
     )
     return text, http_port, admin_port
 
@@ -101,9 +103,9 @@ def envoy_for(tmp_path_factory: pytest.TempPathFactory, descriptor: Path, grpc_p
     """
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(grpc_port: int) -> tuple[str, Path]:
+    def start(grpc_port: int, **options: str) -> tuple[str, Path]:
         tmp = tmp_path_factory.mktemp("envoy")
-        text, http_port, admin_port = _render(descriptor, grpc_port=grpc_port, log=tmp / "access.log")
+        text, http_port, admin_port = _render(descriptor, grpc_port=grpc_port, log=tmp / "access.log", **options)
         (tmp / "envoy.yaml").write_text(text)
         with (tmp / "envoy.log").open("wb") as log:
             proc = subprocess.Popen(stack_envoy.envoy_command(tmp / "envoy.yaml"), stdout=log, stderr=log)
@@ -223,7 +225,7 @@ def assert_openai_error(response: httpx.Response, status: int, code: str, etype:
 
 
 def assert_no_grpc_headers(response: httpx.Response) -> None:
-    leaked = [h for h in response.headers if h.startswith("grpc-") or h.startswith("x-relay-")]
+    leaked = [h for h in response.headers if h.startswith(("grpc-", "x-relay-"))]
     assert leaked == []
 
 
@@ -243,7 +245,7 @@ def test_validation_raises_with_envoys_reason(descriptor: Path) -> None:
         http_port=free_port(), grpc_host="127.0.0.1", grpc_port=free_port(), admin_port=free_port(),
         descriptor_path=descriptor, services=["relaytest.v1.NoSuchService"], max_request_bytes=MAX_BYTES,
     )  # fmt: skip
-    with pytest.raises(stack_envoy.EnvoyConfigError, match="Could not find 'relaytest.v1.NoSuchService'"):
+    with pytest.raises(stack_envoy.EnvoyConfigError, match=re.escape("Could not find 'relaytest.v1.NoSuchService'")):
         stack_envoy.validate_envoy_config(text)
 
 
@@ -272,6 +274,8 @@ def test_a_lua_syntax_error_fails_validation(descriptor: Path, tmp_path: Path) -
         {"route_prefixes": []},
         {"grpc_host": "bad host\n"},
         {"stream_idle_timeout": "10m"},
+        {"request_timeout": "0s"},
+        {"request_timeout": "1m"},
         {"openapi_path": "/nonexistent/openapi.json"},
     ],
 )

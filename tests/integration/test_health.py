@@ -14,7 +14,6 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
@@ -29,6 +28,7 @@ from relay_server.storage.redis.outbound import OutboundWindows
 from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from relay_server.workers.health_monitor import HealthMonitor
 from tests.fakes import FakeOpenAI, Fault
 
@@ -201,7 +201,7 @@ async def test_a_high_error_rate_marks_the_provider_degraded(database: Database,
 
 
 async def test_an_operator_disabled_provider_stays_disabled(database: Database, monitor) -> None:
-    mon, health, _ = monitor
+    _mon, _health, _ = monitor
     async with database.system_tx() as conn:
         await conn.execute("UPDATE providers SET status = 'disabled' WHERE id = 'openai'")
     changed = await PostgresProviderStore(database).record_status("openai", "down", error_rate=1.0, p95_ms=10, message="x")

@@ -13,7 +13,7 @@ from relay_server.errors import ErrorKind
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_connection import HIGH_WATER
 from relay_server.providers.http_pool import Pool
-from tests.support.raw_http import OK, Exchange, Upstream, chunked, hang_after, tls_contexts, failure, request
+from tests.support.raw_http import OK, Exchange, Upstream, chunked, failure, hang_after, request, tls_contexts
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 

@@ -15,8 +15,8 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.provider import Credential, ProviderCall, Usage
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import HttpProvider
 from relay_server.providers.registry import build_provider

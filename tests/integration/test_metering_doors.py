@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
+
 from relay_server.api.responses_frames import ResponsesSSE
 from relay_server.dialects.responses.request import parse_turn, to_chat
-from relay_server.errors import RelayError
-from relay_server.domain.request import new_request_id
 from relay_server.domain.provider import ProviderCall
+from relay_server.domain.request import new_request_id
+from relay_server.errors import RelayError
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.storage.postgres.pool import Database
-
 from tests.support.metering import (
     MESSAGES,
     Harness,

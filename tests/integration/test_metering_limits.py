@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
@@ -102,15 +102,15 @@ async def test_a_request_larger_than_the_tpm_limit_is_refused_as_too_large(harne
 async def test_requests_per_day_override_and_expired_overrides(harness: Harness, pg_db: TestDatabase) -> None:
     tenant = make_tenant(pg_db.owner_dsn, plan="free")
     _override(pg_db.owner_dsn, tenant, "requests_per_day", 2, "per_day")
-    _override(pg_db.owner_dsn, tenant, "rpm", 1, "per_minute", datetime.now(timezone.utc) - timedelta(hours=1))
+    _override(pg_db.owner_dsn, tenant, "rpm", 1, "per_minute", datetime.now(UTC) - timedelta(hours=1))
     key = make_key(pg_db.owner_dsn, tenant)
     results = [await harness.chat(key, max_tokens=5) for _ in range(3)]
     assert [isinstance(r, dict) for r in results] == [True, True, False]  # the expired rpm=1 override is ignored
     err = results[2]
     assert err.details["window"] == "per_day" and err.details["limit"] == 2
-    midnight = datetime.now(timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(days=1)
     assert err.details["reset_at"] == midnight.isoformat().replace("+00:00", "Z")
-    assert err.retry_after_s == pytest.approx((midnight - datetime.now(timezone.utc)).total_seconds(), abs=5)
+    assert err.retry_after_s == pytest.approx((midnight - datetime.now(UTC)).total_seconds(), abs=5)
 
 
 async def test_unlimited_quota_means_no_limit(harness: Harness, pg_db: TestDatabase) -> None:

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from relay_server.errors import RelayError
+from relay_server.app.metering import spool_dir
 from relay_server.domain.request import new_request_id
+from relay_server.errors import RelayError
 from relay_server.stack.processes import free_port
 from relay_server.stack.redis import start_redis
 from relay_server.storage.postgres.embedded import start_embedded_postgres
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.spool import Spool
-from relay_server.app.metering import spool_dir
 from tests.support.metering import MESSAGES, Harness, Key, build_harness, make_key, make_tenant, settings_for
 from tests.support.pg import PgCluster, start_cluster
 

@@ -5,7 +5,7 @@ finalization once a month has ended."""
 from __future__ import annotations
 
 import asyncio
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -22,7 +22,7 @@ from tests.support.pg import TestDatabase
 
 pytestmark = pytest.mark.asyncio
 
-JAN_10 = datetime(2026, 1, 10, 12, 0, tzinfo=timezone.utc)
+JAN_10 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
 
 
 def _row(tenant: str, key: str, at: datetime, micros: int, *, env: str = "live", model: str = "gpt-4o-mini",
@@ -94,7 +94,7 @@ async def test_billing_builds_periods_per_environment_and_finalizes_ended_months
 
     store = BillingStore(database)
     worker = BillingWorker(store, finalize_delay=timedelta(hours=1))
-    mid_january = datetime(2026, 1, 20, tzinfo=timezone.utc)
+    mid_january = datetime(2026, 1, 20, tzinfo=UTC)
     results = await worker.run_once(mid_january)
     assert {r.status for r in results} == {"open"}
     live = await _one(database, "SELECT * FROM billing_periods WHERE id = %s", period_id(tenant, "live", date(2026, 1, 1)))
@@ -108,8 +108,8 @@ async def test_billing_builds_periods_per_environment_and_finalizes_ended_months
     ]
 
     # January ended, but not long enough ago: still open.
-    assert {r.status for r in await worker.run_once(datetime(2026, 2, 1, 0, 30, tzinfo=timezone.utc))} == {"open"}
-    after = datetime(2026, 2, 1, 2, 0, tzinfo=timezone.utc)
+    assert {r.status for r in await worker.run_once(datetime(2026, 2, 1, 0, 30, tzinfo=UTC))} == {"open"}
+    after = datetime(2026, 2, 1, 2, 0, tzinfo=UTC)
     statuses = {(r.period_id, r.status) for r in await asyncio.gather(worker.run_once(after), worker.run_once(after)) for r in r}
     assert (period_id(tenant, "live", date(2026, 1, 1)), "finalized") in statuses
     finalized = await _one(database, "SELECT * FROM billing_periods WHERE id = %s", live["id"])
@@ -133,8 +133,8 @@ async def test_billing_waits_for_pending_rollups_before_finalizing(database: Dat
     await UsageRollup(UsageRollupStore(database)).run_once()
     await log.insert([_row(tenant, key.key_id, JAN_10, 60)])  # marked, not rolled up yet
     worker = BillingWorker(BillingStore(database), finalize_delay=timedelta(0))
-    [result] = await worker.run_once(datetime(2026, 3, 1, tzinfo=timezone.utc))
+    [result] = await worker.run_once(datetime(2026, 3, 1, tzinfo=UTC))
     assert (result.status, result.cost_micros) == ("open", 40)
     await UsageRollup(UsageRollupStore(database)).run_once()
-    [result] = await worker.run_once(datetime(2026, 3, 1, tzinfo=timezone.utc))
+    [result] = await worker.run_once(datetime(2026, 3, 1, tzinfo=UTC))
     assert (result.status, result.cost_micros) == ("finalized", 100)

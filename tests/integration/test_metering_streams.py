@@ -13,14 +13,14 @@ import pytest
 import pytest_asyncio
 from redis.asyncio import Redis
 
-from relay_server.errors import RelayError
-from relay_server.text import tokens
-from relay_server.domain.request import new_request_id
-from relay_server.pipeline.steps.spend import cap_window
 from relay_server.domain.provider import ProviderCall
+from relay_server.domain.request import new_request_id
+from relay_server.errors import RelayError
+from relay_server.pipeline.steps.spend import cap_window
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
+from relay_server.text import tokens
 from tests.support.metering import MESSAGES, Harness, Key, build_harness, make_key, make_tenant, settings_for
 from tests.support.pg import TestDatabase
 

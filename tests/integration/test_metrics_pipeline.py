@@ -17,22 +17,22 @@ import pytest_asyncio
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
+from relay_server.app.metering import Metering, build_metering
+from relay_server.app.observability import Observability, build_observability
+from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
 from relay_server.logging_setup import JsonFormatter
 from relay_server.observability.anomaly import AnomalyDetector, AnomalyWatcher
-from relay_server.app.observability import Observability, build_observability
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.request import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.route import Router
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
-from relay_server.app.metering import Metering, build_metering
 from tests.support.metering import MESSAGES, Key, make_key, make_tenant, settings_for, wire_for
 from tests.support.pg import TestDatabase
 

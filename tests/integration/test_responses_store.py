@@ -7,14 +7,14 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from relay_server.dialects.responses.output import message_item, response_object
 from relay_server.dialects.responses.request import parse_turn
-from relay_server.errors import RelayError
 from relay_server.domain.request import Principal
+from relay_server.errors import RelayError
 from relay_server.responses.service import ResponseStore, RetentionSource
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.config import TenantConfigReader
-
 from tests.support.metering import make_key, make_tenant
 from tests.support.pg import TestDatabase
 

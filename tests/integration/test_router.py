@@ -16,11 +16,10 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
+from relay_server.domain.request import Principal, RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.request import Principal, RequestContext
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.failover import complete_with_failover, stream_with_failover
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
@@ -39,6 +38,7 @@ from relay_server.storage.redis.outbound import OutboundWindows
 from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 from tests.fakes import FakeAnthropic, FakeOpenAI, Fault
 from tests.support.pg import TestDatabase
 

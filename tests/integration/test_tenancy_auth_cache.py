@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
+from relay_server.domain.keys import KeyRecord
 from relay_server.errors import RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.domain.keys import KeyRecord
 from relay_server.stack.processes import free_port
 from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.keys import PostgresKeyStore
@@ -109,7 +109,7 @@ async def test_a_tenant_status_change_purges_every_key_of_the_tenant_on_every_wo
     a, b = workers
     async with tenancy_for(database, redis_client, redis_url=redis_server.url) as t:
         s = await signup(t, "suspendme")
-        other, other_secret = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k2", environment="test"))
+        _other, other_secret = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k2", environment="test"))
         for w in (a, b):
             for secret in (s.first_key_secret, other_secret):
                 await w.auth.authenticate(_md(secret))

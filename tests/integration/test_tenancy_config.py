@@ -4,7 +4,7 @@ use them, and members with their roles."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -67,7 +67,7 @@ async def test_config_reader_defaults_then_changes_visible_at_once(t, database: 
 async def test_feature_overrides_apply_expire_and_invalidate(t, database: Database, redis_client: Redis) -> None:
     tid = (await signup(t, "feat")).tenant.id
     assert not (await t.config.get(tid)).has("byok")
-    until = datetime.now(timezone.utc) + timedelta(seconds=30)
+    until = datetime.now(UTC) + timedelta(seconds=30)
     state = await t.tenant_settings.set_override(operator(), tid, "byok", True, "pilot", until)
     assert (state.enabled, state.source, state.reason) == (True, "override", "pilot")
     assert (await t.config.get(tid)).has("byok")

@@ -4,7 +4,7 @@ and bad input that must change nothing."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -117,7 +117,7 @@ async def test_rotation_keeps_the_old_secret_for_the_grace_period_only(t, databa
     new, new_secret, old_after = await t.keys.rotate(operator(), tid, old.id, 3600)
     assert new_secret and new.id != old.id and (new.name, new.spend_cap_micros) == ("prod", 5_000_000)
     assert old_after.rotated_to_id == new.id and old_after.grace_expires_at is not None
-    assert timedelta(minutes=59) < old_after.grace_expires_at - datetime.now(timezone.utc) <= timedelta(hours=1)
+    assert timedelta(minutes=59) < old_after.grace_expires_at - datetime.now(UTC) <= timedelta(hours=1)
     assert (await t.authenticator.authenticate(_md(old_secret))).key_id == old.id
     assert (await t.authenticator.authenticate(_md(new_secret))).key_id == new.id
     assert (await _fails(t.keys.rotate(operator(), tid, old.id, 0))).code == "key_not_active"
@@ -144,7 +144,7 @@ async def test_revoking_a_key_in_its_grace_period_ends_the_grace(t) -> None:
 @pytest.mark.asyncio
 async def test_expired_keys_are_refused_and_shown_expired_by_the_sweep(t, database: Database) -> None:
     tid = (await signup(t, "exp")).tenant.id
-    soon = datetime.now(timezone.utc) + timedelta(hours=1)
+    soon = datetime.now(UTC) + timedelta(hours=1)
     row, secret = await t.keys.create(operator(), tid, KeyRequest(name="short", environment="test", expires_at=soon))
     async with database.system_tx() as conn:
         await conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = %s", (row.id,))
@@ -195,7 +195,7 @@ async def test_management_keys_mint_and_manage_child_keys_of_their_own_tenant_on
         (KeyRequest(name="x", spend_cap_amount="5"), "api_key.spend_cap.window"),
         (KeyRequest(name="x", rate_limits={"rpm": -1}), "api_key.rate_limits.rpm"),
         (KeyRequest(name="x", end_user_id="has space"), "api_key.end_user_id"),
-        (KeyRequest(name="x", expires_at=datetime(2020, 1, 1, tzinfo=timezone.utc)), "api_key.expire_time"),
+        (KeyRequest(name="x", expires_at=datetime(2020, 1, 1, tzinfo=UTC)), "api_key.expire_time"),
     ],
 )
 async def test_bad_key_requests_are_400s_that_change_nothing(t, database: Database, request_: KeyRequest, param: str) -> None:

@@ -12,6 +12,7 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy import tokens
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.keys import KeyRequest
+from relay_server.tenancy.members import MemberPermissions
 from relay_server.tenancy.rbac import SYSTEM_ROLES
 from tests.support.tenancy import JWT_SECRET, operator, signup, tenancy_for
 
@@ -39,7 +40,7 @@ async def test_every_kind_of_principal(database: Database) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "acme")
         _, inference_secret = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="inf", environment="test"))
-        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, db=database, jwt_secret=JWT_SECRET)
+        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret=JWT_SECRET)
 
         assert (await auth.resolve(_md(ADMIN))).is_platform
         master = await auth.resolve(_md(s.first_key_secret))
@@ -72,7 +73,7 @@ async def test_every_kind_of_principal(database: Database) -> None:
 async def test_bad_dashboard_tokens_are_precise_401s(database: Database, make, code: str, phrase: str) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "acme")
-        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, db=database, jwt_secret=JWT_SECRET)
+        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret=JWT_SECRET)
         err = await _fails(auth.resolve(_md(make(s.tenant.id, s.owner_user_id))))
         assert (err.kind, err.code) == (ErrorKind.INVALID_API_KEY, code) and phrase in err.message
 
@@ -81,7 +82,7 @@ async def test_bad_dashboard_tokens_are_precise_401s(database: Database, make, c
 async def test_a_token_grants_only_what_the_user_holds_now(database: Database) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "acme")
-        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, db=database, jwt_secret=JWT_SECRET)
+        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret=JWT_SECRET)
         dev = await t.members.add(operator(), s.tenant.id, "dev@acme.test", "Dev", "developer")
         # The token claims owner permissions; the database says developer.
         inflated = await auth.resolve(_md(_jwt(s.tenant.id, dev.id, "developer", permissions=SYSTEM_ROLES["owner"])))
@@ -99,6 +100,6 @@ async def test_a_token_grants_only_what_the_user_holds_now(database: Database) -
 async def test_dashboard_tokens_are_refused_when_no_secret_is_configured(database: Database) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "acme")
-        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, db=database, jwt_secret="")
+        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret="")
         err = await _fails(auth.resolve(_md(_jwt(s.tenant.id, s.owner_user_id))))
         assert err.kind is ErrorKind.INVALID_API_KEY and "not enabled" in err.message

@@ -5,7 +5,7 @@ worker seeds, and signup's bad inputs."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
@@ -54,7 +54,7 @@ async def test_signup_returns_at_once_and_the_worker_finishes_the_job(
         assert await t.runner.drain() == 1
         tenant = await t.tenants.get(operator(), s.tenant.id)
         assert tenant.status == "trial"
-        assert timedelta(days=13, hours=23) < tenant.trial_ends_at - datetime.now(timezone.utc) <= timedelta(days=14)
+        assert timedelta(days=13, hours=23) < tenant.trial_ends_at - datetime.now(UTC) <= timedelta(days=14)
         # The negative answer cached before provisioning was purged with it.
         principal = await t.authenticator.authenticate(_md(s.first_key_secret))
         assert (principal.tenant_id, principal.key_id, principal.scope) == (s.tenant.id, s.first_key_id, "management")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 import pytest
@@ -49,7 +49,7 @@ async def test_a_silo_tenant_keeps_its_data_plane_in_its_own_database(database: 
 
         silo = await t.silos.database_for(big.tenant.id)
         assert silo is not database and await t.silos.database_for(pooled.tenant.id) is database
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         async with silo.tenant_tx(big.tenant.id) as conn:  # RLS applies in the silo too
             await conn.execute(
                 "INSERT INTO requests (id, created_at, tenant_id, api_key_id, request_type, started_at, status) "

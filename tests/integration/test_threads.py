@@ -14,8 +14,8 @@ import pytest_asyncio
 from redis.asyncio import Redis
 
 from relay_server.api.openai_wire import validate
-from relay_server.errors import RelayError
 from relay_server.domain.request import Principal, new_request_id
+from relay_server.errors import RelayError
 from relay_server.stack.redis import RedisHandle
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database

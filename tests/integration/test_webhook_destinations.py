@@ -79,7 +79,7 @@ async def test_a_loopback_literal_is_refused_by_default_and_recorded(
     # Dead at once: the same rule would refuse every retry.
     assert (row["status"], row["attempts"], row["last_status_code"]) == ("dead", 1, None)
     assert row["last_error"] == (
-        f"destination {shown} is a loopback address; set RELAY_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+        f"destination {shown} is a loopback address; set RELAY_ALLOW_PRIVATE_DESTINATIONS=true to allow it"
     )
     assert SECRET not in row["last_error"]
 
@@ -102,7 +102,7 @@ async def test_a_name_resolving_to_loopback_is_refused_by_the_resolver(
     assert receiver.received == []
     assert (row["status"], row["attempts"]) == ("dead", 1)
     assert row["last_error"] == (
-        "destination localhost resolves only to loopback addresses; set RELAY_WEBHOOK_ALLOW_PRIVATE=true to allow them"
+        "destination localhost resolves only to loopback addresses; set RELAY_ALLOW_PRIVATE_DESTINATIONS=true to allow them"
     )
 
     allowed = await _one_delivery(database, pg_db, f"http://localhost:{receiver.port}/hook", allow_private=True)
@@ -117,14 +117,14 @@ async def test_unspecified_addresses_are_refused_even_when_private_ones_are_allo
     row = await _one_delivery(database, pg_db, f"http://{host}:{receiver.port}/hook", allow_private=True)
     assert receiver.received == []
     assert row["status"] == "dead"
-    assert row["last_error"].endswith("is an unspecified address; webhooks are never sent there")
+    assert row["last_error"].endswith("is an unspecified address; Relay never connects there")
 
 
 async def test_other_failures_still_retry(database: Database, pg_db: TestDatabase) -> None:
     # An allowed destination where nothing listens: an ordinary failure, scheduled for another attempt.
     row = await _one_delivery(database, pg_db, f"http://127.0.0.1:{free_port()}/hook", allow_private=True)
     assert (row["status"], row["attempts"]) == ("failed", 1)
-    assert "RELAY_WEBHOOK_ALLOW_PRIVATE" not in row["last_error"]
+    assert "RELAY_ALLOW_PRIVATE_DESTINATIONS" not in row["last_error"]
 
 
 class _Counting(AbstractResolver):

@@ -23,11 +23,12 @@ from typing import Any
 import grpc
 import pytest
 
-from relay_sdk import RetryPolicy
 from relay_proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, catalog_pb2, catalog_pb2_grpc
 from relay_proto.relay.v1 import chat_pb2, embeddings_pb2, inference_service_pb2_grpc
+from relay_sdk import RetryPolicy
 from relay_server.api.error_mapping import trailing_metadata
-from relay_server.errors import ErrorKind, RelayError as ServerError
+from relay_server.errors import ErrorKind
+from relay_server.errors import RelayError as ServerError
 from relay_server.stack.processes import free_port
 
 REQUEST_ID = "req_x"

@@ -6,8 +6,8 @@ import pytest
 from google.protobuf import json_format
 
 import relay_sdk as sdk
-from relay_sdk import AsyncRelay, AsyncResponseStream, RetryPolicy
 from relay_proto.relay.v1 import chat_pb2
+from relay_sdk import AsyncRelay, AsyncResponseStream, RetryPolicy
 from tests.sdk.conftest import ADMIN_TOKEN, API_KEY, REQUEST_ID, Faults, Services
 
 grpc_max_workers = 8

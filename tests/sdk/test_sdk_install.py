@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,12 +24,17 @@ relay_sdk.Relay("127.0.0.1:1", api_key="rly_test_sk_x").close()
 """
 
 
+@pytest.mark.timeout(600)  # two local builds with pip
 def test_the_sdk_installs_without_the_server(tmp_path: Path) -> None:
     target = tmp_path / "site"
+    # Built from copies: setuptools writes build/ and *.egg-info next to the sources it builds.
+    skip = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", ".mypy_cache")
+    for project in ("proto_python", "sdk_python"):
+        shutil.copytree(REPO / project, tmp_path / project, ignore=skip)
     # --no-deps/--no-index/--no-build-isolation: no network; grpcio and protobuf come from this venv.
     install = subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--no-build-isolation",
-         "--no-cache-dir", "--target", str(target), str(REPO / "proto_python"), str(REPO / "sdk_python")],
+         "--no-cache-dir", "--target", str(target), str(tmp_path / "proto_python"), str(tmp_path / "sdk_python")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )  # fmt: skip
     assert install.returncode == 0, install.stderr

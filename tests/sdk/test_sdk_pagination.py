@@ -7,9 +7,10 @@ from collections.abc import Iterator
 import pytest
 
 import relay_sdk as sdk
-from relay_sdk import AsyncRelay, Pager, Relay, RetryPolicy
 from relay_proto.relay.admin.v1 import api_keys_pb2
-from relay_server.errors import ErrorKind, RelayError as ServerError
+from relay_sdk import AsyncRelay, Pager, Relay, RetryPolicy
+from relay_server.errors import ErrorKind
+from relay_server.errors import RelayError as ServerError
 from tests.sdk.conftest import ADMIN_TOKEN, KEY_COUNT, MODEL_COUNT, Faults, Services
 
 grpc_max_workers = 8

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 import relay_sdk as sdk
+from relay_proto.relay.admin.v1 import api_keys_pb2
 from relay_sdk import AsyncRelay, Relay, RetryPolicy
 from relay_sdk._retry import is_idempotent
-from relay_proto.relay.admin.v1 import api_keys_pb2
-from relay_server.errors import ErrorKind, RelayError as ServerError
+from relay_server.errors import ErrorKind
+from relay_server.errors import RelayError as ServerError
 from tests.sdk.conftest import ADMIN_TOKEN, Faults, Services, SleepRecorder
 
 grpc_max_workers = 8

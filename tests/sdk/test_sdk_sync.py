@@ -8,6 +8,7 @@ import grpc
 import pytest
 from google.protobuf import json_format, struct_pb2
 
+from relay_proto.relay.v1 import chat_pb2
 from relay_sdk import (
     ChatCompletionRequest,
     ChatMessage,
@@ -17,7 +18,6 @@ from relay_sdk import (
     RetryPolicy,
     UnimplementedError,
 )
-from relay_proto.relay.v1 import chat_pb2
 from relay_sdk._wrappers import Credentials, MethodSpec, SyncInvoker
 from tests.sdk.conftest import ADMIN_TOKEN, API_KEY, PROBE_STREAM, REQUEST_ID, Faults, Services
 
@@ -91,7 +91,8 @@ def test_a_stream_that_fails_after_its_first_message_raises_and_is_not_repeated(
 def test_a_read_stream_is_retried_before_its_first_message_only(
     client: Relay, faults: Faults, sleeps: object, retry_policy: RetryPolicy
 ) -> None:
-    from relay_server.errors import ErrorKind, RelayError as ServerError
+    from relay_server.errors import ErrorKind
+    from relay_server.errors import RelayError as ServerError
 
     spec = MethodSpec(PROBE_STREAM, chat_pb2.ChatCompletionRequest, chat_pb2.ChatCompletionChunk)
     invoker = SyncInvoker(client.channel, Credentials(API_KEY), 5.0, retry_policy)

@@ -16,22 +16,22 @@ from typing import Any
 import psycopg
 from redis.asyncio import Redis
 
+from relay_server.app.metering import Metering, build_metering
+from relay_server.domain.keys import mint_key
+from relay_server.domain.provider import Provider
+from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
 from relay_server.ids import new_id
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.domain.keys import mint_key
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.request import new_request_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.route import Router
-from relay_server.domain.provider import Provider
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.wire import Endpoint, RedisWire
-from relay_server.app.metering import Metering, build_metering
 
 MESSAGES = [{"role": "user", "content": "Tell me about gateways."}]
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from relay_server.stack import envoy as envoy_stack
 from relay_server.stack.processes import free_port, wait_until
 from relay_server.storage.postgres.demo import seed_demo
-
 from tests.support.pg import TestDatabase
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,6 +50,7 @@ class RelayStack:
             "REDIS_URL": self.redis_url,
             "RELAY_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "RELAY_LOG_LEVEL": "INFO",
+            "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",  # Envoy's hop
             "RELAY_METRICS_PORT": "0",  # test stacks run side by side; tests that scrape /metrics set their own
             "RELAY_JWT_SECRET": self.jwt_secret,
             **extra,

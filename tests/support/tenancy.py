@@ -12,12 +12,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
-from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.tenancy.rbac import PLATFORM
 from relay_server.tenancy.tenants import SignupRequest
 

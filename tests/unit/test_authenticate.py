@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 
 
 class MemoryKeys:
@@ -78,7 +78,7 @@ async def test_malformed_and_unknown_keys_are_401_without_echoing_the_key(store:
     ("overrides", "status"),
     [
         ({"status": "revoked"}, 401),
-        ({"expires_at": datetime.now(timezone.utc) - timedelta(seconds=1)}, 401),
+        ({"expires_at": datetime.now(UTC) - timedelta(seconds=1)}, 401),
         ({"tenant_status": "deleted"}, 401),
         ({"tenant_status": "suspended"}, 402),
         ({"tenant_status": "expired"}, 402),
@@ -93,7 +93,7 @@ async def test_key_and_tenant_states(store: MemoryKeys, overrides: dict, status:
 
 async def test_rotated_key_works_during_its_grace_period(store: MemoryKeys) -> None:
     key = mint_key("live")
-    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    later = datetime.now(UTC) + timedelta(minutes=5)
     store.records[key.key_hash] = _record(key.secret, status="revoked", grace_expires_at=later)
     assert (await Authenticator(store).authenticate(_md(key.secret))).key_id == "key_1"
 

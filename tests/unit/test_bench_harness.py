@@ -14,13 +14,13 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
-from relay_server.stack.processes import free_port
 
 from bench import compare, peers, pinning, profile, report, soak, stages, wrkdriver
 from bench.http1 import Connection, Target, render_request
 from bench.loadgen import LoadResult, RequestSpec, drive_async, percentile
 from bench.mock_upstream import MockConfig, start
 from bench.scenarios import Measurement, Mode
+from relay_server.stack.processes import free_port
 
 CHAT = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]})
 STREAM = orjson.dumps({"model": "gpt-4o-mini", "stream": True, "stream_options": {"include_usage": True}})

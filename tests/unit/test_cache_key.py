@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from relay_server.errors import RelayError
-from relay_server.text import cache_key as ck
 from relay_server.pipeline.steps.cache import request_ttl
 from relay_server.pipeline.steps.tenant_flags import DEFAULT_SEMANTIC_THRESHOLD, TenantFlags, parse_flags
+from relay_server.text import cache_key as ck
 
 BODY = {"model": "gpt-4o-mini", "temperature": 0, "messages": [{"role": "user", "content": "hi"}]}
 

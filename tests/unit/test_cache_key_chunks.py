@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from relay_server.text.chunks import REPLAY_DELTA_CHARS, ChunkAssembler, replay_chunks
 from relay_server.domain.provider import ProviderCall
 from relay_server.providers.testmode import TestModeProvider
+from relay_server.text.chunks import REPLAY_DELTA_CHARS, ChunkAssembler, replay_chunks
 
 
 def _call(body: dict[str, Any], kind: str = "chat") -> ProviderCall:

@@ -8,6 +8,7 @@ import pytest
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker, LocalHealth, availability
 from relay_server.storage.redis.health import CircuitState, latency_bin, p95_from_bins
 
+
 class Clock:
     def __init__(self) -> None:
         self.now = 1_000_000.0

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from relay_server.errors import ErrorKind, RelayError
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.domain.request import RequestContext
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.routing.failover import complete_with_failover, outcome_of, stream_with_failover
 from relay_server.pipeline.routing.route import Attempt, AttemptResult, RetryPolicy, RoutePlan
-from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.translator import (
     ProviderFailure,
     classify_http_error,

@@ -13,6 +13,8 @@ import pytest_asyncio
 
 from relay_server.crypto.envelope import RecordRef, seal
 from relay_server.crypto.keyring import Keyring
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.request import Principal, RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.routing.candidates import (
     CandidatePlanner,
@@ -21,9 +23,7 @@ from relay_server.pipeline.routing.candidates import (
     headroom,
     parse_fallbacks,
 )
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import Principal, RequestContext
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory

@@ -4,12 +4,12 @@ headers and 429s, and the policy cache.  No services."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from relay_server.errors import ErrorKind
 from relay_server.domain.policy import KeyPolicy, QuotaRow, parse_key_overrides
+from relay_server.errors import ErrorKind
 from relay_server.pipeline.steps.limits import (
     Limit,
     TtlCache,
@@ -20,7 +20,7 @@ from relay_server.pipeline.steps.limits import (
     rate_limit_headers,
 )
 
-NOW = datetime(2026, 1, 15, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 PLAN = [QuotaRow("rpm", "per_minute", 60), QuotaRow("tpm", "per_minute", 40000), QuotaRow("requests_per_day", "per_day", 500)]
 
 

@@ -4,15 +4,16 @@ never undercut the bill, and the 402.  No services."""
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from decimal import Decimal
 
 import pytest
 
 from relay_server.api.error_mapping import response_headers
-from relay_server.errors import ErrorKind
 from relay_server.domain.catalog import CatalogEntry
 from relay_server.domain.pricing import price
+from relay_server.domain.provider import Usage
+from relay_server.errors import ErrorKind
 from relay_server.pipeline.steps.spend import (
     Cap,
     cap_exceeded,
@@ -23,7 +24,6 @@ from relay_server.pipeline.steps.spend import (
     reservation_micros,
     usd,
 )
-from relay_server.domain.provider import Usage
 
 
 def _entry(**kw: object) -> CatalogEntry:
@@ -37,14 +37,14 @@ def _entry(**kw: object) -> CatalogEntry:
 
 
 def test_windows_are_utc_days_months_and_forever() -> None:
-    moment = datetime(2026, 12, 31, 23, 59, 59, tzinfo=timezone.utc)
+    moment = datetime(2026, 12, 31, 23, 59, 59, tzinfo=UTC)
     day = cap_window("daily", moment)
     assert (day.window_id, day.start, day.end) == (
-        "d20261231", datetime(2026, 12, 31, tzinfo=timezone.utc), datetime(2027, 1, 1, tzinfo=timezone.utc)
+        "d20261231", datetime(2026, 12, 31, tzinfo=UTC), datetime(2027, 1, 1, tzinfo=UTC)
     )
     month = cap_window("monthly", moment)
-    assert (month.window_id, month.end) == ("m202612", datetime(2027, 1, 1, tzinfo=timezone.utc))
-    assert cap_window("monthly", datetime(2026, 2, 28, tzinfo=timezone.utc)).end == datetime(2026, 3, 1, tzinfo=timezone.utc)
+    assert (month.window_id, month.end) == ("m202612", datetime(2027, 1, 1, tzinfo=UTC))
+    assert cap_window("monthly", datetime(2026, 2, 28, tzinfo=UTC)).end == datetime(2026, 3, 1, tzinfo=UTC)
     total = cap_window("total", moment)
     assert (total.window_id, total.start, total.end, total.ttl_ms(moment)) == ("total", None, None, 0)
     assert day.ttl_ms(moment) == 1000 + 86_400_000  # the key outlives its window by a day
@@ -87,7 +87,7 @@ def test_markup_from_config_falls_back_to_the_default(raw: str | None, expected:
 
 
 def test_key_and_tenant_caps_together() -> None:
-    now = datetime(2026, 1, 15, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 15, tzinfo=UTC)
     caps = caps_for(key_id="key_1", environment="test", key_cap=(500, "daily"), tenant_cap=(9000, "monthly"), now=now)
     assert [(c.scope, c.subject, c.cap_micros, c.window.name) for c in caps] == [
         ("key", "key_1", 500, "daily"), ("tenant", "test", 9000, "monthly")
@@ -114,7 +114,7 @@ def test_the_input_margin_pads_the_estimate() -> None:
 
 
 def test_exhausted_cap_is_a_terminal_402_with_details() -> None:
-    cap = Cap("key", "key_1", 10_000_000, cap_window("daily", datetime(2026, 1, 15, 8, tzinfo=timezone.utc)))
+    cap = Cap("key", "key_1", 10_000_000, cap_window("daily", datetime(2026, 1, 15, 8, tzinfo=UTC)))
     err = cap_exceeded(cap, 9_990_000, 5_000, 20_000, upgrade_url="https://relay.test/billing")
     assert err.kind is ErrorKind.SPEND_CAP_EXCEEDED and err.http_status == 402 and err.code == "spend_cap_exceeded"
     assert not err.retryable and ("x-should-retry", "false") in response_headers(err, "req_1")
@@ -126,7 +126,7 @@ def test_exhausted_cap_is_a_terminal_402_with_details() -> None:
         "scope": "key", "window": "daily", "cap_usd": "10.000000", "spent_usd": "9.990000", "reserved_usd": "0.005000",
         "request_max_usd": "0.020000", "reset_at": "2026-01-16T00:00:00Z", "upgrade_url": "https://relay.test/billing",
     }  # fmt: skip
-    lifetime = Cap("tenant", "live", 1, cap_window("total", datetime(2026, 1, 15, tzinfo=timezone.utc)))
+    lifetime = Cap("tenant", "live", 1, cap_window("total", datetime(2026, 1, 15, tzinfo=UTC)))
     err = cap_exceeded(lifetime, 1, 0, 5, upgrade_url="")
     assert err.message.startswith("Your account has reached its lifetime spend cap") and err.details["reset_at"] is None
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.metered import Metered, Outcome
+from relay_server.domain.pricing import price
+from relay_server.domain.provider import Usage
+from relay_server.domain.request import Principal, RequestContext
 from relay_server.observability.exposition import MetricsServer
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.recorder import ObservingRecorder
 from relay_server.observability.request_context import bind_request, overhead_headers
 from relay_server.observability.sampler import Sampler, Sources, spool_usage
 from relay_server.pipeline.steps.cache import CachedMetered
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import Principal, RequestContext
-from relay_server.domain.metered import Metered, Outcome
-from relay_server.domain.pricing import price
-from relay_server.domain.provider import Usage
 from relay_server.stack.processes import free_port
 
 pytestmark = pytest.mark.asyncio

@@ -8,10 +8,10 @@ import logging
 import orjson
 import pytest
 
+from relay_server.domain.request import Principal, RequestContext
 from relay_server.logging_setup import JsonFormatter
 from relay_server.observability.redaction import scrub
 from relay_server.observability.request_context import attach, bind_request, log_fields
-from relay_server.domain.request import Principal, RequestContext
 
 pytestmark = pytest.mark.asyncio
 

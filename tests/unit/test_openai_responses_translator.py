@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import pytest
+
 from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.sse import SSEEvent

@@ -15,7 +15,8 @@ def test_tags_are_parsed_to_strings() -> None:
 @pytest.mark.parametrize(
     "raw",
     ['{"a": 1', '["a"]', '"text"', '{"a": {"nested": 1}}', '{"a": null}', '{"": "x"}',
-     "{" + ",".join(f'"k{i}": 1' for i in range(17)) + "}", '{"a": "' + "x" * 513 + '"}'],
+     "{" + ",".join(f'"k{i}": 1' for i in range(17)) + "}", '{"a": "' + "x" * 513 + '"}',
+     '{"a": "b\\u0000c"}', '{"a\\u0000": "x"}'],
 )
 def test_bad_tags_are_a_400(raw: str) -> None:
     with pytest.raises(RelayError) as info:

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+
 from relay_server.api.responses_frames import ResponsesSSE, native_payload
 from relay_server.dialects.responses.native import NativeIds
 from relay_server.dialects.responses.output import from_chat
@@ -17,8 +18,8 @@ from relay_server.dialects.responses.request import (
     truncate,
 )
 from relay_server.dialects.responses.stream import ChatToEvents
-from relay_server.errors import RelayError
 from relay_server.domain.provider import NativeEvent
+from relay_server.errors import RelayError
 
 TOOL = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}, "strict": True}
 

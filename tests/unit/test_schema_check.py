@@ -62,7 +62,7 @@ def _parses(schema: type, body: Any) -> bool:
 
 def _variants(base: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
-    for key in list(base) + ["maxTokens", "streamOptions", "model"]:
+    for key in [*list(base), "maxTokens", "streamOptions", "model"]:
         for value in ODD_VALUES:
             body = copy.deepcopy(base)
             body[key] = value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -83,7 +83,7 @@ def test_spool_names_are_restricted(tmp_path: Path) -> None:
 
 
 def test_a_request_row_survives_the_spool_exactly() -> None:
-    started = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    started = datetime(2026, 1, 15, 12, 0, 0, 123456, tzinfo=UTC)
     row = RequestRow(
         id="req_1", created_at=started, tenant_id="ten_a", api_key_id="key_a", environment="live", request_type="chat",
         stream=True, started_at=started, status="cancelled", input_cost=Decimal("0.00000150"),

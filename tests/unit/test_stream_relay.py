@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from relay_server.domain.provider import NativeEvent, Usage
 from relay_server.domain.request import RequestContext
 from relay_server.pipeline.session import StreamSession
 from relay_server.pipeline.steps.usage_estimate import OutputCounter
-from relay_server.domain.provider import NativeEvent, Usage
 
 CHUNKS = [
     {"id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
@@ -65,7 +65,7 @@ async def test_usage_hidden_but_recorded_when_not_requested() -> None:
 
 
 async def test_usage_chunk_last_and_null_usage_elsewhere_when_requested() -> None:
-    ctx, _, session = _session(CHUNKS, True)
+    _ctx, _, session = _session(CHUNKS, True)
     out = [c async for c in session]
     assert len(out) == 4
     assert all(c["usage"] is None for c in out[:3])

@@ -3,16 +3,16 @@ principals' tenant scope, client IPs, cache records and the last-used batch."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
-from relay_server.api.admin_support import client_ip, decode_cursor, paged
+from relay_server.api.admin_support import client_ip, decode_cursor, paged, parse_proxies
 from relay_server.api.pagination import encode_token
+from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.domain.keys import KeyRecord, hash_key, mint_key
 from relay_server.tenancy import key_rules, tokens
 from relay_server.tenancy.auth_cache import decode_record, encode_record
 from relay_server.tenancy.config import parse_config, validate_entry
@@ -62,7 +62,7 @@ def test_names_end_users_models_expiry_and_grace() -> None:
     assert _raises(key_rules.end_user_id, "bad user").kind is ErrorKind.BAD_REQUEST
     assert key_rules.allowed_models(["a", "b", "a"], lambda m: True) == ("a", "b")
     assert "zz" in _raises(key_rules.allowed_models, ["a", "zz"], lambda m: m == "a").message
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     assert key_rules.expiry(None, now) is None and _raises(key_rules.expiry, now, now).param == "api_key.expire_time"
     assert key_rules.grace_seconds(0, 86400) == 86400 and key_rules.grace_seconds(60, 86400) == 60
     assert _raises(key_rules.grace_seconds, -1, 5).param == "grace_period_seconds"
@@ -160,22 +160,33 @@ def test_system_roles_nest_and_stay_in_the_vocabulary() -> None:
 # --- wire helpers ---------------------------------------------------------------------------
 
 
+ENVOY = parse_proxies("127.0.0.1, ::1")
+
+
 @pytest.mark.parametrize(
     ("metadata", "peer", "expected"),
     [
         ({"x-forwarded-for": "10.0.0.1, 198.51.100.9"}, "ipv4:127.0.0.1:5000", "198.51.100.9"),  # Envoy's entry is last
+        ({"x-forwarded-for": "10.0.0.1, 198.51.100.9"}, "ipv6:[::1]:5000", "198.51.100.9"),
         ({"x-forwarded-for": "evil"}, "ipv4:127.0.0.1:5000", None),
+        # A client that is not the Envoy hop cannot pick its audit address.
+        ({"x-forwarded-for": "198.51.100.9"}, "ipv4:192.0.2.3:5000", "192.0.2.3"),
+        ({"x-forwarded-for": "198.51.100.9"}, "ipv6:[2001:db8::7]:5000", "2001:db8::7"),
         ({}, "ipv4:192.0.2.3:5000", "192.0.2.3"),
         ({}, "ipv6:[::1]:5000", "::1"),
         ({}, "unix:/tmp/sock", None),
     ],
 )
 def test_client_ip(metadata: dict, peer: str, expected: str | None) -> None:
-    assert client_ip(metadata, peer) == expected
+    assert client_ip(metadata, peer, ENVOY) == expected
+
+
+def test_forwarded_for_is_ignored_without_configured_proxies() -> None:
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:127.0.0.1:5000") == "127.0.0.1"
 
 
 def test_keyset_page_tokens() -> None:
-    stamp = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    stamp = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)
     rows = [(stamp - timedelta(seconds=i), f"id{i}") for i in range(4)]
     page, token = paged(rows, 3, lambda r: r)
     assert page == rows[:3] and decode_cursor(token) == rows[2]
@@ -194,7 +205,7 @@ def _record(secret: str, **kw) -> KeyRecord:
 
 
 def test_cache_records_round_trip() -> None:
-    record = _record("s", expires_at=datetime(2030, 1, 1, tzinfo=timezone.utc), allowed_models=("a",),
+    record = _record("s", expires_at=datetime(2030, 1, 1, tzinfo=UTC), allowed_models=("a",),
                      rate_limit_overrides={"rpm": 3}, spend_cap_micros=5, spend_cap_window="daily")  # fmt: skip
     assert decode_record(encode_record(record)) == record
 
@@ -255,7 +266,7 @@ async def test_last_used_keeps_a_failed_batch_for_the_next_flush() -> None:
                 raise OSError("postgres down")
             return len(used)
 
-    ticks = iter(datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=i) for i in range(100))
+    ticks = iter(datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=i) for i in range(100))
     store = FlakyStore()
     recorder = LastUsedRecorder(store, clock=lambda: next(ticks))
     recorder.touch("k1")
@@ -265,5 +276,19 @@ async def test_last_used_keeps_a_failed_batch_for_the_next_flush() -> None:
     recorder.touch("k2")  # newer than the failed batch's k2
     store.fail = False
     assert await recorder.flush() == 2
-    assert store.calls[-1] == {"k1": datetime(2026, 1, 1, 0, 0, 1, tzinfo=timezone.utc), "k2": datetime(2026, 1, 1, 0, 0, 3, tzinfo=timezone.utc)}
+    assert store.calls[-1] == {"k1": datetime(2026, 1, 1, 0, 0, 1, tzinfo=UTC), "k2": datetime(2026, 1, 1, 0, 0, 3, tzinfo=UTC)}
     assert await recorder.flush() == 0 and len(store.calls) == 2
+
+
+def test_the_admin_authenticator_trusts_only_the_configured_hops() -> None:
+    from types import SimpleNamespace
+
+    from relay_server.api.admin_registry import admin_authenticator
+    from relay_server.settings import Settings
+
+    app = SimpleNamespace(settings=Settings.from_env({"RELAY_TRUSTED_PROXIES": "10.0.0.0/8, ::1"}),
+                          tenancy=SimpleNamespace(authenticator=None, member_permissions=None), db=None)  # fmt: skip
+    auth = admin_authenticator(app)
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:10.1.2.3:1", auth.trusted_proxies) == "198.51.100.9"
+    assert client_ip({"x-forwarded-for": "198.51.100.9"}, "ipv4:127.0.0.1:1", auth.trusted_proxies) == "127.0.0.1"
+    assert admin_authenticator(SimpleNamespace(settings=Settings.from_env({}), tenancy=app.tenancy, db=None)).trusted_proxies == ()

@@ -15,10 +15,10 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types import Completion, CreateEmbeddingResponse
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.text import tokens
 from relay_server.domain.provider import ProviderCall, RequestKind
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.testmode import TestModeProvider
+from relay_server.text import tokens
 
 MODEL = "gpt-4o-mini"
 CHAT = {"model": MODEL, "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello!"}]}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -76,14 +76,14 @@ def test_message_cursors_only_continue_their_own_listing() -> None:
     for args in (("thr_2", False, False), ("thr_1", True, False), ("thr_1", False, True)):
         with pytest.raises(RelayError):
             cursors.parse_message_cursor(cursor, *args)
-    for junk in ("", "!!", "e30", cursor[:-3], cursors.thread_cursor(datetime.now(timezone.utc), "thr_1", None)):
+    for junk in ("", "!!", "e30", cursor[:-3], cursors.thread_cursor(datetime.now(UTC), "thr_1", None)):
         with pytest.raises(RelayError) as caught:
             cursors.parse_message_cursor(junk, "thr_1", False, False)
         assert caught.value.http_status == 400 and caught.value.param == "cursor"
 
 
 def test_thread_cursors_round_trip_and_bind_the_end_user() -> None:
-    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=timezone.utc)
+    at = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
     cursor = cursors.thread_cursor(at, "thr_9", "eu1")
     assert cursors.parse_thread_cursor(cursor, "eu1") == (at, "thr_9")
     with pytest.raises(RelayError):

@@ -10,14 +10,14 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from relay_server.observability.attempts import NOOP_ATTEMPT, AttemptObserver, observe_attempt
 from relay_server.app.observability import build_observability
+from relay_server.domain.provider import ProviderCall
+from relay_server.domain.request import RequestContext
+from relay_server.observability.attempts import NOOP_ATTEMPT, AttemptObserver, observe_attempt
 from relay_server.observability.request_context import attach, bind_request
 from relay_server.observability.tracing import build_tracing, step, traces_endpoint
-from relay_server.domain.request import RequestContext
 from relay_server.pipeline.routing.failover import complete_with_failover, stream_with_failover
 from relay_server.pipeline.routing.route import Attempt, RetryPolicy, RoutePlan
-from relay_server.domain.provider import ProviderCall
 from relay_server.providers.translator import classify_http_error
 from relay_server.settings import Settings
 

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.errors import ErrorKind
 from relay_server.providers.anthropic import AnthropicTranslator
-from relay_server.domain.provider import Credential, ProviderCall, Usage
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import ProviderFailure
 

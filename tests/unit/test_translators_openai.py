@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 import pytest
 
-from relay_server.errors import ErrorKind
 from relay_server.domain.provider import Credential, ProviderCall, Usage
+from relay_server.errors import ErrorKind
 from relay_server.providers.groq import GroqTranslator
 from relay_server.providers.mistral import MistralTranslator
 from relay_server.providers.openai_compat import GenericOpenAICompatible, OpenAICompatTranslator

@@ -7,13 +7,13 @@ from decimal import Decimal
 import pytest
 
 from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import ProviderCall, Usage
 from relay_server.pipeline.steps.usage_estimate import (
     OutputCounter,
     estimate_input_tokens,
     reconcile,
     worst_case_output_tokens,
 )
-from relay_server.domain.provider import ProviderCall, Usage
 from relay_server.providers.testmode import TestModeProvider
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Tell me about gateways."}]

@@ -76,11 +76,11 @@ def test_messages_say_what_to_do_and_nothing_else() -> None:
     with pytest.raises(RefusedDestination) as private:
         check_host("10.0.0.5", allow_private=False)
     assert str(private.value) == (
-        "destination 10.0.0.5 is a private address; set RELAY_WEBHOOK_ALLOW_PRIVATE=true to allow it"
+        "destination 10.0.0.5 is a private address; set RELAY_ALLOW_PRIVATE_DESTINATIONS=true to allow it"
     )
     with pytest.raises(RefusedDestination) as never:
         check_host("169.254.169.254", allow_private=True)
-    assert str(never.value) == "destination 169.254.169.254 is a link-local address; webhooks are never sent there"
+    assert str(never.value) == "destination 169.254.169.254 is a link-local address; Relay never connects there"
     with pytest.raises(RefusedDestination, match="an unspecified address"):
         check_host("0.0.0.0", allow_private=True)
 
@@ -133,12 +133,12 @@ async def test_resolver_refuses_a_name_with_nothing_allowed_left() -> None:
         await resolver.resolve("rebound.example.com", 443)
     # The kind of address, not the address: internal DNS answers stay with the operator.
     assert str(loopback.value) == (
-        "destination rebound.example.com resolves only to loopback addresses; set RELAY_WEBHOOK_ALLOW_PRIVATE=true to allow them"
+        "destination rebound.example.com resolves only to loopback addresses; set RELAY_ALLOW_PRIVATE_DESTINATIONS=true to allow them"
     )
     assert refusal_of(loopback.value) == str(loopback.value)
 
     mixed = GuardedResolver(allow_private=True, inner=_Answers(["169.254.169.254", "0.0.0.0"]))
-    with pytest.raises(RefusedDestination, match="only to link-local or unspecified addresses; webhooks are never sent"):
+    with pytest.raises(RefusedDestination, match="only to link-local or unspecified addresses; Relay never connects there"):
         await mixed.resolve("metadata.example.com", 80)
 
     garbage = GuardedResolver(allow_private=True, inner=_Answers(["not-an-address"]))

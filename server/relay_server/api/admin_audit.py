@@ -11,15 +11,14 @@ from relay_proto.relay.admin.v1 import audit_pb2, audit_pb2_grpc
 from relay_server.api import admin_messages as m
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import decode_cursor, handle, limit, paged
-from relay_server.storage.postgres.audit import list_audit
-from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.calls import Call
 
 
 class AuditLogServicer(audit_pb2_grpc.AuditLogServiceServicer):
-    def __init__(self, auth: AdminAuthenticator, db: Database) -> None:
+    def __init__(self, auth: AdminAuthenticator, audit: AuditLog) -> None:
         self._auth = auth
-        self._db = db
+        self._audit = audit
 
     async def ListAuditEvents(self, request, context):  # noqa: N802 (gRPC naming)
         async def run(call: Call) -> audit_pb2.ListAuditEventsResponse:
@@ -29,9 +28,7 @@ class AuditLogServicer(audit_pb2_grpc.AuditLogServiceServicer):
             action, resource_id = request.action or None, request.resource_id or None
             platform_events = principal.is_platform and not request.tenant_id
             tenant_id = None if platform_events else principal.tenant_scope(request.tenant_id)
-            tx = self._db.system_tx() if tenant_id is None else self._db.tenant_tx(tenant_id)
-            async with tx as conn:
-                rows = await list_audit(conn, tenant_id=tenant_id, after=after, limit=size, action=action, resource_id=resource_id)
+            rows = await self._audit.events(tenant_id, after=after, limit=size, action=action, resource_id=resource_id)
             rows, token = paged(rows, request.page_size, lambda r: (r.created_at, r.id))
             return audit_pb2.ListAuditEventsResponse(events=[m.audit_message(r) for r in rows], next_page_token=token)
 

@@ -7,9 +7,9 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import page
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.domain.catalog import CatalogEntry
 from relay_server.domain.request import new_request_id
+from relay_server.pipeline.routing.catalog import Catalog
 
 
 def _message(entry: CatalogEntry) -> catalog_pb2.CatalogModel:

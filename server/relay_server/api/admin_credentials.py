@@ -15,9 +15,9 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_registry import admin_authenticator
 from relay_server.api.admin_support import handle, timestamp
 from relay_server.api.pagination import decode_token, encode_token, page_size
-from relay_server.tenancy.vault import CredentialSpec, CredentialVault
-from relay_server.storage.postgres.credentials import CredentialRow
+from relay_server.domain.credentials import CredentialRow
 from relay_server.tenancy.calls import Call
+from relay_server.tenancy.vault import CredentialSpec, CredentialVault
 
 
 def credential_message(row: CredentialRow) -> credentials_pb2.ProviderCredential:

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from google.protobuf import struct_pb2
 
 from relay_proto.relay.admin.v1 import api_keys_pb2, audit_pb2, tenants_pb2
 from relay_server.api.admin_support import timestamp
+from relay_server.domain.audit import AuditRow
+from relay_server.domain.keys import ApiKeyRow
+from relay_server.domain.tenants import FeatureState, MemberRow, TenantRow
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.storage.postgres.api_keys import ApiKeyRow
-from relay_server.storage.postgres.audit import AuditRow
-from relay_server.storage.postgres.members import MemberRow
-from relay_server.storage.postgres.tenant_config import FeatureState
-from relay_server.storage.postgres.tenants import TenantRow
 from relay_server.tenancy.key_rules import micros_to_usd
 from relay_server.tenancy.lifecycle import STATUSES
 
@@ -81,7 +79,7 @@ def tenant_message(row: TenantRow) -> tenants_pb2.Tenant:
 
 
 def key_message(row: ApiKeyRow, now: datetime | None = None) -> api_keys_pb2.ApiKey:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     status = row.status
     if status == "active" and row.expires_at is not None and row.expires_at <= now:
         status = "expired"  # authentication already refuses it; the sweep updates the row later

@@ -16,16 +16,22 @@ Comparisons of secrets are constant-time; secrets are never logged.
 from __future__ import annotations
 
 import hmac
+import ipaddress
 from collections.abc import Mapping
+from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
-from relay_server.storage.postgres.members import user_permissions
-from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy import tokens
 from relay_server.tenancy.rbac import MANAGEMENT_KEY_PERMISSIONS, PLATFORM, AdminPrincipal
 
 __all__ = ["AdminAuthenticator", "AdminPrincipal"]
+
+
+class PermissionSource(Protocol):
+    """What an active dashboard user may do now (``tenancy.members.MemberPermissions``)."""
+
+    async def current(self, tenant_id: str, user_id: str) -> frozenset[str] | None: ...
 
 
 class AdminAuthenticator:
@@ -34,13 +40,16 @@ class AdminAuthenticator:
         admin_token: str,
         *,
         keys: Authenticator | None = None,
-        db: Database | None = None,
+        members: PermissionSource | None = None,
         jwt_secret: str = "",
         jwt_issuer: str = "relay",
+        trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (),
     ) -> None:
         self._token = admin_token.encode()
+        # The Envoy hop(s) whose x-forwarded-for names the caller (api/admin_support.client_ip).
+        self.trusted_proxies = trusted_proxies
         self._keys = keys
-        self._db = db
+        self._members = members
         self._jwt_secret = jwt_secret
         self._jwt_issuer = jwt_issuer
 
@@ -72,7 +81,7 @@ class AdminAuthenticator:
                 permissions=MANAGEMENT_KEY_PERMISSIONS,
                 environment=principal.environment,
             )
-        if token.count(".") == 2 and self._db is not None:
+        if token.count(".") == 2 and self._members is not None:
             claims = tokens.verify(self._jwt_secret, self._jwt_issuer, token)
             current = await self._current_permissions(claims.tenant_id, claims.user_id)
             return AdminPrincipal(
@@ -85,11 +94,9 @@ class AdminAuthenticator:
         raise RelayError(ErrorKind.INVALID_API_KEY, "The admin credential is not valid.")
 
     async def _current_permissions(self, tenant_id: str, user_id: str) -> frozenset[str]:
-        assert self._db is not None
-        async with self._db.tenant_tx(tenant_id) as conn:
-            tenant = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
-            held = await user_permissions(conn, tenant_id, user_id)
-        if tenant is None or tenant["status"] == "deleted" or held is None:
+        assert self._members is not None
+        held = await self._members.current(tenant_id, user_id)
+        if held is None:
             raise RelayError(
                 ErrorKind.INVALID_API_KEY, "The dashboard token's user is no longer an active member of its tenant.",
                 code="invalid_token",

@@ -7,10 +7,18 @@ from typing import Any
 
 import grpc
 
-from relay_proto.relay.admin.v1 import api_keys_pb2, api_keys_pb2_grpc, audit_pb2, audit_pb2_grpc, tenants_pb2, tenants_pb2_grpc
+from relay_proto.relay.admin.v1 import (
+    api_keys_pb2,
+    api_keys_pb2_grpc,
+    audit_pb2,
+    audit_pb2_grpc,
+    tenants_pb2,
+    tenants_pb2_grpc,
+)
 from relay_server.api.admin_api_keys import ApiKeyServicer
 from relay_server.api.admin_audit import AuditLogServicer
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_tenants import TenantServicer
 
 SERVICES = (
@@ -25,9 +33,10 @@ def admin_authenticator(app: Any) -> AdminAuthenticator:
     return AdminAuthenticator(
         settings.admin_token,
         keys=app.tenancy.authenticator,
-        db=app.db,
+        members=app.tenancy.member_permissions,
         jwt_secret=settings.jwt_secret,
         jwt_issuer=settings.jwt_issuer,
+        trusted_proxies=parse_proxies(settings.trusted_proxies),
     )
 
 
@@ -39,5 +48,5 @@ def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
         TenantServicer(auth, tenancy.tenants, tenancy.members, tenancy.tenant_settings), server
     )
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(auth, tenancy.keys), server)
-    audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, app.db), server)
+    audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, tenancy.audit), server)
     return list(SERVICES)

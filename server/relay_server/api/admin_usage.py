@@ -13,7 +13,7 @@ Money comes as integer micro-dollars and as an exact decimal string.
 from __future__ import annotations
 
 import inspect
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -22,24 +22,18 @@ from google.type import date_pb2
 
 from relay_proto.relay.admin.v1 import usage_pb2, usage_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
+from relay_server.api.admin_support import decode_cursor, encode_cursor
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.pagination import decode_token, encode_token, page_size
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
+from relay_server.domain.pricing import money_micros
 from relay_server.domain.request import new_request_id
-from relay_server.pipeline.steps.spend import cap_window, usd
-from relay_server.storage.postgres.billing import BillingStore
-from relay_server.storage.postgres.usage import (
-    PostgresSpendLedger,
-    UsageFilter,
-    UsageQueries,
-    decode_cursor,
-    encode_cursor,
-    money_micros,
-)
-from relay_server.storage.redis.spend import RedisSpend, cap_keys
+from relay_server.domain.usage import UsageFilter
+from relay_server.errors import ErrorKind, RelayError, clip
+from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
+from relay_server.pipeline.steps.spend import usd
 from relay_server.tenancy.rbac import AdminPrincipal
+from relay_server.tenancy.usage import UsageReports
 
 _GROUPS = {
     usage_pb2.USAGE_GROUP_BY_UNSPECIFIED: "day",
@@ -81,7 +75,7 @@ def _ts(moment: datetime | None) -> timestamp_pb2.Timestamp | None:
     if moment is None:
         return None
     ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(moment.astimezone(timezone.utc))
+    ts.FromDatetime(moment.astimezone(UTC))
     return ts
 
 
@@ -111,17 +105,11 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         self,
         admin: AdminAuthenticator,
         keys: Authenticator,
-        queries: UsageQueries,
-        billing: BillingStore,
-        ledger: PostgresSpendLedger,
-        spend: RedisSpend | None = None,
+        reports: UsageReports,
     ) -> None:
         self._admin = admin
         self._keys = keys
-        self._queries = queries
-        self._billing = billing
-        self._ledger = ledger
-        self._spend = spend
+        self._reports = reports
 
     # --- who is asking --------------------------------------------------------------
 
@@ -147,19 +135,22 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
         return principal, tenant, confined
 
     @staticmethod
-    def _environment(requested: str, principal: AdminPrincipal, *, allow_both: bool = False) -> str | None:
+    def _environment(requested: str, principal: AdminPrincipal) -> str:
         value = requested.strip().lower()
         if not value:
-            if allow_both:
-                return None
             return principal.environment if principal.environment in _ENVIRONMENTS else "live"
         if value not in _ENVIRONMENTS:
             raise RelayError(ErrorKind.BAD_REQUEST, "environment must be live or test.", param="environment")
         return value
 
+    @classmethod
+    def _environment_or_both(cls, requested: str, principal: AdminPrincipal) -> str | None:
+        """As ``_environment``, but an empty value means both environments (None)."""
+        return cls._environment(requested, principal) if requested.strip() else None
+
     @staticmethod
     def _range(start: date | None, end: date | None) -> tuple[date, date]:
-        end = end or datetime.now(timezone.utc).date()
+        end = end or datetime.now(UTC).date()
         start = start or end - timedelta(days=_DEFAULT_RANGE_DAYS - 1)
         if start > end:
             raise RelayError(ErrorKind.BAD_REQUEST, "start_date is after end_date.", param="start_date")
@@ -187,8 +178,8 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             group = _GROUPS.get(request.group_by)
             if group is None:
                 raise RelayError(ErrorKind.BAD_REQUEST, "Unknown group_by.", param="group_by")
-            rows = await self._queries.usage(tenant, filters, group)
-            totals = await self._queries.usage(tenant, filters, None)
+            rows = await self._reports.usage(tenant, filters, group)
+            totals = await self._reports.usage(tenant, filters, None)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         total = _row("total", totals[0]) if totals and totals[0]["buckets"] else _empty_total()
@@ -202,20 +193,20 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 raise RelayError(ErrorKind.BAD_REQUEST, "key_id is required.", param="key_id")
             if confined and request.key_id != confined:
                 raise RelayError(ErrorKind.PERMISSION_DENIED, "An end user's key can read only its own usage.")
-            key = await self._queries.key_exists(tenant, request.key_id)
+            key = await self._reports.key(tenant, request.key_id)
             if key is None:
-                raise RelayError(ErrorKind.NOT_FOUND, f"API key `{request.key_id}` does not exist.", param="key_id")
+                raise RelayError(ErrorKind.NOT_FOUND, f"API key `{clip(request.key_id)}` does not exist.", param="key_id")
             start, end = self._range(_date(request.start_date, "start_date"), _date(request.end_date, "end_date"))
             filters = UsageFilter(start=start, end=end, environment=key["environment"], api_key_id=key["id"])
-            days = await self._queries.usage(tenant, filters, "day")
-            totals = await self._queries.usage(tenant, filters, None)
+            days = await self._reports.usage(tenant, filters, "day")
+            totals = await self._reports.usage(tenant, filters, None)
             response = usage_pb2.GetApiKeyUsageResponse(
                 days=[_row(r["grp"], r) for r in days],
                 total=_row("total", totals[0]) if totals and totals[0]["buckets"] else _empty_total(),
             )
             if key["spend_cap_micros"] is not None and key["spend_cap_window"]:
                 cap = int(key["spend_cap_micros"])
-                spent = await self._cap_spent(tenant, key["id"], key["spend_cap_window"])
+                spent = await self._reports.cap_spent(tenant, key["id"], key["spend_cap_window"])
                 response.cap.CopyFrom(money(cap))
                 response.cap_window = key["spend_cap_window"]
                 response.cap_spent.CopyFrom(money(spent))
@@ -224,18 +215,6 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             await abort(context, as_relay_error(exc), request_id)
         return response
 
-    async def _cap_spent(self, tenant: str, key_id: str, window_name: str) -> int:
-        """The live counter when Redis has it, else the request log's sum over the window."""
-        window = cap_window(window_name, datetime.now(timezone.utc))
-        if self._spend is not None:
-            try:
-                state = await self._spend.read(cap_keys(tenant, "key", key_id, window.window_id)[0])
-            except Exception:  # noqa: BLE001 - Redis down: Postgres has the truth
-                state = None
-            if state is not None:
-                return state[0]
-        return await self._ledger.spent_micros(tenant, key_id=key_id, environment=None, start=window.start, end=window.end)
-
     async def ListRequests(self, request, context):  # noqa: N802
         request_id = new_request_id()
         try:
@@ -243,20 +222,17 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             if confined and request.api_key_id and request.api_key_id != confined:
                 raise RelayError(ErrorKind.PERMISSION_DENIED, "An end user's key can read only its own requests.")
             size = page_size(request.page_size)
-            try:
-                after = decode_cursor(request.page_token) if request.page_token else None
-            except ValueError:
-                raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
+            after = decode_cursor(request.page_token)
             filters = {
                 "api_key_id": confined or request.api_key_id,
                 "model_id": request.model_id,
                 "status": request.status,
                 "end_user_id": request.end_user_id,
-                "environment": self._environment(request.environment, principal, allow_both=True),
+                "environment": self._environment_or_both(request.environment, principal),
             }
-            start = request.start_time.ToDatetime(timezone.utc) if request.HasField("start_time") else None
-            end = request.end_time.ToDatetime(timezone.utc) if request.HasField("end_time") else None
-            rows = await self._queries.requests(tenant, filters, start, end, after, size + 1)
+            start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
+            end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
+            rows = await self._reports.requests(tenant, filters, start, end, after, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         more = len(rows) > size
@@ -271,13 +247,13 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             size = page_size(request.page_size)
             before = None
             if request.page_token:
-                raw_start, _, environment = decode_token(request.page_token).partition("|")
+                raw_start, _, last_environment = decode_token(request.page_token).partition("|")
                 try:
-                    before = (date.fromisoformat(raw_start), environment)
+                    before = (date.fromisoformat(raw_start), last_environment)
                 except ValueError:
                     raise RelayError(ErrorKind.BAD_REQUEST, "The page_token is malformed.", param="page_token") from None
-            environment = self._environment(request.environment, principal, allow_both=True)
-            periods = await self._billing.periods(tenant, environment, before, size + 1)
+            environment = self._environment_or_both(request.environment, principal)
+            periods = await self._reports.periods(tenant, environment, before, size + 1)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         more = len(periods) > size
@@ -354,10 +330,6 @@ def register_usage_service(server: Any, app: Any) -> str:
     """Add UsageService to ``server``; returns its full name (for reflection and health)."""
     from relay_server.api.admin_registry import admin_authenticator  # noqa: PLC0415 - avoids an import cycle
 
-    db = app.db
-    spend = RedisSpend(app.redis) if app.redis is not None else None
-    servicer = UsageServicer(
-        admin_authenticator(app), app.authenticator, UsageQueries(db), BillingStore(db), PostgresSpendLedger(db), spend
-    )
+    servicer = UsageServicer(admin_authenticator(app), app.authenticator, app.tenancy.usage)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(servicer, server)
     return usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name

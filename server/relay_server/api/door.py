@@ -26,10 +26,10 @@ from google.api import httpbody_pb2
 
 from relay_server.api.error_mapping import ErrorShape, abort, as_relay_error
 from relay_server.api.response_headers import success_headers
+from relay_server.domain.provider import NativeResponse, RequestKind
 from relay_server.errors import RelayError
 from relay_server.pipeline.inference import Admitted, InferencePipeline
 from relay_server.pipeline.session import Item
-from relay_server.domain.provider import NativeResponse, RequestKind
 
 Frame = TypeVar("Frame")
 
@@ -111,23 +111,23 @@ async def serve(
         # last of it): each gRPC message and Envoy write costs more CPU than the bytes in it.
         # The client's bytes are the same.
         ended = first is None
-        out = [] if ended else list(frames.item(first))
+        out = [] if first is None else list(frames.item(first))
         while True:
             while not ended and session.buffered:
-                item = await anext(session, None)
-                if item is None:
+                ready = await anext(session, None)
+                if ready is None:
                     ended = True
                 else:
-                    out.extend(frames.item(item))
+                    out.extend(frames.item(ready))
             if ended:
                 out.extend(frames.end())
             for frame in frames.join(out):
                 yield frame
             if ended:
                 break
-            item = await anext(session, None)
-            ended = item is None
-            out = [] if ended else list(frames.item(item))
+            following = await anext(session, None)
+            ended = following is None
+            out = [] if following is None else list(frames.item(following))
     except Exception as exc:  # noqa: BLE001
         err = as_relay_error(exc)
         try:

@@ -18,11 +18,11 @@ from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2, infe
 from relay_server.api import door
 from relay_server.api.openai_service import request_metadata
 from relay_server.api.openai_wire import validate
+from relay_server.domain.provider import RequestKind
+from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
 from relay_server.observability.request_context import bind_request
-from relay_server.domain.request import new_request_id
 from relay_server.pipeline.inference import InferencePipeline
-from relay_server.domain.provider import RequestKind
 
 # int64 fields render as JSON strings in MessageToDict; providers expect numbers.
 _INT64_FIELDS = ("seed",)
@@ -88,10 +88,7 @@ class InferenceServicer(inference_service_pb2_grpc.InferenceServiceServicer):
         request_id: str, *, stream: bool,
     ) -> AsyncIterator[Message]:
         def decode() -> tuple[dict[str, Any], None]:
-            if kind == "embedding":
-                body = _embedding_json(request)
-            else:
-                body = to_openai_json(request, stream=stream)
+            body = _embedding_json(request) if kind == "embedding" else to_openai_json(request, stream=stream)
             validate(kind, body)
             return body, None
 

@@ -23,15 +23,15 @@ from relay_server.api import door
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_wire import decode_body, validate
 from relay_server.api.response_headers import success_headers
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import NativeEvent, NativeResponse, RequestKind
+from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import new_request_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.session import Item
-from relay_server.domain.provider import NativeEvent, NativeResponse, RequestKind
+from relay_server.pipeline.steps.authenticate import Authenticator
 
 _JSON = "application/json"
 _SSE = "text/event-stream"

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
 from relay_proto.relay.v1 import chat_pb2, completions_pb2, embeddings_pb2
 from relay_server.api.schema_check import SchemaCheck
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.provider import RequestKind
+from relay_server.errors import ErrorKind, RelayError
 
 _SCHEMAS: dict[RequestKind, type[Message]] = {
     "chat": chat_pb2.ChatCompletionRequest,
@@ -30,7 +31,8 @@ _SCHEMAS: dict[RequestKind, type[Message]] = {
 }
 
 # Most bodies are plainly well typed: skip ParseDict for them (schema_check.py says why).
-_CHECKS = {kind: SchemaCheck(schema.DESCRIPTOR) for kind, schema in _SCHEMAS.items()}
+# (The stubs type DESCRIPTOR as the pure-Python or the upb descriptor; both have the same API.)
+_CHECKS = {kind: SchemaCheck(cast(Descriptor, schema.DESCRIPTOR)) for kind, schema in _SCHEMAS.items()}
 
 _ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -95,7 +97,8 @@ def validate(kind: RequestKind, body: Mapping[str, Any]) -> None:
 
 def _parse_typed(kind: RequestKind, body: Mapping[str, Any]) -> None:
     try:
-        json_format.ParseDict(body, _SCHEMAS[kind](), ignore_unknown_fields=True)
+        # ParseDict only reads the body (its stub asks for a dict).
+        json_format.ParseDict(cast(dict[str, Any], body), _SCHEMAS[kind](), ignore_unknown_fields=True)
     except json_format.ParseError as exc:
         match = _FIELD_RE.search(str(exc))
         param = (match.group(1) or match.group(2)) if match else None
@@ -134,6 +137,10 @@ def _check_ranges(kind: RequestKind, body: Mapping[str, Any]) -> None:
         value = body.get(name)
         if value is None or isinstance(value, bool):
             continue
+        if not isinstance(value, (int, float)):
+            # Only a typed gRPC request's extra_body can get here with another type (JSON bodies are typed first).
+            raise RelayError(ErrorKind.BAD_REQUEST, f"Invalid type for '{name}': expected a number.", param=name,
+                             code="invalid_type")  # fmt: skip
         if not low <= value <= high:
             raise RelayError(
                 ErrorKind.INVALID_REQUEST,

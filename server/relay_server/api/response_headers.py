@@ -8,8 +8,8 @@ them; ``x-relay-cache`` when the response cache ran; ``x-relay-overhead-ms``
 from __future__ import annotations
 
 from relay_server.observability.request_context import overhead_headers
-from relay_server.pipeline.steps.cache import cache_headers
 from relay_server.pipeline.inference import Admitted
+from relay_server.pipeline.steps.cache import cache_headers
 
 
 def success_headers(request_id: str, admitted: Admitted) -> tuple[tuple[str, str], ...]:

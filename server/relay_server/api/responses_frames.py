@@ -17,14 +17,13 @@ import orjson
 from google.api import httpbody_pb2
 
 from relay_server.api.door import join_sse
-
 from relay_server.dialects.responses.native import NativeIds
 from relay_server.dialects.responses.output import from_chat, response_object
 from relay_server.dialects.responses.request import Turn
 from relay_server.dialects.responses.stream import ChatToEvents, Event
+from relay_server.domain.provider import NativeEvent, NativeResponse
 from relay_server.errors import RelayError
 from relay_server.pipeline.session import Item
-from relay_server.domain.provider import NativeEvent, NativeResponse
 
 _JSON = "application/json"
 _SSE = "text/event-stream"

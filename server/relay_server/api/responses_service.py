@@ -19,8 +19,8 @@ from typing import Any
 
 import grpc
 from google.api import httpbody_pb2
-from relay_proto.relay.v1 import responses_pb2_grpc
 
+from relay_proto.relay.v1 import responses_pb2_grpc
 from relay_server.api import door
 from relay_server.api.error_mapping import abort, as_relay_error
 from relay_server.api.openai_service import request_metadata
@@ -35,12 +35,12 @@ from relay_server.dialects.responses.request import (
     to_chat,
     truncate,
 )
+from relay_server.domain.request import Principal, new_request_id
 from relay_server.ids import new_id
 from relay_server.observability.request_context import bind_request
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.request import Principal, new_request_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
 from relay_server.responses.service import ResponseStore
 
@@ -67,8 +67,8 @@ class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
             try:
                 turn = parse_turn(decode_body(request.data))
                 principal = await self._auth.authenticate(metadata)
-                history = await self._store.history(principal, turn.previous_response_id) if turn.previous_response_id else []
-                history = truncate(turn, history, self._fits(turn, principal))
+                stored = await self._store.history(principal, turn.previous_response_id) if turn.previous_response_id else []
+                history = truncate(turn, stored, self._fits(turn, principal))
                 chat, native = to_chat(turn, history), native_body(turn, history)
             except Exception as exc:  # noqa: BLE001 (every failure becomes an OpenAI-shaped error)
                 await abort(context, as_relay_error(exc), request_id)

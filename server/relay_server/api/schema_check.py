@@ -90,7 +90,7 @@ def _single(field: FieldDescriptor, value: Any, depth: int) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind == FieldDescriptor.TYPE_FLOAT:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX
-    if kind == FieldDescriptor.TYPE_MESSAGE:
+    if kind == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
         name = field.message_type.full_name
         if name == _JSON_VALUE:
             return _json(value, depth + 1)

@@ -23,8 +23,8 @@ from google.protobuf.message import Message
 from relay_proto.relay.v1 import threads_pb2, threads_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_service import request_metadata
-from relay_server.observability.request_context import bind_request
 from relay_server.domain.request import new_request_id
+from relay_server.observability.request_context import bind_request
 from relay_server.threads.render import message_proto, thread_proto
 from relay_server.threads.service import SendInput, Threads
 

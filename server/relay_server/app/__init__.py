@@ -13,6 +13,7 @@ import gc
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -32,17 +33,23 @@ from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_registry import register_admin_services
+from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
+from relay_server.api.request_guard import GuardedServer
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
+from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
+from relay_server.app.routing import Routing, build_routing
+from relay_server.app.tenancy import Tenancy, build_tenancy
+from relay_server.app.threads import Conversations, build_conversations
 from relay_server.observability.sampler import Sources
-from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.pipeline.inference import InferencePipeline
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
     ResponseStore,
@@ -54,10 +61,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.client import create_redis
 from relay_server.storage.redis.wire import RedisWire
-from relay_server.app.tenancy import Tenancy, build_tenancy
-from relay_server.app.threads import Conversations, build_conversations
-from relay_server.app.metering import Metering, build_metering, spool_dir
-from relay_server.app.routing import Routing, build_routing
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
@@ -156,7 +159,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
             ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
         )
-    admin_auth = AdminAuthenticator(app.settings.admin_token)
+    admin_auth = AdminAuthenticator(app.settings.admin_token, trusted_proxies=parse_proxies(app.settings.trusted_proxies))
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
@@ -177,6 +180,10 @@ def grpc_options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", limit),
         ("grpc.max_send_message_length", limit),
+        # Envoy accepts 60 KiB of request headers and adds its own (x-envoy-original-path
+        # repeats the path): gRPC's 16 KiB default turned a long URL into a 429.
+        ("grpc.max_metadata_size", 128 * 1024),
+        ("grpc.absolute_max_metadata_size", 160 * 1024),
         ("grpc.so_reuseport", 1),  # --workers N processes share one port
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.max_pings_without_data", 0),
@@ -197,7 +204,8 @@ def freeze_startup_heap() -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
-    server = grpc.aio.server(options=grpc_options(settings))
+    # Every method (health and reflection too) refuses undecodable or NUL-bearing requests with 400.
+    server: Any = GuardedServer(grpc.aio.server(options=grpc_options(settings)))
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

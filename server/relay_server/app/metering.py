@@ -17,8 +17,8 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict
 from redis.asyncio import Redis
 
-from relay_server.pipeline.steps.admission import AdmissionGate
 from relay_server.pipeline.inference import UsagePolicy
+from relay_server.pipeline.steps.admission import AdmissionGate
 from relay_server.pipeline.steps.limits import LimitResolver
 from relay_server.pipeline.steps.meter import RequestLogRecorder
 from relay_server.pipeline.steps.noisy import NoisyNeighbours
@@ -120,7 +120,7 @@ def build_metering(
             WebhookStore(db),
             signing_key=settings.webhook_signing_key,
             max_attempts=settings.webhook_max_attempts,
-            allow_private=settings.webhook_allow_private,
+            allow_private=settings.private_destinations_allowed,
         ),
         noisy=noisy,
     )

@@ -16,13 +16,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from relay_server.domain.metered import RequestRecorder
 from relay_server.observability.anomaly import AnomalyDetector, AnomalyWatcher, StatusStore
 from relay_server.observability.exposition import MetricsServer, is_multiprocess, merged_registry
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.recorder import ObservingRecorder
 from relay_server.observability.sampler import Sampler, Sources
 from relay_server.observability.tracing import Tracing, build_tracing
-from relay_server.domain.metered import RequestRecorder
 from relay_server.settings import Settings
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
-from relay_server.tenancy.vault import CredentialVault
+from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDetector
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
-from relay_server.pipeline.steps.catalog import Catalog
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
@@ -26,11 +26,11 @@ from relay_server.providers.testmode import TestModeProvider
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
-from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDetector
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
 from relay_server.storage.redis.wire import RedisWire
+from relay_server.tenancy.vault import CredentialVault
 from relay_server.workers.credential_rotation import rotate_in_background
 from relay_server.workers.health_monitor import HealthMonitor
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -64,7 +64,7 @@ async def build_routing(
     anomalies: AnomalyDetector | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
-    client = HttpClient.create()
+    client = HttpClient.create(allow_private=settings.private_destinations_allowed)
     try:
         directory = ProviderDirectory(PostgresProviderStore(db), client)
         await directory.load()

@@ -14,20 +14,22 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.steps.authenticate import Authenticator
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import PURGE_JOB, AuthInvalidator, RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.keys import ApiKeyService
 from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.members import MemberAdmin
+from relay_server.tenancy.members import MemberAdmin, MemberPermissions
 from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
+from relay_server.tenancy.usage import UsageReports
 from relay_server.workers.lifecycle import LifecycleJobs
 from relay_server.workers.provisioning import Provisioner
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -45,6 +47,9 @@ class Tenancy:
     keys: ApiKeyService
     tenants: TenantAdmin
     members: MemberAdmin
+    member_permissions: MemberPermissions
+    audit: AuditLog
+    usage: UsageReports
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -116,6 +121,9 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
         tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
         members=MemberAdmin(db),
+        member_permissions=MemberPermissions(db),
+        audit=AuditLog(db),
+        usage=UsageReports(db, redis),
         tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from relay_proto.relay.admin.v1 import tenants_pb2
 
+from relay_proto.relay.admin.v1 import tenants_pb2
 from relay_server.dashboard.relay_api import (
     ApiError,
     api_error_message,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from relay_sdk import AsyncRelay
 from relay_sdk import RelayError as ApiError
-
 from relay_server.dashboard.accounts import Membership
 from relay_server.tenancy import tokens
 

@@ -11,8 +11,8 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
-from relay_proto.relay.admin.v1 import api_keys_pb2, usage_pb2
 
+from relay_proto.relay.admin.v1 import api_keys_pb2, usage_pb2
 from relay_server.dashboard.accounts import Membership
 from relay_server.dashboard.relay_api import (
     ApiError,

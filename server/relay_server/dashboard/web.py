@@ -45,7 +45,7 @@ def set_cookie(request: web.Request, response: web.StreamResponse, name: str, va
 
 
 def session_of(request: web.Request) -> Session | None:
-    return request.get(SESSION_KEY)  # type: ignore[no-any-return]
+    return request.get(SESSION_KEY)
 
 
 def render(request: web.Request, name: str, status: int = 200, **context: Any) -> web.Response:

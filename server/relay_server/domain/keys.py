@@ -53,3 +53,69 @@ def mint_key(environment: str) -> MintedKey:
         raise ValueError(f"unknown key environment {environment!r}")
     secret = f"rly_{environment}_sk_{secrets.token_urlsafe(32)}"
     return MintedKey(secret=secret, key_hash=hash_key(secret), key_prefix=f"rly_{environment}_", key_hint=secret[-4:])
+
+
+@dataclass(frozen=True, slots=True)
+class NewKey:
+    """Everything a new row needs besides the secret's hash, prefix and hint."""
+
+    name: str
+    environment: str
+    scope: str = "inference"
+    parent_key_id: str | None = None
+    end_user_id: str | None = None
+    allowed_models: tuple[str, ...] = ()
+    rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
+    spend_cap_micros: int | None = None
+    spend_cap_window: str | None = None
+    expires_at: datetime | None = None
+    created_by: str | None = None
+    created_by_key_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRow:
+    id: str
+    tenant_id: str
+    name: str
+    key_prefix: str
+    key_hash: str
+    key_hint: str
+    environment: str
+    scope: str
+    parent_key_id: str | None
+    end_user_id: str | None
+    allowed_models: tuple[str, ...]
+    rate_limit_overrides: dict[str, int]
+    spend_cap_micros: int | None
+    spend_cap_window: str | None
+    status: str
+    revoked_at: datetime | None
+    grace_expires_at: datetime | None
+    rotated_to_id: str | None
+    last_used_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+    created_by: str | None
+    created_by_key_id: str | None
+
+    @property
+    def is_child(self) -> bool:
+        return self.parent_key_id is not None
+
+    def as_new_key(self) -> NewKey:
+        """This key's settings, for its successor after a rotation."""
+        return NewKey(
+            name=self.name,
+            environment=self.environment,
+            scope=self.scope,
+            parent_key_id=self.parent_key_id,
+            end_user_id=self.end_user_id,
+            allowed_models=self.allowed_models,
+            rate_limit_overrides=self.rate_limit_overrides,
+            spend_cap_micros=self.spend_cap_micros,
+            spend_cap_window=self.spend_cap_window,
+            expires_at=self.expires_at,
+            created_by=self.created_by,
+            created_by_key_id=self.created_by_key_id,
+        )

@@ -56,3 +56,10 @@ def price(entry: CatalogEntry, usage: Usage, markup_rate: Decimal = DEFAULT_MARK
         relay_revenue=(total - provider_cost).quantize(_QUANTUM),
         markup_rate=markup_rate,
     )
+
+
+def money_micros(amount: Decimal | int | None) -> int:
+    """USD decimal → micro-USD, half-even (for display of NUMERIC sums)."""
+    if amount is None:
+        return 0
+    return int((Decimal(amount) * 1_000_000).to_integral_value())

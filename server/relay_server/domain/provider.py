@@ -32,6 +32,8 @@ class Credential:
     id: str
     api_key: str = field(repr=False)
     base_url: str = ""
+    byok: bool = False
+    """A tenant's own key: its ``base_url`` was chosen by the tenant, so connections to it are guarded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +130,7 @@ class Provider(Protocol):
         events when the provider speaks the call's door dialect)."""
         ...
 
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
-        """Embeddings: the OpenAI ``list`` body, honouring ``encoding_format``."""
+    async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
+        """Embeddings: the OpenAI ``list`` body, honouring ``encoding_format`` (never native in practice;
+        typed like ``complete`` because one HTTP exchange serves both)."""
         ...

@@ -24,6 +24,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from relay_server.pids import pid_exists
 from relay_server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -71,16 +72,6 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class SupervisorMetrics:
     """The supervisor's side: the shared directory, the merged endpoint, dead workers."""
 
@@ -107,7 +98,7 @@ class SupervisorMetrics:
         if not parent.is_dir():
             return
         for entry in parent.iterdir():
-            if entry.is_dir() and entry.name.isdigit() and not _alive(int(entry.name)):
+            if entry.is_dir() and entry.name.isdigit() and not pid_exists(int(entry.name)):
                 shutil.rmtree(entry, ignore_errors=True)
 
     def child_env(self) -> dict[str, str]:

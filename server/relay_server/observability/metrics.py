@@ -69,7 +69,7 @@ class RelayMetrics:
         )  # outcome: limits_failed_open | caps_failed_closed | caps_unchecked | settle_failures
         self.request_log_rows = Counter(
             "relay_request_log_rows", "Request log rows by destination.", ["result"], registry=r
-        )  # result: written | spooled | replayed | dead
+        )  # result: written | spooled | replayed | sanitised (stored only after repair: an alert) | dead
         self.queue_depth = Gauge(
             "relay_request_log_queue_depth", "Request log rows waiting to be written.",
             registry=r, multiprocess_mode="livesum",

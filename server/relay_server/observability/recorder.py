@@ -7,9 +7,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from relay_server.domain.metered import Metered, RequestRecorder
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.request_context import current
-from relay_server.domain.metered import Metered, RequestRecorder
 
 log = logging.getLogger(__name__)
 

@@ -85,12 +85,6 @@ def attach(ctx: RequestContext) -> None:
         scope.ctx = ctx
 
 
-def add_provider_time(elapsed_ns: int) -> None:
-    scope = _CURRENT.get()
-    if scope is not None:
-        scope.provider_ns += elapsed_ns
-
-
 def overhead_headers() -> tuple[tuple[str, str], ...]:
     """``x-relay-overhead-ms`` for the current request's response headers (observed in the
     overhead histogram too); none outside a bound request.  Call it just before sending them."""

@@ -23,7 +23,7 @@ from relay_server.observability.metrics import CIRCUIT_VALUES, RelayMetrics
 log = logging.getLogger(__name__)
 
 _GATE_STATS = ("limits_failed_open", "caps_failed_closed", "caps_unchecked", "settle_failures")
-_WRITER_COUNTS = ("written", "spooled", "replayed", "dead")
+_WRITER_COUNTS = ("written", "spooled", "replayed", "sanitised", "dead")
 
 
 @dataclass

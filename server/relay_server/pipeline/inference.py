@@ -14,23 +14,23 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Protocol
 
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.metered import Metered, Outcome, RequestRecorder
+from relay_server.domain.pricing import DEFAULT_MARKUP, price
+from relay_server.domain.provider import NativeResponse, RequestKind
+from relay_server.domain.request import RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import attach
 from relay_server.observability.tracing import step
+from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.route import Attempt, Router
+from relay_server.pipeline.session import StreamSession
 from relay_server.pipeline.steps.admission import AdmissionGate, Ticket
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.cache import CacheLookup, ResponseCache, cached_metered
-from relay_server.pipeline.steps.catalog import Catalog
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import RequestContext
-from relay_server.domain.pricing import DEFAULT_MARKUP, price
 from relay_server.pipeline.steps.meter import DefaultMarkup, MarkupSource
-from relay_server.domain.metered import Metered, Outcome, RequestRecorder
 from relay_server.pipeline.steps.request_tags import parse_request_tags
-from relay_server.pipeline.routing.route import Attempt, Router
 from relay_server.pipeline.steps.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
-from relay_server.pipeline.session import StreamSession
-from relay_server.domain.provider import NativeResponse, RequestKind
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from relay_server.domain.provider import NativeEvent, NativeResponse, Usage
 from relay_server.observability.tracing import step
-from relay_server.text.chunks import ChunkAssembler
 from relay_server.pipeline.routing.failover import FailoverStream, complete_with_failover
 from relay_server.pipeline.steps.usage_estimate import OutputCounter
-from relay_server.domain.provider import NativeEvent, NativeResponse, Usage
+from relay_server.text.chunks import ChunkAssembler
 
 if TYPE_CHECKING:
     from relay_server.pipeline.inference import Admitted, InferencePipeline

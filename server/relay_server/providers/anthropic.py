@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.anthropic_request import build_body
 from relay_server.providers.anthropic_stream import (
     AnthropicStreamTranslator,
     finish_reason,
     openai_usage,
 )
-from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.providers.auth import credential_headers
 from relay_server.providers.translator import (
     ProviderFailure,

@@ -77,15 +77,18 @@ class HttpClient:
 
     @classmethod
     def create(
-        cls, *, max_connections: int = 512, max_per_host: int = 0, ssl_context: ssl.SSLContext | None = None
+        cls, *, max_connections: int = 512, max_per_host: int = 0, ssl_context: ssl.SSLContext | None = None,
+        allow_private: bool = False,
     ) -> HttpClient:
         """Build the shared client.  Call inside the running event loop.
 
         ``max_connections`` / ``max_per_host``: 0 means unlimited.
         ``ssl_context``: ``None`` for the system trust store (tests pass one
-        trusting their own certificate)."""
+        trusting their own certificate).  ``allow_private``: guarded requests
+        (tenant-chosen hosts) may reach loopback/private addresses too."""
         loop = asyncio.get_running_loop()
-        pool = Pool(loop, max_connections=max_connections, max_per_host=max_per_host, ssl_context=ssl_context)
+        pool = Pool(loop, max_connections=max_connections, max_per_host=max_per_host, ssl_context=ssl_context,
+                    allow_private=allow_private)  # fmt: skip
         return cls(loop, pool)
 
     async def close(self) -> None:
@@ -120,9 +123,9 @@ class HttpClient:
         pool = self._pool
         fresh = False
         while True:
-            conn = None if fresh else pool.take_idle(target.key, now)
+            conn = None if fresh else pool.take_idle(target.key, now, req.guarded)
             if conn is None:
-                conn = await self._connect(target, min(now + timeouts.connect_s, first_byte_at, deadline))
+                conn = await self._connect(target, min(now + timeouts.connect_s, first_byte_at, deadline), req.guarded)
             conn.start(payload, deadline, first_byte_at, timeouts.idle_s if stream else None, stream=stream)
             try:
                 if stream:
@@ -160,9 +163,9 @@ class HttpClient:
         # A header with CR/LF raises ValueError: a bug or a corrupt credential, not the upstream's fault.
         return target, encode_request(req.method, target, req.headers, body)
 
-    async def _connect(self, target: Target, limit_at: float) -> Connection:
+    async def _connect(self, target: Target, limit_at: float, vetted: bool) -> Connection:
         try:
-            return await self._pool.connect(target.key, limit_at)
+            return await self._pool.connect(target.key, limit_at, vetted)
         except TimeoutError:
             raise timeout_failure() from None
         except ConnectionBroken as exc:

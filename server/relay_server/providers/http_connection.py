@@ -49,7 +49,7 @@ class _TrailingData(Exception):
 
 class Connection(asyncio.Protocol):
     __slots__ = (
-        "key", "transport", "exchanges", "idle_since", "counted", "got_byte", "status", "raw_headers",
+        "key", "transport", "exchanges", "idle_since", "counted", "vetted", "got_byte", "status", "raw_headers",
         "_loop", "_on_idle_lost", "_parser", "_closed", "_active", "_stream", "_headers_done", "_interim",
         "_complete", "_keep_alive", "_chunks", "_buffered", "_paused", "_error", "_waiter", "_timer",
         "_deadline", "_first_byte_at", "_idle_s", "_last_read",
@@ -62,6 +62,8 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.counted = False
         """Pool bookkeeping: whether this connection holds one of the pool's slots."""
+        self.vetted = False
+        """Dialled to an address ``relay_server.address_policy`` allows (tenant-chosen hosts need one)."""
         self._loop = loop
         self._on_idle_lost = on_idle_lost
         self._parser = httptools.HttpResponseParser(self)

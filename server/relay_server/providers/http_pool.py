@@ -9,14 +9,22 @@ another host is closed to make room.  Waiting and dialling together are bounded
 by the caller's ``limit_at`` (its connect timeout).
 
 The fast path (``take_idle`` / ``release``) is synchronous and allocates nothing.
+
+A tenant-chosen host (a BYOK base URL) is dialled *vetted*: the pool resolves
+the name itself, keeps only the addresses ``relay_server.address_policy``
+allows, and connects to one of those (TLS still verifies the name), so a
+name re-pointed at an inner address after it was saved reaches nothing.  Such
+requests reuse only vetted connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from collections import deque
 
+from relay_server.address_policy import RefusedDestination, allowed_addresses, refused_message
 from relay_server.detached import detached, timer_at
 from relay_server.providers.http_connection import Connection, ConnectionBroken
 from relay_server.providers.http_message import PoolKey
@@ -36,8 +44,10 @@ class Pool:
         max_per_host: int,
         ssl_context: ssl.SSLContext | None = None,
         keepalive_s: float = 30.0,
+        allow_private: bool = False,
     ) -> None:
         self._loop = loop
+        self._allow_private = allow_private  # for vetted dials (settings.private_destinations_allowed)
         self._max_total = max_connections
         self._max_per_host = max_per_host
         self._ssl_context = ssl_context
@@ -54,11 +64,14 @@ class Pool:
 
     # -- fast path ---------------------------------------------------------------------
 
-    def take_idle(self, key: PoolKey, now: float) -> Connection | None:
+    def take_idle(self, key: PoolKey, now: float, vetted: bool = False) -> Connection | None:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
             if conn.usable() and now - conn.idle_since < self._keepalive_s:
+                if vetted and not conn.vetted:
+                    idle.append(conn)  # stays for unvetted callers; this one dials its own
+                    return None
                 return conn
             self._drop(conn)
         return None
@@ -89,7 +102,7 @@ class Pool:
 
     # -- slow path: a new connection, maybe after waiting for a slot -----------------------
 
-    async def connect(self, key: PoolKey, limit_at: float) -> Connection:
+    async def connect(self, key: PoolKey, limit_at: float, vetted: bool = False) -> Connection:
         """An idle connection that appeared meanwhile, or a new one.  Raises
         ``TimeoutError`` at ``limit_at``, ``OSError`` (refused, DNS, TLS) or
         ``ConnectionBroken``."""
@@ -97,17 +110,18 @@ class Pool:
             while True:
                 if self._closed:
                     raise ConnectionBroken("the HTTP client is closed")
-                conn = self.take_idle(key, self._loop.time())
+                conn = self.take_idle(key, self._loop.time(), vetted)
                 if conn is not None:
                     return conn
                 if self._make_room(key):
-                    return await self._dial(key)
+                    return await self._dial(key, vetted)
                 await self._wait_for_slot(key)
 
-    async def _dial(self, key: PoolKey) -> Connection:
+    async def _dial(self, key: PoolKey, vetted: bool = False) -> Connection:
         scheme, host, port = key
         self._count(key, 1)
         try:
+            address = await self._vetted_address(host, port) if vetted else host
             context = None
             if scheme == "https":
                 context = self._tls_context()
@@ -115,7 +129,7 @@ class Pool:
             _, conn = await detached(
                 lambda: self._loop.create_connection(
                     lambda: Connection(self._loop, key, self._forget),
-                    host,
+                    address,
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
@@ -128,6 +142,7 @@ class Pool:
                 self._wake_next()
             raise
         conn.counted = True
+        conn.vetted = vetted
         self._connections.add(conn)
         if self._closed:
             self._drop(conn)
@@ -139,6 +154,14 @@ class Pool:
                 self._drop(conn)
                 raise ConnectionBroken(f"the server chose ALPN protocol {protocol!r}")
         return conn
+
+    async def _vetted_address(self, host: str, port: int) -> str:
+        """An address of ``host`` the policy allows; ``RefusedDestination`` (an OSError) if none."""
+        infos = await self._loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
+        allowed, refused = allowed_addresses([str(info[4][0]) for info in infos], allow_private=self._allow_private)
+        if not allowed:
+            raise RefusedDestination(refused_message(host, refused) if refused else f"destination {host} has no address")
+        return allowed[0]
 
     def _tls_context(self) -> ssl.SSLContext:
         # Built on first use: loading the system trust store costs milliseconds,

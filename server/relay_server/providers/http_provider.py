@@ -12,6 +12,7 @@ closes the connection by itself.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -21,6 +22,13 @@ import orjson
 from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
+
+
+def _guarded(request: UpstreamRequest, credential: Credential | None) -> UpstreamRequest:
+    """Mark requests to a tenant-chosen base URL for the client's connect-time address check."""
+    if credential is not None and credential.byok and credential.base_url:
+        return dataclasses.replace(request, guarded=True)
+    return request
 
 
 class HttpProvider:
@@ -54,12 +62,13 @@ class HttpProvider:
 
     async def list_models(self, credential: Credential | None, timeout_s: float = 30.0) -> dict[str, Any]:
         """The provider's models as an OpenAI list (health checks, catalog sync)."""
-        _, body = await self._send(self.translator, self.translator.models_request(credential), timeout_s)
+        _, body = await self._send(self.translator, _guarded(self.translator.models_request(credential), credential), timeout_s)
         return self.translator.models_response(body)
 
     async def _exchange(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         translator = self.translator_for(call)
-        status, body = await self._send(translator, translator.request(call, stream=False), call.timeout_s)
+        request = _guarded(translator.request(call, stream=False), call.credential)
+        status, body = await self._send(translator, request, call.timeout_s)
         return translator.response(status, body, call)
 
     async def _send(
@@ -141,7 +150,7 @@ class HttpStream:
 
     async def _open(self) -> None:
         translator, call = self._translator, self._call
-        request = translator.request(call, stream=True)
+        request = _guarded(translator.request(call, stream=True), call.credential)
         opened = self._client.open_stream(request, self._timeouts, call.timeout_s)
         upstream = await opened.__aenter__()
         self._opened, self._upstream = opened, upstream

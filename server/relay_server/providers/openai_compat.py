@@ -17,8 +17,8 @@ from typing import Any
 
 import orjson
 
-from relay_server.errors import ErrorKind
 from relay_server.domain.provider import Credential, ProviderCall
+from relay_server.errors import ErrorKind
 from relay_server.providers.auth import credential_headers
 from relay_server.providers.sse import SSEEvent
 from relay_server.providers.translator import (

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
-from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
 from relay_server.domain.provider import Provider
+from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.http_provider import HttpProvider

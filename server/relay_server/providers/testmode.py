@@ -26,10 +26,10 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.text import tokens
-from relay_server.providers import testmode_library as library
 from relay_server.domain.provider import ProviderCall
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.providers import testmode_library as library
+from relay_server.text import tokens
 
 _NOT_IN_SEED = frozenset({
     "stream", "stream_options", "user", "metadata", "store", "service_tier", "prompt_cache_key",
@@ -237,7 +237,7 @@ def _chat_answer(call: ProviderCall) -> _Answer:
         if forced is not None:
             choices.append(_tool_choice(index, rng, forced, tools, model))
         else:
-            generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731 - rng of this choice
+            generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(index, generate, limits, seen, rng))
     raw_tools = body.get("tools") if isinstance(body.get("tools"), list) else None
     prompt_tokens = tokens.count_chat_prompt(messages, model, raw_tools)
@@ -341,12 +341,12 @@ def _completion_answer(call: ProviderCall) -> _Answer:
     base = {k: v for k, v in body.items() if k != "prompt"}
     choices: list[_Choice] = []
     for p_index, prompt in enumerate(prompts):
-        seed, seen = _seed(base, prompt), set()
+        seed, seen = _seed(base, prompt), set[str]()
         prefix = (prompt if isinstance(prompt, str) else tokens.decode(prompt, model)) if echo else ""
         for j in range(n):
             rng = _choice_rng(seed, j)
             # Instruct models usually open a completion with a blank line.
-            generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731 - rng of this choice
+            generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(p_index * n + j, generate, limits, seen, rng, prefix))
     prompt_tokens = tokens.count_prompt(body.get("prompt"), model)
     return _Answer(choices, prompt_tokens, _response_id("cmpl", call.request_id, _seed(base, prompts)), shown)
@@ -373,7 +373,7 @@ def _completion_chunks(answer: _Answer) -> list[dict[str, Any]]:
     def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
         return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
 
-    out = []
+    out: list[dict[str, Any]] = []
     for c in answer.choices:
         out.extend(chunk(c.index, p) for p in ([c.prefix] if c.prefix else []) + c.pieces)
         out.append(chunk(c.index, "", c.finish_reason))

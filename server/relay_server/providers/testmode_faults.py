@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay_server.domain.provider import NativeEvent, NativeResponse, Provider, ProviderCall
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.domain.provider import Provider, ProviderCall
 
 ERROR_HEADER = "x-relay-test-error"
 AFTER_HEADER = "x-relay-test-error-after"
@@ -79,19 +79,19 @@ class SimulatingProvider:
         self._inner = inner
         self._sim = simulation
 
-    async def complete(self, call: ProviderCall) -> dict[str, Any]:
+    async def complete(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         await asyncio.sleep(self._sim.latency_s)
         if self._sim.error is not None:
             raise self._sim.error
         return await self._inner.complete(call)
 
-    async def embed(self, call: ProviderCall) -> dict[str, Any]:
+    async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         await asyncio.sleep(self._sim.latency_s)
         if self._sim.error is not None:
             raise self._sim.error
         return await self._inner.embed(call)
 
-    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, call: ProviderCall) -> AsyncIterator[dict[str, Any] | NativeEvent]:
         sent = 0
         chunks = self._inner.stream(call)
         try:
@@ -102,4 +102,5 @@ class SimulatingProvider:
                 yield chunk
                 sent += 1
         finally:
-            await chunks.aclose()
+            # Provider.stream is declared AsyncIterator; every provider's stream is an async generator.
+            await chunks.aclose()  # type: ignore[attr-defined]

@@ -193,9 +193,9 @@ def value_for_schema(schema: Any, rng: random.Random, name: str = "", root: Any 
         high = max(low, _int(schema.get("maximum"), low + 100))
         return rng.randint(low, high)
     if kind == "number":
-        low = _num(schema.get("minimum"), 0.0)
-        high = max(low, _num(schema.get("maximum"), low + 100.0))
-        return round(rng.uniform(low, high), 2)
+        low_f = _num(schema.get("minimum"), 0.0)
+        high_f = max(low_f, _num(schema.get("maximum"), low_f + 100.0))
+        return round(rng.uniform(low_f, high_f), 2)
     if kind == "boolean":
         return rng.random() < 0.5
     if kind == "null":
@@ -214,7 +214,7 @@ def _string_for(name: str, schema: Mapping[str, Any], rng: random.Random) -> str
     elif fmt in ("uri", "url") or key.endswith("url"):
         value = f"https://example.com/{rng.choice(_WORDS)}"
     elif fmt == "uuid":
-        value = "%08x-%04x-4%03x-8%03x-%012x" % tuple(rng.getrandbits(b) for b in (32, 16, 12, 12, 48))
+        value = "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}".format(*(rng.getrandbits(b) for b in (32, 16, 12, 12, 48)))
     elif key in ("location", "city", "place", "destination"):
         value = rng.choice(_CITIES)
     else:

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.sse import SSEEvent
 
 
@@ -33,6 +33,8 @@ class UpstreamRequest:
     headers: Mapping[str, str] = field(repr=False)
     """Carries the credential: excluded from ``repr`` so it never reaches a log."""
     json_body: Mapping[str, Any] | None = None
+    guarded: bool = False
+    """A tenant-chosen destination: every connection is checked against ``relay_server.address_policy``."""
 
 
 class ProviderFailure(RelayError):

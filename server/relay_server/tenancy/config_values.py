@@ -13,8 +13,8 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
+from relay_server.address_policy import RefusedDestination, classify, parse_literal
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.webhook_destinations import RefusedDestination, classify, parse_literal
 
 MAX_CACHE_TTL_S = 30 * 86400
 MAX_RETENTION_DAYS = 3650

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
+from relay_server.domain.keys import ApiKeyRow, NewKey, mint_key
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.domain.keys import mint_key
 from relay_server.storage.postgres import api_keys as store
-from relay_server.storage.postgres.api_keys import ApiKeyRow, NewKey
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy import key_rules as rules
 from relay_server.tenancy.auth_cache import AuthInvalidator
@@ -69,7 +68,7 @@ class ApiKeyService:
         *,
         model_exists: Callable[[str], bool],
         rotation_grace_s: int = 86400,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._invalidator = invalidator

@@ -18,9 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Mapping
 from datetime import timedelta
 
+from relay_server.domain.tenants import TenantRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.pool import Conn, Database
-from relay_server.storage.postgres.tenants import TenantRow, get_tenant, set_status
+from relay_server.storage.postgres.tenants import get_tenant, set_status
 from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.config import TenantConfigReader

@@ -12,10 +12,11 @@ from datetime import datetime
 
 from psycopg.errors import UniqueViolation
 
+from relay_server.domain.tenants import MemberRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import members as store
-from relay_server.storage.postgres.members import MemberRow
 from relay_server.storage.postgres.pool import Conn, Database
+from relay_server.storage.postgres.tenants import tenant_status
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import SYSTEM_ROLES, AdminPrincipal
 from relay_server.tenancy.tenants import EMAIL_PATTERN
@@ -33,10 +34,10 @@ def _may_manage(principal: AdminPrincipal, role: str) -> None:
 
 
 async def _usable_tenant(conn: Conn, tenant_id: str) -> None:
-    row = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
-    if row is None or row["status"] == "deleted":
+    status = await tenant_status(conn, tenant_id)
+    if status is None or status == "deleted":
         raise RelayError(ErrorKind.NOT_FOUND, f"Tenant `{tenant_id}` does not exist.", param="tenant_id")
-    if row["status"] == "provisioning":
+    if status == "provisioning":
         raise RelayError(ErrorKind.FAILED_PRECONDITION, "The tenant is still being provisioned; try again shortly.", code="tenant_provisioning")
 
 
@@ -99,3 +100,18 @@ class MemberAdmin:
                 metadata={"email": member.email, "role": member.role},
             )  # fmt: skip
         return removed
+
+
+class MemberPermissions:
+    """What a dashboard user may do now: tokens carry permissions, but every call is checked
+    against this, so a removed or demoted member loses access on the next call."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def current(self, tenant_id: str, user_id: str) -> frozenset[str] | None:
+        """None when the tenant is gone or the user is no longer an active member."""
+        async with self._db.tenant_tx(tenant_id) as conn:
+            status = await tenant_status(conn, tenant_id)
+            held = await store.user_permissions(conn, tenant_id, user_id)
+        return None if status is None or status == "deleted" else held

@@ -19,10 +19,10 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from relay_server.domain.keys import ApiKeyRow
+from relay_server.domain.tenants import TenantRow
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.storage.postgres.api_keys import ApiKeyRow
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.tenants import TenantRow
 
 
 def parse_silo_setting(raw: str) -> dict[str, str]:

@@ -9,12 +9,12 @@ the tenant's cached configuration once committed.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from relay_server.domain.tenants import FeatureState
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import tenant_config as store
 from relay_server.storage.postgres.pool import Conn, Database
-from relay_server.storage.postgres.tenant_config import FeatureState
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.config import CONFIG_KEYS, TenantConfigReader, validate_entry
 
@@ -35,7 +35,7 @@ class TenantSettingsAdmin:
         config: TenantConfigReader,
         *,
         model_exists: Callable[[str], bool],
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._config = config

@@ -19,14 +19,14 @@ from typing import Any
 
 from psycopg.errors import UniqueViolation
 
+from relay_server.domain.keys import mint_key
+from relay_server.domain.tenants import TenantRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.domain.keys import mint_key
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import members as member_store
 from relay_server.storage.postgres import tenants as store
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.tenants import TenantRow
 from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.config import TenantConfigReader

@@ -18,19 +18,20 @@ this worker; other workers re-read within ``credential_cache_ttl_s``.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from relay_server.address_policy import RefusedDestination, classify, parse_literal
 from relay_server.crypto.envelope import RecordRef, seal
 from relay_server.crypto.keyring import Keyring
+from relay_server.domain.credentials import CredentialRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
 from relay_server.storage.postgres import credentials as store
-from relay_server.storage.postgres.credentials import CredentialRow, NewCredential
+from relay_server.storage.postgres.credentials import NewCredential
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy.calls import Call
 
@@ -73,8 +74,9 @@ def check_base_url(url: str, *, operator: bool) -> str | None:
     """An http(s) URL; tenants may only name public https endpoints.
 
     A tenant-chosen URL is fetched by Relay's servers, so loopback, private
-    and link-local addresses are refused (names are not resolved here: a DNS
-    name pointing inward is the residual risk, see docs/providers.md).
+    and link-local addresses are refused here (``relay_server.address_policy``);
+    names are not resolved here but at every connection, where the provider
+    client refuses what the policy refuses (see docs/providers.md).
     """
     url = url.strip()
     if not url:
@@ -87,11 +89,14 @@ def check_base_url(url: str, *, operator: bool) -> str | None:
     host = parts.hostname.lower()
     if parts.scheme != "https" or host == "localhost" or host.endswith(".localhost"):
         raise _bad("base_url must be a public https URL.", "credential.base_url")
+    # One address policy with webhooks: numeric forms that hide an address
+    # (127.1, 0x7f000001, 2852039166) are refused, and an address literal must
+    # be public.  A name is judged again when the provider client connects.
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return url
-    if not address.is_global:
+        address = parse_literal(host)
+    except RefusedDestination:
+        raise _bad("base_url must be a public https URL (write IP addresses in canonical form).", "credential.base_url") from None
+    if address is not None and (classify(address) is not None or not address.is_global):
         raise _bad("base_url must be a public https URL.", "credential.base_url")
     return url
 

@@ -138,12 +138,6 @@ def encoding_name_for(model: str) -> str:
     return _resolve(model if isinstance(model, str) else "")[0]
 
 
-def warm_up(models: Sequence[str] = ("gpt-4o", "gpt-4")) -> None:
-    """Load the encodings of ``models`` now (start-up), not on the first request."""
-    for model in models:
-        _load(encoding_name_for(model))
-
-
 def _tokenizer(model: Any) -> tuple[tiktoken.Encoding, float]:
     name, factor = _resolve(model if isinstance(model, str) else "")
     return _load(name), factor

@@ -62,7 +62,7 @@ def _normalise(kind: str, block: Mapping[str, Any], index: int) -> dict[str, Any
         return {"type": "text", "text": _text(block.get("text"), "text", index)}
     if kind == "image":
         url = _text(block.get("url"), "url", index)
-        if not (url.startswith(("https://", "http://")) or url.startswith("data:image/")):
+        if not url.startswith(("https://", "http://", "data:image/")):
             raise _invalid("url must be an http(s) URL or a data:image/ URL.", index)
         detail = block.get("detail", "auto")
         if detail not in _DETAILS:

@@ -17,9 +17,9 @@ from typing import Any
 
 import orjson
 
-from relay_server.text.chunks import ChunkAssembler
 from relay_server.storage.postgres.threads import MessageRow
 from relay_server.storage.redis.stream_buffer import BufferedEvent, RedisStreamBuffer
+from relay_server.text.chunks import ChunkAssembler
 from relay_server.threads.blocks import reply_blocks
 from relay_server.threads.render import message_json
 

@@ -24,13 +24,13 @@ from typing import Any, Protocol
 from redis.exceptions import RedisError
 
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.text.chunks import ChunkAssembler
 from relay_server.pipeline.steps.embedder import Embedder, usable
 from relay_server.pipeline.steps.tenant_flags import FlagSource
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.threads import MessageRow
 from relay_server.storage.redis.stream_buffer import BufferClosed, RedisStreamBuffer
+from relay_server.text.chunks import ChunkAssembler
 from relay_server.threads import events
 from relay_server.threads.blocks import reply_blocks, text_of
 from relay_server.threads.render import message_json

@@ -15,16 +15,16 @@ from typing import Any, Protocol
 
 import orjson
 
+from relay_server.domain.request import Principal
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.text import tokens
-from relay_server.domain.request import Principal
 from relay_server.pipeline.steps.embedder import Embedder, usable
 from relay_server.pipeline.steps.tenant_flags import FlagSource
 from relay_server.storage.postgres import threads as store
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.threads import MessageRow, NewMessage
 from relay_server.storage.redis.stream_buffer import RedisStreamBuffer
+from relay_server.text import tokens
 from relay_server.threads import cursor as cursors
 from relay_server.threads import events
 from relay_server.threads.blocks import prompt_messages, text_of, validate_blocks, visible

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 from relay_server.storage.postgres.billing import BillingStore, PeriodResult
 
@@ -33,7 +33,7 @@ class BillingWorker:
         *,
         finalize_delay: timedelta = timedelta(hours=1),
         lookback_months: int = 13,
-        now: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
         self._delay = finalize_delay

@@ -31,11 +31,11 @@ from typing import Protocol
 
 from relay_server.crypto.envelope import DecryptionError, open_sealed
 from relay_server.crypto.keyring import Keyring
+from relay_server.domain.provider import Credential
 from relay_server.errors import RelayError
 from relay_server.pipeline.routing.failover import outcome_of
 from relay_server.pipeline.routing.health import HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
-from relay_server.domain.provider import Credential
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import ProviderRow
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import tenants as store
@@ -39,7 +39,7 @@ _SWEEP_LOCK = 0x52454C4159  # "RELAY": one sweep at a time across processes
 
 
 def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class LifecycleJobs:

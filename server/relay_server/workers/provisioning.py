@@ -14,9 +14,9 @@ Payment-provider customer records are created by the billing capability
 
 from __future__ import annotations
 
+from relay_server.domain.keys import NewKey
 from relay_server.storage.postgres import api_keys as key_store
 from relay_server.storage.postgres import members
-from relay_server.storage.postgres.api_keys import NewKey
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.tenants import get_tenant

@@ -74,7 +74,7 @@ class WebhookDispatcher:
         self._signing_key = signing_key
         self._max_attempts = max_attempts
         self._batch = batch
-        self._allow_private = allow_private  # loopback/private destinations (settings.webhook_allow_private)
+        self._allow_private = allow_private  # loopback/private destinations (settings.private_destinations_allowed)
         self._session: aiohttp.ClientSession | None = None
         self._resolver: GuardedResolver | None = None
 
@@ -116,7 +116,7 @@ class WebhookDispatcher:
             return
         body = orjson.dumps(
             {"id": delivery.event_id, "type": delivery.event_type, "created": int(delivery.created_at.timestamp()),
-             "data": delivery.payload}  # fmt: skip
+             "data": delivery.payload}
         )
         headers = {
             "content-type": "application/json",
@@ -135,7 +135,7 @@ class WebhookDispatcher:
             async with self._client().post(url, data=body, headers=headers, allow_redirects=False) as response:
                 await response.read()
                 status = response.status
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             refused = refusal_of(exc)
             if refused is not None:
                 # Dead at once (this attempt counts as the last): the same rule would refuse every retry.

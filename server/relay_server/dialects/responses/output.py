@@ -123,7 +123,7 @@ def from_chat(turn: Turn, response_id: str, completion: Mapping[str, Any], *, cr
 
 def output_text(output: Sequence[Mapping[str, Any]]) -> str:
     """The generated text of output items (for counting and for the ``output_text`` helper)."""
-    texts = []
+    texts: list[str] = []
     for item in output:
         if item.get("type") == "message":
             texts.extend(str(p.get("text") or "") for p in item.get("content") or [] if p.get("type") == "output_text")

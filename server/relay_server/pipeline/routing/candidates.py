@@ -28,15 +28,15 @@ from redis.exceptions import RedisError, ResponseError
 
 from relay_server.crypto.envelope import DecryptionError, open_sealed
 from relay_server.crypto.keyring import Keyring
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.steps.catalog import Catalog
 from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.domain.request import RequestContext
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import Availability, HealthTracker, Outcome
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.pipeline.routing.route import Attempt, AttemptResult, RetryPolicy, RoutePlan
-from relay_server.domain.provider import Credential, ProviderCall
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import RouteRow
 from relay_server.storage.redis.health import circuit_reads
@@ -243,7 +243,7 @@ class KeyGate:
             log.error("provider credential does not decrypt; skipping it", extra={"credential_id": self.cred.id})
             await KeyTicket(self, taken, Credential(self.cred.id, ""), probing).close(AttemptResult("cancelled"))
             return None
-        return KeyTicket(self, taken, Credential(self.cred.id, secret, self.cred.base_url or ""), probing)
+        return KeyTicket(self, taken, Credential(self.cred.id, secret, self.cred.base_url or "", byok=self.cred.byok), probing)
 
 
 class CandidatePlanner:

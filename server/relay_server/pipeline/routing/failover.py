@@ -30,12 +30,12 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any, Protocol
 
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.provider import NativeEvent, NativeResponse, ProviderCall, Usage
+from relay_server.domain.request import RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.attempts import observe_attempt
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import RequestContext
 from relay_server.pipeline.routing.route import Attempt, AttemptOutcome, AttemptResult, RetryPolicy, RoutePlan, Ticket
-from relay_server.domain.provider import NativeEvent, NativeResponse, ProviderCall, Usage
 from relay_server.providers.translator import ProviderFailure, malformed_failure
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from relay_server.pipeline.reload import PeriodicReload
 from relay_server.domain.provider import Provider
+from relay_server.pipeline.reload import PeriodicReload
 from relay_server.providers.http_client import HttpClient, Timeouts
 from relay_server.providers.registry import build_provider
 from relay_server.storage.postgres.providers import Directory, ProviderRow, RouteRow

@@ -19,10 +19,10 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, overload
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import RequestContext
 from relay_server.domain.provider import Credential, Provider, ProviderCall
+from relay_server.domain.request import RequestContext
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers.testmode_faults import SimulatingProvider, requested_simulation
 
 # How an attempt ended, for the gate:

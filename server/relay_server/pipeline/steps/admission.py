@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
@@ -39,7 +39,15 @@ from relay_server.pipeline.steps.spend import (
     usd,
 )
 from relay_server.pipeline.steps.usage_estimate import worst_case_output_tokens
-from relay_server.storage.redis.limits import AdmitReply, CapArg, RedisAdmission, SettleCap, WindowArg, noisy_key, window_key
+from relay_server.storage.redis.limits import (
+    AdmitReply,
+    CapArg,
+    RedisAdmission,
+    SettleCap,
+    WindowArg,
+    noisy_key,
+    window_key,
+)
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 
 log = logging.getLogger(__name__)
@@ -132,7 +140,7 @@ class AdmissionGate:
         principal = ctx.principal
         assert principal is not None
         now_ms = int(self._clock() * 1000)
-        now = datetime.fromtimestamp(now_ms / 1000, timezone.utc)
+        now = datetime.fromtimestamp(now_ms / 1000, UTC)
         ticket = Ticket(principal.tenant_id, ctx.request_id, now_ms, input_tokens, markup)
         if self._traffic is not None:
             self._traffic.note(principal.tenant_id)
@@ -160,7 +168,7 @@ class AdmissionGate:
         ]
         try:
             reply = await self._run(principal.tenant_id, ctx.request_id, now_ms, windows, cap_args, held)
-        except (RedisError, OSError, asyncio.TimeoutError, _Unavailable) as exc:
+        except (TimeoutError, RedisError, OSError, _Unavailable) as exc:
             return self._degraded(ticket, bool(caps), exc)
         if reply.status == AdmitReply.LIMITED:
             index, effective, used, retry_ms, too_large = reply.values
@@ -275,7 +283,7 @@ class AdmissionGate:
                     caps=caps,
                 )
                 break
-            except (RedisError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, RedisError, OSError) as exc:
                 if attempt + 1 < _SETTLE_TRIES:
                     await asyncio.sleep(0.05 * 2**attempt)
                     continue
@@ -296,7 +304,7 @@ class AdmissionGate:
             return
         try:
             await self._spend.forget([h.hash_key for h in ticket.caps])
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, RedisError, OSError):
             pass  # Redis is down: it comes back empty or with the window's keys expiring
 
     async def _warn_tenant(self, ticket: Ticket, held: HeldCap, spent: int) -> None:

@@ -17,12 +17,12 @@ import hmac
 import re
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.domain.request import Principal
 from relay_server.domain.keys import KeyRecord, hash_key
+from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError
 
 KEY_PATTERN = re.compile(r"^rly_(live|test)_sk_[A-Za-z0-9_-]{32,64}$")
 
@@ -140,7 +140,7 @@ class Authenticator:
 
 
 def _check_usable(record: KeyRecord, token: str) -> None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if record.status != "active":
         in_grace = record.grace_expires_at is not None and record.grace_expires_at > now
         if not in_grace:

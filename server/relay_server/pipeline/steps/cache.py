@@ -27,21 +27,21 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Literal, Protocol
 
+from relay_server.domain.catalog import CatalogEntry
+from relay_server.domain.metered import Metered, Outcome
+from relay_server.domain.pricing import Cost, price
+from relay_server.domain.provider import ProviderCall, Usage
+from relay_server.domain.request import RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
-from relay_server.text import cache_key
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import RequestContext
-from relay_server.pipeline.steps.embedder import Embedder, usable
-from relay_server.domain.pricing import Cost, price
-from relay_server.domain.metered import Metered, Outcome
-from relay_server.pipeline.steps.tenant_flags import MAX_CACHE_TTL_S, FlagSource, TenantFlags
-from relay_server.text.chunks import replay_chunks
 from relay_server.pipeline.routing.route import Attempt
-from relay_server.domain.provider import ProviderCall, Usage
+from relay_server.pipeline.steps.embedder import Embedder, usable
+from relay_server.pipeline.steps.tenant_flags import MAX_CACHE_TTL_S, FlagSource, TenantFlags
 from relay_server.storage.postgres import response_cache as pg_cache
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.response_cache import RedisResponseCache
+from relay_server.text import cache_key
+from relay_server.text.chunks import replay_chunks
 
 log = logging.getLogger(__name__)
 

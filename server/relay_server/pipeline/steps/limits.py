@@ -20,12 +20,12 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Generic, Protocol, TypeVar
 
-from relay_server.errors import ErrorKind, RelayError
-from relay_server.domain.request import Principal
 from relay_server.domain.policy import RESOURCES, KeyPolicy, QuotaRow
+from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError
 
 log = logging.getLogger(__name__)
 
@@ -130,12 +130,6 @@ class LimitResolver:
         self._overrides: TtlCache[str, Sequence[QuotaRow]] = TtlCache(ttl_s)
         self._keys: TtlCache[str, KeyPolicy | None] = TtlCache(ttl_s)
 
-    def purge_key(self, key_id: str | None = None) -> None:
-        self._keys.purge(key_id)
-
-    def purge_tenant(self, tenant_id: str | None = None) -> None:
-        self._overrides.purge(tenant_id)
-
     async def key_policy(self, key_id: str) -> KeyPolicy | None:
         return await self._keys.get(key_id, lambda: self._store.key_policy(key_id))
 
@@ -143,7 +137,7 @@ class LimitResolver:
         plans = await self._plans.get("plans", self._store.plan_quotas)
         overrides = await self._overrides.get(principal.tenant_id, lambda: self._store.tenant_overrides(principal.tenant_id))
         key = await self.key_policy(principal.key_id)
-        return effective_limits(plans.get(principal.tenant_plan, ()), overrides, key, now or datetime.now(timezone.utc))
+        return effective_limits(plans.get(principal.tenant_plan, ()), overrides, key, now or datetime.now(UTC))
 
 
 # --- what the client is told -------------------------------------------------------
@@ -201,7 +195,7 @@ def limit_exceeded(
     now: datetime | None = None,
 ) -> RelayError:
     """The 429 for a refused request, with Retry-After, the spec's ``details`` and rate-limit headers."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     retry_s = max(1, -(-int(retry_in_ms) // 1000))
     reset_at = (now + timedelta(milliseconds=max(0, retry_in_ms))).replace(microsecond=0)
     unit = _UNITS[limit.resource]

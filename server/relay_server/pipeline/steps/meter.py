@@ -10,12 +10,12 @@ to the batched writer, never written on the hot path) and one log line.
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Protocol
 
-from relay_server.domain.pricing import DEFAULT_MARKUP, Cost
 from relay_server.domain.metered import Metered, RequestRecorder
+from relay_server.domain.pricing import DEFAULT_MARKUP, Cost
 from relay_server.storage.postgres.request_log import RequestRow
 
 log = logging.getLogger("relay.requests")
@@ -36,7 +36,7 @@ _MAX_ERROR_MESSAGE = 1000
 
 
 def _at(epoch_s: float) -> datetime:
-    return datetime.fromtimestamp(epoch_s, timezone.utc)
+    return datetime.fromtimestamp(epoch_s, UTC)
 
 
 def request_row(m: Metered) -> RequestRow | None:

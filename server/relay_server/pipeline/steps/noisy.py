@@ -79,7 +79,7 @@ class NoisyNeighbours:
                     pipe.hincrby(key, tenant_id, n)
                 pipe.expire(key, BUCKET_S * (WINDOW_BUCKETS + 2))
                 await pipe.execute()
-        except (RedisError, OSError, asyncio.TimeoutError):
+        except (TimeoutError, RedisError, OSError):
             self._counts.update(counts)  # try again next flush; the share is approximate anyway
 
     async def shares(self) -> tuple[int, dict[str, int]]:
@@ -142,5 +142,5 @@ class NoisyNeighbours:
                 last_eval = now
                 try:
                     await self.evaluate()
-                except (RedisError, OSError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, RedisError, OSError) as exc:
                     log.debug("noisy-neighbour evaluation skipped", extra={"error": repr(exc)})

@@ -3,7 +3,9 @@
 The header holds a JSON object of string keys to string, number or boolean
 values (at most 16 pairs, keys ≤ 64 and values ≤ 512 characters), e.g.
 ``x-relay-metadata: {"feature": "search", "user_tier": "pro"}``.  Anything else
-is a 400 before any work is done, so a tagging bug never goes unnoticed.
+is a 400 before any work is done, so a tagging bug never goes unnoticed.  Text
+the request log cannot store (a NUL character: Postgres refuses it in jsonb) is
+refused here too, so no tag can make a served request's log row unwritable.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def parse_request_tags(metadata: Mapping[str, str]) -> dict[str, str] | None:
     for key, value in tags.items():
         if not key or len(key) > MAX_KEY:
             raise _bad(f"key {key[:MAX_KEY]!r} is empty or longer than {MAX_KEY} characters")
+        if "\x00" in key:
+            raise _bad(f"key {key!r} contains a NUL (\\u0000) character")
         if isinstance(value, bool):
             value = "true" if value else "false"
         elif isinstance(value, (int, float, str)):
@@ -53,5 +57,7 @@ def parse_request_tags(metadata: Mapping[str, str]) -> dict[str, str] | None:
             raise _bad(f"value of {key!r} is not a string, number or boolean")
         if len(value) > MAX_VALUE:
             raise _bad(f"value of {key!r} is longer than {MAX_VALUE} characters")
+        if "\x00" in value:
+            raise _bad(f"value of {key!r} contains a NUL (\\u0000) character")
         parsed[key] = value
     return parsed

@@ -19,15 +19,15 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Protocol
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.catalog import CatalogEntry
-from relay_server.pipeline.steps.limits import TtlCache
 from relay_server.domain.pricing import DEFAULT_MARKUP, price
 from relay_server.domain.provider import Usage
+from relay_server.errors import ErrorKind, RelayError
+from relay_server.pipeline.steps.limits import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +54,13 @@ class CapWindow:
 def cap_window(name: str, now: datetime) -> CapWindow:
     # Called for every admitted request; the window only changes with the UTC day, so the
     # datetime arithmetic runs once per (window, day) and the frozen result is shared.
-    now = now.astimezone(timezone.utc)
+    now = now.astimezone(UTC)
     return _cap_window(name, now.year, now.month, now.day)
 
 
 @functools.lru_cache(maxsize=64)
 def _cap_window(name: str, year: int, month: int, day: int) -> CapWindow:
-    now = datetime(year, month, day, tzinfo=timezone.utc)
+    now = datetime(year, month, day, tzinfo=UTC)
     if name == "daily":
         start = now
         return CapWindow(name, start.strftime("d%Y%m%d"), start, start + timedelta(days=1))
@@ -219,4 +219,4 @@ def caps_unavailable() -> RelayError:
 
 
 def _iso(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

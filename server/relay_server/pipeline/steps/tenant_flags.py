@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Protocol
 
 from relay_server.storage.postgres.pool import Database
@@ -142,7 +142,7 @@ class PostgresTenantFlags:
 
     async def _load(self, tenant_id: str) -> TenantFlags:
         async with self._db.tenant_tx(tenant_id) as conn:
-            snap = await snapshot(conn, tenant_id, datetime.now(timezone.utc))
+            snap = await snapshot(conn, tenant_id, datetime.now(UTC))
             available = await semantic_available(conn)
         if snap is None:
             return TenantFlags(threads=False)

@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.text import tokens
 from relay_server.domain.catalog import CatalogEntry
 from relay_server.domain.provider import RequestKind, Usage
+from relay_server.text import tokens
 
 log = logging.getLogger(__name__)
 

@@ -8,13 +8,14 @@ The authentication lookup by hash lives in ``keys.py``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from relay_server.domain.keys import ApiKeyRow, NewKey
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
@@ -27,72 +28,6 @@ _COLUMNS = (
 UPDATABLE = frozenset(
     {"name", "expires_at", "allowed_models", "rate_limit_overrides", "spend_cap_micros", "spend_cap_window"}
 )
-
-
-@dataclass(frozen=True, slots=True)
-class NewKey:
-    """Everything a new row needs besides the secret's hash, prefix and hint."""
-
-    name: str
-    environment: str
-    scope: str = "inference"
-    parent_key_id: str | None = None
-    end_user_id: str | None = None
-    allowed_models: tuple[str, ...] = ()
-    rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
-    spend_cap_micros: int | None = None
-    spend_cap_window: str | None = None
-    expires_at: datetime | None = None
-    created_by: str | None = None
-    created_by_key_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKeyRow:
-    id: str
-    tenant_id: str
-    name: str
-    key_prefix: str
-    key_hash: str
-    key_hint: str
-    environment: str
-    scope: str
-    parent_key_id: str | None
-    end_user_id: str | None
-    allowed_models: tuple[str, ...]
-    rate_limit_overrides: dict[str, int]
-    spend_cap_micros: int | None
-    spend_cap_window: str | None
-    status: str
-    revoked_at: datetime | None
-    grace_expires_at: datetime | None
-    rotated_to_id: str | None
-    last_used_at: datetime | None
-    expires_at: datetime | None
-    created_at: datetime
-    created_by: str | None
-    created_by_key_id: str | None
-
-    @property
-    def is_child(self) -> bool:
-        return self.parent_key_id is not None
-
-    def as_new_key(self) -> NewKey:
-        """This key's settings, for its successor after a rotation."""
-        return NewKey(
-            name=self.name,
-            environment=self.environment,
-            scope=self.scope,
-            parent_key_id=self.parent_key_id,
-            end_user_id=self.end_user_id,
-            allowed_models=self.allowed_models,
-            rate_limit_overrides=self.rate_limit_overrides,
-            spend_cap_micros=self.spend_cap_micros,
-            spend_cap_window=self.spend_cap_window,
-            expires_at=self.expires_at,
-            created_by=self.created_by,
-            created_by_key_id=self.created_by_key_id,
-        )
 
 
 def _key(row: Mapping[str, Any]) -> ApiKeyRow:
@@ -156,14 +91,10 @@ async def list_keys(
         params.append(end_user_id)
     if children_only:
         where.append("parent_key_id IS NOT NULL")
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM api_keys WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    rows = await newest_first(
+        conn, table="api_keys", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_key(r) for r in await cur.fetchall()]
+    return [_key(r) for r in rows]
 
 
 async def update_key(conn: Conn, tenant_id: str, key_id: str, changes: Mapping[str, Any]) -> ApiKeyRow:

@@ -16,7 +16,9 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from relay_server.domain.audit import AuditRow
 from relay_server.ids import new_id
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
@@ -36,21 +38,6 @@ class AuditEntry:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     ip_address: str | None = None
     request_id: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRow:
-    id: str
-    tenant_id: str | None
-    actor_id: str
-    actor_type: str
-    action: str
-    resource_type: str | None
-    resource_id: str | None
-    metadata: dict[str, Any]
-    ip_address: str | None
-    request_id: str | None
-    created_at: datetime
 
 
 def _valid_ip(value: str | None) -> str | None:
@@ -119,14 +106,10 @@ async def list_audit(
     if resource_id:
         where.append("resource_id = %s")
         params.append(resource_id)
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM audit_log WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    rows = await newest_first(
+        conn, table="audit_log", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_audit(r) for r in await cur.fetchall()]
+    return [_audit(r) for r in rows]
 
 
 def _audit(row: Mapping[str, Any]) -> AuditRow:

@@ -13,7 +13,7 @@ that month is still waiting; finalized periods are never changed again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from relay_server.storage.postgres.pool import Conn, Database
@@ -103,7 +103,7 @@ class BillingStore:
                 return PeriodResult(period["id"], period["status"], int(period["cost_micros"] or 0))
             total_micros = await self._write_lines(conn, period["id"], tenant_id, environment, start, end)
             status = "open"
-            ended_long_enough = now >= datetime.combine(end, datetime.min.time(), timezone.utc) + finalize_delay
+            ended_long_enough = now >= datetime.combine(end, datetime.min.time(), UTC) + finalize_delay
             if ended_long_enough and not await _rollup_pending(conn, tenant_id, environment, start, end):
                 await conn.execute(
                     "UPDATE billing_periods SET status = 'finalized', finalized_at = %s WHERE id = %s AND status = 'open'",

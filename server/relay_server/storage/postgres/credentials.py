@@ -13,10 +13,10 @@ plaintext secret.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from relay_server.crypto.envelope import RecordRef, Sealed
+from relay_server.domain.credentials import CredentialRow
 from relay_server.storage.postgres.pool import Conn, Database
 
 _PUBLIC = (
@@ -24,28 +24,6 @@ _PUBLIC = (
     "last_rotated_at, created_at"
 )
 _SEALED = "key_encrypted, key_nonce, dek_wrapped, master_key_id"
-
-
-@dataclass(frozen=True, slots=True)
-class CredentialRow:
-    """A credential as the admin API shows it (no secret material)."""
-
-    id: str
-    tenant_id: str | None
-    provider_id: str
-    name: str
-    key_hint: str
-    base_url: str | None
-    status: str
-    rpm_limit: int | None
-    tpm_limit: int | None
-    priority: int
-    last_rotated_at: datetime | None
-    created_at: datetime
-
-    @property
-    def relay_owned(self) -> bool:
-        return self.tenant_id is None
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,25 +6,14 @@ caller's transaction: ``tenant_tx`` for requests, ``system_tx`` for workers.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from relay_server.domain.tenants import MemberRow
 from relay_server.ids import new_id
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = "id, tenant_id, email, name, role, status, created_at"
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRow:
-    id: str
-    tenant_id: str
-    email: str
-    name: str | None
-    role: str
-    status: str
-    created_at: datetime
 
 
 def _member(row: Mapping[str, Any]) -> MemberRow:

@@ -152,7 +152,8 @@ def set_app_password(conn: psycopg.Connection, password: str) -> None:
 
 
 def password_from_dsn(dsn: str) -> str | None:
-    return conninfo_to_dict(dsn).get("password") or None
+    password = conninfo_to_dict(dsn).get("password")
+    return str(password) if password else None
 
 
 def main(argv: list[str] | None = None) -> int:

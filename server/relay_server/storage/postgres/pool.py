@@ -23,7 +23,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from relay_server.storage.postgres.migrate import APP_ROLE
+from relay_server.storage.postgres.migrate import APP_ROLE, password_from_dsn
 
 Conn = AsyncConnection[DictRow]
 
@@ -62,7 +62,7 @@ class Database:
             # queries as it would silently turn row-level security off.
             raise ValueError("the app DSN must use a different role from the owner DSN")
         self._owner_dsn = owner_dsn
-        self._app_password = conninfo_to_dict(app_dsn).get("password")
+        self._app_password = password_from_dsn(app_dsn)
         self._sizes = (min_size, max_size)
         self._name = name
         # autocommit: transactions are always explicit (tenant_tx / system_tx).

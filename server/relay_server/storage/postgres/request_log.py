@@ -8,6 +8,13 @@ Postgres cannot take a batch, the batch goes to the durable spool
 Postgres back; then the spool is replayed.  ``created_at`` is the request's
 start, fixed when the row is built, so a replayed row hits the same primary
 key: zero rows lost, none duplicated.
+
+A row Postgres refuses (a constraint, or text it cannot store) must still be
+billed: it is retried without its catalog references, then *sanitised*
+(text made storable, metadata cleaned; tokens and costs untouched), which is
+logged as an error and counted (``relay_request_log_rows{result="sanitised"}``).
+Only a row refused even then goes to the dead-letter file, which the
+operator replays with ``relay spool replay`` once the cause is fixed.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -108,6 +115,29 @@ class RequestRow:
         """The row with its optional catalog references cleared (requested_model keeps the name)."""
         return _replace(self, model_id=None, provider_id=None, credential_id=None)
 
+    def sanitised(self) -> RequestRow:
+        """The row with every text storable: no NUL, no lone surrogate, bounded length.
+
+        Money and token columns are never touched: the point is that the row bills.
+        """
+        changes: dict[str, Any] = {f.name: _storable(getattr(self, f.name), _TEXT_LIMIT)
+                                   for f in fields(self) if isinstance(getattr(self, f.name), str)}  # fmt: skip
+        if self.request_metadata is not None:
+            changes["request_metadata"] = {
+                _storable(str(k), 64): _storable(v, 512) if isinstance(v, str) else v
+                for k, v in self.request_metadata.items()
+            }
+        return _replace(self, **changes)
+
+
+_TEXT_LIMIT = 2000
+
+
+def _storable(text: str, limit: int) -> str:
+    # Postgres text and jsonb refuse U+0000; UTF-8 cannot encode a lone surrogate.
+    clean = text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+    return clean[:limit]
+
 
 def _replace(row: RequestRow, **changes: Any) -> RequestRow:
     data = {f.name: getattr(row, f.name) for f in fields(row)}
@@ -133,10 +163,13 @@ ON CONFLICT (tenant_id, date, environment) DO UPDATE SET marked_at = now()
 _POLL_S = 0.05
 # Postgres unreachable, restarting, or too slow: the batch goes to the spool.
 TRANSIENT = (psycopg.OperationalError, PoolTimeout, OSError, asyncio.TimeoutError)
+# The row itself is refused (checked BEFORE TRANSIENT: ProgramLimitExceeded, e.g. an
+# index entry too large, is an OperationalError, yet retrying the same row never helps).
+REJECTED = (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
 
 
 def utc_day(moment: datetime) -> Any:
-    return moment.astimezone(timezone.utc).date()
+    return moment.astimezone(UTC).date()
 
 
 class RequestLogStore:
@@ -167,6 +200,31 @@ class RequestLogStore:
         await asyncio.wait_for(run(), timeout=self._timeout * 2)
 
 
+async def insert_row_repaired(store: RequestLogStore, row: RequestRow) -> tuple[str, BaseException | None]:
+    """Insert one row, repairing it as far as needed: ``written`` | ``sanitised`` | ``rejected``.
+
+    Transient failures propagate (the caller spools or retries the row).
+    """
+    error: BaseException | None = None
+    for outcome, candidate in (("written", row), ("written", row.without_references())):
+        try:
+            await store.insert([candidate])
+            return outcome, None
+        except REJECTED as exc:
+            error = exc
+    clean = row.sanitised()
+    for candidate in (clean, clean.without_references()):
+        try:
+            await store.insert([candidate])
+        except REJECTED as exc:
+            error = exc
+            continue
+        # An alert: some input reached the log that validation should have refused.
+        log.error("request log row stored sanitised", extra={"request_id": row.id, "error": repr(error)})
+        return "sanitised", error
+    return "rejected", error
+
+
 class RequestLogWriter:
     def __init__(
         self,
@@ -189,6 +247,7 @@ class RequestLogWriter:
         self.written = 0
         self.spooled = 0
         self.replayed = 0
+        self.sanitised = 0
         self.dead = 0
 
     @property
@@ -241,7 +300,7 @@ class RequestLogWriter:
                     break
                 try:  # short waits, so that stop() never waits for a whole flush interval
                     batch.append(await asyncio.wait_for(self._queue.get(), min(remaining, _POLL_S)))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
             try:
                 await self._write(batch)
@@ -260,25 +319,24 @@ class RequestLogWriter:
                 await self._store.insert(batch)
                 self.written += len(batch)
                 return
+            except REJECTED:
+                await self._write_one_by_one(batch)
+                return
             except TRANSIENT as exc:
                 self._healthy = False
                 log.warning("request log: Postgres unavailable, spooling", extra={"rows": len(batch), "error": repr(exc)})
-            except (psycopg.IntegrityError, psycopg.DataError):
-                await self._write_one_by_one(batch)
-                return
         await asyncio.to_thread(self._spool.append, [r.to_json() for r in batch])
         self.spooled += len(batch)
 
     async def _write_one_by_one(self, batch: list[RequestRow]) -> None:
-        """A batch with a bad row: write the others, then the bad ones without catalog references."""
+        """A batch with a bad row: write the others, then the bad ones without references, then sanitised."""
         for row in batch:
-            for candidate in (row, row.without_references()):
-                try:
-                    await self._store.insert([candidate])
-                    self.written += 1
-                    break
-                except (psycopg.IntegrityError, psycopg.DataError) as exc:
-                    error = exc
+            outcome, error = await insert_row_repaired(self._store, row)
+            if outcome == "written":
+                self.written += 1
+            elif outcome == "sanitised":
+                self.written += 1
+                self.sanitised += 1
             else:
                 self.dead += 1
                 log.error("request log row rejected; kept in the dead-letter file", extra={"request_id": row.id, "error": repr(error)})
@@ -313,7 +371,7 @@ class RequestLogWriter:
                     chunk = rows[start : start + self._batch]
                     try:
                         await self._store.insert(chunk)
-                    except (psycopg.IntegrityError, psycopg.DataError):
+                    except REJECTED:
                         await self._write_one_by_one(chunk)
             except TRANSIENT:
                 self._healthy = False

@@ -8,16 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from relay_server.domain.tenants import FeatureState
 from relay_server.storage.postgres.pool import Conn
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureState:
-    feature: str
-    enabled: bool
-    source: str  # plan | override
-    reason: str | None = None
-    expires_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

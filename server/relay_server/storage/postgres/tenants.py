@@ -8,35 +8,20 @@ may update ``name`` and ``metadata`` alone), and status changes only through
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from relay_server.domain.tenants import TenantRow
+from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
     "id, slug, name, plan, status, status_changed_at, trial_ends_at, silo_database, "
     "created_at, updated_at, deleted_at, metadata"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class TenantRow:
-    id: str
-    slug: str
-    name: str
-    plan: str
-    status: str
-    status_changed_at: datetime
-    trial_ends_at: datetime | None
-    silo_database: str | None
-    created_at: datetime
-    updated_at: datetime
-    deleted_at: datetime | None
-    metadata: dict[str, str]
 
 
 def _tenant(row: Mapping[str, Any]) -> TenantRow:
@@ -67,6 +52,12 @@ async def insert_tenant(
     return _tenant(row)
 
 
+async def tenant_status(conn: Conn, tenant_id: str) -> str | None:
+    """The tenant's status; None when there is no such tenant."""
+    row = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+    return str(row["status"]) if row else None
+
+
 async def get_tenant(conn: Conn, tenant_id: str, *, lock: bool = False) -> TenantRow | None:
     """One tenant; ``lock`` takes the row lock that serialises status changes."""
     suffix = " FOR UPDATE" if lock else ""
@@ -79,19 +70,12 @@ async def list_tenants(
     conn: Conn, *, status: str | None, after: tuple[datetime, str] | None, limit: int
 ) -> list[TenantRow]:
     """Newest first; ``after`` is the (created_at, id) of the previous page's last row."""
-    where: list[str] = ["true"]
-    params: list[Any] = []
-    if status:
-        where.append("status = %s")
-        params.append(status)
-    if after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(after)
-    cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM tenants WHERE {' AND '.join(where)} ORDER BY created_at DESC, id DESC LIMIT %s",
-        (*params, limit),
+    where = ["status = %s"] if status else []
+    params = [status] if status else []
+    rows = await newest_first(
+        conn, table="tenants", columns=_COLUMNS, where=where, params=params, after=after, limit=limit
     )
-    return [_tenant(r) for r in await cur.fetchall()]
+    return [_tenant(r) for r in rows]
 
 
 async def set_status(conn: Conn, tenant_id: str, status: str, *, trial_length: timedelta | None = None) -> TenantRow:

@@ -82,11 +82,11 @@ class NewMessage:
 
 
 def _thread(row: Mapping[str, Any]) -> ThreadRow:
-    return ThreadRow(**{k: row[k] for k in ThreadRow.__slots__})  # type: ignore[attr-defined]
+    return ThreadRow(**{k: row[k] for k in ThreadRow.__slots__})
 
 
 def _message(row: Mapping[str, Any]) -> MessageRow:
-    return MessageRow(**{k: row[k] for k in MessageRow.__slots__})  # type: ignore[attr-defined]
+    return MessageRow(**{k: row[k] for k in MessageRow.__slots__})
 
 
 # --- threads ------------------------------------------------------------------

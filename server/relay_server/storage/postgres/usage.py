@@ -10,15 +10,13 @@ is ever missed).
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from psycopg import sql
 
+from relay_server.domain.usage import UsageFilter
 from relay_server.storage.postgres.pool import Conn, Database
 
 _RECOMPUTE = """
@@ -56,7 +54,7 @@ SELECT tenant_id, date, environment FROM usage_rollup_pending
 
 
 def day_bounds(day: date) -> tuple[datetime, datetime]:
-    lo = datetime.combine(day, time.min, tzinfo=timezone.utc)
+    lo = datetime.combine(day, time.min, tzinfo=UTC)
     return lo, lo + timedelta(days=1)
 
 
@@ -93,18 +91,6 @@ class UsageRollupStore:
                 )
             done.append(bucket)
         return done
-
-    async def pending_in(self, tenant_id: str, environment: str, start: date, end: date) -> bool:
-        """Whether buckets of this tenant in [start, end) still wait for a recompute."""
-        async with self._db.system.connection() as conn:
-            row = await (
-                await conn.execute(
-                    "SELECT 1 FROM usage_rollup_pending WHERE tenant_id = %s AND environment = %s "
-                    "AND date >= %s AND date < %s LIMIT 1",
-                    (tenant_id, environment, start, end),
-                )
-            ).fetchone()
-        return row is not None
 
 
 class PostgresSpendLedger:
@@ -149,16 +135,6 @@ _SUMS = sql.SQL(
     "coalesce(sum(error_count), 0) AS error_count, coalesce(sum(total_cost), 0) AS provider_cost, "
     "coalesce(sum(relay_revenue), 0) AS relay_revenue, coalesce(sum(cost_micros), 0) AS cost_micros"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class UsageFilter:
-    start: date
-    end: date  # inclusive
-    environment: str = "live"
-    api_key_id: str | None = None
-    model_id: str | None = None
-    end_user_id: str | None = None
 
 
 class UsageQueries:
@@ -217,26 +193,3 @@ class UsageQueries:
             return list(await (await conn.execute(query, [*params, limit])).fetchall())
 
 
-def encode_cursor(created_at: datetime, request_id: str) -> str:
-    raw = f"{created_at.astimezone(timezone.utc).isoformat()}|{request_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> tuple[datetime, str]:
-    """Raises ValueError on a malformed token."""
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-        moment, _, request_id = raw.partition("|")
-        parsed = datetime.fromisoformat(moment)
-    except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-        raise ValueError("malformed cursor") from exc
-    if not request_id or parsed.tzinfo is None:
-        raise ValueError("malformed cursor")
-    return parsed, request_id
-
-
-def money_micros(amount: Decimal | int | None) -> int:
-    """USD decimal → micro-USD, half-even (for display of NUMERIC sums)."""
-    if amount is None:
-        return 0
-    return int((Decimal(amount) * 1_000_000).to_integral_value())

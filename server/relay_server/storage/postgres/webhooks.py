@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import random
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -115,7 +115,7 @@ class WebhookStore:
     ) -> str:
         """Record a failed attempt; 'dead' after ``max_attempts``, else 'failed' with the next attempt scheduled."""
         status = "dead" if delivery.attempts >= max_attempts else "failed"
-        next_at = (now or datetime.now(timezone.utc)) + timedelta(seconds=backoff_s(delivery.attempts))
+        next_at = (now or datetime.now(UTC)) + timedelta(seconds=backoff_s(delivery.attempts))
         async with self._db.system_tx() as conn:
             await conn.execute(
                 "UPDATE webhook_deliveries SET status = %s, last_error = %s, last_status_code = %s, next_attempt_at = %s "

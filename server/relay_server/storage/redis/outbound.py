@@ -48,7 +48,7 @@ class Taken:
     tokens: int
 
 
-def _parse_usage(groups: Mapping[str, list[str]], replies: Sequence[Any]) -> dict[str, dict[str, KeyUsage]]:
+def _parse_usage(groups: Mapping[str, Sequence[str]], replies: Sequence[Any]) -> dict[str, dict[str, KeyUsage]]:
     result: dict[str, dict[str, KeyUsage]] = {}
     for (pid, ids), flat in zip(groups.items(), replies, strict=True):
         values = [int(v) for v in flat]

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from relay_server.storage.redis.client import tenant_key
 from relay_server.storage.redis.limits import pooled
 
+
 def cap_keys(tenant_id: str, scope: str, subject: str, window_id: str) -> tuple[str, str]:
     """(hash, reservation zset) of one cap window; ``subject`` is a key id or an environment."""
     base = tenant_key(tenant_id, "spend", scope, subject, window_id)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
-from relay_server.errors import ErrorKind, RelayError
 from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import Principal
-from relay_server.pipeline.reload import PeriodicReload
 from relay_server.domain.provider import RequestKind
+from relay_server.domain.request import Principal
+from relay_server.errors import ErrorKind, RelayError, clip
+from relay_server.pipeline.reload import PeriodicReload
 
 
 class CatalogStore(Protocol):
@@ -59,13 +59,13 @@ class Catalog:
         if entry is None or not _allowed(entry, principal):
             raise RelayError(
                 ErrorKind.MODEL_NOT_FOUND,
-                f"The model `{name}` does not exist or you do not have access to it.",
+                f"The model `{clip(name)}` does not exist or you do not have access to it.",
                 param="model",
             )
         if kind is not None and entry.kind != _KIND_FOR_REQUEST[kind]:
             raise RelayError(
                 ErrorKind.BAD_REQUEST,
-                f"The model `{name}` is a{'n' if entry.kind[0] in 'ae' else ''} {entry.kind} model and cannot serve "
+                f"The model `{clip(name)}` is a{'n' if entry.kind[0] in 'ae' else ''} {entry.kind} model and cannot serve "
                 f"this endpoint.",
                 param="model",
                 code="model_not_supported",

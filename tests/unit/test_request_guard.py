@@ -1,0 +1,52 @@
+"""The request guard's text check reaches every string: nested, repeated, map keys and values, Struct."""
+
+from __future__ import annotations
+
+from google.protobuf import struct_pb2
+from google.protobuf.message import Message
+
+from relay_server.api.request_guard import _Invalid, guard_deserializer, nul_field
+
+
+def _struct(value: object) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update(value)  # type: ignore[arg-type]
+    return s
+
+
+def test_clean_messages_pass() -> None:
+    assert nul_field(_struct({"a": ["b", {"c": "d"}], "e": 1})) is None
+
+
+def test_nul_is_found_at_any_depth_with_its_path() -> None:
+    assert nul_field(_struct({"a\x00": "x"})) == "fields"  # a map key
+    assert nul_field(_struct({"a": "x\x00"})) == "fields.a.string_value"
+    assert nul_field(_struct({"a": ["ok", {"c": "d\x00"}]})) == "fields.a.list_value.values[1].struct_value.fields.c.string_value"
+
+
+def test_guarded_deserializer_marks_instead_of_raising() -> None:
+    parse = guard_deserializer(struct_pb2.Struct.FromString)
+    assert parse is not None
+    assert isinstance(parse(b"\xff\xff\xff"), _Invalid)
+    bad = parse(_struct({"k": "v\x00"}).SerializeToString())
+    assert isinstance(bad, _Invalid) and bad.error.param == "fields.k.string_value"
+    good = parse(_struct({"k": "v"}).SerializeToString())
+    assert isinstance(good, Message) and good == _struct({"k": "v"})
+
+
+def test_non_finite_numbers_are_found() -> None:
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        assert nul_field(_struct({"a": [1.0, {"b": bad}]})) == "fields.a.list_value.values[1].struct_value.fields.b.number_value"
+    assert nul_field(_struct({"a": 1e308})) is None
+
+
+def test_out_of_range_timestamps_and_durations_are_found() -> None:
+    from relay_proto.relay.admin.v1 import tenants_pb2
+
+    ok = tenants_pb2.SetFeatureOverrideRequest(feature="f")
+    ok.expire_time.FromSeconds(1_900_000_000)
+    assert nul_field(ok) is None
+    for seconds, nanos in ((2**63 - 1, 0), (0, 2**31 - 1), (0, -1), (-62_135_596_801, 0)):
+        bad = tenants_pb2.SetFeatureOverrideRequest(feature="f")
+        bad.expire_time.seconds, bad.expire_time.nanos = seconds, nanos
+        assert nul_field(bad) == "expire_time"
