@@ -30,6 +30,7 @@ from relay_server.dashboard.web import (
 
 routes = web.RouteTableDef()
 PAGE_SIZE = 50
+CHART_ROWS = 31  # a month of days; the top 31 models or keys
 ROTATE_GRACE_S = 24 * 3600
 
 
@@ -75,7 +76,10 @@ async def overview(request: web.Request) -> web.StreamResponse:
         for label, group in (("day", usage_pb2.USAGE_GROUP_BY_DAY), ("model", usage_pb2.USAGE_GROUP_BY_MODEL),
                              ("key", usage_pb2.USAGE_GROUP_BY_API_KEY)):
             reply = await api.usage.query_usage(group_by=group, environment=env, **window, **auth)
-            charts[label] = reply
+            rows = list(reply.rows)
+            if label != "day":  # the busiest few; a tenant may have thousands of keys
+                rows = sorted(rows, key=lambda r: r.request_count, reverse=True)
+            charts[label] = {"total": reply.total, "rows": rows[:CHART_ROWS], "hidden": max(0, len(rows) - CHART_ROWS)}
     except ApiError as exc:
         error = api_error_message(exc)
     return render(request, "overview.html", member=member, charts=charts, error=error, environment=env,
