@@ -7,6 +7,13 @@ and have no idempotency key, so they are never repeated; a stream is never
 repeated once a message has arrived.  Only "come back later" failures are
 retried: UNAVAILABLE and RESOURCE_EXHAUSTED, never a 402-style
 FAILED_PRECONDITION nor anything the server marked ``x-should-retry: false``.
+
+One exception to the idempotency rule: ``TenantProvisioningError`` from an
+admin call.  The server refuses such a call before doing anything (the tenant
+is still being set up, a matter of seconds), so a key created right after its
+tenant is simply repeated at the server's ``retry-after`` until provisioning
+ends, for at most ``provisioning_retries`` attempts and never past the call's
+deadline.  (Inference calls stay unrepeated, as every other failure of theirs.)
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.message import Message
 
-from relay_sdk._errors import PaymentRequiredError, RelayError
+from relay_sdk._errors import PaymentRequiredError, RelayError, TenantProvisioningError
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
 # Verbs that only read. Anything else (Create, Update, Revoke, Rotate, Transition,
@@ -62,6 +69,7 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     max_retry_after: float = 60.0
+    provisioning_retries: int = 30
     sleep: Callable[[float], None] = field(default=time.sleep, repr=False)
     async_sleep: Callable[[float], Awaitable[None]] = field(default=asyncio.sleep, repr=False)
 
@@ -69,11 +77,18 @@ class RetryPolicy:
         base = min(self.max_backoff, self.initial_backoff * self.multiplier**attempt)
         return base * (1.0 - self.jitter * random.random())
 
-    def delay(self, attempt: int, error: RelayError, *, idempotent: bool, remaining: float | None) -> float | None:
+    def delay(
+        self, attempt: int, error: RelayError, *, idempotent: bool, remaining: float | None, admin: bool = False
+    ) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up and raise ``error``.
 
         ``remaining`` is what is left of the caller's overall deadline (None: no deadline).
         """
+        if admin and isinstance(error, TenantProvisioningError) and error.should_retry is not False:
+            if attempt >= self.provisioning_retries or self.max_retries == 0:  # 0 disables every retry
+                return None
+            wait = min(error.retry_after if error.retry_after is not None else 1.0, 5.0)
+            return None if remaining is not None and wait >= remaining else wait
         if attempt >= self.max_retries or not idempotent or not is_retryable(error):
             return None
         if error.retry_after is not None:

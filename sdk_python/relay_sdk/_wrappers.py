@@ -152,6 +152,11 @@ class _Invoker:
         return message, metadata, effective, is_idempotent(spec.name, message)
 
 
+def _is_admin(spec: MethodSpec[Any, Any]) -> bool:
+    """Control-plane calls (``relay.admin.v1``): they wait out a tenant's provisioning."""
+    return spec.path.startswith("/relay.admin.")
+
+
 class SyncInvoker(_Invoker):
     """Runs RPCs on a blocking ``grpc.Channel``."""
 
@@ -177,7 +182,7 @@ class SyncInvoker(_Invoker):
                 return call(message, timeout=deadline.remaining(), metadata=metadata)
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                wait = self._retry.delay(attempt, error, idempotent=idempotent, remaining=deadline.remaining())
+                wait = self._retry.delay(attempt, error, idempotent=idempotent, remaining=deadline.remaining(), admin=_is_admin(spec))
                 if wait is None:
                     raise error from exc
             self._retry.sleep(wait)
@@ -240,7 +245,7 @@ class AsyncInvoker(_Invoker):
                 return response
             except grpc.RpcError as exc:
                 error = from_rpc_error(exc)
-                wait = self._retry.delay(attempt, error, idempotent=idempotent, remaining=deadline.remaining())
+                wait = self._retry.delay(attempt, error, idempotent=idempotent, remaining=deadline.remaining(), admin=_is_admin(spec))
                 if wait is None:
                     raise error from exc
             await self._retry.async_sleep(wait)

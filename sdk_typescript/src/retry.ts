@@ -8,11 +8,17 @@
  * never repeated; a stream is never repeated once a message has arrived.  Only
  * "come back later" failures are retried: UNAVAILABLE and RESOURCE_EXHAUSTED,
  * never a 402, nor anything the server marked `x-should-retry: false`.
+ *
+ * One exception: a `TenantProvisioningError` from an admin call.  The server
+ * refuses it before doing anything (the tenant is still being set up, a matter
+ * of seconds), so a key created right after its tenant is repeated at the
+ * server's `retry-after` until provisioning ends — at most
+ * `PROVISIONING_RETRIES` times, never past the call's deadline.
  */
 import type { DescMethod } from "@bufbuild/protobuf";
 import { MethodOptions_IdempotencyLevel } from "@bufbuild/protobuf/wkt";
 
-import { Code, PaymentRequiredError, type RelayError } from "./errors.js";
+import { Code, PaymentRequiredError, TenantProvisioningError, type RelayError } from "./errors.js";
 
 export interface RetryPolicy {
   /** Retries after the first attempt; 0 disables retrying. */
@@ -27,6 +33,9 @@ export const DEFAULT_RETRY_POLICY: Readonly<RetryPolicy> = { maxRetries: 2, init
 
 /** A `retry-after` longer than this is not waited for: the error is raised. */
 export const MAX_RETRY_AFTER_MS = 60_000;
+
+/** How many times an admin call waits out a provisioning tenant. */
+export const PROVISIONING_RETRIES = 30;
 
 /** Backoff is shortened by up to this fraction at random, so rejected clients spread out. */
 const JITTER = 0.25;
@@ -69,6 +78,8 @@ export function backoffMs(retry: number, policy: RetryPolicy, random: () => numb
 
 export interface RetryContext {
   idempotent: boolean;
+  /** A control-plane call (relay.admin.v1): it waits out a tenant's provisioning. */
+  admin?: boolean;
   /** What is left of the call's deadline; undefined = no deadline. */
   remainingMs: number | undefined;
 }
@@ -85,6 +96,13 @@ export function retryDelayMs(
   context: RetryContext,
   random: () => number = Math.random,
 ): number | undefined {
+  if (context.admin === true && err instanceof TenantProvisioningError && err.shouldRetry !== false) {
+    if (retry >= PROVISIONING_RETRIES || policy.maxRetries === 0) {
+      return undefined;
+    }
+    const wait = Math.min(err.retryAfter ?? 1, 5) * 1000;
+    return context.remainingMs !== undefined && wait >= context.remainingMs ? undefined : wait;
+  }
   if (retry >= policy.maxRetries || !context.idempotent || !isRetryable(err)) {
     return undefined;
   }

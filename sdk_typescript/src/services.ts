@@ -29,6 +29,7 @@ type StreamFn = (request: unknown, options?: CallOptions) => AsyncIterable<unkno
 class Call {
   private readonly deadline: Deadline;
   private readonly idempotent: boolean;
+  private readonly admin: boolean;
   private readonly base: CallOptions;
 
   constructor(
@@ -46,6 +47,7 @@ class Call {
     const timeoutMs = options?.timeoutMs ?? policy.timeoutMs;
     this.deadline = new Deadline(timeoutMs === undefined || timeoutMs <= 0 ? undefined : timeoutMs);
     this.idempotent = isIdempotent(method, request);
+    this.admin = method.parent.typeName.startsWith("relay.admin.");
     this.base = { ...options, headers };
   }
 
@@ -59,6 +61,7 @@ class Call {
   async backOff(err: RelayError, retry: number): Promise<void> {
     const wait = retryDelayMs(err, retry, this.policy.retry, {
       idempotent: this.idempotent,
+      admin: this.admin,
       remainingMs: this.deadline.remainingMs(),
     });
     if (wait === undefined) {

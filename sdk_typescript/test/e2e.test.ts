@@ -14,6 +14,7 @@ import {
   BadRequestError,
   Code,
   PaymentRequiredError,
+  PermissionDeniedError,
   RateLimitError,
   RelayClient,
   SpendCapExceededError,
@@ -214,9 +215,10 @@ describe("RelayClient against a real Relay", { skip }, () => {
   });
 
   it("refuses the admin catalog to an API key", async () => {
+    // The demo key is its tenant's management key: a credential, but not a platform operator's.
     const keyOnly = new RelayClient({ target: target ?? "", apiKey, maxRetries: 0 });
     try {
-      await assert.rejects(keyOnly.catalog.listCatalogModels({}), AuthenticationError);
+      await assert.rejects(keyOnly.catalog.listCatalogModels({}), PermissionDeniedError);
     } finally {
       keyOnly.close();
     }

@@ -19,8 +19,23 @@ function rateLimited(headers: Record<string, string> = {}): RelayError {
 
 const retryable = { idempotent: true, remainingMs: undefined };
 
+function provisioning(): RelayError {
+  return toRelayError(relayShapedError({
+    code: Code.Unavailable, reason: "TENANT_PROVISIONING", httpStatus: "503", headers: { "retry-after": "1" },
+  }));
+}
+
 describe("retryDelayMs", () => {
   const policy = DEFAULT_RETRY_POLICY;
+
+  it("lets an admin call wait out a provisioning tenant, even without request_id, bounded", () => {
+    const admin = { idempotent: false, admin: true, remainingMs: undefined };
+    assert.equal(retryDelayMs(provisioning(), 5, policy, admin), 1000); // past maxRetries: provisioning has its own bound
+    assert.equal(retryDelayMs(provisioning(), 30, policy, admin), undefined);
+    assert.equal(retryDelayMs(provisioning(), 0, policy, { ...admin, remainingMs: 500 }), undefined);
+    assert.equal(retryDelayMs(provisioning(), 0, policy, { idempotent: false, remainingMs: undefined }), undefined); // inference
+    assert.equal(retryDelayMs(provisioning(), 0, { ...policy, maxRetries: 0 }, admin), undefined);
+  });
 
   it("waits the server's retry-after, zero included", () => {
     assert.equal(retryDelayMs(rateLimited({ "retry-after": "1" }), 0, policy, retryable, () => 0), 1000);

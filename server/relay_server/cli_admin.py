@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--json", action="store_true", help="print the response as JSON")
 
     tenants = sub.add_parser("tenants", help="administer tenants").add_subparsers(dest="action", required=True)
-    p = tenants.add_parser("create", parents=[common], help="sign a tenant up (returns at once; provisioning follows)")
+    p = tenants.add_parser("create", parents=[common], help="sign a tenant up (returns at once unless --wait; provisioning follows)")
     p.add_argument("--slug", required=True)
     p.add_argument("--name", required=True)
     p.add_argument("--owner-email", required=True)
@@ -41,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--first-key-env", choices=sorted(_ENVS), default="test")
     p.add_argument("--silo", default="", help="configured silo database name")
     p.add_argument("--request-id", default="")
+    p.add_argument("--wait", action="store_true", help="return once provisioning has finished (the tenant can have keys)")
+    p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds --wait waits at most (default 60)")
     p = tenants.add_parser("list", parents=[common])
     p.add_argument("--status", choices=sorted(_TENANT_STATUS))
     p.add_argument("--page-size", type=int, default=50)
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         call = _tenant_action if args.command == "tenants" else _key_action
         try:
             response, render = call(channel, args)(metadata=(("authorization", f"Bearer {token}"),), timeout=30)
-        except grpc.RpcError as exc:
+        except (grpc.RpcError, _WaitTimeout) as exc:
             return _report(exc, args.json)
     if args.json:
         from google.protobuf.json_format import MessageToDict  # noqa: PLC0415
@@ -130,7 +133,13 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
             if r.first_api_key_secret:
                 print(f"secret:     {r.first_api_key_secret}   (shown once: store it now)")
 
-        return lambda **kw: (stub.CreateTenant(request, **kw), created)
+        def create(**kw: Any) -> tuple[Any, Callable[[Any], None]]:
+            response = stub.CreateTenant(request, **kw)
+            if args.wait:
+                response.tenant.CopyFrom(_wait_provisioned(stub, response.tenant.id, args.wait_timeout, kw["metadata"]))
+            return response, created
+
+        return create
     if args.action == "list":
         request = pb.ListTenantsRequest(page_size=args.page_size, page_token=args.page_token, status=_TENANT_STATUS.get(args.status or "", 0))
         return lambda **kw: (stub.ListTenants(request, **kw), lambda r: _tenant_table(r.tenants, r.next_page_token))
@@ -138,6 +147,39 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
         return lambda **kw: (stub.GetTenant(pb.GetTenantRequest(tenant_id=args.tenant_id), **kw), lambda r: _tenant_table([r.tenant]))
     request = pb.TransitionTenantRequest(tenant_id=args.tenant_id, status=_TENANT_STATUS[args.status], reason=args.reason)
     return lambda **kw: (stub.TransitionTenant(request, **kw), lambda r: _tenant_table([r.tenant]))
+
+
+def _wait_provisioned(stub: Any, tenant_id: str, timeout_s: float, metadata: Any) -> Any:
+    """Poll the tenant until it leaves PROVISIONING (bounded by ``timeout_s``); the tenant as it is then."""
+    import grpc  # noqa: PLC0415
+
+    from relay_proto.relay.admin.v1 import tenants_pb2 as pb  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tenant = stub.GetTenant(pb.GetTenantRequest(tenant_id=tenant_id), metadata=metadata, timeout=30).tenant
+        if tenant.status != _TENANT_STATUS["provisioning"]:
+            return tenant
+        if time.monotonic() >= deadline:
+            raise _WaitTimeout(grpc.StatusCode.DEADLINE_EXCEEDED, f"tenant {tenant_id} still provisioning after {timeout_s:g} s")
+        time.sleep(0.2)
+
+
+class _WaitTimeout(Exception):
+    """Shaped like a grpc.RpcError for ``_report``."""
+
+    def __init__(self, code: Any, details: str) -> None:
+        super().__init__(details)
+        self._code, self._details = code, details
+
+    def code(self) -> Any:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple[()]:
+        return ()
 
 
 def _key_action(channel: Any, args: argparse.Namespace) -> Invoker:

@@ -27,7 +27,8 @@ def supervise(workers: int, argv_tail: list[str], settings: Settings | None = No
     procs: dict[int, subprocess.Popen[bytes]] = {}
     stopping = False
     metrics = SupervisorMetrics(settings or Settings.from_env())
-    metrics.start()
+    # returncode, not poll(): the metrics thread must not reap children under the main loop.
+    metrics.start(lambda: [p.pid for p in list(procs.values()) if p.returncode is None])
     # Workers inherit this environment, plus the shared metrics directory (their own /metrics off).
     env = {**os.environ, **metrics.child_env()} if metrics.enabled else None
 

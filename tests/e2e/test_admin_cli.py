@@ -80,3 +80,20 @@ def test_grpcurl_can_call_the_admin_api(relay: RelayStack) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["tenant"]["slug"] == "grpcurl-co"
+
+
+def test_create_then_key_right_away_with_the_cli_wait_and_the_sdk(relay: RelayStack) -> None:
+    """`tenants create --wait` returns a tenant that can have keys; the SDK's create_api_key
+    right after create_tenant waits out provisioning instead of failing."""
+    created = _json(relay, "tenants", "create", "--slug", "cli-wait", "--name", "W", "--owner-email", "w@w.test", "--wait")
+    assert created["tenant"]["status"] == "TENANT_STATUS_TRIAL"
+    key = _json(relay, "keys", "create", "--tenant", created["tenant"]["id"], "--name", "first", "--env", "test")
+    assert key["secret"].startswith("rly_test_sk_")
+
+    import relay_sdk
+
+    with relay_sdk.Relay(relay.grpc_addr, admin_token=relay.admin_token, timeout=30) as client:
+        tenant = client.tenants.create_tenant(slug="sdk-wait", name="S", owner_email="s@s.test").tenant
+        assert tenant.status == 1  # PROVISIONING: the call returned at once
+        minted = client.api_keys.create_api_key(tenant_id=tenant.id, api_key={"name": "first", "environment": 2})
+        assert minted.secret.startswith("rly_test_sk_")

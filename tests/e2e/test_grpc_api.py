@@ -1,4 +1,4 @@
-"""The native gRPC side: typed inference over the same pipeline, reflection, health, UNIMPLEMENTED admin RPCs."""
+"""The native gRPC side: typed inference over the same pipeline, reflection, health, operator-only catalog RPCs."""
 
 from __future__ import annotations
 
@@ -103,6 +103,9 @@ def test_admin_catalog_requires_the_admin_token(relay: RelayStack, channel: grpc
     stub = catalog_pb2_grpc.ModelCatalogServiceStub(channel)
     with pytest.raises(grpc.RpcError) as info:
         stub.ListCatalogModels(catalog_pb2.ListCatalogModelsRequest(), metadata=_auth(relay))
+    assert info.value.code() is grpc.StatusCode.PERMISSION_DENIED  # a tenant's management key is not an operator
+    with pytest.raises(grpc.RpcError) as info:
+        stub.ListCatalogModels(catalog_pb2.ListCatalogModelsRequest())
     assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
     admin = (("authorization", f"Bearer {relay.admin_token}"),)
     first = stub.ListCatalogModels(catalog_pb2.ListCatalogModelsRequest(page_size=5), metadata=admin)

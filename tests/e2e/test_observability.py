@@ -86,6 +86,9 @@ def test_metrics_are_served_on_their_own_port_and_not_through_envoy(stack: Relay
         deadline_text = _metrics(stack)
     assert successes(deadline_text) == successes(before) + 1
     assert "relay_overhead_seconds_bucket" in deadline_text
+    for family in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "python_info",
+                   "python_gc_collections_total"):  # fmt: skip
+        assert re.search(rf"^{family}(\{{[^}}]*\}})? \S+$", deadline_text, re.M), family
     assert httpx.get(f"{stack.base_url.removesuffix('/v1')}/metrics", timeout=10).status_code == 404
     assert httpx.get(f"{stack.base_url}/metrics", timeout=10).status_code == 404
 

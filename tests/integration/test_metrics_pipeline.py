@@ -119,6 +119,21 @@ async def test_a_request_is_traced_step_by_step(served: Served, pg_db: TestDatab
     assert root.attributes["gen_ai.usage.output_tokens"] > 0 and root.attributes["relay.cost_micros"] >= 0
     attempt = next(s for s in spans if s.name == "chat gpt-4o-mini")
     assert attempt.attributes["gen_ai.system"] == "test" and attempt.attributes["gen_ai.usage.input_tokens"] > 0
+    chunks = [c for c in response if isinstance(c, dict)]
+    assert attempt.attributes["gen_ai.response.id"] == chunks[0]["id"]
+    assert attempt.attributes["gen_ai.response.model"] == "gpt-4o-mini"
+    assert tuple(attempt.attributes["gen_ai.response.finish_reasons"]) == ("stop",)
+
+
+async def test_a_whole_answer_sets_the_response_attributes(
+    served: Served, pg_db: TestDatabase, exporter: InMemorySpanExporter
+) -> None:
+    key = make_key(pg_db.owner_dsn, make_tenant(pg_db.owner_dsn), rate_limits={"rpm": 100})
+    _, response = await served.chat(key, n=2, max_tokens=1)
+    await served.pipeline.drain()
+    attempt = next(s for s in exporter.get_finished_spans() if s.name == "chat gpt-4o-mini")
+    assert attempt.attributes["gen_ai.response.id"] == response["id"]
+    assert tuple(attempt.attributes["gen_ai.response.finish_reasons"]) == ("length", "length")
 
 
 async def test_requests_feed_the_metrics(served: Served, pg_db: TestDatabase) -> None:

@@ -86,6 +86,12 @@ def test_metrics_are_aggregated_across_workers(pg_db: TestDatabase, tmp_path: Pa
         assert not (directory / f"gauge_livesum_{victim}.db").exists()
         text = _scrape(metrics_port)
         assert "relay_request_log_queue_depth" in text and "relay_provider_attempts_total" in text
+        # process_* for the supervisor and every live worker (by pid), and the Python runtime.
+        live = {str(c.pid) for c in parent.children()}
+        rss = dict(re.findall(r'^process_resident_memory_bytes\{pid="(\d+)",role="(\w+)"\} \S+$', text, re.M))
+        assert rss == {str(supervisor.pid): "supervisor", **dict.fromkeys(live, "worker")}
+        assert re.search(r'^process_cpu_seconds_total\{pid="\d+",role="worker"\} ', text, re.M)
+        assert "python_info{" in text and "python_gc_collections_total{" in text
     finally:
         supervisor.send_signal(signal.SIGTERM)
         assert supervisor.wait(30) == 0

@@ -167,3 +167,23 @@ async def test_async_reads_are_retried_with_retry_after(
     assert len(page.models) == 2
     assert sleeps.waits == [2.0]
     assert faults.calls["ListCatalogModels"] == 2 and faults.calls["CreateApiKey"] == 1
+
+
+def test_a_provisioning_tenant_is_waited_for_even_by_a_call_without_request_id(
+    client: Relay, faults: Faults, sleeps: SleepRecorder
+) -> None:
+    """The server refuses before acting while a tenant is provisioning, so repeating is safe:
+    `create_tenant` then `create_api_key` right away just works."""
+    faults.fail_next("CreateApiKey", 4, PROVISIONING)  # more than max_retries
+    reply = client.api_keys.create_api_key(tenant_id="ten_1", api_key={"name": "first"})
+    assert reply.api_key.name == "first" and faults.calls["CreateApiKey"] == 5
+    assert sleeps.waits == [3.0] * 4  # the server's retry-after
+
+
+def test_provisioning_waits_are_bounded(grpc_addr: str, services: Services, faults: Faults, sleeps: SleepRecorder) -> None:
+    policy = RetryPolicy(provisioning_retries=2, sleep=sleeps, async_sleep=sleeps.async_sleep)
+    faults.fail_next("CreateApiKey", 5, PROVISIONING)
+    with Relay(grpc_addr, admin_token=ADMIN_TOKEN, retry_policy=policy) as relay:
+        with pytest.raises(sdk.TenantProvisioningError):
+            relay.api_keys.create_api_key(tenant_id="ten_1", api_key={"name": "first"})
+    assert faults.calls["CreateApiKey"] == 3

@@ -17,6 +17,7 @@ import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
 import relay_proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
 import relay_proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
 import relay_proto.relay.v1.embeddings_pb2 as relay_v1_embeddings_pb2
+import relay_proto.relay.v1.health_service_pb2 as relay_v1_health_service_pb2
 import relay_proto.relay.v1.models_pb2 as relay_v1_models_pb2
 import relay_proto.relay.v1.threads_pb2 as relay_v1_threads_pb2
 from relay_sdk._pagers import AsyncPager, Pager
@@ -80,6 +81,12 @@ _MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL = MethodSpec(
     "/relay.admin.v1.ModelCatalogService/UpsertCatalogModel",
     relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest,
     relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse,
+    admin=True,
+)
+_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/DeleteCatalogModel",
+    relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest,
+    relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse,
     admin=True,
 )
 _PROVIDER_CREDENTIAL_SERVICE__CREATE_PROVIDER_CREDENTIAL = MethodSpec(
@@ -207,6 +214,18 @@ _USAGE_SERVICE__LIST_BILLING_PERIODS = MethodSpec(
     relay_admin_v1_usage_pb2.ListBillingPeriodsRequest,
     relay_admin_v1_usage_pb2.ListBillingPeriodsResponse,
     admin=True,
+)
+_HEALTH_SERVICE__GET_LIVENESS = MethodSpec(
+    "/relay.v1.HealthService/GetLiveness",
+    relay_v1_health_service_pb2.GetLivenessRequest,
+    relay_v1_health_service_pb2.GetLivenessResponse,
+    admin=False,
+)
+_HEALTH_SERVICE__GET_READINESS = MethodSpec(
+    "/relay.v1.HealthService/GetReadiness",
+    relay_v1_health_service_pb2.GetReadinessRequest,
+    relay_v1_health_service_pb2.GetReadinessResponse,
+    admin=False,
 )
 _INFERENCE_SERVICE__CREATE_CHAT_COMPLETION = MethodSpec(
     "/relay.v1.InferenceService/CreateChatCompletion",
@@ -448,7 +467,9 @@ class AuditLogServiceClient:
 class ModelCatalogServiceClient:
     """Sync client of ``relay.admin.v1.ModelCatalogService``.
 
-    The model catalog and the providers behind it.
+    The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def __init__(self, invoker: SyncInvoker) -> None:
@@ -490,7 +511,7 @@ class ModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.ListProvidersResponse:
-        """List providers with their priority and health.
+        """List providers with their priority, health status and circuit state.
 
         Unary ``/relay.admin.v1.ModelCatalogService/ListProviders``.
         """
@@ -505,11 +526,30 @@ class ModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse:
-        """Create or update a catalog model (platform operators only).
+        """Create or update a catalog model: prices, limits, status (active |
+        deprecated | disabled), aliases and extra provider routes (platform
+        operators only).  Aliases and routes given replace the model's own.
 
         Unary ``/relay.admin.v1.ModelCatalogService/UpsertCatalogModel``.
         """
         return self._invoker.unary(_MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL, request, fields, timeout, extra_metadata)
+
+    def delete_catalog_model(
+        self,
+        request: relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse:
+        """Delete a catalog model, its aliases and routes (platform operators only).
+        A model that requests were already billed against cannot be deleted
+        (FAILED_PRECONDITION): disable it instead.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/DeleteCatalogModel``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL, request, fields, timeout, extra_metadata)
 
 
 class ProviderCredentialServiceClient:
@@ -923,6 +963,49 @@ class UsageServiceClient:
     ) -> Pager[relay_admin_v1_usage_pb2.BillingPeriod, relay_admin_v1_usage_pb2.ListBillingPeriodsResponse]:
         """Every ``billing_periods`` item of ``/relay.admin.v1.UsageService/ListBillingPeriods``, fetching pages lazily."""
         return self._invoker.pager(_USAGE_SERVICE__LIST_BILLING_PERIODS, "billing_periods", request, fields, timeout, extra_metadata)
+
+
+class HealthServiceClient:
+    """Sync client of ``relay.v1.HealthService``.
+
+    HTTP health endpoints for load balancers and Kubernetes probes, served
+    through Envoy without authentication.  (Native gRPC clients also have
+    grpc.health.v1.Health on the gRPC port.)
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def get_liveness(
+        self,
+        request: relay_v1_health_service_pb2.GetLivenessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetLivenessResponse:
+        """Liveness: the worker is up and answering.  Touches no dependency.
+
+        Unary ``/relay.v1.HealthService/GetLiveness``.
+        """
+        return self._invoker.unary(_HEALTH_SERVICE__GET_LIVENESS, request, fields, timeout, extra_metadata)
+
+    def get_readiness(
+        self,
+        request: relay_v1_health_service_pb2.GetReadinessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetReadinessResponse:
+        """Readiness: Postgres and (when configured) Redis answer.  503 with the
+        same body shape when one does not.
+
+        Unary ``/relay.v1.HealthService/GetReadiness``.
+        """
+        return self._invoker.unary(_HEALTH_SERVICE__GET_READINESS, request, fields, timeout, extra_metadata)
 
 
 class InferenceServiceClient:
@@ -1355,7 +1438,9 @@ class AsyncAuditLogServiceClient:
 class AsyncModelCatalogServiceClient:
     """Async (grpc.aio) client of ``relay.admin.v1.ModelCatalogService``.
 
-    The model catalog and the providers behind it.
+    The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def __init__(self, invoker: AsyncInvoker) -> None:
@@ -1397,7 +1482,7 @@ class AsyncModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.ListProvidersResponse:
-        """List providers with their priority and health.
+        """List providers with their priority, health status and circuit state.
 
         Unary ``/relay.admin.v1.ModelCatalogService/ListProviders``.
         """
@@ -1412,11 +1497,30 @@ class AsyncModelCatalogServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_catalog_pb2.UpsertCatalogModelResponse:
-        """Create or update a catalog model (platform operators only).
+        """Create or update a catalog model: prices, limits, status (active |
+        deprecated | disabled), aliases and extra provider routes (platform
+        operators only).  Aliases and routes given replace the model's own.
 
         Unary ``/relay.admin.v1.ModelCatalogService/UpsertCatalogModel``.
         """
         return await self._invoker.unary(_MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL, request, fields, timeout, extra_metadata)
+
+    async def delete_catalog_model(
+        self,
+        request: relay_admin_v1_catalog_pb2.DeleteCatalogModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.DeleteCatalogModelResponse:
+        """Delete a catalog model, its aliases and routes (platform operators only).
+        A model that requests were already billed against cannot be deleted
+        (FAILED_PRECONDITION): disable it instead.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/DeleteCatalogModel``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__DELETE_CATALOG_MODEL, request, fields, timeout, extra_metadata)
 
 
 class AsyncProviderCredentialServiceClient:
@@ -1832,6 +1936,49 @@ class AsyncUsageServiceClient:
         return self._invoker.pager(_USAGE_SERVICE__LIST_BILLING_PERIODS, "billing_periods", request, fields, timeout, extra_metadata)
 
 
+class AsyncHealthServiceClient:
+    """Async (grpc.aio) client of ``relay.v1.HealthService``.
+
+    HTTP health endpoints for load balancers and Kubernetes probes, served
+    through Envoy without authentication.  (Native gRPC clients also have
+    grpc.health.v1.Health on the gRPC port.)
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def get_liveness(
+        self,
+        request: relay_v1_health_service_pb2.GetLivenessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetLivenessResponse:
+        """Liveness: the worker is up and answering.  Touches no dependency.
+
+        Unary ``/relay.v1.HealthService/GetLiveness``.
+        """
+        return await self._invoker.unary(_HEALTH_SERVICE__GET_LIVENESS, request, fields, timeout, extra_metadata)
+
+    async def get_readiness(
+        self,
+        request: relay_v1_health_service_pb2.GetReadinessRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_v1_health_service_pb2.GetReadinessResponse:
+        """Readiness: Postgres and (when configured) Redis answer.  503 with the
+        same body shape when one does not.
+
+        Unary ``/relay.v1.HealthService/GetReadiness``.
+        """
+        return await self._invoker.unary(_HEALTH_SERVICE__GET_READINESS, request, fields, timeout, extra_metadata)
+
+
 class AsyncInferenceServiceClient:
     """Async (grpc.aio) client of ``relay.v1.InferenceService``.
 
@@ -2117,6 +2264,7 @@ class SyncServices:
     provider_credentials: ProviderCredentialServiceClient
     tenants: TenantServiceClient
     usage: UsageServiceClient
+    health: HealthServiceClient
     inference: InferenceServiceClient
     models: OpenAIServiceClient
     threads: ThreadServiceClient
@@ -2128,6 +2276,7 @@ class SyncServices:
         self.provider_credentials = ProviderCredentialServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
+        self.health = HealthServiceClient(invoker)
         self.inference = InferenceServiceClient(invoker)
         self.models = OpenAIServiceClient(invoker)
         self.threads = ThreadServiceClient(invoker)
@@ -2142,6 +2291,7 @@ class AsyncServices:
     provider_credentials: AsyncProviderCredentialServiceClient
     tenants: AsyncTenantServiceClient
     usage: AsyncUsageServiceClient
+    health: AsyncHealthServiceClient
     inference: AsyncInferenceServiceClient
     models: AsyncOpenAIServiceClient
     threads: AsyncThreadServiceClient
@@ -2153,6 +2303,7 @@ class AsyncServices:
         self.provider_credentials = AsyncProviderCredentialServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
+        self.health = AsyncHealthServiceClient(invoker)
         self.inference = AsyncInferenceServiceClient(invoker)
         self.models = AsyncOpenAIServiceClient(invoker)
         self.threads = AsyncThreadServiceClient(invoker)
@@ -2166,6 +2317,7 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.ProviderCredentialService": "provider_credentials",
     "relay.admin.v1.TenantService": "tenants",
     "relay.admin.v1.UsageService": "usage",
+    "relay.v1.HealthService": "health",
     "relay.v1.InferenceService": "inference",
     "relay.v1.OpenAIService": "models",
     "relay.v1.ThreadService": "threads",

@@ -1,45 +1,121 @@
-"""relay.admin.v1.ModelCatalogService: read the model catalog."""
+"""relay.admin.v1.ModelCatalogService: proto <-> ``catalog.admin.CatalogAdmin``.
+
+REST through Envoy: ``GET /v1/catalog/models``, ``GET /v1/catalog/providers``,
+``PUT /v1/catalog/models/{relay_name}`` and ``DELETE /v1/catalog/models/{relay_name}``.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
-from relay_server.api.error_mapping import abort, as_relay_error
-from relay_server.api.openai_service import request_metadata
+from relay_server.api.admin_support import handle
 from relay_server.api.pagination import page
-from relay_server.domain.catalog import CatalogEntry
-from relay_server.domain.request import new_request_id
-from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.catalog.admin import CatalogAdmin, ModelDraft, ModelRecord, ProviderState, RouteSpec, parse_price
+from relay_server.tenancy.calls import Call
 
 
-def _message(entry: CatalogEntry) -> catalog_pb2.CatalogModel:
+def _price(value: Any) -> str:
+    return "" if value is None else format(value, "f")
+
+
+def model_message(record: ModelRecord) -> catalog_pb2.CatalogModel:
     return catalog_pb2.CatalogModel(
-        id=entry.model_id,
-        provider_id=entry.provider_id,
-        relay_name=entry.relay_name,
-        provider_name=entry.provider_name,
-        display_name=entry.relay_name,
-        kind=entry.kind,
-        input_cost_per_1m=str(entry.input_cost_per_1m),
-        output_cost_per_1m=str(entry.output_cost_per_1m),
-        context_window=entry.context_window,
-        max_output_tokens=entry.max_output_tokens or 0,
-        supports_streaming=entry.kind != "embedding",
-        status="active",
+        id=record.id,
+        provider_id=record.provider_id,
+        relay_name=record.relay_name,
+        provider_name=record.provider_name,
+        display_name=record.display_name,
+        kind=record.kind,
+        input_cost_per_1m=_price(record.input_cost_per_1m),
+        output_cost_per_1m=_price(record.output_cost_per_1m),
+        context_window=record.context_window,
+        max_output_tokens=record.max_output_tokens or 0,
+        supports_streaming=record.supports_streaming,
+        supports_functions=record.supports_functions,
+        supports_vision=record.supports_vision,
+        status=record.status,
+        aliases=list(record.aliases),
+        routes=[
+            catalog_pb2.ModelRoute(provider_id=r.provider_id, provider_name=r.provider_name, priority=r.priority or 0, status=r.status)
+            for r in record.routes
+        ],
+        cache_read_cost_per_1m=_price(record.cache_read_cost_per_1m),
+        cache_write_cost_per_1m=_price(record.cache_write_cost_per_1m),
+        embedding_dimensions=record.embedding_dimensions or 0,
     )
 
 
+def provider_message(state: ProviderState) -> catalog_pb2.Provider:
+    row, window = state.row, state.window
+    return catalog_pb2.Provider(
+        id=row.id, name=row.name, api=row.api, base_url=row.base_url, status=row.status, priority=row.priority,
+        circuit_state=state.circuit, consecutive_failures=state.failures,
+        recent_requests=window.attempts, recent_failures=window.errors, recent_p95_ms=window.p95_ms or 0,
+    )  # fmt: skip
+
+
+def draft(model: catalog_pb2.CatalogModel) -> ModelDraft:
+    """The message as a draft: absent (empty / 0) optional fields become None."""
+    return ModelDraft(
+        relay_name=model.relay_name,
+        values={
+            "id": model.id.strip() or None,
+            "provider_id": model.provider_id.strip(),
+            "provider_name": model.provider_name.strip(),
+            "display_name": model.display_name.strip(),
+            "kind": model.kind.strip() or "chat",
+            "input_cost_per_1m": parse_price(model.input_cost_per_1m, "model.input_cost_per_1m", required=False),
+            "output_cost_per_1m": parse_price(model.output_cost_per_1m, "model.output_cost_per_1m", required=False),
+            "cache_read_cost_per_1m": parse_price(model.cache_read_cost_per_1m, "model.cache_read_cost_per_1m", required=False),
+            "cache_write_cost_per_1m": parse_price(model.cache_write_cost_per_1m, "model.cache_write_cost_per_1m", required=False),
+            "context_window": model.context_window,
+            "max_output_tokens": model.max_output_tokens or None,
+            "embedding_dimensions": model.embedding_dimensions or None,
+            "supports_streaming": model.supports_streaming,
+            "supports_functions": model.supports_functions,
+            "supports_vision": model.supports_vision,
+            "status": model.status.strip() or "active",
+            "aliases": tuple(a.strip() for a in model.aliases),
+            "routes": tuple(
+                RouteSpec(r.provider_id.strip(), r.provider_name.strip() or model.provider_name.strip() or model.relay_name,
+                          r.priority or None, r.status.strip() or "active")
+                for r in model.routes
+            ),
+        },
+    )  # fmt: skip
+
+
 class ModelCatalogServicer(catalog_pb2_grpc.ModelCatalogServiceServicer):
-    def __init__(self, admin_auth: AdminAuthenticator, catalog: Catalog) -> None:
-        self._auth = admin_auth
-        self._catalog = catalog
+    def __init__(self, auth: AdminAuthenticator, admin: CatalogAdmin) -> None:
+        self._auth = auth
+        self._admin = admin
 
     async def ListCatalogModels(self, request, context):  # noqa: N802 (gRPC naming)
-        request_id = new_request_id()
-        try:
-            self._auth.authenticate(request_metadata(context))
-            entries = [e for e in self._catalog.entries() if not request.provider_id or e.provider_id == request.provider_id]
-            items, next_token = page(entries, request.page_size, request.page_token, key=lambda e: e.relay_name)
-        except Exception as exc:  # noqa: BLE001
-            await abort(context, as_relay_error(exc), request_id)
-        return catalog_pb2.ListCatalogModelsResponse(models=[_message(e) for e in items], next_page_token=next_token)
+        async def run(call: Call) -> catalog_pb2.ListCatalogModelsResponse:
+            records = [r for r in await self._admin.list_models(call) if not request.provider_id or r.provider_id == request.provider_id]
+            items, token = page(records, request.page_size, request.page_token, key=lambda r: r.relay_name)
+            return catalog_pb2.ListCatalogModelsResponse(models=[model_message(r) for r in items], next_page_token=token)
+
+        return await handle(context, self._auth, run)
+
+    async def ListProviders(self, request, context):  # noqa: N802
+        async def run(call: Call) -> catalog_pb2.ListProvidersResponse:
+            return catalog_pb2.ListProvidersResponse(providers=[provider_message(p) for p in await self._admin.list_providers(call)])
+
+        return await handle(context, self._auth, run)
+
+    async def UpsertCatalogModel(self, request, context):  # noqa: N802
+        async def run(call: Call) -> catalog_pb2.UpsertCatalogModelResponse:
+            record, _ = await self._admin.upsert(call, draft(request.model), request.update_mask.paths)
+            return catalog_pb2.UpsertCatalogModelResponse(model=model_message(record))
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def DeleteCatalogModel(self, request, context):  # noqa: N802
+        async def run(call: Call) -> catalog_pb2.DeleteCatalogModelResponse:
+            await self._admin.delete(call, request.relay_name)
+            return catalog_pb2.DeleteCatalogModelResponse()
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)

@@ -24,6 +24,7 @@ from relay_proto.relay.v1 import threads_pb2, threads_pb2_grpc
 from relay_server.api.error_mapping import abort, as_relay_error, sse_error_frame
 from relay_server.api.openai_service import request_metadata
 from relay_server.domain.request import new_request_id
+from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import bind_request
 from relay_server.threads.render import message_proto, thread_proto
 from relay_server.threads.service import SendInput, Threads
@@ -233,8 +234,36 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         )
 
 
+_NEEDS_REDIS = RelayError(
+    ErrorKind.FAILED_PRECONDITION,
+    "The Threads API needs Redis (for resumable streams) and this server runs without it: set REDIS_URL.",
+)
+
+
+class _ThreadsWithoutRedis(threads_pb2_grpc.ThreadServiceServicer):
+    """Every method answers FAILED_PRECONDITION (409) with the reason, never UNIMPLEMENTED:
+    the API exists, this deployment lacks what it needs."""
+
+
+def _refuse(name: str, streaming: bool):  # noqa: ANN202
+    async def unary(self, request, context):  # noqa: ANN001, ARG001
+        await abort(context, _NEEDS_REDIS, new_request_id())
+
+    async def stream(self, request, context):  # noqa: ANN001, ARG001
+        await abort(context, _NEEDS_REDIS, new_request_id())
+        yield  # pragma: no cover (an async generator, as the streaming handler must be)
+
+    handler = stream if streaming else unary
+    handler.__name__ = name
+    return handler
+
+
+for _method in threads_pb2.DESCRIPTOR.services_by_name["ThreadService"].methods:
+    setattr(_ThreadsWithoutRedis, _method.name, _refuse(_method.name, _method.server_streaming))
+
+
 def register_thread_service(server: grpc.aio.Server, threads: Threads | None) -> str:
-    """Add the servicer (UNIMPLEMENTED without Redis, which threads need); returns the service name."""
-    servicer = ThreadServicer(threads) if threads is not None else threads_pb2_grpc.ThreadServiceServicer()
+    """Add the servicer (FAILED_PRECONDITION without Redis, which threads need); returns the service name."""
+    servicer = ThreadServicer(threads) if threads is not None else _ThreadsWithoutRedis()
     threads_pb2_grpc.add_ThreadServiceServicer_to_server(servicer, server)
     return threads_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name

@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from redis.asyncio import Redis
 
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
@@ -31,13 +30,13 @@ from relay_proto.relay.v1 import (
 )
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
-from relay_server.api.admin_principal import AdminAuthenticator
-from relay_server.api.admin_registry import register_admin_services
-from relay_server.api.admin_support import parse_proxies
+from relay_server.api.admin_registry import admin_authenticator, register_admin_services
 from relay_server.api.admin_usage import register_usage_service
+from relay_server.api.health_service import register_health_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
 from relay_server.api.openai_wire import validate
+from relay_server.api.reflection import enable_reflection
 from relay_server.api.request_guard import GuardedServer
 from relay_server.api.responses_service import ResponsesServicer
 from relay_server.api.thread_service import register_thread_service
@@ -46,6 +45,9 @@ from relay_server.app.observability import Observability, build_observability
 from relay_server.app.routing import Routing, build_routing
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
+from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.sync import CatalogSync
+from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
@@ -81,6 +83,7 @@ class App:
     tenancy: Tenancy
     metering: Metering
     routing: Routing
+    catalog_sync: CatalogSync
     conversations: Conversations | None = None  # response cache and threads
     observability: Observability | None = None  # metrics, traces, provider anomalies
     responses: ResponseStore | None = None  # stored Responses API turns (docs/responses.md)
@@ -118,6 +121,7 @@ async def build(settings: Settings) -> App:
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
     routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    catalog_sync = _catalog_sync(settings, redis, catalog, routing, tenancy)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
@@ -131,9 +135,32 @@ async def build(settings: Settings) -> App:
     tenancy.runner.add_periodic(Periodic("responses-retention", SWEEP_INTERVAL_S, responses.sweep))
     await metering.start()
     return App(
-        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing,
+        settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing, catalog_sync,
         conversations=conversations, observability=observability, responses=responses,
     )  # fmt: skip
+
+
+def _postgres_probe(db: Database):  # noqa: ANN202
+    async def ping() -> None:
+        async with db.system_tx() as conn:
+            await conn.execute("SELECT 1")
+
+    return ping
+
+
+def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, routing: Routing, tenancy: Tenancy) -> CatalogSync:
+    """Catalog changes reach every worker: reload the catalog and the provider directory on each."""
+
+    def subscriber() -> Redis:
+        # Its own connection with no read timeout: it waits for messages.
+        return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
+
+    sync = CatalogSync(
+        [catalog.load, routing.directory.load], redis=redis, subscriber=subscriber if redis is not None else None
+    )
+    if redis is not None:
+        tenancy.runner.add_loop("catalog-sync", sync.run_subscriber)
+    return sync
 
 
 def start_observability(app: App) -> None:
@@ -159,8 +186,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
             ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
         )
-    admin_auth = AdminAuthenticator(app.settings.admin_token, trusted_proxies=parse_proxies(app.settings.trusted_proxies))
-    catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(ModelCatalogServicer(admin_auth, app.catalog), server)
+    catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
+    catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(
+        ModelCatalogServicer(admin_authenticator(app), catalog_admin), server
+    )
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
         _service_name(inference_service_pb2, "InferenceService"),
@@ -172,6 +201,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))
     names.append(register_thread_service(server, app.conversations.threads if app.conversations else None))
+    names.append(register_health_service(server, _postgres_probe(app.db), app.redis.ping if app.redis is not None else None))
     return names
 
 
@@ -204,15 +234,18 @@ def freeze_startup_heap() -> None:
 
 async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
     app = await build(settings)
-    # Every method (health and reflection too) refuses undecodable or NUL-bearing requests with 400.
-    server: Any = GuardedServer(grpc.aio.server(options=grpc_options(settings)))
+    tracing = app.observability.tracing if app.observability is not None else None
+    server: Any = GuardedServer(grpc.aio.server(options=grpc_options(settings), interceptors=admin_interceptors(tracing)))
     names = add_services(server, app)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_reflection([*names, health.SERVICE_NAME], server)
     server.add_insecure_port(settings.grpc_address)
     await server.start()
     await app.tenancy.start()
+    if app.redis is not None:  # SERVING only once catalog changes from other workers reach this one
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(app.catalog_sync.subscribed.wait(), 2.0)
     start_observability(app)
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -124,7 +124,7 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
         usage=UsageReports(db, redis),
-        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists),
+        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists, auth_changed=invalidator.tenant_changed),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,
     )

@@ -4,7 +4,7 @@
 pipeline consults the cache), then ``bind(pipeline, …)`` (threads run their
 replies through the pipeline, and embeddings are routed through it too).
 Threads need Redis for their stream buffers; without it ``threads`` is None
-and the service answers UNIMPLEMENTED.
+and the service answers FAILED_PRECONDITION (409) saying so.
 """
 
 from __future__ import annotations

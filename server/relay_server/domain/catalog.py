@@ -22,3 +22,4 @@ class CatalogEntry:
     created: int
     cache_read_cost_per_1m: Decimal | None = None
     cache_write_cost_per_1m: Decimal | None = None
+    aliases: tuple[str, ...] = ()  # other names that resolve to this model

@@ -29,6 +29,8 @@ class KeyRecord:
     grace_expires_at: datetime | None = None
     end_user_id: str | None = None
     allowed_models: tuple[str, ...] = ()
+    tenant_allowed_models: tuple[str, ...] = ()  # tenant_config ``allowed_models``
+    plan_allowed_models: tuple[str, ...] = ()  # plan_models rows of the tenant's plan
     parent_key_id: str | None = None
     rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
     spend_cap_micros: int | None = None

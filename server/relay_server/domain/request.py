@@ -22,7 +22,9 @@ class Principal:
     scope: str  # inference | management
     tenant_plan: str = "free"
     end_user_id: str | None = None
-    allowed_models: tuple[str, ...] = ()
+    allowed_models: tuple[str, ...] = ()  # the key's own list
+    tenant_allowed_models: tuple[str, ...] = ()
+    plan_allowed_models: tuple[str, ...] = ()
 
     @property
     def is_test(self) -> bool:

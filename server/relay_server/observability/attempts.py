@@ -3,7 +3,9 @@ provider's share of the request's time (for ``x-relay-overhead-ms``), the
 attempt metrics and a sample for the provider anomaly detector.
 
 The failover loop calls ``observe_attempt`` when it sends an attempt, then
-``first_chunk`` (streams), ``usage`` and ``finish``.  Outside a bound request
+``first_chunk`` (streams), ``chunk`` (each streamed chunk, or a whole
+answer: id, model and finish reasons become ``gen_ai.response.*``), ``usage``
+and ``finish``.  Outside a bound request
 (unit tests, background work) it returns a shared no-op observer.
 """
 
@@ -13,7 +15,7 @@ import time
 from typing import Any
 
 from relay_server.observability.request_context import RequestScope, current
-from relay_server.observability.tracing import OPERATIONS, request_attributes, usage_attributes
+from relay_server.observability.tracing import OPERATIONS, request_attributes, response_attributes, usage_attributes
 
 
 class _NoopAttempt:
@@ -25,6 +27,9 @@ class _NoopAttempt:
     def usage(self, usage: Any) -> None:
         pass
 
+    def chunk(self, chunk: Any) -> None:
+        pass
+
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         pass
 
@@ -33,7 +38,7 @@ NOOP_ATTEMPT = _NoopAttempt()
 
 
 class AttemptObserver:
-    __slots__ = ("_scope", "_provider", "_started", "_first_ns", "_span", "_done")
+    __slots__ = ("_scope", "_provider", "_started", "_first_ns", "_span", "_done", "_seen_head", "_finish_reasons")
 
     def __init__(self, scope: RequestScope, attempt: Any) -> None:
         self._scope = scope
@@ -42,6 +47,8 @@ class AttemptObserver:
         self._first_ns: int | None = None
         self._done = False
         self._span = _start_span(scope, attempt) if scope.tracer is not None else None
+        self._seen_head = False
+        self._finish_reasons: dict[int, str] = {}
 
     def first_chunk(self) -> None:
         """A stream's first chunk arrived: the provider's time-to-first-byte ends here."""
@@ -53,6 +60,21 @@ class AttemptObserver:
     def usage(self, usage: Any) -> None:
         if self._span is not None:
             self._span.set_attributes(usage_attributes(usage))
+
+    def chunk(self, chunk: Any) -> None:
+        """One streamed chunk (or a whole answer): gen_ai.response.* as they appear."""
+        if self._span is None:
+            return
+        if not self._seen_head:
+            self._seen_head = True
+            self._span.set_attributes(response_attributes(chunk))
+        for choice in chunk.get("choices") or ():
+            reason = choice.get("finish_reason") if isinstance(choice, dict) else None
+            if isinstance(reason, str):
+                self._finish_reasons[int(choice.get("index") or 0)] = reason
+                self._span.set_attribute(
+                    "gen_ai.response.finish_reasons", [self._finish_reasons[i] for i in sorted(self._finish_reasons)]
+                )
 
     def finish(self, outcome: str, error: BaseException | None = None) -> None:
         """How the attempt ended (the failover loop's AttemptOutcome).  Runs once."""

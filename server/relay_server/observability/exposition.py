@@ -18,12 +18,14 @@ import logging
 import os
 import shutil
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from relay_server.observability.process_metrics import add_supervisor_collectors
 from relay_server.pids import pid_exists
 from relay_server.settings import Settings
 
@@ -84,13 +86,16 @@ class SupervisorMetrics:
     def enabled(self) -> bool:
         return self._settings.metrics_port != 0
 
-    def start(self) -> None:
+    def start(self, workers: Callable[[], Iterable[int]] = list) -> None:
+        """Serve the workers' merged metrics, plus process_* of each process in ``workers()``."""
         if not self.enabled:
             return
         self._clean_stale()
         shutil.rmtree(self.directory, ignore_errors=True)
         self.directory.mkdir(parents=True)
-        self._server = MetricsServer.start(self._settings.metrics_host, self._settings.metrics_port, merged_registry(self.directory))
+        registry = merged_registry(self.directory)
+        add_supervisor_collectors(registry, workers, os.getpid())
+        self._server = MetricsServer.start(self._settings.metrics_host, self._settings.metrics_port, registry)
 
     def _clean_stale(self) -> None:
         """Remove the directories of supervisors that are gone."""

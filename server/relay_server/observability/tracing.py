@@ -67,6 +67,16 @@ def usage_attributes(usage: Any) -> dict[str, int]:
     return out
 
 
+def response_attributes(body: Mapping[str, Any]) -> dict[str, str]:
+    """gen_ai.response.id / .model from an OpenAI-shaped answer or its first chunk."""
+    out = {}
+    for source, attribute in (("id", "gen_ai.response.id"), ("model", "gen_ai.response.model")):
+        value = body.get(source)
+        if isinstance(value, str) and value:
+            out[attribute] = value
+    return out
+
+
 class Tracing:
     def __init__(self, provider: Any) -> None:
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator  # noqa: PLC0415
@@ -86,6 +96,19 @@ class Tracing:
             f"relay.{scope.kind}", context=parent, kind=SpanKind.SERVER, attributes=attributes, record_exception=False
         ) as span:
             scope.root_span = span
+            yield span
+
+    @contextlib.contextmanager
+    def rpc_span(self, method: str, metadata: Mapping[str, str] | None) -> Iterator[Any]:
+        """A server span for one control-plane RPC (``/pkg.Service/Method``); continues ``traceparent``."""
+        from opentelemetry.trace import SpanKind  # noqa: PLC0415
+
+        service, _, name = method.lstrip("/").rpartition("/")
+        parent = self._propagator.extract(metadata) if metadata and "traceparent" in metadata else None
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+        with self.tracer.start_as_current_span(
+            f"{service}/{name}", context=parent, kind=SpanKind.SERVER, attributes=attributes, record_exception=False
+        ) as span:
             yield span
 
     def shutdown(self) -> None:

@@ -11,8 +11,9 @@ further choice is redrawn (deterministically) while it equals an earlier one.
 
 Token counts come from ``pipeline.tokens``; generated text is tokenized with the
 model's base encoding, so ``max_tokens`` cuts exactly that many tokens.  Legacy
-completions default to ``max_tokens=16`` as OpenAI's do.  ``logprobs`` is
-accepted and answered with ``null``.
+completions default to ``max_tokens=16`` as OpenAI's do.  ``logprobs`` (chat:
+``logprobs: true`` + ``top_logprobs``; legacy: ``logprobs: N``) is answered with
+deterministic, well-formed values (``testmode_logprobs``), streamed or not.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from relay_server.domain.provider import ProviderCall
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.providers import testmode_library as library
+from relay_server.providers import testmode_logprobs as lp
 from relay_server.text import tokens
 
 _NOT_IN_SEED = frozenset({
@@ -56,6 +58,9 @@ class _Choice:
     tool_calls: list[dict[str, Any]] | None = None
     prefix: str = ""
     """Echoed prompt (legacy completions): part of ``text``, not of the token count."""
+    groups: list[list[str]] = field(default_factory=list)
+    """The tokens of each delta of ``pieces`` (for logprobs)."""
+    seed: int = 0
 
 
 @dataclass(slots=True)
@@ -65,6 +70,8 @@ class _Answer:
     id: str
     model: str
     created: int = field(default_factory=lambda: int(time.time()))
+    top_logprobs: int | None = None
+    """None: no logprobs asked for; else how many alternatives per token."""
 
     def usage(self, detailed: bool) -> dict[str, Any]:
         completion = sum(c.completion_tokens for c in self.choices)
@@ -90,8 +97,8 @@ class _Limits:
     stops: Sequence[str]
     max_tokens: int | None
 
-    def finish(self, text: str, rng: random.Random) -> tuple[str, list[str], int, str]:
-        """Cut at the first stop sequence, then at the token cap: (text, deltas, tokens, finish_reason)."""
+    def finish(self, text: str, rng: random.Random) -> tuple[str, list[list[str]], int, str]:
+        """Cut at the first stop sequence, then at the token cap: (text, deltas as token groups, tokens, finish_reason)."""
         finish = "stop"
         cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
@@ -191,12 +198,12 @@ def _response_id(prefix: str, request_id: str, seed: int) -> str:
     return f"{prefix}-{cleaned or format(seed, '016x')}"
 
 
-def _deltas(ids: list[int], model: str, rng: random.Random) -> list[str]:
-    """Stream deltas of one to four tokens each, as real streams send them."""
+def _deltas(ids: list[int], model: str, rng: random.Random) -> list[list[str]]:
+    """Stream deltas of one to four tokens each, as real streams send them (each as its tokens)."""
     pieces, out, i = tokens.decode_pieces(ids, model), [], 0
     while i < len(pieces):
         size = rng.randint(1, 4)
-        out.append("".join(pieces[i : i + size]))
+        out.append(pieces[i : i + size])
         i += size
     return out
 
@@ -206,11 +213,11 @@ def _text_choice(
 ) -> _Choice:
     """Draws until the finished text differs from earlier choices' (bounded: tiny caps must repeat)."""
     for _ in range(_DISTINCT_TRIES):
-        text, deltas, used, finish = limits.finish(generate(), rng)
+        text, groups, used, finish = limits.finish(generate(), rng)
         if text not in seen:
             break
     seen.add(text)
-    return _Choice(index, finish, used, text=prefix + text, pieces=deltas, prefix=prefix)
+    return _Choice(index, finish, used, text=prefix + text, pieces=["".join(g) for g in groups], prefix=prefix, groups=groups)
 
 
 # --- chat ----------------------------------------------------------------------
@@ -239,9 +246,12 @@ def _chat_answer(call: ProviderCall) -> _Answer:
         else:
             generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(index, generate, limits, seen, rng))
+        choices[-1].seed = seed
     raw_tools = body.get("tools") if isinstance(body.get("tools"), list) else None
     prompt_tokens = tokens.count_chat_prompt(messages, model, raw_tools)
-    return _Answer(choices, prompt_tokens, _response_id("chatcmpl", call.request_id, seed), shown)
+    answer = _Answer(choices, prompt_tokens, _response_id("chatcmpl", call.request_id, seed), shown)
+    answer.top_logprobs = lp.chat_wanted(body)
+    return answer
 
 
 def _function_tools(tools: Any) -> dict[str, Mapping[str, Any]]:
@@ -278,7 +288,7 @@ def _tool_choice(index: int, rng: random.Random, forced: str, tools: Mapping[str
     tool_call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
     ids = tokens.encode(arguments, model)
     used = len(ids) + len(tokens.encode(name, model))
-    return _Choice(index, "tool_calls", used, pieces=_deltas(ids, model, rng), tool_calls=[tool_call])
+    return _Choice(index, "tool_calls", used, pieces=["".join(g) for g in _deltas(ids, model, rng)], tool_calls=[tool_call])
 
 
 def _chat_body(answer: _Answer) -> dict[str, Any]:
@@ -287,12 +297,24 @@ def _chat_body(answer: _Answer) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
-        choices.append({"index": c.index, "message": message, "logprobs": None, "finish_reason": c.finish_reason})
+        choices.append({"index": c.index, "message": message, "logprobs": _chat_logprobs(answer, c), "finish_reason": c.finish_reason})
     return {
         "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
         "choices": choices, "usage": answer.usage(detailed=True),
         "service_tier": "default", "system_fingerprint": _FINGERPRINT,
     }
+
+
+def _chat_logprobs(answer: _Answer, c: _Choice, group: int | None = None) -> dict[str, Any] | None:
+    """The choice's logprobs (``group``: only that delta's tokens), None unless asked for."""
+    if answer.top_logprobs is None:
+        return None
+    if c.tool_calls:
+        return lp.chat_logprobs(None)  # OpenAI gives logprobs of message content only
+    groups = c.groups if group is None else c.groups[group : group + 1]
+    start = sum(len(g) for g in c.groups[:group]) if group else 0
+    flat = [t for g in groups for t in g]
+    return lp.chat_logprobs(lp.chat_content(c.seed, c.index, flat, start, answer.top_logprobs))
 
 
 def _chat_chunks(answer: _Answer) -> list[dict[str, Any]]:
@@ -301,8 +323,8 @@ def _chat_chunks(answer: _Answer) -> list[dict[str, Any]]:
         "service_tier": "default", "system_fingerprint": _FINGERPRINT,
     }
 
-    def chunk(index: int, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        return {**head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
 
     out = []
     for c in answer.choices:
@@ -313,7 +335,7 @@ def _chat_chunks(answer: _Answer) -> list[dict[str, Any]]:
             out.append(chunk(c.index, {"tool_calls": [opening]}))
             out.extend(chunk(c.index, {"tool_calls": [{"index": k, "function": {"arguments": p}}]}) for p in c.pieces)
         if not c.tool_calls:
-            out.extend(chunk(c.index, {"content": p}) for p in c.pieces)
+            out.extend(chunk(c.index, {"content": p}, logprobs=_chat_logprobs(answer, c, k)) for k, p in enumerate(c.pieces))
         out.append(chunk(c.index, {}, c.finish_reason))
     out.append({**head, "choices": [], "usage": answer.usage(detailed=True)})
     return out
@@ -348,8 +370,13 @@ def _completion_answer(call: ProviderCall) -> _Answer:
             # Instruct models usually open a completion with a blank line.
             generate = lambda: "\n\n" + library.compose_text(rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(p_index * n + j, generate, limits, seen, rng, prefix))
+            choices[-1].seed = seed
+            if prefix:  # the echoed prompt's tokens come first in logprobs
+                choices[-1].groups.insert(0, tokens.decode_pieces(tokens.encode(prefix, model), model))
     prompt_tokens = tokens.count_prompt(body.get("prompt"), model)
-    return _Answer(choices, prompt_tokens, _response_id("cmpl", call.request_id, _seed(base, prompts)), shown)
+    answer = _Answer(choices, prompt_tokens, _response_id("cmpl", call.request_id, _seed(base, prompts)), shown)
+    answer.top_logprobs = lp.completion_wanted(body)
+    return answer
 
 
 def _completion_body(answer: _Answer) -> dict[str, Any]:
@@ -357,11 +384,23 @@ def _completion_body(answer: _Answer) -> dict[str, Any]:
         "id": answer.id, "object": "text_completion", "created": answer.created, "model": answer.model,
         "system_fingerprint": _FINGERPRINT,
         "choices": [
-            {"text": c.text, "index": c.index, "logprobs": None, "finish_reason": c.finish_reason}
+            {"text": c.text, "index": c.index, "logprobs": _completion_logprobs(answer, c), "finish_reason": c.finish_reason}
             for c in answer.choices
         ],
         "usage": answer.usage(detailed=False),
     }
+
+
+def _completion_logprobs(answer: _Answer, c: _Choice, group: int | None = None) -> dict[str, Any] | None:
+    """Legacy logprobs of the choice (``group``: of that chunk's tokens only), None unless asked for."""
+    if answer.top_logprobs is None:
+        return None
+    groups = c.groups if group is None else c.groups[group : group + 1]
+    before = c.groups[:group] if group else []
+    start, offset = sum(len(g) for g in before), sum(len(t) for g in before for t in g)
+    flat = [t for g in groups for t in g]
+    first_is_prompt = bool(c.prefix) and start == 0
+    return lp.completion_logprobs(c.seed, c.index, flat, start, offset, answer.top_logprobs, first_is_prompt=first_is_prompt)
 
 
 def _completion_chunks(answer: _Answer) -> list[dict[str, Any]]:
@@ -370,12 +409,13 @@ def _completion_chunks(answer: _Answer) -> list[dict[str, Any]]:
         "system_fingerprint": _FINGERPRINT,
     }
 
-    def chunk(index: int, text: str, finish: str | None = None) -> dict[str, Any]:
-        return {**head, "choices": [{"text": text, "index": index, "logprobs": None, "finish_reason": finish}]}
+    def chunk(index: int, text: str, finish: str | None = None, logprobs: Any = None) -> dict[str, Any]:
+        return {**head, "choices": [{"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish}]}
 
     out: list[dict[str, Any]] = []
     for c in answer.choices:
-        out.extend(chunk(c.index, p) for p in ([c.prefix] if c.prefix else []) + c.pieces)
+        texts = ([c.prefix] if c.prefix else []) + c.pieces  # one chunk per group of c.groups
+        out.extend(chunk(c.index, p, logprobs=_completion_logprobs(answer, c, k)) for k, p in enumerate(texts))
         out.append(chunk(c.index, "", c.finish_reason))
     out.append({**head, "choices": [], "usage": answer.usage(detailed=False)})
     return out

@@ -73,7 +73,7 @@ class StackPaths:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """``KEY=value`` lines (shell-quoted values, ``#`` comments) as a dict."""
+    """``[export ]KEY=value`` lines (shell-quoted values, ``#`` comments) as a dict."""
     values: dict[str, str] = {}
     if not path.exists():
         return values
@@ -81,19 +81,20 @@ def read_env_file(path: Path) -> dict[str, str]:
         line = line.strip()
         if not line or line.startswith("#") or "=" not in line:
             continue
-        key, _, raw = line.partition("=")
+        key, _, raw = line.removeprefix("export ").partition("=")
         parsed = shlex.split(raw)
         values[key.strip()] = parsed[0] if parsed else ""
     return values
 
 
 def write_env_file(path: Path, values: dict[str, str], *, header: str) -> None:
-    """Write ``values`` so that ``set -a; . path; set +a`` loads them.
+    """Write ``values`` as ``export`` lines, so that ``source path`` puts them in the
+    environment of the programs the shell starts (a Python example reads ``os.environ``).
 
     The file holds secrets, so it is created 0600 and replaced atomically.
     """
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
-    lines += [f"{key}={shlex.quote(value)}" for key, value in values.items()]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)  # a leftover tmp file may have had other bits

@@ -45,7 +45,7 @@ Echo = Callable[[str], None]
 
 _STACK_ENV_HEADER = "Written by `make up`: the databases the local stack started. Do not edit."
 _QUICKSTART_HEADER = (
-    "Written by `make up`. Load into a shell with:  set -a; . .relay/quickstart.env; set +a\n"
+    "Written by `make up`. Load into a shell with:  source .relay/quickstart.env\n"
     "RELAY_TEST_KEY is a test-mode key (deterministic mock answers, no provider is called)."
 )
 
@@ -419,7 +419,7 @@ Relay is up.
   gRPC                      {quick["RELAY_GRPC_ADDR"]}
   web console               {base.removesuffix("/v1")}/dashboard   (first operator: .venv/bin/relay dashboard create-operator --email you@example.com)
   test key                  {quick["RELAY_TEST_KEY"]}
-  settings                  {env_file}   (load: set -a; . {env_file}; set +a)
+  settings                  {env_file}   (load: source {env_file})
   logs                      {_show(paths.logs)}/   stop: make down
 
 curl {base}/chat/completions \\

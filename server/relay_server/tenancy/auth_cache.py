@@ -60,7 +60,8 @@ def redis_key(key_hash: str) -> str:
 
 def encode_record(record: KeyRecord) -> bytes:
     data: dict[str, Any] = {name: getattr(record, name) for name in record.__dataclass_fields__}
-    data["allowed_models"] = list(record.allowed_models)
+    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models"):
+        data[name] = list(getattr(record, name))
     data["rate_limit_overrides"] = dict(record.rate_limit_overrides)
     for name in _DATES:
         value = data[name]
@@ -70,7 +71,8 @@ def encode_record(record: KeyRecord) -> bytes:
 
 def decode_record(raw: bytes) -> KeyRecord:
     data = orjson.loads(raw)
-    data["allowed_models"] = tuple(data.get("allowed_models") or ())
+    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models"):
+        data[name] = tuple(data.get(name) or ())
     for name in _DATES:
         if data.get(name):
             data[name] = datetime.fromisoformat(data[name])

@@ -255,8 +255,10 @@ class ApiKeyService:
         if row is None or row["status"] == "deleted":
             raise RelayError(ErrorKind.NOT_FOUND, f"Tenant `{tenant_id}` does not exist.", param="tenant_id")
         if writing and row["status"] == "provisioning":
+            # 503 + Retry-After, like an inference call of a provisioning tenant: it is a
+            # matter of seconds, and nothing was done, so any client may simply retry.
             raise RelayError(
-                ErrorKind.FAILED_PRECONDITION, "The tenant is still being provisioned; try again shortly.", code="tenant_provisioning"
+                ErrorKind.TENANT_PROVISIONING, "The tenant is still being provisioned; try again shortly.", retry_after_s=1
             )
         return row["silo_database"]
 

@@ -8,7 +8,7 @@ the tenant's cached configuration once committed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 from relay_server.domain.tenants import FeatureState
@@ -36,8 +36,12 @@ class TenantSettingsAdmin:
         *,
         model_exists: Callable[[str], bool],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        auth_changed: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self._db = db
+        # allowed_models travels with the key record (authentication checks it), so a change
+        # must purge the tenant's cached keys on every worker, not just its config cache.
+        self._auth_changed = auth_changed
         self._config = config
         self._model_exists = model_exists
         self._now = now
@@ -73,6 +77,8 @@ class TenantSettingsAdmin:
                 )  # fmt: skip
         if changed:
             await self._config.invalidate(tenant_id)
+            if "allowed_models" in changed and self._auth_changed is not None:
+                await self._auth_changed(tenant_id)
         return after
 
     async def features(self, call: Call, tenant: str) -> list[FeatureState]:

@@ -151,7 +151,7 @@ class CredentialVault:
     def _sealing_keyring(self) -> Keyring:
         if self._keyring is None:
             raise RelayError(
-                ErrorKind.UNIMPLEMENTED,
+                ErrorKind.FAILED_PRECONDITION,
                 "This server has no master key (RELAY_MASTER_KEY), so it cannot store provider credentials.",
             )
         return self._keyring

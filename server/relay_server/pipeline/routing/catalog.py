@@ -36,9 +36,14 @@ class Catalog:
         self.replace(await self._store.load_catalog())
 
     def replace(self, entries: Iterable[CatalogEntry]) -> None:
+        entries = list(entries)
         by_name: dict[str, CatalogEntry] = {}
+        for entry in entries:  # weakest first: an alias never hides a model's own name or id
+            for alias in entry.aliases:
+                by_name[alias] = entry
         for entry in entries:
             by_name[entry.model_id] = entry
+        for entry in entries:
             by_name[entry.relay_name] = entry  # the relay name wins over an equal id
         self._by_name = by_name
 
@@ -74,6 +79,9 @@ class Catalog:
 
 
 def _allowed(entry: CatalogEntry, principal: Principal) -> bool:
-    """A key (or its tenant) may restrict the models it can call; empty = all."""
-    allowed = principal.allowed_models
-    return not allowed or entry.relay_name in allowed or entry.model_id in allowed
+    """The plan, the tenant (``allowed_models`` config) and the key may each restrict
+    the models it can call (empty: no restriction); a model must pass all three."""
+    for allowed in (principal.allowed_models, principal.tenant_allowed_models, principal.plan_allowed_models):
+        if allowed and entry.relay_name not in allowed and entry.model_id not in allowed:
+            return False
+    return True

@@ -191,6 +191,8 @@ async def complete_with_failover(
             raise
         usage = _response_usage(response)
         observed.usage(usage)
+        if isinstance(response, dict):
+            observed.chunk(response)  # gen_ai.response.* (id, model, finish reasons) on the attempt's span
         observed.finish("success")
         await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(usage)))
         return response
@@ -262,6 +264,7 @@ class FailoverStream:
     def _note(self, chunk: Any) -> Any:
         """The provider's usage, for the attempt's result (outbound token accounting)."""
         if isinstance(chunk, dict):
+            self._observed.chunk(chunk)  # gen_ai.response.* (a no-op without tracing)
             if not chunk.get("choices") and chunk.get("usage") is not None:
                 self._tokens = _usage_tokens(chunk["usage"]) or self._tokens
                 self._observed.usage(chunk["usage"])

@@ -201,6 +201,19 @@ class HealthTracker:
         now_ms = int(self._clock() * 1000)
         return {pid: availability(states[pid], now_ms) for pid in provider_ids}
 
+    async def circuits(self, provider_ids: Sequence[str]) -> dict[str, tuple[Availability, CircuitState]]:
+        """Each provider's circuit (what routing would decide now, and the raw state), for operators."""
+        states: dict[str, CircuitState] | None = None
+        if self._store is not None:
+            try:
+                states = await self._store.circuits(list(provider_ids))
+            except (RedisError, OSError) as exc:
+                self._degraded(exc)
+        if states is None:
+            states = {pid: self._local.state(pid) for pid in provider_ids}
+        available = self._available(provider_ids, states)
+        return {pid: (available[pid], states[pid]) for pid in provider_ids}
+
     async def acquire_probe(self, provider_id: str) -> bool:
         """May a request go to this provider now?  (Takes the half-open probe lease if needed.)"""
         reply = await self._op(provider_id, "probe")

@@ -117,6 +117,8 @@ class Authenticator:
             tenant_plan=record.tenant_plan,
             end_user_id=record.end_user_id,
             allowed_models=record.allowed_models,
+            tenant_allowed_models=record.tenant_allowed_models,
+            plan_allowed_models=record.plan_allowed_models,
         )
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:

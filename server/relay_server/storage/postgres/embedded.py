@@ -15,7 +15,12 @@ Layout under ``data_dir``::
 
 Postgres refuses to run as root.  When we are root, the server runs as the OS
 user ``pgserver`` (created on first use, as the ``pgserver`` package does), and
-the directories on the way to ``data_dir`` get the traverse bit for others.
+the directories on the way to ``data_dir`` AND to the pgserver binaries get the
+traverse bit for others (only that bit: nothing becomes listable).  Both
+matter when the checkout sits in a private 0700 directory (``mktemp -d``,
+``/root/...``): ``make up`` keeps its data inside the checkout, the test
+fixtures keep theirs in /tmp, and either way the server's user must reach
+``.venv/.../pgserver/pginstall``.
 """
 
 from __future__ import annotations
@@ -97,6 +102,7 @@ def start_embedded_postgres(
 
     if os_user is not None:
         _allow_traversal(data_dir)
+        _allow_traversal(Path(_bin("initdb")).parent)
     if not (pgdata / "PG_VERSION").exists():
         _initdb(pgdata, password, os_user)
 

@@ -7,17 +7,24 @@ tenant transaction (``api_keys.py``).
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 
 from relay_server.domain.keys import KeyRecord
 from relay_server.storage.postgres.pool import Database
 
+log = logging.getLogger(__name__)
+
 _FIND_BY_HASH = """
 SELECT k.id, k.key_hash, k.key_hint, k.tenant_id, k.environment, k.scope, k.status,
        k.expires_at, k.grace_expires_at, k.end_user_id, k.allowed_models, k.parent_key_id,
        k.rate_limit_overrides, k.spend_cap_micros, k.spend_cap_window,
-       t.status AS tenant_status, t.plan AS tenant_plan
+       t.status AS tenant_status, t.plan AS tenant_plan,
+       (SELECT c.value FROM tenant_config c WHERE c.tenant_id = k.tenant_id AND c.key = 'allowed_models')
+           AS tenant_allowed_models,
+       ARRAY(SELECT pm.model_id FROM plan_models pm WHERE pm.plan = t.plan ORDER BY pm.model_id) AS plan_allowed_models
   FROM api_keys k
   JOIN tenants t ON t.id = k.tenant_id
  WHERE k.key_hash = %s
@@ -31,6 +38,24 @@ UPDATE api_keys k
   FROM unnest(%s::text[], %s::timestamptz[]) AS u (id, used_at)
  WHERE k.id = u.id
 """
+
+
+def _model_list(raw: str | None) -> tuple[str, ...]:
+    """tenant_config ``allowed_models`` (a JSON array of names, validated on write).
+
+    An unreadable value restricts to nothing rather than to everything: a
+    restriction that cannot be read must not silently open every model.
+    """
+    if not raw:
+        return ()
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        log.warning("unreadable tenant allowed_models; the tenant may call no model until it is fixed")
+        return ("\x00none",)
+    return tuple(value)
 
 
 class PostgresKeyStore:
@@ -56,6 +81,8 @@ class PostgresKeyStore:
             grace_expires_at=row["grace_expires_at"],
             end_user_id=row["end_user_id"],
             allowed_models=tuple(row["allowed_models"] or ()),
+            tenant_allowed_models=_model_list(row["tenant_allowed_models"]),
+            plan_allowed_models=tuple(row["plan_allowed_models"] or ()),
             parent_key_id=row["parent_key_id"],
             rate_limit_overrides={str(k): int(v) for k, v in (row["rate_limit_overrides"] or {}).items()},
             spend_cap_micros=row["spend_cap_micros"],

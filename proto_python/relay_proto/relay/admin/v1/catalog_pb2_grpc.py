@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class ModelCatalogServiceStub:
-    """The model catalog and the providers behind it.
+    """The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def __init__(self, channel):
@@ -50,10 +52,17 @@ class ModelCatalogServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelResponse.FromString,
                 _registered_method=True)
+        self.DeleteCatalogModel = channel.unary_unary(
+                '/relay.admin.v1.ModelCatalogService/DeleteCatalogModel',
+                request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelResponse.FromString,
+                _registered_method=True)
 
 
 class ModelCatalogServiceServicer:
-    """The model catalog and the providers behind it.
+    """The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     def ListCatalogModels(self, request, context):
@@ -64,14 +73,25 @@ class ModelCatalogServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListProviders(self, request, context):
-        """List providers with their priority and health.
+        """List providers with their priority, health status and circuit state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpsertCatalogModel(self, request, context):
-        """Create or update a catalog model (platform operators only).
+        """Create or update a catalog model: prices, limits, status (active |
+        deprecated | disabled), aliases and extra provider routes (platform
+        operators only).  Aliases and routes given replace the model's own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteCatalogModel(self, request, context):
+        """Delete a catalog model, its aliases and routes (platform operators only).
+        A model that requests were already billed against cannot be deleted
+        (FAILED_PRECONDITION): disable it instead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +115,11 @@ def add_ModelCatalogServiceServicer_to_server(servicer, server):
                     request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelResponse.SerializeToString,
             ),
+            'DeleteCatalogModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteCatalogModel,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'relay.admin.v1.ModelCatalogService', rpc_method_handlers)
@@ -104,7 +129,9 @@ def add_ModelCatalogServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ModelCatalogService:
-    """The model catalog and the providers behind it.
+    """The model catalog and the providers behind it.  Every change is audited and
+    applies on every worker at once (no restart).  Reads need any admin
+    credential; changes need the platform operator token.
     """
 
     @staticmethod
@@ -178,6 +205,33 @@ class ModelCatalogService:
             '/relay.admin.v1.ModelCatalogService/UpsertCatalogModel',
             relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteCatalogModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.ModelCatalogService/DeleteCatalogModel',
+            relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_catalog__pb2.DeleteCatalogModelResponse.FromString,
             options,
             channel_credentials,
             insecure,

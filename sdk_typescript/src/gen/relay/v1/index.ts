@@ -2,6 +2,7 @@
 export * from "./chat_pb.js";
 export * from "./completions_pb.js";
 export * from "./embeddings_pb.js";
+export * from "./health_service_pb.js";
 export * from "./inference_service_pb.js";
 export * from "./models_pb.js";
 export * from "./openai_service_pb.js";

@@ -6,13 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
+import type { FieldMask } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file relay/admin/v1/catalog.proto.
  */
 export const file_relay_admin_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSLJAgoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJImUKCFByb3ZpZGVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSCwoDYXBpGAMgASgJEhAKCGJhc2VfdXJsGAQgASgJEg4KBnN0YXR1cxgFIAEoCRIQCghwcmlvcml0eRgGIAEoBSJWChhMaXN0Q2F0YWxvZ01vZGVsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEwoLcHJvdmlkZXJfaWQYAyABKAkiYgoZTGlzdENhdGFsb2dNb2RlbHNSZXNwb25zZRIsCgZtb2RlbHMYASADKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkQKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIrCglwcm92aWRlcnMYASADKAsyGC5yZWxheS5hZG1pbi52MS5Qcm92aWRlciJiChlVcHNlcnRDYXRhbG9nTW9kZWxSZXF1ZXN0EjEKBW1vZGVsGAEgASgLMhwucmVsYXkuYWRtaW4udjEuQ2F0YWxvZ01vZGVsQgTiQQECEhIKCnJlcXVlc3RfaWQYAiABKAkiSQoaVXBzZXJ0Q2F0YWxvZ01vZGVsUmVzcG9uc2USKwoFbW9kZWwYASABKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWwyvQMKE01vZGVsQ2F0YWxvZ1NlcnZpY2UShAEKEUxpc3RDYXRhbG9nTW9kZWxzEigucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXF1ZXN0GikucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXNwb25zZSIagtPkkwIUEhIvdjEvY2F0YWxvZy9tb2RlbHMSewoNTGlzdFByb3ZpZGVycxIkLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiUucmVsYXkuYWRtaW4udjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlIh2C0+STAhcSFS92MS9jYXRhbG9nL3Byb3ZpZGVycxKhAQoSVXBzZXJ0Q2F0YWxvZ01vZGVsEikucmVsYXkuYWRtaW4udjEuVXBzZXJ0Q2F0YWxvZ01vZGVsUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLlVwc2VydENhdGFsb2dNb2RlbFJlc3BvbnNlIjSC0+STAi4aJS92MS9jYXRhbG9nL21vZGVscy97bW9kZWwucmVsYXlfbmFtZX06BW1vZGVsQjtaOWdpdGh1Yi5jb20vcmVsYXktZ2F0ZXdheS9yZWxheS9nZW4vcmVsYXkvYWRtaW4vdjE7YWRtaW52MWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior]);
+  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSLlAwoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJEg8KB2FsaWFzZXMYDyADKAkSKgoGcm91dGVzGBAgAygLMhoucmVsYXkuYWRtaW4udjEuTW9kZWxSb3V0ZRIeChZjYWNoZV9yZWFkX2Nvc3RfcGVyXzFtGBEgASgJEh8KF2NhY2hlX3dyaXRlX2Nvc3RfcGVyXzFtGBIgASgJEhwKFGVtYmVkZGluZ19kaW1lbnNpb25zGBMgASgFIloKCk1vZGVsUm91dGUSEwoLcHJvdmlkZXJfaWQYASABKAkSFQoNcHJvdmlkZXJfbmFtZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZzdGF0dXMYBCABKAki4wEKCFByb3ZpZGVyEgoKAmlkGAEgASgJEgwKBG5hbWUYAiABKAkSCwoDYXBpGAMgASgJEhAKCGJhc2VfdXJsGAQgASgJEg4KBnN0YXR1cxgFIAEoCRIQCghwcmlvcml0eRgGIAEoBRIVCg1jaXJjdWl0X3N0YXRlGAcgASgJEhwKFGNvbnNlY3V0aXZlX2ZhaWx1cmVzGAggASgFEhcKD3JlY2VudF9yZXF1ZXN0cxgJIAEoBRIXCg9yZWNlbnRfZmFpbHVyZXMYCiABKAUSFQoNcmVjZW50X3A5NV9tcxgLIAEoBSJWChhMaXN0Q2F0YWxvZ01vZGVsc1JlcXVlc3QSEQoJcGFnZV9zaXplGAEgASgFEhIKCnBhZ2VfdG9rZW4YAiABKAkSEwoLcHJvdmlkZXJfaWQYAyABKAkiYgoZTGlzdENhdGFsb2dNb2RlbHNSZXNwb25zZRIsCgZtb2RlbHMYASADKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWwSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIhYKFExpc3RQcm92aWRlcnNSZXF1ZXN0IkQKFUxpc3RQcm92aWRlcnNSZXNwb25zZRIrCglwcm92aWRlcnMYASADKAsyGC5yZWxheS5hZG1pbi52MS5Qcm92aWRlciKTAQoZVXBzZXJ0Q2F0YWxvZ01vZGVsUmVxdWVzdBIxCgVtb2RlbBgBIAEoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbEIE4kEBAhISCgpyZXF1ZXN0X2lkGAIgASgJEi8KC3VwZGF0ZV9tYXNrGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLkZpZWxkTWFzayJJChpVcHNlcnRDYXRhbG9nTW9kZWxSZXNwb25zZRIrCgVtb2RlbBgBIAEoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbCJJChlEZWxldGVDYXRhbG9nTW9kZWxSZXF1ZXN0EhgKCnJlbGF5X25hbWUYASABKAlCBOJBAQISEgoKcmVxdWVzdF9pZBgCIAEoCSIcChpEZWxldGVDYXRhbG9nTW9kZWxSZXNwb25zZTLUBAoTTW9kZWxDYXRhbG9nU2VydmljZRKEAQoRTGlzdENhdGFsb2dNb2RlbHMSKC5yZWxheS5hZG1pbi52MS5MaXN0Q2F0YWxvZ01vZGVsc1JlcXVlc3QaKS5yZWxheS5hZG1pbi52MS5MaXN0Q2F0YWxvZ01vZGVsc1Jlc3BvbnNlIhqC0+STAhQSEi92MS9jYXRhbG9nL21vZGVscxJ7Cg1MaXN0UHJvdmlkZXJzEiQucmVsYXkuYWRtaW4udjEuTGlzdFByb3ZpZGVyc1JlcXVlc3QaJS5yZWxheS5hZG1pbi52MS5MaXN0UHJvdmlkZXJzUmVzcG9uc2UiHYLT5JMCFxIVL3YxL2NhdGFsb2cvcHJvdmlkZXJzEqEBChJVcHNlcnRDYXRhbG9nTW9kZWwSKS5yZWxheS5hZG1pbi52MS5VcHNlcnRDYXRhbG9nTW9kZWxSZXF1ZXN0GioucmVsYXkuYWRtaW4udjEuVXBzZXJ0Q2F0YWxvZ01vZGVsUmVzcG9uc2UiNILT5JMCLholL3YxL2NhdGFsb2cvbW9kZWxzL3ttb2RlbC5yZWxheV9uYW1lfToFbW9kZWwSlAEKEkRlbGV0ZUNhdGFsb2dNb2RlbBIpLnJlbGF5LmFkbWluLnYxLkRlbGV0ZUNhdGFsb2dNb2RlbFJlcXVlc3QaKi5yZWxheS5hZG1pbi52MS5EZWxldGVDYXRhbG9nTW9kZWxSZXNwb25zZSIngtPkkwIhKh8vdjEvY2F0YWxvZy9tb2RlbHMve3JlbGF5X25hbWV9QjtaOWdpdGh1Yi5jb20vcmVsYXktZ2F0ZXdheS9yZWxheS9nZW4vcmVsYXkvYWRtaW4vdjE7YWRtaW52MWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask]);
 
 /**
  * A model of the catalog.
@@ -94,9 +96,44 @@ export type CatalogModel = Message<"relay.admin.v1.CatalogModel"> & {
   supportsVision: boolean;
 
   /**
+   * active | deprecated | disabled (a disabled model does not resolve).
+   *
    * @generated from field: string status = 14;
    */
   status: string;
+
+  /**
+   * Other names that resolve to this model.
+   *
+   * @generated from field: repeated string aliases = 15;
+   */
+  aliases: string[];
+
+  /**
+   * Extra providers serving this model, besides provider_id.
+   *
+   * @generated from field: repeated relay.admin.v1.ModelRoute routes = 16;
+   */
+  routes: ModelRoute[];
+
+  /**
+   * USD per 1M cached tokens read / written, decimal strings; empty: none.
+   *
+   * @generated from field: string cache_read_cost_per_1m = 17;
+   */
+  cacheReadCostPer1m: string;
+
+  /**
+   * @generated from field: string cache_write_cost_per_1m = 18;
+   */
+  cacheWriteCostPer1m: string;
+
+  /**
+   * Output dimensions of an embedding model (required when kind is embedding).
+   *
+   * @generated from field: int32 embedding_dimensions = 19;
+   */
+  embeddingDimensions: number;
 };
 
 /**
@@ -105,6 +142,46 @@ export type CatalogModel = Message<"relay.admin.v1.CatalogModel"> & {
  */
 export const CatalogModelSchema: GenMessage<CatalogModel> = /*@__PURE__*/
   messageDesc(file_relay_admin_v1_catalog, 0);
+
+/**
+ * One more provider that serves a catalog model.
+ *
+ * @generated from message relay.admin.v1.ModelRoute
+ */
+export type ModelRoute = Message<"relay.admin.v1.ModelRoute"> & {
+  /**
+   * @generated from field: string provider_id = 1;
+   */
+  providerId: string;
+
+  /**
+   * The name this provider accepts for the model.
+   *
+   * @generated from field: string provider_name = 2;
+   */
+  providerName: string;
+
+  /**
+   * Lower is tried first; 0: the provider's own priority.
+   *
+   * @generated from field: int32 priority = 3;
+   */
+  priority: number;
+
+  /**
+   * active | disabled
+   *
+   * @generated from field: string status = 4;
+   */
+  status: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.ModelRoute.
+ * Use `create(ModelRouteSchema)` to create a new message.
+ */
+export const ModelRouteSchema: GenMessage<ModelRoute> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 1);
 
 /**
  * A provider.
@@ -135,7 +212,7 @@ export type Provider = Message<"relay.admin.v1.Provider"> & {
   baseUrl: string;
 
   /**
-   * active | degraded | down
+   * active | degraded | down | disabled
    *
    * @generated from field: string status = 5;
    */
@@ -145,6 +222,37 @@ export type Provider = Message<"relay.admin.v1.Provider"> & {
    * @generated from field: int32 priority = 6;
    */
   priority: number;
+
+  /**
+   * The circuit breaker, as routing sees it now: closed | open | half_open.
+   *
+   * @generated from field: string circuit_state = 7;
+   */
+  circuitState: string;
+
+  /**
+   * Consecutive failures counted by the circuit breaker.
+   *
+   * @generated from field: int32 consecutive_failures = 8;
+   */
+  consecutiveFailures: number;
+
+  /**
+   * The last five minutes of attempts: count, failures, p95 latency.
+   *
+   * @generated from field: int32 recent_requests = 9;
+   */
+  recentRequests: number;
+
+  /**
+   * @generated from field: int32 recent_failures = 10;
+   */
+  recentFailures: number;
+
+  /**
+   * @generated from field: int32 recent_p95_ms = 11;
+   */
+  recentP95Ms: number;
 };
 
 /**
@@ -152,7 +260,7 @@ export type Provider = Message<"relay.admin.v1.Provider"> & {
  * Use `create(ProviderSchema)` to create a new message.
  */
 export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 1);
+  messageDesc(file_relay_admin_v1_catalog, 2);
 
 /**
  * Request of ListCatalogModels.
@@ -181,7 +289,7 @@ export type ListCatalogModelsRequest = Message<"relay.admin.v1.ListCatalogModels
  * Use `create(ListCatalogModelsRequestSchema)` to create a new message.
  */
 export const ListCatalogModelsRequestSchema: GenMessage<ListCatalogModelsRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 2);
+  messageDesc(file_relay_admin_v1_catalog, 3);
 
 /**
  * Response of ListCatalogModels.
@@ -205,7 +313,7 @@ export type ListCatalogModelsResponse = Message<"relay.admin.v1.ListCatalogModel
  * Use `create(ListCatalogModelsResponseSchema)` to create a new message.
  */
 export const ListCatalogModelsResponseSchema: GenMessage<ListCatalogModelsResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 3);
+  messageDesc(file_relay_admin_v1_catalog, 4);
 
 /**
  * Request of ListProviders.
@@ -220,7 +328,7 @@ export type ListProvidersRequest = Message<"relay.admin.v1.ListProvidersRequest"
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 4);
+  messageDesc(file_relay_admin_v1_catalog, 5);
 
 /**
  * Response of ListProviders.
@@ -239,7 +347,7 @@ export type ListProvidersResponse = Message<"relay.admin.v1.ListProvidersRespons
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 5);
+  messageDesc(file_relay_admin_v1_catalog, 6);
 
 /**
  * Request of UpsertCatalogModel.
@@ -256,6 +364,14 @@ export type UpsertCatalogModelRequest = Message<"relay.admin.v1.UpsertCatalogMod
    * @generated from field: string request_id = 2;
    */
   requestId: string;
+
+  /**
+   * The fields to change on an existing model (e.g. "input_cost_per_1m",
+   * "status", "aliases"); empty: replace the whole model.  Ignored on create.
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 3;
+   */
+  updateMask?: FieldMask | undefined;
 };
 
 /**
@@ -263,7 +379,7 @@ export type UpsertCatalogModelRequest = Message<"relay.admin.v1.UpsertCatalogMod
  * Use `create(UpsertCatalogModelRequestSchema)` to create a new message.
  */
 export const UpsertCatalogModelRequestSchema: GenMessage<UpsertCatalogModelRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 6);
+  messageDesc(file_relay_admin_v1_catalog, 7);
 
 /**
  * Response of UpsertCatalogModel.
@@ -282,10 +398,53 @@ export type UpsertCatalogModelResponse = Message<"relay.admin.v1.UpsertCatalogMo
  * Use `create(UpsertCatalogModelResponseSchema)` to create a new message.
  */
 export const UpsertCatalogModelResponseSchema: GenMessage<UpsertCatalogModelResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 7);
+  messageDesc(file_relay_admin_v1_catalog, 8);
 
 /**
- * The model catalog and the providers behind it.
+ * Request of DeleteCatalogModel.
+ *
+ * @generated from message relay.admin.v1.DeleteCatalogModelRequest
+ */
+export type DeleteCatalogModelRequest = Message<"relay.admin.v1.DeleteCatalogModelRequest"> & {
+  /**
+   * The model's relay_name (or id).
+   *
+   * @generated from field: string relay_name = 1;
+   */
+  relayName: string;
+
+  /**
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.DeleteCatalogModelRequest.
+ * Use `create(DeleteCatalogModelRequestSchema)` to create a new message.
+ */
+export const DeleteCatalogModelRequestSchema: GenMessage<DeleteCatalogModelRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 9);
+
+/**
+ * Response of DeleteCatalogModel.
+ *
+ * @generated from message relay.admin.v1.DeleteCatalogModelResponse
+ */
+export type DeleteCatalogModelResponse = Message<"relay.admin.v1.DeleteCatalogModelResponse"> & {
+};
+
+/**
+ * Describes the message relay.admin.v1.DeleteCatalogModelResponse.
+ * Use `create(DeleteCatalogModelResponseSchema)` to create a new message.
+ */
+export const DeleteCatalogModelResponseSchema: GenMessage<DeleteCatalogModelResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 10);
+
+/**
+ * The model catalog and the providers behind it.  Every change is audited and
+ * applies on every worker at once (no restart).  Reads need any admin
+ * credential; changes need the platform operator token.
  *
  * @generated from service relay.admin.v1.ModelCatalogService
  */
@@ -301,7 +460,7 @@ export const ModelCatalogService: GenService<{
     output: typeof ListCatalogModelsResponseSchema;
   },
   /**
-   * List providers with their priority and health.
+   * List providers with their priority, health status and circuit state.
    *
    * @generated from rpc relay.admin.v1.ModelCatalogService.ListProviders
    */
@@ -311,7 +470,9 @@ export const ModelCatalogService: GenService<{
     output: typeof ListProvidersResponseSchema;
   },
   /**
-   * Create or update a catalog model (platform operators only).
+   * Create or update a catalog model: prices, limits, status (active |
+   * deprecated | disabled), aliases and extra provider routes (platform
+   * operators only).  Aliases and routes given replace the model's own.
    *
    * @generated from rpc relay.admin.v1.ModelCatalogService.UpsertCatalogModel
    */
@@ -319,6 +480,18 @@ export const ModelCatalogService: GenService<{
     methodKind: "unary";
     input: typeof UpsertCatalogModelRequestSchema;
     output: typeof UpsertCatalogModelResponseSchema;
+  },
+  /**
+   * Delete a catalog model, its aliases and routes (platform operators only).
+   * A model that requests were already billed against cannot be deleted
+   * (FAILED_PRECONDITION): disable it instead.
+   *
+   * @generated from rpc relay.admin.v1.ModelCatalogService.DeleteCatalogModel
+   */
+  deleteCatalogModel: {
+    methodKind: "unary";
+    input: typeof DeleteCatalogModelRequestSchema;
+    output: typeof DeleteCatalogModelResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_relay_admin_v1_catalog, 0);
