@@ -4,8 +4,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
+NODE_CLIENTS_STAMP := tests/e2e/node/node_modules/.installed-stamp
 
-.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts bench clean chromium
+.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts node-clients bench clean chromium
 
 venv: $(STAMP)
 
@@ -23,6 +24,13 @@ sdk-ts: $(NPM_STAMP)
 $(NPM_STAMP): sdk_typescript/package.json sdk_typescript/package-lock.json
 	cd sdk_typescript && npm ci --no-audit --no-fund
 	touch $(NPM_STAMP)
+
+## node-clients: the official Node SDKs the e2e tests use as clients (@anthropic-ai/sdk), from package-lock.json
+node-clients: $(NODE_CLIENTS_STAMP)
+
+$(NODE_CLIENTS_STAMP): tests/e2e/node/package.json tests/e2e/node/package-lock.json
+	cd tests/e2e/node && npm ci --no-audit --no-fund
+	touch $(NODE_CLIENTS_STAMP)
 
 ## gen: regenerate pb2/pyi/grpc stubs and the Envoy descriptor from protos/
 gen: $(STAMP) $(NPM_STAMP)
@@ -53,7 +61,7 @@ chromium:
 	  || echo "chromium not installed (not root or no apt): the dashboard browser tests will be skipped"; }
 
 ## test: unit + integration (real Postgres/Redis) + e2e (openai SDK → Envoy → server)
-test: $(STAMP) $(NPM_STAMP) chromium
+test: $(STAMP) $(NPM_STAMP) $(NODE_CLIENTS_STAMP) chromium
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -62,7 +70,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP) chromium
+test-e2e: $(STAMP) $(NODE_CLIENTS_STAMP) chromium
 	$(PY) -m pytest tests/e2e
 
 # Portkey's gateway beside Relay in the same run (installed into bench/.cache/peers by the bench); BENCH_PEERS= to skip.

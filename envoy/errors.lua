@@ -65,6 +65,19 @@ local function forwardable(name)
   return string.sub(name, -4) ~= "-bin"
 end
 
+-- The Anthropic door's model list: Anthropic's SDKs GET /v1/models (and
+-- /v1/models/{id}) with an `anthropic-version` header and expect Anthropic's
+-- list shape.  This filter runs before the transcoder, so pointing the path at
+-- the door's own route is all it takes (the route, /v1/, stays the same).
+local function anthropic_models(h)
+  if h:get(":method") ~= "GET" or h:get("anthropic-version") == nil then return end
+  local path = h:get(":path") or ""
+  local rest = string.match(path, "^/v1/models(.*)$")
+  if rest ~= nil and (rest == "" or string.match(rest, "^[/?]")) then
+    h:replace(":path", "/v1/anthropic/models" .. rest)
+  end
+end
+
 function envoy_on_request(handle)
   local h = handle:headers()
   local content_type = h:get("content-type") or ""
@@ -83,9 +96,11 @@ function envoy_on_request(handle)
       drop[#drop + 1] = name
     end
   end
-  if drop == nil then return end
-  -- Headers cannot be changed while they are being iterated.
-  for _, name in ipairs(drop) do h:remove(name) end
+  if drop ~= nil then
+    -- Headers cannot be changed while they are being iterated.
+    for _, name in ipairs(drop) do h:remove(name) end
+  end
+  anthropic_models(h)
 end
 
 function envoy_on_response(handle)

@@ -42,6 +42,11 @@ _OPENAI_SSE = (
     "`usage`. The stream ends with `data: [DONE]`. A failure after the first frame arrives as a "
     '`data: {"error": {...}}` frame (the `Error` schema) and the stream ends.'
 )
+_ANTHROPIC_SSE = (
+    "Server-sent events as Anthropic sends them: `event: <type>` then `data: {JSON}` per event (message_start, "
+    "content_block_start, ping, content_block_delta, content_block_stop, message_delta, message_stop). A failure "
+    'after the first event arrives as `event: error` with `{"type": "error", "error": {...}}` and the stream ends.'
+)
 _THREAD_SSE = (
     "Server-sent events `id: N` + `data: {JSON}` per event (thread.message.created, thread.message.delta, "
     "then thread.message.completed or thread.message.failed), ending with `data: [DONE]`. Events are buffered: "
@@ -80,6 +85,12 @@ RAW_BODY_MESSAGES: dict[str, RawBody] = {
         "relay.v1.CompletionRequest", "relay.v1.Completion", _OPENAI_SSE, "relay.v1.Completion"
     ),
     "relay.v1.OpenAIService.CreateEmbedding": RawBody("relay.v1.EmbeddingRequest", "relay.v1.EmbeddingList"),
+    "relay.v1.AnthropicService.CreateMessage": RawBody(
+        "relay.v1.AnthropicMessageRequest", "relay.v1.AnthropicMessage", _ANTHROPIC_SSE, "relay.v1.AnthropicStreamEvent"
+    ),
+    "relay.v1.AnthropicService.CountTokens": RawBody("relay.v1.AnthropicMessageRequest", "relay.v1.AnthropicTokenCount"),
+    "relay.v1.AnthropicService.ListModels": RawBody(None, "relay.v1.AnthropicModelList"),
+    "relay.v1.AnthropicService.GetModel": RawBody(None, "relay.v1.AnthropicModel"),
     "relay.v1.ThreadService.SendMessage": RawBody(None, "relay.v1.SendMessageResponse", _THREAD_SSE),
     "relay.v1.ThreadService.StreamMessage": RawBody(None, None, _THREAD_SSE),
     "relay.v1.ResponsesService.CreateResponse": RawBody(

@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--owner-email", required=True)
     p.add_argument("--plan", default="")
     p.add_argument("--first-key-env", choices=sorted(_ENVS), default="test")
-    p.add_argument("--silo", default="", help="configured silo database name")
     p.add_argument("--request-id", default="")
     p.add_argument("--wait", action="store_true", help="return once provisioning has finished (the tenant can have keys)")
     p.add_argument("--wait-timeout", type=float, default=60.0, help="seconds --wait waits at most (default 60)")
@@ -124,7 +123,7 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
     if args.action == "create":
         request: Any = pb.CreateTenantRequest(
             slug=args.slug, name=args.name, owner_email=args.owner_email, plan=args.plan,
-            first_key_environment=_ENVS[args.first_key_env], silo_database=args.silo, request_id=args.request_id,
+            first_key_environment=_ENVS[args.first_key_env], request_id=args.request_id,
         )  # fmt: skip
 
         def created(r: Any) -> None:

@@ -59,6 +59,40 @@ class ErrorKind(enum.Enum):
         return self.value.grpc_status
 
 
+# The Anthropic door's (HTTP status, error.type) for each kind: the same closed table in
+# Anthropic's words.  Every kind has a row (a unit test checks it).  Anthropic answers every
+# invalid request with 400, a billing problem with 402 ``billing_error`` (Relay's spend caps and
+# quotas: terminal, ``x-should-retry: false``), and "try again later" with 529 ``overloaded_error``.
+ANTHROPIC_ERRORS: dict[ErrorKind, tuple[int, str]] = {
+    ErrorKind.INVALID_JSON: (400, "invalid_request_error"),
+    ErrorKind.BAD_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.INVALID_API_KEY: (401, "authentication_error"),
+    ErrorKind.TENANT_SUSPENDED: (402, "billing_error"),
+    ErrorKind.QUOTA_EXCEEDED: (402, "billing_error"),
+    ErrorKind.SPEND_CAP_EXCEEDED: (402, "billing_error"),
+    ErrorKind.PERMISSION_DENIED: (403, "permission_error"),
+    ErrorKind.MODEL_NOT_FOUND: (404, "not_found_error"),
+    ErrorKind.NOT_FOUND: (404, "not_found_error"),
+    ErrorKind.CONFLICT: (409, "invalid_request_error"),
+    ErrorKind.FAILED_PRECONDITION: (409, "invalid_request_error"),
+    ErrorKind.REQUEST_TOO_LARGE: (413, "request_too_large"),
+    ErrorKind.INVALID_REQUEST: (400, "invalid_request_error"),
+    ErrorKind.RATE_LIMIT_EXCEEDED: (429, "rate_limit_error"),
+    ErrorKind.INTERNAL: (500, "api_error"),
+    ErrorKind.UNIMPLEMENTED: (501, "api_error"),
+    ErrorKind.PROVIDER_ERROR: (502, "api_error"),
+    ErrorKind.NO_PROVIDER_AVAILABLE: (529, "overloaded_error"),
+    ErrorKind.TENANT_PROVISIONING: (529, "overloaded_error"),
+    ErrorKind.REQUEST_TIMEOUT: (504, "timeout_error"),
+}
+
+# A status a provider answered with (passed through on a 4xx) → Anthropic's type for it.
+ANTHROPIC_STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 402: "billing_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error", 504: "timeout_error",
+    529: "overloaded_error",
+}
+
 # A message travels in response headers (x-relay-error, grpc-message and the
 # status details each carry it, the JSON form escaping non-ASCII six-fold), and
 # Envoy drops a response whose headers pass its limit: a 20,000-character model
@@ -122,6 +156,16 @@ class RelayError(Exception):
         if self.details is not None:
             error["details"] = self.details
         return {"error": error}
+
+    def anthropic(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, body) in Anthropic's shape: ``{"type": "error", "error": {"type", "message"}}``.
+
+        A status the error carries of its own (a provider's 4xx passed through) is kept."""
+        status, kind = ANTHROPIC_ERRORS[self.kind]
+        if self.http_status != self.kind.value.http_status:
+            status = self.http_status
+            kind = ANTHROPIC_STATUS_TYPES.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        return status, {"type": "error", "error": {"type": kind, "message": self.message}}
 
     def __repr__(self) -> str:
         return f"RelayError({self.kind.name}, {self.message!r})"

@@ -11,6 +11,7 @@ masks secret-named fields and any key or bearer credential that slipped in.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -49,6 +50,25 @@ class JsonFormatter(logging.Formatter):
 
 def _clipped(value: object) -> object:
     return clip(value, MAX_FIELD_CHARS) if isinstance(value, str) else value
+# procrastinate names a job as ``task[id](kwarg=value, ...)`` in its messages and
+# puts the job (arguments included) in its log fields.  Relay's job arguments
+# carry no secrets, but they are tenant data: logs get the job's name and id only.
+_JOB_CALL = re.compile(r"([\w:.-]+\[\d+\])\(.*?\)(?=[ ,:;]|$)", re.DOTALL)
+
+
+def drop_job_arguments(record: logging.LogRecord) -> bool:
+    """Handler filter: strips job arguments from the job queue's log records."""
+    if record.name.startswith("procrastinate"):
+        message = record.getMessage()
+        job = record.__dict__.get("job")
+        if isinstance(job, dict):
+            call = job.get("call_string")
+            if isinstance(call, str) and call:  # exact, whatever the arguments contain
+                message = message.replace(call, f"{job.get('task_name')}[{job.get('id')}]")
+            record.job = {k: v for k, v in job.items() if k in ("id", "task_name", "queue", "status", "attempts")}
+        record.msg = _JOB_CALL.sub(r"\1", message)
+        record.args = None
+    return True
 
 
 class BufferedLineHandler(logging.StreamHandler):
@@ -103,9 +123,12 @@ class BufferedLineHandler(logging.StreamHandler):
 def configure(level: str = "INFO") -> None:
     handler = BufferedLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(drop_job_arguments)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # The job queue's per-job INFO lines repeat what Relay logs itself (failures, with kind and tenant).
+    logging.getLogger("procrastinate").setLevel(max(logging.WARNING, root.level))
     # The JSON line uses none of these; computing them costs a frame walk and lookups per record.
     logging.logThreads = False
     logging.logProcesses = False

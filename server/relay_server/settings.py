@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 _PREFIX = "RELAY_"
+# Egress proxy variables keep their conventional names, in either case.
+_CONVENTIONAL = frozenset({"https_proxy", "http_proxy", "no_proxy"})
 
 
 def _coerce(kind: Any, raw: str) -> Any:
@@ -76,8 +78,6 @@ class Settings:
     background_jobs: bool = True  # run the job runner and lifecycle sweeps in this process
     jobs_poll_s: float = 1.0
     lifecycle_sweep_s: float = 30.0
-    # JSON object: silo database name (tenants.silo_database) → its owner DSN.
-    silo_databases: str = field(default="", repr=False)
     # Envoy hop(s), comma-separated addresses or CIDRs: only a connection from one of them
     # may name the caller in x-forwarded-for (audit IPs).  Empty: the peer address counts.
     trusted_proxies: str = ""
@@ -118,6 +118,13 @@ class Settings:
     circuit_cooldown_s: float = 30.0  # an open circuit lets one probe request through after this
     health_monitor: bool = True  # probe providers and record health events from this process
     health_probe_interval_s: float = 15.0
+    # Upstream HTTP (docs/providers.md): "native" (Relay's own client) or "aiohttp" (library-backed).
+    upstream_http: str = "native"
+    # Egress proxy: HTTPS_PROXY for https upstreams (CONNECT tunnel), HTTP_PROXY for http ones,
+    # NO_PROXY exempts hosts.  Proxy URLs may carry credentials: never in repr or logs.
+    https_proxy: str = field(default="", repr=False)
+    http_proxy: str = field(default="", repr=False)
+    no_proxy: str = ""
 
     # Observability (docs/observability.md)
     metrics_port: int = 9464  # Prometheus /metrics on its own plain-HTTP port (never through Envoy); 0 = off
@@ -142,8 +149,12 @@ class Settings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             # DATABASE_URL / REDIS_URL and OpenTelemetry's OTEL_* follow common conventions without a prefix.
-            for name in (_PREFIX + f.name.upper(), f.name.upper()):
-                if name in env and (name.startswith(_PREFIX) or f.name.endswith("_url") or f.name.startswith("otel_")):
+            for name in (_PREFIX + f.name.upper(), f.name.upper(), f.name):
+                if name in env and (
+                    name.startswith(_PREFIX)
+                    or f.name in _CONVENTIONAL
+                    or (name.isupper() and (f.name.endswith("_url") or f.name.startswith("otel_")))
+                ):
                     values[f.name] = _coerce(f.type, env[name])
                     break
         values.update(overrides)

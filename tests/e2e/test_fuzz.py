@@ -69,15 +69,25 @@ def _headers(response: Any) -> dict[str, str]:
     return {k.lower(): v[0] if isinstance(v, list) else v for k, v in response.headers.items()}
 
 
+def _anthropic_route(what: str) -> bool:
+    path = what.split(" ", 2)[1] if what.count(" ") >= 1 else what
+    return path.startswith(("/v1/messages", "/v1/anthropic/"))
+
+
 def assert_well_formed(response: Any, what: str) -> None:
-    """No 5xx (501 only for a route the server declares but does not implement); errors in OpenAI's shape."""
+    """No 5xx (501 only for a route the server declares but does not implement); errors in the door's
+    shape: Anthropic's (``{"type": "error", "error": {type, message}}``) on the Anthropic door, else OpenAI's."""
     status = response.status_code
     headers = _headers(response)
     assert status < 500 or (status == 501 and "not_implemented" in response.text), f"{what} -> {status}: {response.text[:500]}"
     if status >= 400:
         assert headers.get("content-type", "").startswith("application/json"), f"{what} -> {status} {response.text[:300]}"
-        error = json.loads(response.content)["error"]
-        assert {"message", "type", "param", "code"} <= set(error), f"{what} -> {error}"
+        payload = json.loads(response.content)
+        error = payload["error"]
+        if payload.get("type") == "error":  # the Anthropic door
+            assert _anthropic_route(what) and {"message", "type"} <= set(error), f"{what} -> {payload}"
+        else:
+            assert {"message", "type", "param", "code"} <= set(error), f"{what} -> {error}"
         assert isinstance(error["message"], str) and error["message"], f"{what} -> {error}"
         for internal in ("Traceback", "<class ", "_pb2", "DecodeError"):
             assert internal not in error["message"], f"{what} -> {error}"

@@ -9,6 +9,7 @@ real API would reject.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -49,9 +50,24 @@ class FakeAnthropic(FakeServer):
         super().__init__()
         self.cache_read_tokens = 0
         self.cache_write_tokens = 0
+        self.usage_on_delta = False
+        """Report input and cache tokens on message_delta only (message_start then says 0), as
+        some Anthropic streams do."""
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self._messages), web.get("/v1/models", self._models)]
+        return [web.post("/v1/messages", self._messages), web.post("/v1/messages/count_tokens", self._count_tokens),
+                web.get("/v1/models", self._models)]
+
+    async def _count_tokens(self, request: web.Request) -> web.StreamResponse:
+        body, fault = await self.receive(request)
+        refusal = self._refuse(request, fault)
+        if refusal is not None:
+            return refusal
+        allowed = {"model", "messages", "system", "tools", "tool_choice", "thinking", "mcp_servers"}
+        extra = sorted(set(body or {}) - allowed)
+        if extra:
+            return _error(400, f"{extra[0]}: Extra inputs are not permitted")
+        return web.json_response({"input_tokens": sum(count_tokens(t) for t in texts_in([body.get("system"), body["messages"]]))})
 
     async def _messages(self, request: web.Request) -> web.StreamResponse:
         body, fault = await self.receive(request)
@@ -76,7 +92,7 @@ class FakeAnthropic(FakeServer):
             "cache_creation_input_tokens": self.cache_write_tokens,
         }
         if body.get("stream"):
-            frames = self._frames(body, text_pieces, tool_calls, stop_reason, usage)
+            frames = self._frames(body, text_pieces, tool_calls, stop_reason, usage, reply.thinking)
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
             hang = {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "more "}}
             return await self.run_stream(
@@ -87,6 +103,8 @@ class FakeAnthropic(FakeServer):
                 hang_frame=("content_block_delta", orjson.dumps(hang).decode()),
             )
         content: list[dict[str, Any]] = []
+        if reply.thinking:
+            content.append({"type": "thinking", "thinking": reply.thinking, "signature": "c2lnbmVkLWJ5LWZha2U="})
         if text_pieces:
             content.append({"type": "text", "text": "".join(text_pieces)})
         for i, (name, args) in enumerate(tool_calls):
@@ -111,22 +129,40 @@ class FakeAnthropic(FakeServer):
         tool_calls: list[tuple[str, dict[str, Any]]],
         stop_reason: str,
         usage: dict[str, Any],
+        thinking: str = "",
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         start_usage = {**usage, "output_tokens": 1}
+        delta_usage = {"output_tokens": usage["output_tokens"]}
+        if self.usage_on_delta:
+            start_usage = {**start_usage, "input_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
+            delta_usage = dict(usage)
         message = {
             "id": "msg_fake", "type": "message", "role": "assistant", "model": body["model"], "content": [],
             "stop_reason": None, "stop_sequence": None, "usage": start_usage,
         }
         yield "message_start", {"type": "message_start", "message": message}
         index = 0
-        if text_pieces:
-            yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+        if thinking:
+            block = {"type": "thinking", "thinking": "", "signature": ""}
+            yield "content_block_start", {"type": "content_block_start", "index": 0, "content_block": block}
             yield "ping", {"type": "ping"}
-            for piece in text_pieces:
-                delta = {"type": "text_delta", "text": piece}
+            for piece in pieces(thinking):
+                delta = {"type": "thinking_delta", "thinking": piece}
                 yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}
+            signature = {"type": "signature_delta", "signature": "c2lnbmVkLWJ5LWZha2U="}
+            yield "content_block_delta", {"type": "content_block_delta", "index": 0, "delta": signature}
             yield "content_block_stop", {"type": "content_block_stop", "index": 0}
             index = 1
+        if text_pieces:
+            block = {"type": "text", "text": ""}
+            yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
+            if not thinking:
+                yield "ping", {"type": "ping"}
+            for piece in text_pieces:
+                delta = {"type": "text_delta", "text": piece}
+                yield "content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta}
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
         for i, (name, args) in enumerate(tool_calls):
             block = {"type": "tool_use", "id": f"toolu_{i}", "name": name, "input": {}}
             yield "content_block_start", {"type": "content_block_start", "index": index, "content_block": block}
@@ -136,7 +172,7 @@ class FakeAnthropic(FakeServer):
             yield "content_block_stop", {"type": "content_block_stop", "index": index}
             index += 1
         delta = {"stop_reason": stop_reason, "stop_sequence": None}
-        yield "message_delta", {"type": "message_delta", "delta": delta, "usage": {"output_tokens": usage["output_tokens"]}}
+        yield "message_delta", {"type": "message_delta", "delta": delta, "usage": delta_usage}
         yield "message_stop", {"type": "message_stop"}
 
     async def _models(self, request: web.Request) -> web.StreamResponse:
@@ -156,7 +192,7 @@ class FakeAnthropic(FakeServer):
         key = request.headers.get("x-api-key", "")
         if not key or (self.valid_keys is not None and key not in self.valid_keys):
             return _error(401, "invalid x-api-key")
-        if request.headers.get("anthropic-version") != "2023-06-01":
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", request.headers.get("anthropic-version", "")):
             return _error(400, "anthropic-version header is required")
         return None
 

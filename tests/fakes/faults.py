@@ -82,6 +82,8 @@ class Reply:
 
     text: str = "Hello from the fake provider, nice to meet you."
     tool_calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    thinking: str = ""
+    """Reasoning before the text: a thinking block (Anthropic), ``reasoning_content`` (OpenAI-compatible)."""
 
 
 @dataclass
@@ -138,6 +140,8 @@ class FakeServer:
         self.prompt_tokens_total = 0
         self.completion_tokens_total = 0
         self.disconnects = 0
+        self.sent_streams: list[bytearray] = []
+        """Every stream's bytes exactly as written (for byte-level passthrough tests)."""
         self.disconnected = asyncio.Event()
         self.base_url = ""
         self._runner: web.AppRunner | None = None
@@ -228,6 +232,8 @@ class FakeServer:
         """Send SSE ``(event, data)`` frames, applying the stream faults."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         sent = 0
+        written = bytearray()
+        self.sent_streams.append(written)
 
         async def send(event: str | None, data: str) -> None:
             nonlocal sent
@@ -245,7 +251,9 @@ class FakeServer:
                 await resp.write(b'data: {"choices": [ this is not json\n\n')
             if fault.chunk_delay_s:
                 await asyncio.sleep(fault.chunk_delay_s)
-            await resp.write(_frame(event, data))
+            frame = _frame(event, data)
+            written.extend(frame)
+            await resp.write(frame)
             sent += 1
 
         try:

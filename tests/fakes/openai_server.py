@@ -70,6 +70,8 @@ class FakeOpenAI(FakeServer):
         completion = _completion_tokens(reply)
         self.bill(prompt, completion)
         message: dict[str, Any] = {"role": "assistant", "content": reply.text or None, "refusal": None}
+        if reply.thinking:
+            message["reasoning_content"] = reply.thinking
         if reply.tool_calls:
             message["tool_calls"] = [_tool_call(i, name, args) for i, (name, args) in enumerate(reply.tool_calls)]
         result: dict[str, Any] = {
@@ -201,6 +203,9 @@ class FakeOpenAI(FakeServer):
         usage = None if fault.no_usage else _usage(prompt, completion)
         if chat:
             yield {**envelope, "choices": [_choice({"role": "assistant", "content": ""}, None, chat)], **null_usage}
+        for piece in pieces(reply.thinking) if chat else ():
+            # How OpenAI-compatible reasoning servers stream their reasoning, before the answer.
+            yield {**envelope, "choices": [_choice({"reasoning_content": piece}, None, chat)], **null_usage}
         for piece in pieces(reply.text):
             yield {**envelope, "choices": [_choice({"content": piece}, None, chat)], **null_usage}
         for i, (name, args) in enumerate(reply.tool_calls):

@@ -78,7 +78,7 @@ async def test_store_false_keeps_nothing(database: Database, pg_db: TestDatabase
 
 async def test_the_tenants_retention_sets_expiry_and_expired_responses_vanish(database: Database, pg_db: TestDatabase) -> None:
     tenant = make_tenant(pg_db.owner_dsn, config={"response_retention_days": "3"})
-    store = ResponseStore(database, RetentionSource(TenantConfigReader(database, None, ttl_s=60).get))
+    store = ResponseStore(database, RetentionSource(TenantConfigReader(database, ttl_s=60).get))
     me = _principal(tenant, make_key(pg_db.owner_dsn, tenant).key_id)
     kept = await _turn(store, me, "keep", "ok")
     with psycopg.connect(pg_db.owner_dsn) as conn:

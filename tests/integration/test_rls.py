@@ -90,7 +90,6 @@ ROWS: dict[str, RowFn] = {
     },
     "tenant_feature_overrides": lambda t, n: {"tenant_id": t, "feature": FEATURES[n], "enabled": True},
     "tenant_config": lambda t, n: {"tenant_id": t, "key": f"k{n}", "value": "v"},
-    "jobs": lambda t, n: {"kind": "provision_tenant", "tenant_id": t, "dedupe_key": f"job_{t}_{n}"},
     "webhook_deliveries": lambda t, n: {
         "id": f"wh_{t}_{n}", "tenant_id": t, "event_id": f"ev_{t}_{n}", "event_type": "x", "url": "https://h.test/",
         "payload": Jsonb({}),
@@ -111,7 +110,7 @@ ROWS: dict[str, RowFn] = {
 # Tables whose tenant column is not tenant_id.
 TENANT_COLUMN = {"tenants": "id"}
 # Tables where rows with a NULL tenant exist and what relay_app may see of them.
-NULL_TENANT_VISIBLE = {"provider_credentials": True, "audit_log": False, "jobs": False}
+NULL_TENANT_VISIBLE = {"provider_credentials": True, "audit_log": False}
 
 
 def _insert(conn: psycopg.Connection[Any] | Any, table: str, row: dict[str, Any]) -> Any:
@@ -133,7 +132,6 @@ def _seed(owner_dsn: str) -> None:
         _insert(conn, "provider_credentials", {**ROWS["provider_credentials"]("relay", 0), "tenant_id": None})
         platform_event = {**ROWS["audit_log"]("platform", 0), "tenant_id": None, "actor_type": "platform_admin"}
         _insert(conn, "audit_log", platform_event)
-        _insert(conn, "jobs", {"kind": "platform_sweep", "tenant_id": None})
 
 
 @pytest.fixture(scope="module")
@@ -368,22 +366,3 @@ def test_app_dsn_is_derived_from_the_owner_dsn() -> None:
     assert "user=relay_app" in dsn and "password=apppw" in dsn and "dbname=relay" in dsn and "port=5432" in dsn
     # Without a password the owner's is kept (the make-up convention).
     assert "password=pw" in app_dsn_from_owner("postgresql://relay_owner:pw@127.0.0.1:5432/relay")
-
-
-@pytest.mark.asyncio
-async def test_for_tenant_opens_and_keeps_one_database_per_silo(db: Database, pg_cluster: PgCluster) -> None:
-    silo_db = pg_cluster.create_database("relay_silo")
-    try:
-        assert await db.for_tenant(None) is db
-        silo = await db.for_tenant(silo_db.owner_dsn)
-        assert await db.for_tenant(silo_db.owner_dsn) is silo
-        # The silo is a different database: A's rows from the shared one are not there.
-        async with silo.system_tx() as conn:
-            assert await (await conn.execute("SELECT id FROM tenants")).fetchall() == []
-            await conn.execute("INSERT INTO tenants (id, slug, name) VALUES ('ten_silo', 'silo', 'Silo')")
-        async with silo.tenant_tx("ten_silo") as conn:
-            assert [r["id"] for r in await (await conn.execute("SELECT id FROM tenants")).fetchall()] == ["ten_silo"]
-        await db.close()  # closes the silo's pools too, so its database can be dropped
-        assert silo.app.closed and silo.system.closed
-    finally:
-        pg_cluster.drop_database(silo_db)

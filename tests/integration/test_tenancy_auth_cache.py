@@ -23,10 +23,11 @@ from relay_server.stack.redis import RedisHandle, start_redis
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.redis.client import create_redis
-from relay_server.tenancy.auth_cache import AuthInvalidator, RedisKeyCache, decode_record, redis_key
+from relay_server.tenancy.auth_cache import RedisKeyCache, decode_record, redis_key
 from relay_server.tenancy.cache_fill import is_tombstone
 from relay_server.tenancy.keys import KeyRequest
-from tests.support.tenancy import operator, signup, tenancy_for
+from relay_server.tenancy.policy_bus import CHANNEL, PolicyBus
+from tests.support.tenancy import JOBS, operator, signup, tenancy_for
 
 
 def _md(secret: str) -> dict[str, str]:
@@ -49,8 +50,9 @@ class Worker:
         self.store = CountingStore(db)
         self.cache = RedisKeyCache(self.redis)
         self.auth = Authenticator(self.store, cache_ttl_s=3600, shared=self.cache)
-        self.invalidator = AuthInvalidator(db, self.auth, cache=self.cache, redis=self.redis,
-                                           subscriber=lambda: Redis.from_url(url, socket_timeout=None))  # fmt: skip
+        self.invalidator = PolicyBus(db, key_cache=self.cache, redis=self.redis,
+                                     subscriber=lambda: Redis.from_url(url, socket_timeout=None))  # fmt: skip
+        self.invalidator.register(self.auth.cache)
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -64,7 +66,7 @@ class Worker:
         await self.redis.aclose()
 
     def caches(self, key_hash: str) -> bool:
-        return key_hash in self.auth._cache
+        return key_hash in self.auth.cache
 
 
 @pytest.fixture
@@ -115,7 +117,7 @@ async def test_a_tenant_status_change_purges_every_key_of_the_tenant_on_every_wo
                 await w.auth.authenticate(_md(secret))
         await t.tenants.transition(operator(), s.tenant.id, "active", "")
         await t.tenants.transition(operator(), s.tenant.id, "suspended", "")
-        assert not a.auth._cache and not b.auth._cache
+        assert len(a.auth.cache) == 0 and len(b.auth.cache) == 0
         for w in (a, b):
             for secret in (s.first_key_secret, other_secret):
                 with pytest.raises(RelayError) as info:
@@ -168,7 +170,7 @@ async def test_a_purge_arriving_during_a_lookup_keeps_the_lookup_from_caching(da
     auth.purge_tenant(s.tenant.id)  # the change lands while the lookup is in flight
     gate.set()
     await lookup
-    assert auth._cache == {}
+    assert len(auth.cache) == 0
 
 
 @pytest.mark.asyncio
@@ -198,21 +200,23 @@ async def test_with_redis_down_auth_falls_back_to_postgres_and_purges_catch_up(
             with pytest.raises(RelayError):
                 await t.authenticator.authenticate(_md(secret))
             async with database.system_tx() as conn:
-                staged = await (await conn.execute("SELECT id, status FROM jobs WHERE kind = 'auth_purge'")).fetchall()
+                staged = await (await conn.execute(f"SELECT id, status FROM {JOBS} WHERE kind = 'policy_purge'")).fetchall()
                 assert [j["status"] for j in staged] == ["queued"]
-                await conn.execute("UPDATE jobs SET run_after = now() WHERE kind = 'auth_purge'")
-            failed = await t.runner.run_once()
-            assert failed is not None and failed.kind == "auth_purge"
+                await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE task_name = 'policy_purge'")
+            assert await t.runner.drain() == 1
+            async with database.system_tx() as conn:
+                failed = await (await conn.execute(f"SELECT status, attempts FROM {JOBS} WHERE kind = 'policy_purge'")).fetchone()
+            assert failed == {"status": "queued", "attempts": 1}, "failed while Redis is down: queued again"
 
             server = start_redis(tmp_path, port)
             # A Redis that comes back with its data would still hold the old record.
             await redis.set(redis_key(row.key_hash), b"stale")
             async with database.system_tx() as conn:
-                await conn.execute("UPDATE jobs SET run_after = now() WHERE kind = 'auth_purge'")
-            assert (await t.runner.run_once()).kind == "auth_purge"
+                await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE task_name = 'policy_purge'")
+            assert await t.runner.drain() == 1
             assert is_tombstone(await redis.get(redis_key(row.key_hash)))
-            async with database.system_tx() as conn:
-                assert (await (await conn.execute("SELECT status FROM jobs WHERE kind = 'auth_purge'")).fetchone())["status"] == "succeeded"
+            async with database.system_tx() as conn:  # succeeded, so it left the queue
+                assert await (await conn.execute(f"SELECT status FROM {JOBS} WHERE kind = 'policy_purge'")).fetchone() is None
     finally:
         await redis.aclose()
         server.stop()
@@ -225,7 +229,7 @@ async def test_a_successful_purge_removes_its_staged_job(database: Database, red
         row, _ = await t.keys.create(operator(), s.tenant.id, KeyRequest(name="k", environment="test"))
         await t.keys.revoke(operator(), s.tenant.id, row.id)
         async with database.system_tx() as conn:
-            assert await (await conn.execute("SELECT id FROM jobs WHERE kind = 'auth_purge'")).fetchall() == []
+            assert await (await conn.execute(f"SELECT id FROM {JOBS} WHERE kind = 'policy_purge'")).fetchall() == []
 
 
 @pytest.mark.asyncio
@@ -234,12 +238,13 @@ async def test_a_worker_that_never_acknowledges_delays_a_change_only_up_to_the_t
 ) -> None:
     silent = Redis.from_url(redis_server.url)
     pubsub = silent.pubsub()
-    await pubsub.subscribe("relay:auth:invalidate")  # receives, never acknowledges
+    await pubsub.subscribe(CHANNEL)  # receives, never acknowledges
     try:
         auth = Authenticator(PostgresKeyStore(database))
-        invalidator = AuthInvalidator(database, auth, cache=RedisKeyCache(redis_client), redis=redis_client, ack_timeout_s=0.1)
+        invalidator = PolicyBus(database, key_cache=RedisKeyCache(redis_client), redis=redis_client, ack_timeout_s=0.1)
+        invalidator.register(auth.cache)
         caplog.set_level(logging.WARNING)
-        assert await invalidator.keys_changed("ten_1", ["a" * 64]) is True
+        assert await invalidator.keys_changed("ten_1", ["key_1"], ["a" * 64]) is True
         assert "acknowledged" in caplog.text
     finally:
         await pubsub.aclose()

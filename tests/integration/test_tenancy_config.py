@@ -14,7 +14,6 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.stack.redis import RedisHandle
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.config import cache_key
 from relay_server.tenancy.rbac import SYSTEM_ROLES, AdminPrincipal
 from tests.support.tenancy import operator, signup, tenancy_for
 
@@ -44,9 +43,9 @@ async def test_config_reader_defaults_then_changes_visible_at_once(t, database: 
         "pro", Decimal("0.20"), (), None, None,
     )  # fmt: skip
     assert config.has("semantic_cache") and not config.has("byok")
-    assert await redis_client.ttl(cache_key(tid)) > 0
+    assert t.config.cache.expires_in(tid) > 0
 
-    assert (await t.config.get(tid)) == config  # now from Redis
+    assert (await t.config.get(tid)) == config  # now from memory
     # Cached: a change made behind the reader's back is not seen ...
     async with database.system_tx() as conn:
         await conn.execute("INSERT INTO tenant_config (tenant_id, key, value) VALUES (%s, 'webhook_url', 'https://x.test/h')", (tid,))
@@ -72,10 +71,10 @@ async def test_feature_overrides_apply_expire_and_invalidate(t, database: Databa
     assert (state.enabled, state.source, state.reason) == (True, "override", "pilot")
     assert (await t.config.get(tid)).has("byok")
     # The cache never outlives the override.
-    assert 0 < await redis_client.ttl(cache_key(tid)) <= 30
+    assert 0 < t.config.cache.expires_in(tid) <= 30
     async with database.system_tx() as conn:
         await conn.execute("UPDATE tenant_feature_overrides SET expires_at = now() - interval '1 second' WHERE tenant_id = %s", (tid,))
-    await t.config.invalidate(tid)
+    await t.invalidator.config_changed(tid)
     assert not (await t.config.get(tid)).has("byok")
     await t.tenant_settings.set_override(operator(), tid, "threads", False, "", None)
     assert not (await t.config.get(tid)).has("threads")

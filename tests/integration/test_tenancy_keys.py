@@ -124,7 +124,7 @@ async def test_rotation_keeps_the_old_secret_for_the_grace_period_only(t, databa
     # Grace over: the row says so and the purge makes every cache agree at once.
     async with database.system_tx() as conn:
         await conn.execute("UPDATE api_keys SET grace_expires_at = now() - interval '1 second' WHERE id = %s", (old.id,))
-    await t.invalidator.keys_changed(tid, [old.key_hash])
+    await t.invalidator.keys_changed(tid, [old.id], [old.key_hash])
     assert (await _fails(t.authenticator.authenticate(_md(old_secret)))).http_status == 401
     assert (await t.authenticator.authenticate(_md(new_secret))).key_id == new.id
     rotated = await _audit(database, tid, "api_key.rotated")
@@ -148,7 +148,7 @@ async def test_expired_keys_are_refused_and_shown_expired_by_the_sweep(t, databa
     row, secret = await t.keys.create(operator(), tid, KeyRequest(name="short", environment="test", expires_at=soon))
     async with database.system_tx() as conn:
         await conn.execute("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = %s", (row.id,))
-    await t.invalidator.keys_changed(tid, [row.key_hash])
+    await t.invalidator.keys_changed(tid, [row.id], [row.key_hash])
     err = await _fails(t.authenticator.authenticate(_md(secret)))
     assert err.http_status == 401 and "expired" in err.message and secret not in err.message
     assert (await t.lifecycle_jobs.sweep())["expired_keys"] == 1

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.stack.redis import RedisHandle
+from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.lifecycle import TRANSITIONS
@@ -175,8 +176,13 @@ async def test_hard_delete_removes_every_row_of_the_tenant_in_every_table(databa
         doomed = (await signup(t, "doomed")).tenant.id
         kept = (await signup(t, "kept")).tenant.id
         _seed_every_table(pg_db.owner_dsn, [doomed])
+        async with database.system_tx() as conn:  # a job of the tenant still waiting in the queue
+            await jobs.enqueue(conn, "auth_purge", tenant_id=doomed, delay=timedelta(hours=1))
         assert (await t.lifecycle_jobs.sweep()).get("hard_delete") == 1
         await t.runner.drain()
+        with psycopg.connect(pg_db.owner_dsn) as conn:
+            left = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE args ->> 'tenant_id' = %s", (doomed,)).fetchone()
+            assert left[0] == 0
         with psycopg.connect(pg_db.owner_dsn) as conn:
             for table in ROWS:
                 col = TENANT_COLUMN.get(table, "tenant_id")
@@ -201,8 +207,6 @@ async def test_hard_delete_waits_for_the_retention_period(database: Database) ->
         assert "hard_delete" not in await t.lifecycle_jobs.sweep()
         # Even a job queued early (by hand) does nothing before the period ends.
         async with database.system_tx() as conn:
-            from relay_server.storage.postgres import jobs  # noqa: PLC0415
-
             await jobs.enqueue(conn, "hard_delete", payload={"tenant_id": s.tenant.id})
         await t.runner.drain()
         assert (await t.tenants.get(operator(), s.tenant.id)).status == "deleted"

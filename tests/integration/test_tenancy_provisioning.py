@@ -5,6 +5,7 @@ worker seeds, and signup's bad inputs."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.rbac import SYSTEM_ROLES
 from relay_server.tenancy.tenants import SignupRequest
 from relay_server.workers.runner import BackgroundRunner
-from tests.support.tenancy import operator, signup, tenancy_for
+from tests.support.tenancy import JOBS, operator, signup, tenancy_for
 
 
 def _md(secret: str) -> dict[str, str]:
@@ -47,7 +48,7 @@ async def test_signup_returns_at_once_and_the_worker_finishes_the_job(
         with pytest.raises(RelayError) as before:
             await t.authenticator.authenticate(_md(s.first_key_secret))
         assert before.value.http_status == 401
-        job = await _one(database, "SELECT kind, status, payload FROM jobs WHERE tenant_id = %s", s.tenant.id)
+        job = await _one(database, f"SELECT kind, status, payload FROM {JOBS} WHERE tenant_id = %s", s.tenant.id)
         assert job["kind"] == "provision_tenant" and job["status"] == "queued"
         assert s.first_key_secret not in str(job["payload"])
 
@@ -71,24 +72,25 @@ async def test_signup_returns_at_once_and_the_worker_finishes_the_job(
         assert {r["name"]: r["n"] for r in roles} == {name: len(perms) for name, perms in SYSTEM_ROLES.items()}
         assert [r["name"] for r in owner_role] == ["owner"]
         assert sorted(actions) == ["api_key.created", "tenant.created", "tenant.status_changed"]
-        assert await _one(database, "SELECT status FROM jobs WHERE tenant_id = %s AND kind = 'provision_tenant'", s.tenant.id) == {
-            "status": "succeeded"
-        }
+        # Succeeded jobs leave the queue.
+        assert await _one(database, f"SELECT status FROM {JOBS} WHERE tenant_id = %s AND kind = 'provision_tenant'", s.tenant.id) is None
 
 
 @pytest.mark.asyncio
-async def test_a_failing_job_is_retried_with_backoff_and_then_succeeds(database: Database) -> None:
+async def test_a_failing_job_is_retried_with_backoff_and_then_succeeds(database: Database, caplog: pytest.LogCaptureFixture) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "retry", provision=False, plan="starter")
         # Break provisioning: the plan has no quota definitions.
         async with database.system_tx() as conn:
             saved = await (await conn.execute("DELETE FROM quota_definitions WHERE plan = 'starter' RETURNING *")).fetchall()
-        job = await t.runner.run_once()
-        assert job is not None and job.attempts == 1
-        row = await _one(database, "SELECT status, attempts, last_error, run_after > now() AS later FROM jobs WHERE id = %s", job.id)
-        assert row["status"] == "queued" and row["attempts"] == 1 and row["later"] and "quota" in row["last_error"]
+        with caplog.at_level(logging.WARNING, logger="relay_server.workers.job_app"):
+            assert await t.runner.drain() == 1
+        job = await _one(database, f"SELECT id, status, attempts, scheduled_at > now() AS later FROM {JOBS} WHERE tenant_id = %s", s.tenant.id)
+        assert job["status"] == "queued" and job["attempts"] == 1 and job["later"]
+        failed = [r for r in caplog.records if r.getMessage() == "job failed"]
+        assert len(failed) == 1 and "quota" in failed[0].error and failed[0].status == "retrying" and failed[0].attempts == 1
         assert (await t.tenants.get(operator(), s.tenant.id)).status == "provisioning"
-        assert await t.runner.run_once() is None  # backing off: not due yet
+        assert await t.runner.drain() == 0  # backing off: not due yet
 
         async with database.system_tx() as conn:
             for q in saved:
@@ -96,19 +98,20 @@ async def test_a_failing_job_is_retried_with_backoff_and_then_succeeds(database:
                     "INSERT INTO quota_definitions (plan, resource, limit_value, time_window) VALUES (%s, %s, %s, %s)",
                     (q["plan"], q["resource"], q["limit_value"], q["time_window"]),
                 )
-            await conn.execute("UPDATE jobs SET run_after = now() WHERE id = %s", (job.id,))
-        assert (await t.runner.run_once()).attempts == 2
+            await conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() WHERE id = %s", (job["id"],))
+        assert await t.runner.drain() == 1
+        assert await _one(database, f"SELECT id FROM {JOBS} WHERE tenant_id = %s", s.tenant.id) is None
         assert (await t.tenants.get(operator(), s.tenant.id)).status == "trial"
 
 
 @pytest.mark.asyncio
-async def test_out_of_attempts_the_job_is_dead_and_the_monitor_requeues_the_stuck_tenant(database: Database) -> None:
+async def test_out_of_attempts_the_job_fails_and_the_monitor_requeues_the_stuck_tenant(database: Database) -> None:
     async with tenancy_for(database, None) as t:
         s = await signup(t, "stuck", provision=False)
         async with database.system_tx() as conn:
             # As if every attempt had failed long ago.
             await conn.execute(
-                "UPDATE jobs SET status = 'dead', attempts = max_attempts, last_error = 'boom' WHERE tenant_id = %s", (s.tenant.id,)
+                "UPDATE procrastinate_jobs SET status = 'failed', attempts = 10 WHERE args ->> 'tenant_id' = %s", (s.tenant.id,)
             )
             await conn.execute("UPDATE tenants SET status_changed_at = now() - interval '6 minutes' WHERE id = %s", (s.tenant.id,))
         counts = await t.lifecycle_jobs.sweep()
@@ -126,7 +129,7 @@ async def test_a_tenant_provisioning_for_less_than_five_minutes_is_left_alone(da
     async with tenancy_for(database, None) as t:
         s = await signup(t, "young", provision=False)
         async with database.system_tx() as conn:
-            await conn.execute("UPDATE jobs SET status = 'dead' WHERE tenant_id = %s", (s.tenant.id,))
+            await conn.execute("UPDATE procrastinate_jobs SET status = 'failed' WHERE args ->> 'tenant_id' = %s", (s.tenant.id,))
         assert "provision_tenant" not in await t.lifecycle_jobs.sweep()
 
 
@@ -134,13 +137,11 @@ async def test_a_tenant_provisioning_for_less_than_five_minutes_is_left_alone(da
 async def test_concurrent_runners_run_each_job_exactly_once(database: Database) -> None:
     async with tenancy_for(database, None) as t:
         signups = [await signup(t, f"busy{i}", provision=False) for i in range(6)]
-        handlers = {"provision_tenant": t.runner._handlers["provision_tenant"]}
-        runners = [BackgroundRunner(database, handlers, worker_id=f"w{i}") for i in range(3)]
+        handlers = {"provision_tenant": t.runner._kinds["provision_tenant"].handler}
+        runners = [BackgroundRunner(database, handlers, worker_name=f"w{i}") for i in range(3)]
         ran = await asyncio.gather(*(r.drain() for r in runners))
         assert sum(ran) == 6
-        async with database.system_tx() as conn:
-            rows = await (await conn.execute("SELECT status, attempts, count(*) AS n FROM jobs GROUP BY 1, 2")).fetchall()
-        assert rows == [{"status": "succeeded", "attempts": 1, "n": 6}]
+        assert await _count(database, "SELECT count(*) FROM procrastinate_jobs") == 0  # each succeeded, and left
         for s in signups:
             assert (await t.tenants.get(operator(), s.tenant.id)).status == "trial"
 
@@ -150,12 +151,13 @@ async def test_an_abandoned_running_job_is_requeued_after_its_lease(database: Da
     async with tenancy_for(database, None) as t:
         s = await signup(t, "lease", provision=False)
         async with database.system_tx() as conn:
-            claimed = await jobs.claim(conn, "dead-worker", ["provision_tenant"])
-            assert claimed is not None
-            await conn.execute("UPDATE jobs SET locked_at = now() - interval '10 minutes' WHERE id = %s", (claimed.id,))
-        assert await t.runner.run_once() is None  # still "running" under the dead worker
+            # A worker took the job, then died: its heartbeat stopped ten minutes ago.
+            dead = await (await conn.execute(
+                "INSERT INTO procrastinate_workers (last_heartbeat) VALUES (now() - interval '10 minutes') RETURNING id")).fetchone()
+            await conn.execute("UPDATE procrastinate_jobs SET status = 'doing', worker_id = %s", (dead["id"],))
+        assert await t.runner.drain() == 0  # still "running" under the dead worker
         assert (await t.lifecycle_jobs.sweep())["requeued_leases"] == 1
-        assert (await t.runner.run_once()).id == claimed.id
+        assert await t.runner.drain() == 1
         assert (await t.tenants.get(operator(), s.tenant.id)).status == "trial"
 
 
@@ -168,7 +170,7 @@ async def test_signup_with_a_request_id_is_idempotent(database: Database) -> Non
         assert (again.tenant.id, again.owner_user_id, again.first_key_id) == (first.tenant.id, first.owner_user_id, first.first_key_id)
         assert first.first_key_secret and again.first_key_secret == ""  # a secret is shown once
         assert await _count(database, "SELECT count(*) FROM tenants WHERE slug = 'idem'") == 1
-        assert await _count(database, "SELECT count(*) FROM jobs") == 1
+        assert await _count(database, "SELECT count(*) FROM procrastinate_jobs") == 1
 
 
 @pytest.mark.asyncio
@@ -180,7 +182,6 @@ async def test_signup_with_a_request_id_is_idempotent(database: Database) -> Non
         ({"owner_email": "not-an-email"}, ErrorKind.BAD_REQUEST, "owner_email"),
         ({"plan": "platinum"}, ErrorKind.BAD_REQUEST, "plan"),
         ({"first_key_environment": "staging"}, ErrorKind.BAD_REQUEST, "first_key_environment"),
-        ({"silo_database": "nowhere"}, ErrorKind.BAD_REQUEST, "silo_database"),
         ({"metadata": {"k" * 65: "v"}}, ErrorKind.BAD_REQUEST, "metadata"),
         ({"slug": "taken"}, ErrorKind.CONFLICT, "slug"),
     ],
@@ -188,12 +189,12 @@ async def test_signup_with_a_request_id_is_idempotent(database: Database) -> Non
 async def test_bad_signups_are_refused_and_change_nothing(database: Database, fields: dict, kind: ErrorKind, param: str) -> None:
     async with tenancy_for(database, None) as t:
         await signup(t, "taken", provision=False)
-        before = [await _count(database, f"SELECT count(*) FROM {table}") for table in ("tenants", "users", "jobs", "audit_log")]
+        before = [await _count(database, f"SELECT count(*) FROM {table}") for table in ("tenants", "users", "procrastinate_jobs", "audit_log")]
         request = SignupRequest(**{"slug": "fresh", "name": "Fresh", "owner_email": "o@fresh.test", **fields})
         with pytest.raises(RelayError) as info:
             await t.tenants.create(operator(), request)
         assert (info.value.kind, info.value.param) == (kind, param)
-        after = [await _count(database, f"SELECT count(*) FROM {table}") for table in ("tenants", "users", "jobs", "audit_log")]
+        after = [await _count(database, f"SELECT count(*) FROM {table}") for table in ("tenants", "users", "procrastinate_jobs", "audit_log")]
         assert after == before
 
 
@@ -213,5 +214,5 @@ async def test_other_capabilities_can_register_job_kinds(database: Database) -> 
             await jobs.enqueue(conn, "nobody_handles_this", payload={"n": 2})
         assert await t.runner.drain() == 1 and seen == [{"n": 1}]
         async with database.system_tx() as conn:
-            left = await (await conn.execute("SELECT kind, status FROM jobs WHERE kind = 'nobody_handles_this'")).fetchone()
+            left = await (await conn.execute(f"SELECT kind, status FROM {JOBS} WHERE kind = 'nobody_handles_this'")).fetchone()
         assert left == {"kind": "nobody_handles_this", "status": "queued"}  # left for whoever handles it

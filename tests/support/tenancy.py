@@ -23,6 +23,11 @@ from relay_server.tenancy.tenants import SignupRequest
 
 JWT_SECRET = "test-jwt-secret-with-enough-bytes-for-hs256"
 
+# The job queue (procrastinate's table) under Relay's names, for ``SELECT ... FROM {JOBS}``.
+JOBS = """(SELECT id, task_name AS kind, args ->> 'tenant_id' AS tenant_id, args -> 'payload' AS payload,
+                  CASE status WHEN 'todo' THEN 'queued' WHEN 'doing' THEN 'running' ELSE status::text END AS status,
+                  attempts, scheduled_at, worker_id FROM procrastinate_jobs) AS jobs"""
+
 
 def operator(request_id: str = "req_test", idempotency_key: str = "") -> Call:
     return Call(PLATFORM, request_id, "203.0.113.7", idempotency_key)

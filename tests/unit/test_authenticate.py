@@ -118,3 +118,10 @@ async def test_suspended_message_points_at_billing(store: MemoryKeys) -> None:
     store.records[key.key_hash] = _record(key.secret, tenant_status="suspended")
     err = await _fails(Authenticator(store), _md(key.secret))
     assert err.kind is ErrorKind.TENANT_SUSPENDED and "billing" in err.message
+
+
+def test_x_api_key_is_accepted_when_there_is_no_authorization_header() -> None:
+    from relay_server.pipeline.steps.authenticate import bearer_token
+
+    assert bearer_token({"x-api-key": " rly_test_sk_abc "}) == "rly_test_sk_abc"
+    assert bearer_token({"authorization": "Bearer rly_live_sk_x", "x-api-key": "other"}) == "rly_live_sk_x"

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from relay_server.cache.policy_cache import PolicyCache
 from relay_server.domain.policy import KeyPolicy, QuotaRow, parse_key_overrides
 from relay_server.errors import ErrorKind
 from relay_server.pipeline.steps.limits import (
     Limit,
-    TtlCache,
     WindowState,
     effective_limits,
     format_reset,
@@ -137,7 +137,7 @@ async def test_cache_loads_once_for_concurrent_first_requests() -> None:
         await asyncio.sleep(0.01)
         return 7
 
-    cache: TtlCache[str, int] = TtlCache(5.0)
+    cache: PolicyCache[str, int] = PolicyCache("t", ttl_s=5.0, tags=lambda k, v: [], refresh_ahead=True)
     assert await asyncio.gather(*(cache.get("k", load) for _ in range(20))) == [7] * 20
     assert calls == 1
 
@@ -145,7 +145,7 @@ async def test_cache_loads_once_for_concurrent_first_requests() -> None:
 @pytest.mark.asyncio
 async def test_cache_serves_the_old_value_while_reloading_and_after_a_failed_reload() -> None:
     clock = _Clock()
-    cache: TtlCache[str, int] = TtlCache(5.0, clock=clock)
+    cache: PolicyCache[str, int] = PolicyCache("t", ttl_s=5.0, tags=lambda k, v: [], refresh_ahead=True, clock=clock)
     values = iter([1, 2])
 
     async def good() -> int:
@@ -167,7 +167,7 @@ async def test_cache_serves_the_old_value_while_reloading_and_after_a_failed_rel
 
 @pytest.mark.asyncio
 async def test_cache_first_load_failure_propagates_and_is_retried() -> None:
-    cache: TtlCache[str, int] = TtlCache(5.0)
+    cache: PolicyCache[str, int] = PolicyCache("t", ttl_s=5.0, tags=lambda k, v: [], refresh_ahead=True)
 
     async def bad() -> int:
         raise ConnectionError("down")

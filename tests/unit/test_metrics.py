@@ -9,6 +9,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -172,7 +173,8 @@ async def test_the_sampler_adds_growth_and_sets_depths(registry: CollectorRegist
     (tmp_path / "requests-2-1.open").write_bytes(b"x" * 50)
     (tmp_path / "requests.dead").write_bytes(b"x" * 999)  # dead letters are not waiting for replay
     health = Health({"openai": "open", "anthropic": "closed"})
-    sampler = Sampler(metrics, Sources(gate, writer, tmp_path, health, lambda: ["openai", "anthropic"]))
+    markup = SimpleNamespace(name="tenant_metering", stale_served=1)
+    sampler = Sampler(metrics, Sources(gate, writer, tmp_path, health, lambda: ["openai", "anthropic"], policy_caches=[markup]))
     gate.stats.limits_failed_open = 3
     writer.written, writer.spooled = 10, 4
     for i in range(7):
@@ -180,11 +182,13 @@ async def test_the_sampler_adds_growth_and_sets_depths(registry: CollectorRegist
     await sampler.sample()
     gate.stats.limits_failed_open = 5
     writer.written = 12
+    markup.stale_served = 3
     await sampler.sample()
     await sampler.sample()  # no growth: nothing added
     assert value(registry, "relay_admission_degraded_total", outcome="limits_failed_open") == 5
     assert value(registry, "relay_request_log_rows_total", result="written") == 12
     assert value(registry, "relay_request_log_rows_total", result="spooled") == 4
+    assert value(registry, "relay_policy_cache_stale_served_total", cache="tenant_metering") == 3
     assert value(registry, "relay_request_log_queue_depth") == 7
     assert value(registry, "relay_request_log_spool_bytes") == 150
     assert value(registry, "relay_request_log_spool_segments") == 2

@@ -368,7 +368,7 @@ def test_json_delta_for_unknown_block_raises() -> None:
         run([STREAM[0], ev("content_block_delta", {"index": 5, "delta": {"type": "input_json_delta", "partial_json": "{"}})])
 
 
-def test_unknown_events_and_thinking_are_ignored() -> None:
+def test_unknown_events_are_ignored_and_thinking_is_reasoning_content() -> None:
     events = [
         STREAM[0],
         ev("content_block_start", {"index": 0, "content_block": {"type": "thinking", "thinking": ""}}),
@@ -376,7 +376,8 @@ def test_unknown_events_and_thinking_are_ignored() -> None:
         ev("some_future_event", {"x": 1}),
     ]
     _, out = run(events)
-    assert len(out) == 1  # only the role chunk
+    assert len(out) == 2  # the role chunk, then the thinking as OpenAI-compatible reasoning_content
+    assert out[1]["choices"][0]["delta"] == {"reasoning_content": "hmm"}
 
 
 # -- errors -----------------------------------------------------------------------

@@ -73,7 +73,6 @@ def tenant_message(row: TenantRow) -> tenants_pb2.Tenant:
         delete_time=timestamp(row.deleted_at),
         trial_end_time=timestamp(row.trial_ends_at),
         metadata=row.metadata,
-        silo_database=row.silo_database or "",
         status_change_time=timestamp(row.status_changed_at),
     )
 

@@ -46,7 +46,6 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
                     plan=request.plan,
                     metadata=dict(request.metadata),
                     first_key_environment=m.environment_name(request.first_key_environment) or "",
-                    silo_database=request.silo_database,
                 ),
             )
             return pb.CreateTenantResponse(

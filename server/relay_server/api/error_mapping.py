@@ -42,6 +42,10 @@ def openai_shape(err: RelayError) -> tuple[int, dict[str, Any]]:
     return err.http_status, err.body()
 
 
+def anthropic_shape(err: RelayError) -> tuple[int, dict[str, Any]]:
+    return err.anthropic()
+
+
 def _ascii_json(body: dict[str, Any]) -> str:
     # ASCII only: the body travels as a gRPC metadata value.
     return json.dumps(body, ensure_ascii=True, separators=(",", ":"))
@@ -92,3 +96,8 @@ async def abort(
 def sse_error_frame(err: RelayError) -> bytes:
     """The in-band error event for failures after the first frame was sent."""
     return b"data: " + orjson.dumps(err.body()) + b"\n\n"
+
+
+def anthropic_error_event(err: RelayError) -> bytes:
+    """The Anthropic door's in-band error: ``event: error`` with Anthropic's error body."""
+    return b"event: error\ndata: " + orjson.dumps(err.anthropic()[1]) + b"\n\n"

@@ -21,6 +21,8 @@ from redis.asyncio import Redis
 
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_proto.relay.v1 import (
+    anthropic_service_pb2,
+    anthropic_service_pb2_grpc,
     inference_service_pb2,
     inference_service_pb2_grpc,
     openai_service_pb2,
@@ -32,6 +34,7 @@ from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_registry import admin_authenticator, register_admin_services
 from relay_server.api.admin_usage import register_usage_service
+from relay_server.api.anthropic_service import AnthropicServicer
 from relay_server.api.health_service import register_health_service
 from relay_server.api.inference_service import InferenceServicer
 from relay_server.api.openai_service import OpenAIServicer
@@ -120,11 +123,17 @@ async def build(settings: Settings) -> App:
     tenancy = build_tenancy(settings, db, redis, catalog)
     authenticator = tenancy.authenticator
     observability = build_observability(settings)
-    routing = await build_routing(settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector)
+    bus = tenancy.invalidator
+    routing = await build_routing(
+        settings, db, redis, wire, catalog, tenancy.runner, anomalies=observability.detector,
+        on_credentials_change=bus.credentials_changed,
+    )  # fmt: skip
     catalog_sync = _catalog_sync(settings, redis, catalog, routing, tenancy)
     router = routing.router
     metering = build_metering(settings, db, redis, wire, tenancy.runner)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
+    # Every tenant-policy cache is emptied by the one invalidation bus (tenancy/policy_bus.py).
+    bus.register(routing.credentials.cache, metering.tenant_config.cache, *metering.limits.caches(), conversations.flags.cache)
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
@@ -170,6 +179,7 @@ def start_observability(app: App) -> None:
     sources = Sources(
         gate=app.metering.gate, writer=app.metering.writer, spool_dir=spool_dir(app.settings),
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
+        policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
     app.observability.start(sources, PostgresProviderStore(app.db))
 
@@ -182,6 +192,9 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
+    anthropic_service_pb2_grpc.add_AnthropicServiceServicer_to_server(
+        AnthropicServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
+    )
     if app.responses is not None:
         responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
             ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
@@ -193,6 +206,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
         _service_name(inference_service_pb2, "InferenceService"),
+        _service_name(anthropic_service_pb2, "AnthropicService"),
         _service_name(catalog_pb2, "ModelCatalogService"),
     ]
     if app.responses is not None:

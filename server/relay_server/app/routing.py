@@ -9,6 +9,7 @@ process's ``BackgroundRunner``.  ``stop`` closes what ``build_routing`` opened.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
@@ -21,8 +22,8 @@ from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.pipeline.routing.route import RetryPolicy, Router
-from relay_server.providers.http_client import HttpClient
 from relay_server.providers.testmode import TestModeProvider
+from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_http
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
@@ -40,7 +41,7 @@ from relay_server.workers.runner import BackgroundRunner, Periodic
 class Routing:
     router: Router
     vault: CredentialVault
-    client: HttpClient
+    client: UpstreamHttp
     directory: ProviderDirectory
     credentials: CredentialCache
     health: HealthTracker
@@ -62,9 +63,11 @@ async def build_routing(
     runner: BackgroundRunner | None,
     *,
     anomalies: AnomalyDetector | None = None,
+    on_credentials_change: Callable[[str | None], object] | None = None,
 ) -> Routing:
     keyring = Keyring.parse(settings.master_key, settings.old_master_keys)
-    client = HttpClient.create(allow_private=settings.private_destinations_allowed)
+    client = build_upstream_http(settings)  # native or aiohttp, proxy from settings
+    client = build_upstream_http(settings, allow_private=settings.private_destinations_allowed)  # native or aiohttp, proxy from settings
     try:
         directory = ProviderDirectory(PostgresProviderStore(db), client)
         await directory.load()
@@ -85,7 +88,8 @@ async def build_routing(
         state_reads=wire if redis is not None else None,
     )  # fmt: skip
     router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
-    vault = CredentialVault(db, keyring, on_change=credentials.invalidate)
+    # The invalidation bus when there is one: every worker drops the entry, not only this one.
+    vault = CredentialVault(db, keyring, on_change=on_credentials_change or credentials.invalidate)
     # With a detector, a probe's "healthy" does not overrule a live latency/error-rate anomaly.
     statuses = PostgresProviderStore(db)
     monitor = HealthMonitor(

@@ -20,13 +20,13 @@ from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.audit import AuditLog
-from relay_server.tenancy.auth_cache import PURGE_JOB, AuthInvalidator, RedisKeyCache
+from relay_server.tenancy.auth_cache import RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.keys import ApiKeyService
 from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.members import MemberAdmin, MemberPermissions
-from relay_server.tenancy.silo import SiloDirectory, parse_silo_setting
+from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyBus
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
 from relay_server.tenancy.usage import UsageReports
@@ -40,9 +40,8 @@ class Tenancy:
     settings: Settings
     authenticator: Authenticator
     last_used: LastUsedRecorder
-    invalidator: AuthInvalidator
+    invalidator: PolicyBus  # the tenant-policy invalidation bus
     config: TenantConfigReader
-    silos: SiloDirectory
     lifecycle: Lifecycle
     keys: ApiKeyService
     tenants: TenantAdmin
@@ -84,18 +83,15 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
         # Its own connection with no read timeout: it waits for messages.
         return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
 
-    invalidator = AuthInvalidator(
-        db, authenticator, cache=shared, redis=redis, subscriber=subscriber if redis is not None else None
-    )
-    config = TenantConfigReader(db, redis, ttl_s=settings.config_cache_ttl_s)
-    silos = SiloDirectory(db, parse_silo_setting(settings.silo_databases))
-    lifecycle = Lifecycle(db, invalidator, config, trial_days=settings.trial_days)
+    invalidator = PolicyBus(db, key_cache=shared, redis=redis, subscriber=subscriber if redis is not None else None)
+    config = TenantConfigReader(db, ttl_s=settings.config_cache_ttl_s)
+    invalidator.register(authenticator.cache, config.cache)  # app.py registers the other capabilities' caches
+    lifecycle = Lifecycle(db, invalidator, trial_days=settings.trial_days)
     model_exists = _model_exists(catalog)
-    provisioner = Provisioner(db, lifecycle, invalidator, silos)
+    provisioner = Provisioner(db, lifecycle, invalidator)
     lifecycle_jobs = LifecycleJobs(
         db,
         lifecycle,
-        silos,
         suspended_grace=timedelta(days=settings.suspended_grace_days),
         expired_grace=timedelta(days=settings.expired_grace_days),
         retention=timedelta(days=settings.deletion_retention_days),
@@ -103,28 +99,30 @@ def build_tenancy(settings: Settings, db: Database, redis: Redis | None, catalog
     )
     runner = BackgroundRunner(
         db,
-        {PROVISION_JOB: provisioner.run, PURGE_JOB: invalidator.run_job, **lifecycle_jobs.handlers()},  # type: ignore[dict-item]
+        {PROVISION_JOB: provisioner.run, PURGE_JOB: invalidator.run_job, LEGACY_PURGE_JOB: invalidator.run_job, **lifecycle_jobs.handlers()},  # type: ignore[dict-item]
         poll_s=settings.jobs_poll_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
     )
+    for purge in (PURGE_JOB, LEGACY_PURGE_JOB):
+        runner.set_max_attempts(purge, 100)  # a purge is cheap and must happen: retry for hours
     runner.add_periodic(Periodic("lifecycle-sweep", settings.lifecycle_sweep_s, lifecycle_jobs.sweep))
     runner.add_loop("last-used-flush", last_used.run)
     if redis is not None:
-        runner.add_loop("auth-invalidation", invalidator.run_subscriber)
+        runner.add_loop("policy-invalidation", invalidator.run_subscriber)
     return Tenancy(
         settings=settings,
         authenticator=authenticator,
         last_used=last_used,
         invalidator=invalidator,
         config=config,
-        silos=silos,
         lifecycle=lifecycle,
-        keys=ApiKeyService(db, invalidator, silos, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
-        tenants=TenantAdmin(db, lifecycle, invalidator, config, silos, wake_jobs=runner.wake),
+        keys=ApiKeyService(db, invalidator, model_exists=model_exists, rotation_grace_s=settings.key_rotation_grace_s),
+        tenants=TenantAdmin(db, lifecycle, invalidator, wake_jobs=runner.wake),
         members=MemberAdmin(db),
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
         usage=UsageReports(db, redis),
-        tenant_settings=TenantSettingsAdmin(db, config, model_exists=model_exists, auth_changed=invalidator.tenant_changed),
+        tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,
     )

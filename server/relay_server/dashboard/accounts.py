@@ -1,4 +1,4 @@
-"""The console's accounts, sessions and one-time links (tables of migration 0020).
+"""The console's accounts, sessions and one-time links (tables of migration 0023).
 
 Secrets (session cookies, invitation and reset tokens) are random 32-byte
 values; only their SHA-256 is stored, so a database dump signs nobody in.

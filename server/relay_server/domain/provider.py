@@ -52,6 +52,8 @@ class ProviderCall:
     """The dialect the client spoke; a provider whose API is that dialect may pass it through natively."""
     native_body: Mapping[str, Any] | None = None
     """The client's body in its own dialect (``body`` is always its OpenAI-chat form); None for ``openai``."""
+    native_headers: Mapping[str, str] | None = field(default=None, repr=False)
+    """The client's headers of that dialect (``anthropic-version``, ``anthropic-beta``), for a native pair."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,13 @@ class RequestContext:
     """The client's body in its door's own dialect, when that is not OpenAI's (``body`` is its OpenAI form)."""
 
     @property
+    def native_headers(self) -> dict[str, str]:
+        """The client's headers of its door's own dialect (named ``<door>-...``: ``anthropic-version``,
+        ``anthropic-beta``), which a provider speaking that dialect natively receives as sent."""
+        prefix = self.door + "-"
+        return {k: v for k, v in self.metadata.items() if k.startswith(prefix)}
+
+    @property
     def model_name(self) -> str:
         return self.model or str(self.body.get("model") or "")
 

@@ -15,7 +15,6 @@ class TenantRow:
     status: str
     status_changed_at: datetime
     trial_ends_at: datetime | None
-    silo_database: str | None
     created_at: datetime
     updated_at: datetime
     deleted_at: datetime | None

@@ -67,6 +67,10 @@ class RelayMetrics:
         self.fail_open = Counter(
             "relay_admission_degraded", "Admissions decided without Redis.", ["outcome"], registry=r
         )  # outcome: limits_failed_open | caps_failed_closed | caps_unchecked | settle_failures
+        self.policy_stale = Counter(
+            "relay_policy_cache_stale_served", "Policy reads answered with the previous value: the reload failed.",
+            ["cache"], registry=r,
+        )  # fmt: skip
         self.request_log_rows = Counter(
             "relay_request_log_rows", "Request log rows by destination.", ["result"], registry=r
         )  # result: written | spooled | replayed | sanitised (stored only after repair: an alert) | dead

@@ -13,7 +13,8 @@ import re
 MASK = "[redacted]"
 
 _SECRET_FIELDS = frozenset(
-    {"authorization", "api_key", "apikey", "key", "secret", "token", "password", "admin_token", "credential", "cookie"}
+    {"authorization", "x-api-key", "x_api_key", "api_key", "apikey", "key", "secret", "token", "password", "admin_token",
+     "credential", "cookie"}
 )
 _KEY = re.compile(r"rly_(live|test)_sk_[A-Za-z0-9_-]{8,}")
 _BEARER = re.compile(r"(?i)\b(bearer)\s+[^\s\"',;]{8,}")

@@ -38,6 +38,8 @@ class Sources:
     health: Any = None
     """``HealthTracker``: ``availability(provider_ids)``."""
     provider_ids: Callable[[], Sequence[str]] | None = None
+    policy_caches: Sequence[Any] = ()
+    """``PolicyCache``s: their ``stale_served`` counts, by ``name``."""
 
 
 def spool_usage(directory: Path) -> tuple[int, int]:
@@ -86,6 +88,8 @@ class Sampler:
         if gate is not None:
             for name in _GATE_STATS:
                 self._grow(f"gate.{name}", int(getattr(gate.stats, name)), self.metrics.fail_open.labels(name))
+        for cache in self.sources.policy_caches:
+            self._grow(f"policy.{cache.name}", int(cache.stale_served), self.metrics.policy_stale.labels(cache.name))
         if writer is not None:
             for name in _WRITER_COUNTS:
                 self._grow(f"writer.{name}", int(getattr(writer, name)), self.metrics.request_log_rows.labels(name))

@@ -31,6 +31,7 @@ from relay_server.pipeline.steps.cache import CacheLookup, ResponseCache, cached
 from relay_server.pipeline.steps.meter import DefaultMarkup, MarkupSource
 from relay_server.pipeline.steps.request_tags import parse_request_tags
 from relay_server.pipeline.steps.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
+from relay_server.pipeline.token_count import TokenCount, count_input_tokens
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,15 @@ class InferencePipeline:
         if ctx.principal.is_test:
             return None  # test keys plan without I/O
         return asyncio.ensure_future(self._router.plan(ctx, entry))
+
+    async def count_tokens(
+        self, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str,
+        *, door: str = "openai", native_body: Mapping[str, Any] | None = None,
+    ) -> TokenCount:
+        """A request's input tokens, counted by a provider of its model when one can, else estimated."""
+        return await count_input_tokens(
+            self._auth, self._catalog, self._router, body, metadata, request_id, door=door, native_body=native_body
+        )
 
     def session(self, admitted: Admitted) -> StreamSession:
         """The admitted request's answer (pipeline/session.py): iterate it, or ``complete()`` it."""

@@ -1,13 +1,14 @@
 """Anthropic Messages API behind the OpenAI shapes the pipeline speaks.
 
-Request building lives in ``anthropic_request``, the stream state machine and
-the usage / stop-reason / error-type tables in ``anthropic_stream``; this module
-ties them into one ``Translator`` and maps non-streaming responses.
+The translation itself lives in the ``anthropic_openai`` package (both directions of the
+pair: this translator uses the OpenAI → Anthropic request and the Anthropic → OpenAI
+answers; the Anthropic door uses the other two); this module ties them into one
+``Translator``.  ``AnthropicNative`` (``anthropic_native``) is the pair that needs no
+translation: the Anthropic door in front of this provider.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -15,11 +16,10 @@ from typing import Any
 import orjson
 
 from relay_server.domain.provider import Credential, ProviderCall
-from relay_server.providers.anthropic_request import build_body
-from relay_server.providers.anthropic_stream import (
+from relay_server.providers.anthropic_openai.responses import openai_response
+from relay_server.providers.anthropic_openai.to_anthropic_request import build_body
+from relay_server.providers.anthropic_openai.to_openai_chunks import (
     AnthropicStreamTranslator,
-    finish_reason,
-    openai_usage,
 )
 from relay_server.providers.auth import credential_headers
 from relay_server.providers.translator import (
@@ -56,47 +56,7 @@ class AnthropicTranslator:
         }
 
     def response(self, status: int, body: Any, call: ProviderCall) -> dict[str, Any]:
-        texts: list[str] = []
-        tool_calls: list[dict[str, Any]] = []
-        for block in body.get("content") or []:
-            if not isinstance(block, Mapping):
-                continue
-            kind = block.get("type")
-            if kind == "text":
-                texts.append(str(block.get("text") or ""))
-            elif kind == "tool_use":
-                tool_calls.append(
-                    {
-                        "id": block.get("id"),
-                        "type": "function",
-                        "function": {
-                            "name": block.get("name"),
-                            "arguments": orjson.dumps(block.get("input") or {}).decode(),
-                        },
-                    }
-                )
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": "".join(texts) if texts else None,
-            "refusal": None,
-        }
-        if tool_calls:
-            message["tool_calls"] = tool_calls
-        return {
-            "id": body.get("id", ""),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model") or call.provider_model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": message,
-                    "logprobs": None,
-                    "finish_reason": finish_reason(body.get("stop_reason")),
-                }
-            ],
-            "usage": openai_usage(body.get("usage") or {}),
-        }
+        return openai_response(body, call.provider_model)
 
     def stream_events(self, call: ProviderCall) -> AnthropicStreamTranslator:
         return AnthropicStreamTranslator(call.provider_model)

@@ -7,6 +7,12 @@ client (asyncio protocol + httptools, see ``http_connection``) because this is
 the hot path of every live request.  Transport failures become
 ``ProviderFailure`` here, so translators only ever see HTTP statuses and bodies.
 
+With an egress proxy configured (``http_proxy``: ``HTTPS_PROXY`` / ``HTTP_PROXY``
+/ ``NO_PROXY``), each URL is routed once when first parsed: https through a
+CONNECT tunnel, http in absolute form; pooled under a key naming the proxy.
+``RELAY_UPSTREAM_HTTP=aiohttp`` swaps this client for ``http_aiohttp`` (same
+interface, see ``upstream_http``).
+
 Timeouts per call: ``connect_s`` (waiting for a pool slot, TCP and TLS),
 ``first_byte_s`` (from the call's start until the response headers),
 ``idle_s`` (streams: longest silence between two reads, from the request on)
@@ -35,6 +41,7 @@ import orjson
 from relay_server.providers.http_connection import INFINITY, Connection, ConnectionBroken
 from relay_server.providers.http_message import ResponseHeaders, Target, encode_request, parse_target
 from relay_server.providers.http_pool import Pool
+from relay_server.providers.http_proxy import ProxyRefused, ProxyRoutes
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import (
     UpstreamRequest,
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 # After a stream's end marker the body should end at once; wait at most this long
 # for the terminator so the connection can go back to the pool, else close it.
 _DRAIN_S = 0.5
+# What the caller sees when the egress proxy refuses the tunnel (407: its credentials).
+PROXY_REFUSED = "the egress proxy refused the connection to the upstream provider"
 # Parsed URLs by URL string: providers call a handful of URLs over and over.
 _TARGET_CACHE_SIZE = 1024
 
@@ -68,28 +77,36 @@ class UpstreamResponse:
 
 
 class HttpClient:
-    __slots__ = ("_loop", "_pool", "_targets")
+    __slots__ = ("_loop", "_pool", "_targets", "_routes")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, pool: Pool, routes: ProxyRoutes | None = None) -> None:
         self._loop = loop
         self._pool = pool
         self._targets: dict[str, Target] = {}
+        # None unless a proxy is configured: then each URL is routed once, when first parsed.
+        self._routes = routes if routes is not None and routes.configured else None
 
     @classmethod
     def create(
-        cls, *, max_connections: int = 512, max_per_host: int = 0, ssl_context: ssl.SSLContext | None = None,
+        cls,
+        *,
+        max_connections: int = 512,
+        max_per_host: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        proxies: ProxyRoutes | None = None,
         allow_private: bool = False,
     ) -> HttpClient:
         """Build the shared client.  Call inside the running event loop.
 
         ``max_connections`` / ``max_per_host``: 0 means unlimited.
         ``ssl_context``: ``None`` for the system trust store (tests pass one
-        trusting their own certificate).  ``allow_private``: guarded requests
-        (tenant-chosen hosts) may reach loopback/private addresses too."""
+        trusting their own certificate).  ``proxies``: the egress proxy routes
+        (``http_proxy``), ``None`` for direct connections only.  ``allow_private``: guarded
+        requests (tenant-chosen hosts) may reach loopback/private addresses too."""
         loop = asyncio.get_running_loop()
         pool = Pool(loop, max_connections=max_connections, max_per_host=max_per_host, ssl_context=ssl_context,
                     allow_private=allow_private)  # fmt: skip
-        return cls(loop, pool)
+        return cls(loop, pool, proxies)
 
     async def close(self) -> None:
         await self._pool.close()
@@ -153,7 +170,7 @@ class HttpClient:
         target = self._targets.get(req.url)
         if target is None:
             try:
-                target = parse_target(req.url)
+                target = parse_target(req.url, self._routes)
             except ValueError as exc:
                 raise connection_failure(f"invalid upstream URL: {exc}") from None
             if len(self._targets) >= _TARGET_CACHE_SIZE:
@@ -168,6 +185,8 @@ class HttpClient:
             return await self._pool.connect(target.key, limit_at, vetted)
         except TimeoutError:
             raise timeout_failure() from None
+        except ProxyRefused as exc:
+            raise connection_failure(str(exc), PROXY_REFUSED) from None
         except ConnectionBroken as exc:
             raise connection_failure(str(exc)) from None
         except (OSError, ValueError) as exc:  # refused, DNS, TLS (ssl errors are OSErrors)

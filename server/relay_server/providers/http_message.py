@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-PoolKey = tuple[str, str, int]
-"""``(scheme, host, port)``: connections are shared per key."""
+if TYPE_CHECKING:
+    from relay_server.providers.http_proxy import Proxy, ProxyRoutes
+
+PoolKey = tuple[str, str, int, "Proxy | None"]
+"""``(scheme, host, port, proxy)``: connections are shared per key, so a
+connection through the egress proxy never serves a direct request (or the
+other way round)."""
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # Characters left as they are in a request target (RFC 3986 pchar plus "/" and
@@ -34,14 +40,19 @@ class Target:
     """Path and query as sent on the request line."""
     log_path: str
     """Path without the query (a query may carry a key): the only part logged."""
+    proxy_head: str = ""
+    """``Proxy-Authorization`` line for http requests sent to a proxy, or empty."""
 
     @property
     def tls(self) -> bool:
         return self.key[0] == "https"
 
 
-def parse_target(url: str) -> Target:
-    """Raises ``ValueError`` (message without the URL) for what we cannot send."""
+def parse_target(url: str, routes: ProxyRoutes | None = None) -> Target:
+    """Raises ``ValueError`` (message without the URL) for what we cannot send.
+
+    With ``routes``, the target records the proxy it is reached through; an
+    http one through a proxy is requested in absolute form."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in _DEFAULT_PORTS:
@@ -54,7 +65,13 @@ def parse_target(url: str) -> Target:
     host_header = shown if port == _DEFAULT_PORTS[scheme] else f"{shown}:{port}"
     path = quote(parts.path or "/", safe=_PATH_SAFE)
     full = f"{path}?{quote(parts.query, safe=_QUERY_SAFE)}" if parts.query else path
-    return Target((scheme, host, port), host_header, full, path)
+    proxy = routes.for_upstream(scheme, host, port) if routes is not None else None
+    proxy_head = ""
+    if proxy is not None and scheme == "http":
+        full = f"http://{host_header}{full}"
+        if proxy.authorization:
+            proxy_head = f"Proxy-Authorization: {proxy.authorization}\r\n"
+    return Target((scheme, host, port, proxy), host_header, full, path, proxy_head)
 
 
 def encode_request(method: str, target: Target, headers: Mapping[str, str], body: bytes | None) -> bytes:
@@ -69,8 +86,8 @@ def encode_request(method: str, target: Target, headers: Mapping[str, str], body
     if method == "HEAD":
         # A HEAD response has framing headers but no body; nothing in Relay sends one.
         raise ValueError("HEAD requests are not supported")
-    lines = [f"{method} {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n"]
-    expected_newlines = 2
+    lines = [f"{method} {target.path} HTTP/1.1\r\nHost: {target.host_header}\r\n{target.proxy_head}"]
+    expected_newlines = 3 if target.proxy_head else 2
     user_agent = content_type = True
     for name, value in headers.items():
         lower = name.lower()

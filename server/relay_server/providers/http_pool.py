@@ -1,4 +1,4 @@
-"""Keep-alive connections per ``(scheme, host, port)``, under connection limits.
+"""Keep-alive connections per ``(scheme, host, port, proxy)``, under connection limits.
 
 Idle connections are reused last-in first-out (the most recently used one is
 the least likely to have been closed by the server) and closed after
@@ -26,6 +26,7 @@ from collections import deque
 
 from relay_server.address_policy import RefusedDestination, allowed_addresses, refused_message
 from relay_server.detached import detached, timer_at
+from relay_server.providers import http_proxy
 from relay_server.providers.http_connection import Connection, ConnectionBroken
 from relay_server.providers.http_message import PoolKey
 
@@ -118,9 +119,10 @@ class Pool:
                 await self._wait_for_slot(key)
 
     async def _dial(self, key: PoolKey, vetted: bool = False) -> Connection:
-        scheme, host, port = key
+        scheme, host, port, proxy = key
         self._count(key, 1)
         try:
+            # Through an egress proxy the proxy dials the name; the name is still checked here.
             address = await self._vetted_address(host, port) if vetted else host
             context = None
             if scheme == "https":
@@ -133,7 +135,9 @@ class Pool:
                     port,
                     ssl=context,
                     server_hostname=host if context is not None else None,
-                ),
+                )
+                if proxy is None
+                else http_proxy.dial(self._loop, lambda: Connection(self._loop, key, self._forget), proxy, host, port, context),
                 discard=lambda made: made[0].close(),
             )
         except BaseException:

@@ -20,8 +20,9 @@ from typing import Any
 import orjson
 
 from relay_server.domain.provider import Credential, NativeEvent, NativeResponse, ProviderCall
-from relay_server.providers.http_client import HttpClient, Timeouts
+from relay_server.providers.http_client import Timeouts
 from relay_server.providers.translator import Translator, UpstreamRequest, malformed_failure
+from relay_server.providers.upstream_http import UpstreamHttp
 
 
 def _guarded(request: UpstreamRequest, credential: Credential | None) -> UpstreamRequest:
@@ -40,7 +41,7 @@ class HttpProvider:
         self,
         name: str,
         translator: Translator,
-        client: HttpClient,
+        client: UpstreamHttp,
         timeouts: Timeouts | None = None,
         *,
         by_door: Mapping[str, Translator] | None = None,
@@ -59,6 +60,19 @@ class HttpProvider:
 
     async def embed(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         return await self._exchange(call)
+
+    async def count_tokens(self, call: ProviderCall) -> int | None:
+        """The provider's own count of the call's input tokens, or None when the pair cannot count
+        (only translators with a ``count_tokens_request`` can)."""
+        translator = self.translator_for(call)
+        build = getattr(translator, "count_tokens_request", None)
+        if build is None:
+            return None
+        _, body = await self._send(translator, build(call), call.timeout_s)
+        counted = body.get("input_tokens")
+        if not isinstance(counted, int) or isinstance(counted, bool):
+            raise malformed_failure("token count without an integer input_tokens")
+        return counted
 
     async def list_models(self, credential: Credential | None, timeout_s: float = 30.0) -> dict[str, Any]:
         """The provider's models as an OpenAI list (health checks, catalog sync)."""
@@ -104,7 +118,7 @@ class HttpStream:
 
     __slots__ = ("_call", "_client", "_error", "_opened", "_pending", "_state", "_timeouts", "_translator", "_upstream")
 
-    def __init__(self, client: HttpClient, translator: Translator, call: ProviderCall, timeouts: Timeouts) -> None:
+    def __init__(self, client: UpstreamHttp, translator: Translator, call: ProviderCall, timeouts: Timeouts) -> None:
         self._client = client
         self._translator = translator
         self._call = call

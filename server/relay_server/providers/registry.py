@@ -11,8 +11,9 @@ from typing import Final
 
 from relay_server.domain.provider import Provider
 from relay_server.providers.anthropic import ANTHROPIC_BASE_URL, AnthropicTranslator
+from relay_server.providers.anthropic_native import AnthropicNative
 from relay_server.providers.groq import GROQ_BASE_URL, GroqTranslator
-from relay_server.providers.http_client import HttpClient, Timeouts
+from relay_server.providers.http_client import Timeouts
 from relay_server.providers.http_provider import HttpProvider
 from relay_server.providers.mistral import MISTRAL_BASE_URL, MistralTranslator
 from relay_server.providers.openai_compat import (
@@ -22,6 +23,7 @@ from relay_server.providers.openai_compat import (
 )
 from relay_server.providers.openai_responses import OpenAIResponsesTranslator
 from relay_server.providers.translator import Translator
+from relay_server.providers.upstream_http import UpstreamHttp
 
 PROVIDER_APIS: Final = ("openai", "anthropic", "mistral", "groq", "openai_compatible", "test")
 
@@ -30,7 +32,7 @@ def build_provider(
     api: str,
     *,
     name: str,
-    client: HttpClient | None,
+    client: UpstreamHttp | None,
     base_url: str = "",
     timeouts: Timeouts | None = None,
     test_chunk_delay_s: float = 0.0,
@@ -54,7 +56,8 @@ def build_provider(
             base = base_url or OPENAI_BASE_URL
             return http(OpenAICompatTranslator(name, base), responses=OpenAIResponsesTranslator(name, base))
         case "anthropic":
-            return http(AnthropicTranslator(name, base_url or ANTHROPIC_BASE_URL))
+            url = base_url or ANTHROPIC_BASE_URL
+            return http(AnthropicTranslator(name, url), anthropic=AnthropicNative(name, url))
         case "mistral":
             return http(MistralTranslator(name, base_url or MISTRAL_BASE_URL))
         case "groq":

@@ -61,6 +61,9 @@ class _Choice:
     groups: list[list[str]] = field(default_factory=list)
     """The tokens of each delta of ``pieces`` (for logprobs)."""
     seed: int = 0
+    reasoning: list[str] = field(default_factory=list)
+    """Reasoning deltas (``reasoning_content``), when the request asked for reasoning."""
+    reasoning_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -74,7 +77,7 @@ class _Answer:
     """None: no logprobs asked for; else how many alternatives per token."""
 
     def usage(self, detailed: bool) -> dict[str, Any]:
-        completion = sum(c.completion_tokens for c in self.choices)
+        completion = sum(c.completion_tokens + c.reasoning_tokens for c in self.choices)
         usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion,
@@ -83,7 +86,7 @@ class _Answer:
         if detailed:  # chat completions carry the breakdowns, legacy completions do not
             usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": 0}
             usage["completion_tokens_details"] = {
-                "reasoning_tokens": 0, "audio_tokens": 0,
+                "reasoning_tokens": sum(c.reasoning_tokens for c in self.choices), "audio_tokens": 0,
                 "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
             }
         return usage
@@ -247,11 +250,23 @@ def _chat_answer(call: ProviderCall) -> _Answer:
             generate = lambda: library.chat_text(body.get("response_format"), rng)  # noqa: E731, B023 - used in this iteration
             choices.append(_text_choice(index, generate, limits, seen, rng))
         choices[-1].seed = seed
+    if body.get("reasoning_effort") is not None:
+        for choice in choices:
+            # Its own stream of draws (seeded apart from the answer's), so the answer is unchanged.
+            _add_reasoning(choice, random.Random(f"{seed}:reasoning:{choice.index}"), model)
     raw_tools = body.get("tools") if isinstance(body.get("tools"), list) else None
     prompt_tokens = tokens.count_chat_prompt(messages, model, raw_tools)
     answer = _Answer(choices, prompt_tokens, _response_id("chatcmpl", call.request_id, seed), shown)
     answer.top_logprobs = lp.chat_wanted(body)
     return answer
+
+
+def _add_reasoning(choice: _Choice, rng: random.Random, model: str) -> None:
+    """Reasoning asked (``reasoning_effort``; the Anthropic door's ``thinking``): a deterministic
+    reasoning text streamed before the answer, counted as reasoning tokens."""
+    ids = tokens.encode(library.compose_text(rng), model)
+    choice.reasoning = ["".join(group) for group in _deltas(ids, model, rng)]
+    choice.reasoning_tokens = len(ids)
 
 
 def _function_tools(tools: Any) -> dict[str, Mapping[str, Any]]:
@@ -295,6 +310,8 @@ def _chat_body(answer: _Answer) -> dict[str, Any]:
     choices = []
     for c in answer.choices:
         message: dict[str, Any] = {"role": "assistant", "content": c.text, "refusal": None, "annotations": []}
+        if c.reasoning:
+            message["reasoning_content"] = "".join(c.reasoning)
         if c.tool_calls:
             message["tool_calls"] = c.tool_calls
         choices.append({"index": c.index, "message": message, "logprobs": _chat_logprobs(answer, c), "finish_reason": c.finish_reason})
@@ -330,6 +347,7 @@ def _chat_chunks(answer: _Answer) -> list[dict[str, Any]]:
     for c in answer.choices:
         # content stays null for a tool-call answer, as in the non-streaming message.
         out.append(chunk(c.index, {"role": "assistant", "content": None if c.tool_calls else "", "refusal": None}))
+        out.extend(chunk(c.index, {"reasoning_content": p}) for p in c.reasoning)
         for k, call in enumerate(c.tool_calls or ()):
             opening = {"index": k, **call, "function": {"name": call["function"]["name"], "arguments": ""}}
             out.append(chunk(c.index, {"tool_calls": [opening]}))

@@ -20,9 +20,8 @@ from relay_server.ids import new_id
 from relay_server.storage.postgres import api_keys as store
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy import key_rules as rules
-from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.silo import SiloDirectory
+from relay_server.tenancy.policy_bus import PolicyBus, key_tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +62,7 @@ class ApiKeyService:
     def __init__(
         self,
         db: Database,
-        invalidator: AuthInvalidator,
-        silos: SiloDirectory,
+        invalidator: PolicyBus,
         *,
         model_exists: Callable[[str], bool],
         rotation_grace_s: int = 86400,
@@ -72,7 +70,6 @@ class ApiKeyService:
     ) -> None:
         self._db = db
         self._invalidator = invalidator
-        self._silos = silos
         self._model_exists = model_exists
         self._grace = rotation_grace_s
         self._now = now
@@ -106,7 +103,7 @@ class ApiKeyService:
         spec = self._spec(call, request)
         minted = mint_key(spec.environment)
         async with self._db.tenant_tx(tenant_id) as conn:
-            silo = await self._tenant(conn, tenant_id, writing=True)
+            await self._tenant(conn, tenant_id, writing=True)
             replay = await call.replay_of(conn, "api_key.created", tenant_id)
             if replay is not None and replay.resource_id:
                 return self._visible(call, await store.get_key(conn, tenant_id, replay.resource_id), replay.resource_id), ""
@@ -115,7 +112,6 @@ class ApiKeyService:
                 key_hash=minted.key_hash, key_prefix=minted.key_prefix, key_hint=minted.key_hint,
             )  # fmt: skip
             await call.audit(conn, tenant_id, "api_key.created", resource_type="api_key", resource_id=row.id, metadata=_describe(row))
-            await self._silos.anchor_key(silo, row)
         return row, minted.secret
 
     async def update(self, call: Call, tenant: str, key_id: str, patch: KeyPatch) -> ApiKeyRow:
@@ -138,8 +134,8 @@ class ApiKeyService:
                 conn, tenant_id, "api_key.updated", resource_type="api_key", resource_id=key_id,
                 metadata={"changed": sorted(changed), **_describe(updated)},
             )  # fmt: skip
-            staged = await self._invalidator.stage(conn, tenant_id, [row.key_hash])
-        await self._invalidator.keys_changed(tenant_id, [row.key_hash], staged)
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([row.id], [row.key_hash]), [row.key_hash])
+        await self._invalidator.keys_changed(tenant_id, [row.id], [row.key_hash], staged)
         return updated
 
     async def revoke(self, call: Call, tenant: str, key_id: str) -> ApiKeyRow:
@@ -151,8 +147,8 @@ class ApiKeyService:
                 return row  # already revoked: revoking again changes nothing
             revoked = await store.revoke_key(conn, tenant_id, key_id)
             await call.audit(conn, tenant_id, "api_key.revoked", resource_type="api_key", resource_id=key_id, metadata=_describe(revoked))
-            staged = await self._invalidator.stage(conn, tenant_id, [row.key_hash])
-        await self._invalidator.keys_changed(tenant_id, [row.key_hash], staged)
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([row.id], [row.key_hash]), [row.key_hash])
+        await self._invalidator.keys_changed(tenant_id, [row.id], [row.key_hash], staged)
         return revoked
 
     async def rotate(self, call: Call, tenant: str, key_id: str, grace_s: int) -> tuple[ApiKeyRow, str, ApiKeyRow]:
@@ -161,7 +157,7 @@ class ApiKeyService:
         tenant_id = call.principal.tenant_scope(tenant)
         grace = timedelta(seconds=rules.grace_seconds(grace_s, self._grace))
         async with self._db.tenant_tx(tenant_id) as conn:
-            silo = await self._tenant(conn, tenant_id, writing=True)
+            await self._tenant(conn, tenant_id, writing=True)
             old = self._visible(call, await store.get_key(conn, tenant_id, key_id, lock=True), key_id)
             replay = await call.replay_of(conn, "api_key.rotated", tenant_id)
             if replay is not None and old.rotated_to_id:
@@ -183,9 +179,8 @@ class ApiKeyService:
                 conn, tenant_id, "api_key.rotated", resource_type="api_key", resource_id=key_id,
                 metadata={"new_key_id": successor.id, "grace_expires_at": old.grace_expires_at.isoformat() if old.grace_expires_at else None},
             )  # fmt: skip
-            staged = await self._invalidator.stage(conn, tenant_id, [old.key_hash])
-            await self._silos.anchor_key(silo, successor)
-        await self._invalidator.keys_changed(tenant_id, [old.key_hash], staged)
+            staged = await self._invalidator.stage(conn, tenant_id, key_tags([old.id], [old.key_hash]), [old.key_hash])
+        await self._invalidator.keys_changed(tenant_id, [old.id], [old.key_hash], staged)
         return successor, minted.secret, old
 
     # --- rules -------------------------------------------------------------------------
@@ -249,9 +244,9 @@ class ApiKeyService:
         return row
 
     @staticmethod
-    async def _tenant(conn: Conn, tenant_id: str, *, writing: bool) -> str | None:
-        """Check the tenant can have keys now; returns its silo database name."""
-        row = await (await conn.execute("SELECT status, silo_database FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
+    async def _tenant(conn: Conn, tenant_id: str, *, writing: bool) -> None:
+        """Check the tenant can have keys now."""
+        row = await (await conn.execute("SELECT status FROM tenants WHERE id = %s", (tenant_id,))).fetchone()
         if row is None or row["status"] == "deleted":
             raise RelayError(ErrorKind.NOT_FOUND, f"Tenant `{tenant_id}` does not exist.", param="tenant_id")
         if writing and row["status"] == "provisioning":
@@ -260,7 +255,6 @@ class ApiKeyService:
             raise RelayError(
                 ErrorKind.TENANT_PROVISIONING, "The tenant is still being provisioned; try again shortly.", retry_after_s=1
             )
-        return row["silo_database"]
 
 
 def _comparable(column: str, value: object) -> object:

@@ -22,9 +22,8 @@ from relay_server.domain.tenants import TenantRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.storage.postgres.tenants import get_tenant, set_status
-from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.config import TenantConfigReader
+from relay_server.tenancy.policy_bus import PolicyBus
 
 STATUSES = ("provisioning", "trial", "active", "suspended", "expired", "deleted")
 
@@ -58,14 +57,12 @@ class Lifecycle:
     def __init__(
         self,
         db: Database,
-        invalidator: AuthInvalidator,
-        config: TenantConfigReader,
+        invalidator: PolicyBus,
         *,
         trial_days: int = 14,
     ) -> None:
         self._db = db
         self._invalidator = invalidator
-        self._config = config
         self._trial = timedelta(days=trial_days)
 
     async def apply(self, conn: Conn, tenant: TenantRow, target: str, call: Call, reason: str = "") -> TenantRow:
@@ -87,9 +84,8 @@ class Lifecycle:
         return updated
 
     async def after_commit(self, tenant_id: str, staged: int | None = None) -> None:
-        """Make the committed status visible now: every worker forgets the tenant's keys."""
+        """Make the committed status visible now: every worker forgets what it cached about the tenant."""
         await self._invalidator.tenant_changed(tenant_id, staged)
-        await self._config.invalidate(tenant_id)
 
     async def transition(
         self,
@@ -119,6 +115,6 @@ class Lifecycle:
             if unless is not None and unless(tenant):
                 return None
             updated = await self.apply(conn, tenant, target, call, reason)
-            staged = await self._invalidator.stage(conn, tenant_id)
+            staged = await self._invalidator.stage(conn, tenant_id, [("tenant", tenant_id)])
         await self.after_commit(tenant_id, staged)
         return updated

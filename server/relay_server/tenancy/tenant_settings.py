@@ -2,13 +2,14 @@
 
 Tenants manage their own cache TTL, allowed models and webhook URL; the
 markup rate and feature overrides are commercial terms, so only platform
-operators set them.  Every change is audited in its transaction and drops
-the tenant's cached configuration once committed.
+operators set them.  Every change is audited in its transaction and, once
+committed, published on the invalidation bus (``config`` scope): every
+worker's next request sees it (markup, caps, allowed models, features).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
 from relay_server.domain.tenants import FeatureState
@@ -16,7 +17,8 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import tenant_config as store
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.config import CONFIG_KEYS, TenantConfigReader, validate_entry
+from relay_server.tenancy.config import CONFIG_KEYS, validate_entry
+from relay_server.tenancy.policy_bus import PolicyBus
 
 PLATFORM_ONLY_KEYS = frozenset({"markup_rate"})
 
@@ -32,17 +34,13 @@ class TenantSettingsAdmin:
     def __init__(
         self,
         db: Database,
-        config: TenantConfigReader,
+        bus: PolicyBus,
         *,
         model_exists: Callable[[str], bool],
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
-        auth_changed: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self._db = db
-        # allowed_models travels with the key record (authentication checks it), so a change
-        # must purge the tenant's cached keys on every worker, not just its config cache.
-        self._auth_changed = auth_changed
-        self._config = config
+        self._bus = bus
         self._model_exists = model_exists
         self._now = now
 
@@ -75,10 +73,9 @@ class TenantSettingsAdmin:
                     conn, tenant_id, "tenant.config_updated", resource_type="tenant_config", resource_id=tenant_id,
                     metadata={"changes": changed},
                 )  # fmt: skip
+                staged = await self._bus.stage(conn, tenant_id, [("config", tenant_id)])
         if changed:
-            await self._config.invalidate(tenant_id)
-            if "allowed_models" in changed and self._auth_changed is not None:
-                await self._auth_changed(tenant_id)
+            await self._bus.config_changed(tenant_id, staged)
         return after
 
     async def features(self, call: Call, tenant: str) -> list[FeatureState]:
@@ -108,7 +105,8 @@ class TenantSettingsAdmin:
                           **({"expires_at": expires_at.isoformat()} if expires_at else {})},
             )  # fmt: skip
             state = _find(await store.read_features(conn, tenant_id, plan, self._now()), feature)
-        await self._config.invalidate(tenant_id)
+            staged = await self._bus.stage(conn, tenant_id, [("config", tenant_id)])
+        await self._bus.config_changed(tenant_id, staged)
         return state
 
     async def delete_override(self, call: Call, tenant: str, feature: str) -> FeatureState:
@@ -119,11 +117,13 @@ class TenantSettingsAdmin:
             if feature not in await store.known_features(conn):
                 raise RelayError(ErrorKind.BAD_REQUEST, f"Unknown feature `{feature}`.", param="feature")
             deleted = await store.delete_override(conn, tenant_id, feature)
+            staged = None
             if deleted:
                 await call.audit(conn, tenant_id, "feature.override_deleted", resource_type="feature", resource_id=feature)
+                staged = await self._bus.stage(conn, tenant_id, [("config", tenant_id)])
             state = _find(await store.read_features(conn, tenant_id, plan, self._now()), feature)
         if deleted:
-            await self._config.invalidate(tenant_id)
+            await self._bus.config_changed(tenant_id, staged)
         return state
 
 

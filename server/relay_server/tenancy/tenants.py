@@ -27,11 +27,9 @@ from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres import members as member_store
 from relay_server.storage.postgres import tenants as store
 from relay_server.storage.postgres.pool import Database
-from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.config import TenantConfigReader
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.silo import SiloDirectory
+from relay_server.tenancy.policy_bus import PolicyBus
 
 PLANS = ("free", "starter", "pro", "enterprise")
 PROVISION_JOB = "provision_tenant"
@@ -47,7 +45,6 @@ class SignupRequest:
     plan: str = ""
     metadata: Mapping[str, str] = field(default_factory=dict)
     first_key_environment: str = ""  # "" → test
-    silo_database: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,17 +74,13 @@ class TenantAdmin:
         self,
         db: Database,
         lifecycle: Lifecycle,
-        invalidator: AuthInvalidator,
-        config: TenantConfigReader,
-        silos: SiloDirectory,
+        invalidator: PolicyBus,
         *,
         wake_jobs: Callable[[], None] = lambda: None,
     ) -> None:
         self._db = db
         self._lifecycle = lifecycle
         self._invalidator = invalidator
-        self._config = config
-        self._silos = silos
         self._wake = wake_jobs
 
     async def create(self, call: Call, request: SignupRequest) -> Signup:
@@ -105,9 +98,6 @@ class TenantAdmin:
         environment = request.first_key_environment or "test"
         if environment not in ("live", "test"):
             raise _bad("first_key_environment", "first_key_environment must be live or test.")
-        silo = request.silo_database.strip() or None
-        if silo is not None and not self._silos.known(silo):
-            raise _bad("silo_database", f"No silo database `{silo}` is configured on this server.")
         metadata = validate_metadata(request.metadata)
 
         minted = mint_key(environment)
@@ -121,7 +111,7 @@ class TenantAdmin:
                         meta = replay.metadata
                         return Signup(tenant, str(meta.get("owner_user_id", "")), str(meta.get("first_api_key_id", "")), "")
                 tenant = await store.insert_tenant(
-                    conn, tenant_id=tenant_id, slug=slug, name=name, plan=plan, metadata=metadata, silo_database=silo
+                    conn, tenant_id=tenant_id, slug=slug, name=name, plan=plan, metadata=metadata
                 )
                 await member_store.insert_user(conn, tenant_id=tenant_id, email=email, name=None, role="owner", user_id=owner_id)
                 payload = {
@@ -134,8 +124,7 @@ class TenantAdmin:
                 await jobs.enqueue(conn, PROVISION_JOB, tenant_id=tenant_id, payload=payload, dedupe_key=f"provision:{tenant_id}")
                 await call.audit(
                     conn, tenant_id, "tenant.created", resource_type="tenant", resource_id=tenant_id,
-                    metadata={"slug": slug, "plan": plan, "owner_user_id": owner_id, "first_api_key_id": key_id,
-                              **({"silo_database": silo} if silo else {})},
+                    metadata={"slug": slug, "plan": plan, "owner_user_id": owner_id, "first_api_key_id": key_id},
                 )  # fmt: skip
         except UniqueViolation as exc:
             if exc.diag.constraint_name == "tenants_slug_key":
@@ -197,7 +186,7 @@ class TenantAdmin:
                     conn, tenant_id, "tenant.plan_changed", resource_type="tenant", resource_id=tenant_id,
                     metadata={"from": before.plan, "to": after.plan},
                 )  # fmt: skip
-                staged = await self._invalidator.stage(conn, tenant_id)
+                staged = await self._invalidator.stage(conn, tenant_id, [("tenant", tenant_id)])
         if "plan" in changed:  # the plan rides in every cached key record and in the config
             await self._lifecycle.after_commit(tenant_id, staged)
         return after

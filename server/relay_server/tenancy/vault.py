@@ -12,12 +12,13 @@ A secret arrives once, is sealed (``crypto/envelope.py``) before it touches
 a row, and is never returned, logged or audited — only its 4-character hint.
 Every change writes its audit row in the same transaction, honours the
 caller's ``request_id`` (a retry returns the first call's result), and then
-drops the tenant's (or, for pooled keys, everyone's) cached credentials in
-this worker; other workers re-read within ``credential_cache_ttl_s``.
+drops the tenant's (or, for pooled keys, everyone's) cached credentials on
+every worker (the invalidation bus, ``credentials`` scope) before returning.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ class CredentialVault:
         db: Database,
         keyring: Keyring | None,
         *,
-        on_change: Callable[[str | None], None] | None = None,
+        on_change: Callable[[str | None], object] | None = None,
     ) -> None:
         self._db = db
         self._keyring = keyring
@@ -156,9 +157,11 @@ class CredentialVault:
             )
         return self._keyring
 
-    def _changed(self, owner: str | None) -> None:
+    async def _changed(self, owner: str | None) -> None:
         if self._on_change is not None:
-            self._on_change(owner)
+            result = self._on_change(owner)
+            if inspect.isawaitable(result):  # the invalidation bus: every worker, before the call returns
+                await result
 
     async def create(self, call: Call, tenant: str, spec: CredentialSpec, secret: str) -> CredentialRow:
         call.principal.require("credentials:create")
@@ -197,7 +200,7 @@ class CredentialVault:
                 conn, owner, "provider_credential.created",
                 resource_type="provider_credential", resource_id=row.id, metadata=_describe(row),
             )  # fmt: skip
-        self._changed(owner)
+        await self._changed(owner)
         return row
 
     async def list(
@@ -227,7 +230,7 @@ class CredentialVault:
                 resource_type="provider_credential", resource_id=row.id,
                 metadata={**_describe(row), "previous_key_hint": current.key_hint},
             )  # fmt: skip
-        self._changed(owner)
+        await self._changed(owner)
         return row
 
     async def disable(self, call: Call, tenant: str, credential_id: str) -> CredentialRow:
@@ -244,5 +247,5 @@ class CredentialVault:
                 conn, owner, "provider_credential.disabled",
                 resource_type="provider_credential", resource_id=row.id, metadata=_describe(row),
             )  # fmt: skip
-        self._changed(owner)
+        await self._changed(owner)
         return row

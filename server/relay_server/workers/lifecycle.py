@@ -9,7 +9,8 @@ sweeps never double-queue:
 * ``hard_delete``    deleted longer than the retention period    → every row removed
 * ``provision_tenant`` again for tenants stuck in provisioning with no live job
 
-and also re-queues jobs whose worker died, and marks keys past their expiry.
+and also re-queues jobs whose worker died (no heartbeat for ``job_lease``),
+and marks keys past their expiry.
 The jobs re-check the tenant when they run: one that moved on meanwhile (a
 trial that converted) is left alone.
 """
@@ -29,7 +30,6 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.purge import hard_delete_tenant
 from relay_server.tenancy.calls import system_call
 from relay_server.tenancy.lifecycle import Lifecycle
-from relay_server.tenancy.silo import SiloDirectory
 from relay_server.tenancy.tenants import PROVISION_JOB
 from relay_server.workers.runner import PermanentJobError
 
@@ -47,7 +47,6 @@ class LifecycleJobs:
         self,
         db: Database,
         lifecycle: Lifecycle,
-        silos: SiloDirectory,
         *,
         suspended_grace: timedelta,
         expired_grace: timedelta,
@@ -58,7 +57,6 @@ class LifecycleJobs:
     ) -> None:
         self._db = db
         self._lifecycle = lifecycle
-        self._silos = silos
         self._grace = {"suspended": suspended_grace, "expired": expired_grace}
         self._retention = retention
         self._stuck = provisioning_stuck
@@ -92,9 +90,9 @@ class LifecycleJobs:
             for tid in await store.stuck_provisioning(conn, now - self._stuck):
                 last = await jobs.latest(conn, PROVISION_JOB, tid)
                 job_id = await jobs.enqueue(conn, PROVISION_JOB, tenant_id=tid, payload=last.payload if last else {}, dedupe_key=f"provision:{tid}")
-                log.warning("tenant stuck in provisioning: job re-queued", extra={"tenant_id": tid, "last_error": last.last_error if last else None})
+                log.warning("tenant stuck in provisioning: job re-queued", extra={"tenant_id": tid, "last_status": last.status if last else None})
                 count("provision_tenant", job_id)
-            counts["requeued_leases"] = await jobs.requeue_expired_leases(conn, self._lease)
+            counts["requeued_leases"] = await jobs.retry_stalled(conn, self._lease)
             counts["expired_keys"] = await expire_due_keys(conn, now)
         return counts
 
@@ -124,19 +122,13 @@ class LifecycleJobs:
                 return  # already gone
             if tenant.status != "deleted" or tenant.deleted_at is None or tenant.deleted_at > self._now() - self._retention:
                 return  # not due (or restored by an operator fixing data by hand)
-            silo_counts: dict[str, int] = {}
-            if tenant.silo_database:
-                silo = await self._silos.database_named(tenant.silo_database)
-                async with silo.system_tx() as silo_conn:
-                    silo_counts = await hard_delete_tenant(silo_conn, tenant_id)
             counts = await hard_delete_tenant(conn, tenant_id)
             await insert_audit(
                 conn,
                 AuditEntry(
                     tenant_id=None, actor_id="system", actor_type="system", action="tenant.hard_deleted",
                     resource_type="tenant", resource_id=tenant_id, request_id=f"job_{job.id}",
-                    metadata={"rows": {k: v for k, v in counts.items() if v},
-                              **({"silo_rows": {k: v for k, v in silo_counts.items() if v}} if silo_counts else {})},
+                    metadata={"rows": {k: v for k, v in counts.items() if v}},
                 ),
             )  # fmt: skip
         log.info("tenant hard-deleted", extra={"tenant_id": tenant_id, "rows": sum(counts.values())})

@@ -2,9 +2,8 @@
 
 In one transaction: seed the system roles with their permissions, give the
 owner its role, check the plan's quota definitions exist, create the first
-key (a management key, from the hash signup put in the payload), copy the
-anchors into a silo database, and move the tenant to ``trial`` through the
-lifecycle (which writes the audit row).  A failure leaves the tenant in
+key (a management key, from the hash signup put in the payload), and move
+the tenant to ``trial`` through the lifecycle (which writes the audit row).  A failure leaves the tenant in
 ``provisioning`` with nothing half-done; the job is retried with back-off,
 and the lifecycle sweep re-queues a tenant whose job died.
 
@@ -20,22 +19,20 @@ from relay_server.storage.postgres import members
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.tenants import get_tenant
-from relay_server.tenancy.auth_cache import AuthInvalidator
 from relay_server.tenancy.calls import system_call
 from relay_server.tenancy.lifecycle import Lifecycle
+from relay_server.tenancy.policy_bus import PolicyBus
 from relay_server.tenancy.rbac import SYSTEM_ROLES
-from relay_server.tenancy.silo import SiloDirectory
 from relay_server.workers.runner import PermanentJobError
 
 FIRST_KEY_NAME = "Default key"
 
 
 class Provisioner:
-    def __init__(self, db: Database, lifecycle: Lifecycle, invalidator: AuthInvalidator, silos: SiloDirectory) -> None:
+    def __init__(self, db: Database, lifecycle: Lifecycle, invalidator: PolicyBus) -> None:
         self._db = db
         self._lifecycle = lifecycle
         self._invalidator = invalidator
-        self._silos = silos
 
     async def run(self, job: Job) -> None:
         tenant_id = job.tenant_id
@@ -71,12 +68,9 @@ class Provisioner:
                     conn, tenant_id, "api_key.created", resource_type="api_key", resource_id=key.id,
                     metadata={"name": key.name, "key_hint": key.key_hint, "environment": key.environment, "scope": key.scope},
                 )  # fmt: skip
-            await self._silos.anchor_tenant(tenant)
-            if key is not None:
-                await self._silos.anchor_key(tenant.silo_database, key)
             await self._lifecycle.apply(conn, tenant, "trial", call, reason="provisioning complete")
-            staged = await self._invalidator.stage(conn, tenant_id)
+            staged = await self._invalidator.stage(conn, tenant_id, [("tenant", tenant_id)])
         if first:
             # A client that tried the key before it existed may have cached "unknown".
-            await self._invalidator.keys_changed(tenant_id, [first["key_hash"]])
+            await self._invalidator.keys_changed(tenant_id, [first["id"]], [first["key_hash"]])
         await self._lifecycle.after_commit(tenant_id, staged)

@@ -360,6 +360,7 @@ class CandidatePlanner:
         call = ProviderCall(
             kind=ctx.kind, body=ctx.body, provider_model=route.provider_name, request_id=ctx.request_id,
             timeout_s=self._timeout_s, door=ctx.door, native_body=ctx.native_body,
+            native_headers=ctx.native_headers,
         )
         gate = KeyGate(
             cred, keyring=self._keyring, health=self._health, outbound=self._outbound, state=state,

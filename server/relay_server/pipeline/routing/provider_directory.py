@@ -12,8 +12,9 @@ from typing import Protocol
 
 from relay_server.domain.provider import Provider
 from relay_server.pipeline.reload import PeriodicReload
-from relay_server.providers.http_client import HttpClient, Timeouts
+from relay_server.providers.http_client import Timeouts
 from relay_server.providers.registry import build_provider
+from relay_server.providers.upstream_http import UpstreamHttp
 from relay_server.storage.postgres.providers import Directory, ProviderRow, RouteRow
 
 
@@ -25,7 +26,7 @@ class ProviderDirectory:
     def __init__(
         self,
         store: DirectoryStore,
-        client: HttpClient | None,
+        client: UpstreamHttp | None,
         *,
         timeouts: Timeouts | None = None,
         refresh_s: float = 30.0,

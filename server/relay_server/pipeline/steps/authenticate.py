@@ -1,9 +1,9 @@
 """Step 1: who is calling.  API key → Principal, or a 401/402/503.
 
-sha256(key) → in-process TTL cache (seconds) → shared cache (Redis, minutes)
-→ key store (Postgres).  Every change to a key or its tenant purges both
-caches at once on every worker (``relay_server.tenancy.auth_cache``), so a
-revoked key fails on the next request instead of when a cache expires; the
+sha256(key) → in-process policy cache (seconds) → shared cache (Redis,
+minutes) → key store (Postgres).  Every change to a key or its tenant purges
+both caches at once on every worker (``relay_server.tenancy.policy_bus``), so
+a revoked key fails on the next request instead of when a cache expires; the
 short in-process TTL only bounds the damage if that purge message is lost.
 The shared cache is optional and its failures are the cache's problem: with
 Redis down, lookups go to Postgres.
@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
+from relay_server.cache.policy_cache import PolicyCache, Tag
 from relay_server.domain.keys import KeyRecord, hash_key
 from relay_server.domain.request import Principal
 from relay_server.errors import ErrorKind, RelayError
@@ -50,7 +51,11 @@ class SharedKeyCache(Protocol):
 
 
 def bearer_token(metadata: Mapping[str, str]) -> str:
+    """The key from ``Authorization: Bearer ...``, or from ``x-api-key`` (how Anthropic's SDKs send it;
+    accepted on every door)."""
     header = metadata.get("authorization", "")
+    if not header and metadata.get("x-api-key", "").strip():
+        return metadata["x-api-key"].strip()
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise RelayError(
@@ -72,30 +77,24 @@ class Authenticator:
         max_entries: int = 100_000,
     ) -> None:
         self._store = store
-        self._ttl = cache_ttl_s
         self._shared = shared
         self._on_use = on_use
-        self._clock = clock
-        self._max_entries = max_entries
-        self._cache: dict[str, tuple[float, KeyRecord | None]] = {}
-        # Bumped by every purge.  A lookup that started before a purge must not
-        # cache what it read: it may be the state the purge was about.
-        self._epoch = 0
+        # Entries are tagged with their key (by hash: unknown keys are cached
+        # too, and by id) and their tenant (its status, plan and config).
+        self.cache: PolicyCache[str, KeyRecord | None] = PolicyCache(
+            "api_keys", ttl_s=cache_ttl_s, tags=_record_tags, max_stale_s=0.0, clock=clock, max_entries=max_entries
+        )
 
     def purge(self, key_hash: str | None = None) -> None:
-        """Forget one key (or all): called when keys or tenants change."""
-        self._epoch += 1
+        """Forget one key (by hash) or all."""
         if key_hash is None:
-            self._cache.clear()
+            self.cache.clear()
         else:
-            self._cache.pop(key_hash, None)
+            self.cache.invalidate("key", key_hash)
 
     def purge_tenant(self, tenant_id: str) -> None:
         """Forget every cached key of one tenant (its status or plan changed)."""
-        self._epoch += 1
-        for key_hash, (_, record) in list(self._cache.items()):
-            if record is not None and record.tenant_id == tenant_id:
-                self._cache.pop(key_hash, None)
+        self.cache.invalidate("tenant", tenant_id)
 
     async def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         token = bearer_token(metadata)
@@ -122,23 +121,23 @@ class Authenticator:
         )
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:
-        now = self._clock()
-        cached = self._cache.get(key_hash)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        epoch = self._epoch
+        return await self.cache.get(key_hash, lambda: self._load(key_hash))
+
+    async def _load(self, key_hash: str) -> KeyRecord | None:
         record, seen = await self._shared.get(key_hash) if self._shared is not None else (None, None)
         if record is None:
             record = await self._store.find_by_hash(key_hash)
             # Unknown keys are not shared: a flood of random keys stays local.
             if record is not None and self._shared is not None:
                 await self._shared.put(record, seen)
-        if epoch != self._epoch:
-            return record  # a purge ran meanwhile: use the answer once, do not keep it
-        if len(self._cache) > self._max_entries:  # bound memory under a flood of random keys
-            self._cache.clear()
-        self._cache[key_hash] = (now + self._ttl, record)
         return record
+
+
+def _record_tags(key_hash: str, record: KeyRecord | None) -> list[Tag]:
+    if record is None:
+        return [("key", key_hash)]
+    # ``config``: a record may carry what the tenant's configuration decides (its model list).
+    return [("key", key_hash), ("key", record.key_id), ("tenant", record.tenant_id), ("config", record.tenant_id)]
 
 
 def _check_usable(record: KeyRecord, token: str) -> None:

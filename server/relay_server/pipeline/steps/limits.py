@@ -9,83 +9,28 @@ that are counted separately and can only make a key stricter than its tenant.
 ``requests_per_day`` (UTC calendar day).
 
 Counting happens in Redis (``storage/redis/limits.py``); this module only
-resolves policies — from memory, refreshed every few seconds and served stale
-when Postgres is unreachable, so no request waits on Postgres for its limits.
+resolves policies — from memory (``PolicyCache``, refreshed ahead and served
+stale when Postgres is unreachable, so no request waits on Postgres for its
+limits), dropped on every worker by the invalidation bus when a plan, a
+tenant or a key changes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
+from relay_server.cache.policy_cache import PolicyCache
 from relay_server.domain.policy import RESOURCES, KeyPolicy, QuotaRow
 from relay_server.domain.request import Principal
 from relay_server.errors import ErrorKind, RelayError
 
 log = logging.getLogger(__name__)
 
-K = TypeVar("K")
-V = TypeVar("V")
-
 _UNITS = {"rpm": "requests per minute", "tpm": "tokens per minute", "requests_per_day": "requests per day"}
-
-
-class TtlCache(Generic[K, V]):
-    """A small async cache that never makes a request wait for a reload.
-
-    The first load of a key is awaited (one load per key at a time).  After
-    that an expired value is served at once while one background task reloads
-    it; a failed reload keeps the old value (and logs), so a Postgres outage
-    never turns into slow or failed requests for policies already known.
-    """
-
-    def __init__(self, ttl_s: float, *, clock: Callable[[], float] = time.monotonic, max_entries: int = 100_000) -> None:
-        self._ttl = ttl_s
-        self._clock = clock
-        self._max = max_entries
-        self._values: dict[K, tuple[float, V]] = {}
-        self._loading: dict[K, asyncio.Future[V]] = {}
-
-    def purge(self, key: K | None = None) -> None:
-        if key is None:
-            self._values.clear()
-        else:
-            self._values.pop(key, None)
-
-    async def get(self, key: K, load: Callable[[], Awaitable[V]]) -> V:
-        cached = self._values.get(key)
-        if cached is not None:
-            if cached[0] <= self._clock() and key not in self._loading:
-                self._start(key, load, cached)
-            return cached[1]
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = self._start(key, load, None)
-        return await asyncio.shield(pending)
-
-    def _start(self, key: K, load: Callable[[], Awaitable[V]], cached: tuple[float, V] | None) -> asyncio.Future[V]:
-        task = asyncio.ensure_future(self._load(key, load, cached))
-        self._loading[key] = task
-        task.add_done_callback(lambda t: (self._loading.pop(key, None), t.cancelled() or t.exception()))
-        return task
-
-    async def _load(self, key: K, load: Callable[[], Awaitable[V]], cached: tuple[float, V] | None) -> V:
-        try:
-            value = await load()
-        except Exception as exc:
-            if cached is None:
-                raise
-            log.warning("policy reload failed; serving the previous value", extra={"error": repr(exc)})
-            value = cached[1]
-        if len(self._values) >= self._max:
-            self._values.clear()
-        self._values[key] = (self._clock() + self._ttl, value)
-        return value
 
 
 class QuotaStore(Protocol):
@@ -126,9 +71,19 @@ class LimitResolver:
 
     def __init__(self, store: QuotaStore, *, ttl_s: float = 5.0) -> None:
         self._store = store
-        self._plans: TtlCache[str, Mapping[str, Sequence[QuotaRow]]] = TtlCache(max(ttl_s, 30.0))
-        self._overrides: TtlCache[str, Sequence[QuotaRow]] = TtlCache(ttl_s)
-        self._keys: TtlCache[str, KeyPolicy | None] = TtlCache(ttl_s)
+        self._plans: PolicyCache[str, Mapping[str, Sequence[QuotaRow]]] = PolicyCache(
+            "plan_quotas", ttl_s=max(ttl_s, 30.0), tags=lambda _k, _v: [("plan", "")], refresh_ahead=True
+        )
+        self._overrides: PolicyCache[str, Sequence[QuotaRow]] = PolicyCache(
+            "quota_overrides", ttl_s=ttl_s, tags=lambda tenant_id, _v: [("tenant", tenant_id)], refresh_ahead=True
+        )
+        self._keys: PolicyCache[str, KeyPolicy | None] = PolicyCache(
+            "key_policies", ttl_s=ttl_s, tags=lambda key_id, _v: [("key", key_id)], refresh_ahead=True
+        )
+
+    def caches(self) -> list[PolicyCache[str, Any]]:
+        """What the invalidation bus must reach."""
+        return [self._plans, self._overrides, self._keys]
 
     async def key_policy(self, key_id: str) -> KeyPolicy | None:
         return await self._keys.get(key_id, lambda: self._store.key_policy(key_id))

@@ -23,11 +23,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal, InvalidOperation
 from typing import Protocol
 
+from relay_server.cache.policy_cache import PolicyCache
 from relay_server.domain.catalog import CatalogEntry
 from relay_server.domain.pricing import DEFAULT_MARKUP, price
 from relay_server.domain.provider import Usage
 from relay_server.errors import ErrorKind, RelayError
-from relay_server.pipeline.steps.limits import TtlCache
 
 log = logging.getLogger(__name__)
 
@@ -133,18 +133,18 @@ class TenantMeteringConfig:
     """The tenant's markup (a ``MarkupSource``) and tenant-wide cap (a ``TenantCapSource``).
 
     Reads tenant_config through any reader with ``tenant_config(tenant_id)``,
-    cached for ``ttl_s`` and refreshed in the background.
+    cached for ``ttl_s``, refreshed in the background and dropped on every
+    worker when the tenant's configuration changes (``cache``).
     """
 
     def __init__(self, source: TenantConfigSource, *, ttl_s: float = 5.0) -> None:
         self._source = source
-        self._cache: TtlCache[str, Mapping[str, str]] = TtlCache(ttl_s)
-
-    def purge(self, tenant_id: str | None = None) -> None:
-        self._cache.purge(tenant_id)
+        self.cache: PolicyCache[str, Mapping[str, str]] = PolicyCache(
+            "tenant_metering", ttl_s=ttl_s, tags=lambda t, _v: [("tenant", t), ("config", t)], refresh_ahead=True
+        )
 
     async def _config(self, tenant_id: str) -> Mapping[str, str]:
-        return await self._cache.get(tenant_id, lambda: self._source.tenant_config(tenant_id))
+        return await self.cache.get(tenant_id, lambda: self._source.tenant_config(tenant_id))
 
     async def markup_rate(self, tenant_id: str) -> Decimal:
         return parse_markup(await self._config(tenant_id))

@@ -3,9 +3,10 @@
 From ``tenant_config`` (free-form text values, parsed here with defaults for
 anything missing or malformed), the effective plan features (plan defaults
 with unexpired overrides) and whether this database has pgvector.  Read in one
-``tenant_tx`` and kept in memory for a few seconds per tenant, so the cache
-step costs no Postgres round trip on most requests; when Postgres cannot be
-read, the last known value is served (or caching stays off).
+``tenant_tx`` and kept in memory per tenant (dropped on every worker when the
+tenant's configuration changes), so the cache step costs no Postgres round
+trip on most requests; when Postgres cannot be read, the last known value is
+served (or caching stays off).
 
 Config keys (all optional):
   default_cache_ttl_sec      integer seconds; absent or 0: caching off unless
@@ -21,7 +22,6 @@ Config keys (all optional):
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
+from relay_server.cache.policy_cache import PolicyCache
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.response_cache import semantic_available
 from relay_server.storage.postgres.tenant_config import snapshot
@@ -105,40 +106,27 @@ def parse_flags(values: Mapping[str, str], features: frozenset[str], vector_avai
 
 
 class PostgresTenantFlags:
-    """``FlagSource`` over Postgres with a short per-tenant memory."""
+    """``FlagSource`` over Postgres, kept per tenant in a ``PolicyCache`` that
+    the invalidation bus empties when the tenant, its config or a plan changes."""
 
     def __init__(self, db: Database, *, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._db = db
-        self._ttl = ttl_s
-        self._clock = clock
-        self._known: dict[str, tuple[float, TenantFlags]] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self.cache: PolicyCache[str, TenantFlags] = PolicyCache(
+            "tenant_flags", ttl_s=ttl_s, tags=lambda t, _v: [("tenant", t), ("config", t), ("plan", "")], clock=clock
+        )
 
     def forget(self, tenant_id: str | None = None) -> None:
         if tenant_id is None:
-            self._known.clear()
+            self.cache.clear()
         else:
-            self._known.pop(tenant_id, None)
+            self.cache.forget(tenant_id)
 
     async def flags(self, tenant_id: str) -> TenantFlags:
-        known = self._known.get(tenant_id)
-        if known is not None and known[0] > self._clock():
-            return known[1]
-        lock = self._locks.setdefault(tenant_id, asyncio.Lock())
-        async with lock:  # one load per tenant at a time
-            known = self._known.get(tenant_id)
-            if known is not None and known[0] > self._clock():
-                return known[1]
-            try:
-                flags = await self._load(tenant_id)
-            except Exception:
-                log.warning("tenant cache settings unavailable", extra={"tenant_id": tenant_id}, exc_info=True)
-                flags = known[1] if known is not None else TenantFlags()
-            if len(self._known) > 100_000:
-                self._known.clear()
-            self._known[tenant_id] = (self._clock() + self._ttl, flags)
-        self._locks.pop(tenant_id, None)
-        return flags
+        try:
+            return await self.cache.get(tenant_id, lambda: self._load(tenant_id))
+        except Exception:  # noqa: BLE001 (never loaded and Postgres failed: caching stays off)
+            log.warning("tenant cache settings unavailable", extra={"tenant_id": tenant_id}, exc_info=True)
+            return TenantFlags()
 
     async def _load(self, tenant_id: str) -> TenantFlags:
         async with self._db.tenant_tx(tenant_id) as conn:

@@ -1,42 +1,48 @@
-"""The durable job queue in Postgres (``jobs``).
+"""Relay's SQL over the durable job queue (procrastinate's tables, migration 0021).
 
-Claiming uses ``FOR UPDATE SKIP LOCKED``, so any number of worker processes
-can poll the same queue: each job goes to exactly one of them.  A job whose
-worker died stays ``running`` until its lease runs out, then is re-queued.
-``dedupe_key`` makes an enqueue idempotent while a job with that key is
-queued or running (the sweeps enqueue the same work on every pass).
+Jobs are queued from Relay's own connections, inside the caller's
+transaction, through ``relay_defer_job`` (so a job is committed, or rolled
+back, with the change that asked for it), and run by procrastinate workers
+(``workers/runner.py``).  A job's kind is its task name and its queue.
+``dedupe_key`` makes an enqueue idempotent while a job with that key waits
+(the sweeps queue the same work on every pass), and runs jobs sharing it one
+at a time across every node.
+
+Job arguments are ``{"tenant_id": ..., "payload": {...}}``: identifiers and
+hashes, never a secret (they are stored in plain text and shown by admin tools).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from relay_server.storage.postgres.pool import Conn
 
-_COLUMNS = "id, kind, tenant_id, payload, status, attempts, max_attempts, run_after, last_error, dedupe_key"
+# procrastinate's statuses, as Relay has always named them.
+STATUS_NAMES = {"todo": "queued", "doing": "running", "succeeded": "succeeded", "failed": "failed",
+                "cancelled": "cancelled", "aborting": "running", "aborted": "failed"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
+    """A job as its handler sees it."""
+
     id: int
     kind: str
     tenant_id: str | None
     payload: dict[str, Any] = field(default_factory=dict)
     status: str = "queued"
     attempts: int = 0
-    max_attempts: int = 10
-    run_after: datetime | None = None
-    last_error: str | None = None
-    dedupe_key: str | None = None
+    """Tries so far; inside a handler, this try included (the first run sees 1)."""
 
 
-def _job(row: Mapping[str, Any]) -> Job:
-    return Job(**{**dict(row), "payload": dict(row["payload"] or {})})
+def job_args(tenant_id: str | None, payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "payload": dict(payload or {})}
 
 
 async def enqueue(
@@ -47,78 +53,33 @@ async def enqueue(
     payload: Mapping[str, Any] | None = None,
     dedupe_key: str | None = None,
     delay: timedelta | None = None,
-    max_attempts: int = 10,
 ) -> int | None:
-    """Queue a job; None when ``dedupe_key`` is already queued or running."""
+    """Queue a job in ``conn``'s transaction; None when ``dedupe_key`` is already waiting."""
     cur = await conn.execute(
-        """INSERT INTO jobs (kind, tenant_id, payload, dedupe_key, max_attempts, run_after)
-           VALUES (%s, %s, %s, %s, %s, now() + %s)
-           ON CONFLICT (dedupe_key) WHERE dedupe_key IS NOT NULL AND status IN ('queued', 'running')
-           DO NOTHING
-           RETURNING id""",
-        (kind, tenant_id, Jsonb(dict(payload or {})), dedupe_key, max_attempts, delay or timedelta(0)),
+        "SELECT relay_defer_job(%s, %s, %s, CASE WHEN %s::interval > interval '0' THEN now() + %s::interval END) AS id",
+        (kind, dedupe_key, Jsonb(job_args(tenant_id, payload)), delay or timedelta(0), delay or timedelta(0)),
     )
     row = await cur.fetchone()
-    return int(row["id"]) if row else None
+    return int(row["id"]) if row and row["id"] is not None else None
 
 
-async def claim(conn: Conn, worker_id: str, kinds: Sequence[str]) -> Job | None:
-    """Take the next due job of one of ``kinds`` (attempts counts this try)."""
-    cur = await conn.execute(
-        f"""UPDATE jobs SET status = 'running', locked_at = now(), locked_by = %s, attempts = attempts + 1
-             WHERE id = (SELECT id FROM jobs
-                          WHERE status = 'queued' AND run_after <= now() AND kind = ANY(%s)
-                          ORDER BY run_after, id
-                          FOR UPDATE SKIP LOCKED LIMIT 1)
-         RETURNING {_COLUMNS}""",
-        (worker_id, list(kinds)),
+def _job(row: Mapping[str, Any]) -> Job:
+    args = row["args"] or {}
+    return Job(
+        id=int(row["id"]),
+        kind=row["task_name"],
+        tenant_id=args.get("tenant_id"),
+        payload=dict(args.get("payload") or {}),
+        status=STATUS_NAMES.get(row["status"], row["status"]),
+        attempts=int(row["attempts"]),
     )
-    row = await cur.fetchone()
-    return _job(row) if row else None
-
-
-async def complete(conn: Conn, job_id: int) -> None:
-    await conn.execute(
-        """UPDATE jobs SET status = 'succeeded', finished_at = now(), locked_at = NULL, locked_by = NULL,
-                  last_error = NULL
-            WHERE id = %s""",
-        (job_id,),
-    )
-
-
-async def fail(conn: Conn, job: Job, error: str, *, retry_in: timedelta | None) -> str:
-    """Record a failure: back to the queue after ``retry_in``, or ``dead`` when out of attempts
-    (``failed`` when ``retry_in`` is None: the error is permanent).  Returns the new status."""
-    if retry_in is None:
-        status = "failed"
-    elif job.attempts >= job.max_attempts:
-        status = "dead"
-    else:
-        status = "queued"
-    await conn.execute(
-        """UPDATE jobs SET status = %s, last_error = %s, locked_at = NULL, locked_by = NULL,
-                  run_after = CASE WHEN %s = 'queued' THEN now() + %s ELSE run_after END,
-                  finished_at = CASE WHEN %s = 'queued' THEN NULL ELSE now() END
-            WHERE id = %s""",
-        (status, error[:2000], status, retry_in or timedelta(0), status, job.id),
-    )
-    return status
-
-
-async def requeue_expired_leases(conn: Conn, lease: timedelta) -> int:
-    """Jobs left ``running`` by a worker that died go back to the queue."""
-    cur = await conn.execute(
-        """UPDATE jobs SET status = 'queued', locked_at = NULL, locked_by = NULL, run_after = now()
-            WHERE status = 'running' AND locked_at < now() - %s""",
-        (lease,),
-    )
-    return cur.rowcount
 
 
 async def latest(conn: Conn, kind: str, tenant_id: str) -> Job | None:
     """The newest job of a kind for a tenant, whatever its status."""
     cur = await conn.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE kind = %s AND tenant_id = %s ORDER BY id DESC LIMIT 1",
+        """SELECT id, task_name, args, status::text AS status, attempts FROM procrastinate_jobs
+            WHERE task_name = %s AND args ->> 'tenant_id' = %s ORDER BY id DESC LIMIT 1""",
         (kind, tenant_id),
     )
     row = await cur.fetchone()
@@ -127,4 +88,16 @@ async def latest(conn: Conn, kind: str, tenant_id: str) -> Job | None:
 
 async def delete_queued(conn: Conn, job_id: int) -> None:
     """Drop a job that has become unnecessary (if nobody has started it)."""
-    await conn.execute("DELETE FROM jobs WHERE id = %s AND status = 'queued'", (job_id,))
+    await conn.execute("SELECT procrastinate_cancel_job_v1(%s, false, true)", (job_id,))
+
+
+async def retry_stalled(conn: Conn, heartbeat_older_than: timedelta) -> int:
+    """Jobs left running by a worker that died (no heartbeat for that long, or
+    its row pruned) go back to the queue, due now."""
+    cur = await conn.execute(
+        """SELECT procrastinate_retry_job_v2(j.id, now(), j.priority, j.queue_name, j.lock)
+             FROM procrastinate_jobs j LEFT JOIN procrastinate_workers w ON w.id = j.worker_id
+            WHERE j.status = 'doing' AND (w.id IS NULL OR w.last_heartbeat < now() - %s)""",
+        (heartbeat_older_than,),
+    )
+    return cur.rowcount

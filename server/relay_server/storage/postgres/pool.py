@@ -6,14 +6,10 @@
 * ``app`` connects as ``relay_app``.  Every use goes through ``tenant_tx``,
   which sets ``app.tenant_id`` for that transaction only, so row-level
   security confines the transaction to one tenant.
-
-Silo tenants: ``for_tenant(dsn)`` returns (and keeps) a ``Database`` for a
-tenant that lives in its own database; pooled tenants use this one.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from relay_server.storage.postgres.migrate import APP_ROLE, password_from_dsn
+from relay_server.storage.postgres.migrate import APP_ROLE
 
 Conn = AsyncConnection[DictRow]
 
@@ -61,10 +57,7 @@ class Database:
             # The owner is not confined by tenant_isolation: running tenant
             # queries as it would silently turn row-level security off.
             raise ValueError("the app DSN must use a different role from the owner DSN")
-        self._owner_dsn = owner_dsn
-        self._app_password = password_from_dsn(app_dsn)
-        self._sizes = (min_size, max_size)
-        self._name = name
+        self._owner_dsn = owner_dsn  # the job queue opens its own pool on it
         # autocommit: transactions are always explicit (tenant_tx / system_tx).
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
         self.system: AsyncConnectionPool[Conn] = AsyncConnectionPool(
@@ -83,8 +76,11 @@ class Database:
             open=False,
             name=f"{name}-app",
         )
-        self._silos: dict[str, Database] = {}
-        self._silo_lock = asyncio.Lock()
+
+    @property
+    def owner_dsn(self) -> str:
+        """For components that keep a pool of their own as the owner (the job worker)."""
+        return self._owner_dsn
 
     @classmethod
     def from_settings(cls, settings: Any) -> Database:
@@ -106,9 +102,6 @@ class Database:
             raise
 
     async def close(self) -> None:
-        for silo in list(self._silos.values()):
-            await silo.close()
-        self._silos.clear()
         await self.app.close()
         await self.system.close()
 
@@ -137,31 +130,3 @@ class Database:
         """A transaction as the owner: every tenant's rows.  Not for request handling."""
         async with self.system.connection() as conn, conn.transaction():
             yield conn
-
-    async def for_tenant(self, tenant_dsn: str | None, app_dsn: str | None = None) -> Database:
-        """The ``Database`` a tenant lives in: this one, or its silo (opened on first use).
-
-        ``tenant_dsn`` is the silo's owner DSN (resolved by the caller from
-        ``tenants.silo_database`` and configuration); None means the shared one.
-        Without ``app_dsn`` the silo's ``relay_app`` DSN reuses this database's
-        ``relay_app`` password (the role is per cluster, so that holds whenever
-        the silo lives on the same server).
-        """
-        if not tenant_dsn or tenant_dsn == self._owner_dsn:
-            return self
-        silo = self._silos.get(tenant_dsn)
-        if silo is not None:
-            return silo
-        async with self._silo_lock:
-            silo = self._silos.get(tenant_dsn)
-            if silo is None:
-                silo = Database(
-                    tenant_dsn,
-                    app_dsn or app_dsn_from_owner(tenant_dsn, self._app_password),
-                    min_size=self._sizes[0],
-                    max_size=self._sizes[1],
-                    name=f"{self._name}-silo",
-                )
-                await silo.open()
-                self._silos[tenant_dsn] = silo
-        return silo

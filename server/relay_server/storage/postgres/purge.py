@@ -98,4 +98,9 @@ async def hard_delete_tenant(conn: Conn, tenant_id: str) -> dict[str, int]:
     for step in await deletion_plan(conn):
         cur = await conn.execute(step.statement, (tenant_id,))
         counts[step.table] = cur.rowcount
+    # The job queue keeps the tenant in its job arguments, not in a column.
+    cur = await conn.execute(
+        "DELETE FROM procrastinate_jobs WHERE args ->> 'tenant_id' = %s AND status <> 'doing'", (tenant_id,)
+    )
+    counts["procrastinate_jobs"] = cur.rowcount
     return counts

@@ -1,7 +1,7 @@
 """Policies the limits and caps are made of: plan quotas, tenant overrides,
 per-key limits and caps, and tenant config (markup, tenant cap).
 
-Read rarely: the pipeline caches every answer (``pipeline/limits.TtlCache``),
+Read rarely: the pipeline caches every answer (``cache/policy_cache.py``),
 refreshes it in the background and keeps serving the last one while Postgres
 is away.  Reads use the system pool with a short connection timeout, so a
 first-time read during an outage fails fast instead of waiting on the pool.

@@ -19,7 +19,7 @@ from relay_server.storage.postgres.pages import newest_first
 from relay_server.storage.postgres.pool import Conn
 
 _COLUMNS = (
-    "id, slug, name, plan, status, status_changed_at, trial_ends_at, silo_database, "
+    "id, slug, name, plan, status, status_changed_at, trial_ends_at, "
     "created_at, updated_at, deleted_at, metadata"
 )
 
@@ -38,14 +38,13 @@ async def insert_tenant(
     name: str,
     plan: str,
     metadata: Mapping[str, str],
-    silo_database: str | None,
     status: str = "provisioning",
 ) -> TenantRow:
     """Insert a tenant; a taken slug raises ``psycopg.errors.UniqueViolation``."""
     cur = await conn.execute(
-        f"""INSERT INTO tenants (id, slug, name, plan, status, silo_database, metadata)
-            VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
-        (tenant_id, slug, name, plan, status, silo_database, Jsonb(dict(metadata))),
+        f"""INSERT INTO tenants (id, slug, name, plan, status, metadata)
+            VALUES (%s, %s, %s, %s, %s, %s) RETURNING {_COLUMNS}""",
+        (tenant_id, slug, name, plan, status, Jsonb(dict(metadata))),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -139,9 +138,9 @@ async def stuck_provisioning(conn: Conn, before: datetime, limit: int = 100) -> 
     cur = await conn.execute(
         """SELECT t.id FROM tenants t
             WHERE t.status = 'provisioning' AND t.status_changed_at <= %s
-              AND NOT EXISTS (SELECT 1 FROM jobs j
-                               WHERE j.tenant_id = t.id AND j.kind = 'provision_tenant'
-                                 AND j.status IN ('queued', 'running'))
+              AND NOT EXISTS (SELECT 1 FROM procrastinate_jobs j
+                               WHERE j.task_name = 'provision_tenant' AND j.args ->> 'tenant_id' = t.id
+                                 AND j.status IN ('todo', 'doing'))
             ORDER BY t.status_changed_at LIMIT %s""",
         (before, limit),
     )

@@ -32,7 +32,7 @@ TENANT_STATUS_EXPIRED: TenantStatus
 TENANT_STATUS_DELETED: TenantStatus
 
 class Tenant(_message.Message):
-    __slots__ = ("id", "slug", "name", "plan", "status", "create_time", "update_time", "delete_time", "trial_end_time", "metadata", "silo_database", "status_change_time")
+    __slots__ = ("id", "slug", "name", "plan", "status", "create_time", "update_time", "delete_time", "trial_end_time", "metadata", "status_change_time")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,7 +50,6 @@ class Tenant(_message.Message):
     DELETE_TIME_FIELD_NUMBER: _ClassVar[int]
     TRIAL_END_TIME_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
-    SILO_DATABASE_FIELD_NUMBER: _ClassVar[int]
     STATUS_CHANGE_TIME_FIELD_NUMBER: _ClassVar[int]
     id: str
     slug: str
@@ -62,12 +61,11 @@ class Tenant(_message.Message):
     delete_time: _timestamp_pb2.Timestamp
     trial_end_time: _timestamp_pb2.Timestamp
     metadata: _containers.ScalarMap[str, str]
-    silo_database: str
     status_change_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., plan: _Optional[str] = ..., status: _Optional[_Union[TenantStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., silo_database: _Optional[str] = ..., status_change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., slug: _Optional[str] = ..., name: _Optional[str] = ..., plan: _Optional[str] = ..., status: _Optional[_Union[TenantStatus, str]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., update_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., delete_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., trial_end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., status_change_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateTenantRequest(_message.Message):
-    __slots__ = ("slug", "name", "owner_email", "plan", "metadata", "request_id", "first_key_environment", "silo_database")
+    __slots__ = ("slug", "name", "owner_email", "plan", "metadata", "request_id", "first_key_environment")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,7 +80,6 @@ class CreateTenantRequest(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_KEY_ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
-    SILO_DATABASE_FIELD_NUMBER: _ClassVar[int]
     slug: str
     name: str
     owner_email: str
@@ -90,8 +87,7 @@ class CreateTenantRequest(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     request_id: str
     first_key_environment: _api_keys_pb2.KeyEnvironment
-    silo_database: str
-    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., owner_email: _Optional[str] = ..., plan: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., first_key_environment: _Optional[_Union[_api_keys_pb2.KeyEnvironment, str]] = ..., silo_database: _Optional[str] = ...) -> None: ...
+    def __init__(self, slug: _Optional[str] = ..., name: _Optional[str] = ..., owner_email: _Optional[str] = ..., plan: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., request_id: _Optional[str] = ..., first_key_environment: _Optional[_Union[_api_keys_pb2.KeyEnvironment, str]] = ...) -> None: ...
 
 class CreateTenantResponse(_message.Message):
     __slots__ = ("tenant", "owner_user_id", "first_api_key_id", "first_api_key_secret")

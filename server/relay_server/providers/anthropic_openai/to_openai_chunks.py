@@ -1,5 +1,4 @@
-"""Anthropic Messages stream -> OpenAI chat chunks, and the mappings shared
-with non-streaming responses (usage, stop reason, error types).
+"""Anthropic Messages stream -> OpenAI chat chunks (a Claude model behind an OpenAI-shaped door).
 
 Event order from Anthropic: ``message_start`` (id, model, input usage), then per
 content block ``content_block_start`` / ``content_block_delta``* /
@@ -15,77 +14,17 @@ from typing import Any
 
 import orjson
 
-from relay_server.providers.sse import SSEEvent
-from relay_server.providers.translator import (
-    ProviderFailure,
-    classify_http_error,
-    malformed_failure,
-    truncated_failure,
+from relay_server.providers.anthropic_openai.tables import (
+    error_from_object,
+    finish_reason,
+    openai_usage,
 )
-
-FINISH_REASONS: dict[str | None, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-# Anthropic's error types and the HTTP status each one comes with, so an error
-# event inside a stream is classified exactly like the same error as a response.
-ERROR_STATUS: dict[str, int] = {
-    "invalid_request_error": 400,
-    "authentication_error": 401,
-    "permission_error": 403,
-    "not_found_error": 404,
-    "request_too_large": 413,
-    "rate_limit_error": 429,
-    "api_error": 500,
-    "overloaded_error": 529,
-}
-
-
-def finish_reason(stop_reason: str | None) -> str:
-    return FINISH_REASONS.get(stop_reason, "stop")
-
-
-def openai_usage(usage: Mapping[str, Any]) -> dict[str, Any]:
-    """Anthropic counts cache reads and writes apart from ``input_tokens``;
-    OpenAI's ``prompt_tokens`` includes everything that was read as input."""
-    fresh = int(usage.get("input_tokens") or 0)
-    cache_read = int(usage.get("cache_read_input_tokens") or 0)
-    cache_write = int(usage.get("cache_creation_input_tokens") or 0)
-    completion = int(usage.get("output_tokens") or 0)
-    prompt = fresh + cache_read + cache_write
-    result: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
-    }
-    if cache_write:
-        # Not an OpenAI field: Usage.from_openai reads it to price cache writes.
-        result["cache_creation_input_tokens"] = cache_write
-    return result
-
-
-def error_from_object(error: Any) -> ProviderFailure:
-    """An Anthropic ``{"type": ..., "message": ...}`` error object."""
-    kind = error.get("type") if isinstance(error, Mapping) else None
-    message = error.get("message") if isinstance(error, Mapping) else None
-    status = ERROR_STATUS.get(kind or "", 500)
-    return classify_http_error(
-        status,
-        message=str(message or ""),
-        code=kind,
-        param=None,
-        headers={},
-    )
+from relay_server.providers.sse import SSEEvent
+from relay_server.providers.translator import malformed_failure, truncated_failure
 
 
 class AnthropicStreamTranslator:
-    __slots__ = ("_done", "_id", "_model", "_created", "_usage", "_finish", "_tool_slots")
+    __slots__ = ("_created", "_done", "_finish", "_id", "_model", "_tool_slots", "_usage")
 
     def __init__(self, model: str) -> None:
         self._done = False
@@ -156,7 +95,7 @@ class AnthropicStreamTranslator:
             return [self._chunk({"tool_calls": [call]})]
         if kind == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
-        return []  # thinking and other blocks are not part of the OpenAI message
+        return []  # thinking arrives in its deltas; other blocks are not part of the OpenAI message
 
     def _block_delta(self, index: Any, delta: Mapping[str, Any]) -> list[dict[str, Any]]:
         kind = delta.get("type")
@@ -168,7 +107,10 @@ class AnthropicStreamTranslator:
                 raise malformed_failure(f"input_json_delta for block {index!r} that is not a tool_use")
             piece = {"index": slot, "function": {"arguments": delta.get("partial_json", "")}}
             return [self._chunk({"tool_calls": [piece]})]
-        return []  # thinking_delta, signature_delta, citations_delta
+        if kind == "thinking_delta":
+            # OpenAI-compatible servers stream reasoning as ``reasoning_content``.
+            return [self._chunk({"reasoning_content": delta.get("thinking", "")})]
+        return []  # signature_delta, citations_delta
 
     def _merge_usage(self, usage: Any) -> None:
         # message_delta's counts are cumulative: later values replace earlier ones.
