@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
 NODE_CLIENTS_STAMP := tests/e2e/node/node_modules/.installed-stamp
 
-.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts node-clients bench clean
+.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts node-clients bench clean chromium
 
 venv: $(STAMP)
 
@@ -53,8 +53,15 @@ down:
 status:
 	$(PY) -m relay_server.stack status
 
+## chromium: Debian's package for the web console's browser tests (Playwright never downloads a browser).
+## Installed when missing, non-interactively; needs root (CI) — otherwise those tests are skipped with a reason.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-cache policy chromium | grep -q Candidate \
+	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium not installed (not root or no apt): the dashboard browser tests will be skipped"; }
+
 ## test: unit + integration (real Postgres/Redis) + e2e (openai SDK → Envoy → server)
-test: $(STAMP) $(NPM_STAMP) $(NODE_CLIENTS_STAMP)
+test: $(STAMP) $(NPM_STAMP) $(NODE_CLIENTS_STAMP) chromium
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
@@ -63,7 +70,7 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(PY) -m pytest tests/integration
 
-test-e2e: $(STAMP) $(NODE_CLIENTS_STAMP)
+test-e2e: $(STAMP) $(NODE_CLIENTS_STAMP) chromium
 	$(PY) -m pytest tests/e2e
 
 # Portkey's gateway beside Relay in the same run (installed into bench/.cache/peers by the bench); BENCH_PEERS= to skip.

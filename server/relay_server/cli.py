@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_requests  # noqa: PLC0415
 
     cli_requests.register(sub)  # relay requests export …
+    from relay_server import cli_dashboard  # noqa: PLC0415
+
+    cli_dashboard.register(sub)  # relay dashboard …
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(args, settings)
     if args.command == "migrate":
         return _migrate(args, settings)
+    if args.command == "dashboard":
+        return cli_dashboard.run(args, settings)
     if args.command == "spool":
         return _spool_replay(args, settings)
     if args.command in ("tenants", "keys"):

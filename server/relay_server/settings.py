@@ -36,6 +36,7 @@ class Settings:
     grpc_port: int = 50051
     http_port: int = 8080
     envoy_admin_port: int = 9901
+    dashboard_port: int = 8090  # the web console's loopback port (Envoy serves it at /dashboard)
     workers: int = 1
 
     # Storage.  ``database_url`` is the owner role (migrations, workers, platform

@@ -37,6 +37,8 @@ class RelayStack:
     admin_port: int
     workdir: Path
     redis_url: str = ""
+    jwt_secret: str = ""
+    dashboard_port: int = 0
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     def server_env(self, **extra: str) -> dict[str, str]:
@@ -50,6 +52,7 @@ class RelayStack:
             "RELAY_LOG_LEVEL": "INFO",
             "RELAY_TRUSTED_PROXIES": "127.0.0.1,::1",  # Envoy's hop
             "RELAY_METRICS_PORT": "0",  # test stacks run side by side; tests that scrape /metrics set their own
+            "RELAY_JWT_SECRET": self.jwt_secret,
             **extra,
         }
 
@@ -75,6 +78,17 @@ def _grpc_serving(addr: str) -> bool:
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+def _http_ok(url: str) -> bool:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def start_stack(
     db: TestDatabase, workdir: Path, *, redis_url: str, workers: int = 1, extra_env: dict[str, str] | None = None
 ) -> RelayStack:
@@ -93,6 +107,8 @@ def start_stack(
         admin_port=free_port(),
         workdir=workdir,
         redis_url=redis_url,
+        jwt_secret=secrets.token_urlsafe(32),
+        dashboard_port=free_port(),
     )
     stack.base_url = f"http://127.0.0.1:{stack.http_port}/v1"
     stack.grpc_addr = f"127.0.0.1:{stack.grpc_port}"
@@ -109,6 +125,18 @@ def start_stack(
         wait_until(lambda: _grpc_serving(stack.grpc_addr), timeout=60, what="relay server", pid=server.pid,
                    log_path=workdir / "server.log")
 
+        # The web console, served by Envoy at /dashboard (same origin as the API).
+        dashboard_log = (workdir / "dashboard.log").open("ab")
+        dashboard = subprocess.Popen(
+            [sys.executable, "-m", "relay_server", "dashboard", "serve"],
+            env={**os.environ, **stack.server_env(**(extra_env or {})), "RELAY_GRPC_TARGET": stack.grpc_addr,
+                 "RELAY_DASHBOARD_PORT": str(stack.dashboard_port)},
+            stdout=dashboard_log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
+        stack._procs.append(dashboard)
+
         descriptor = REPO / "envoy" / "relay.pb"
         config = envoy_stack.render_envoy_config(
             http_port=stack.http_port,
@@ -119,6 +147,7 @@ def start_stack(
             services=envoy_stack.http_services(descriptor),
             max_request_bytes=MAX_REQUEST_BYTES,
             access_log_path=workdir / "envoy-access.log",
+            dashboard_port=stack.dashboard_port,
         )
         config_path = workdir / "envoy.yaml"
         config_path.write_text(config)
@@ -127,6 +156,8 @@ def start_stack(
         stack._procs.append(envoy)
         wait_until(lambda: envoy_stack.envoy_ready(stack.admin_port), timeout=60, what="envoy", pid=envoy.pid,
                    log_path=workdir / "envoy.log")
+        wait_until(lambda: _http_ok(f"http://127.0.0.1:{stack.http_port}/dashboard/healthz"), timeout=60,
+                   what="dashboard", pid=dashboard.pid, log_path=workdir / "dashboard.log")
     except BaseException:
         stack.stop()
         raise

@@ -94,6 +94,7 @@ def render_envoy_config(
     stream_idle_timeout: str = "600s",
     request_timeout: str = "60s",
     openapi_path: Path | str = OPENAPI_PATH,
+    dashboard_port: int | None = None,
 ) -> str:
     """Envoy YAML for the REST listener on 127.0.0.1:``http_port``.
 
@@ -105,7 +106,9 @@ def render_envoy_config(
     an OpenAI-shaped 404).  ``max_request_bytes`` caps request and response
     bodies.  ``openapi_path`` is the document Envoy itself answers
     ``GET /v1/openapi.json`` with, unauthenticated (read once, when Envoy
-    starts).  Raises ``ValueError`` on a bad argument; Envoy itself is not run
+    starts).  ``dashboard_port``: the web console's loopback HTTP port, served
+    at ``/dashboard`` on the same origin (none: no console).
+    Raises ``ValueError`` on a bad argument; Envoy itself is not run
     (see ``validate_envoy_config``).
     """
     for name, port in (("http_port", http_port), ("grpc_port", grpc_port), ("admin_port", admin_port)):
@@ -128,10 +131,12 @@ def render_envoy_config(
     if not _DURATION.match(request_timeout) or request_timeout == "0s":
         raise ValueError(f"request_timeout must look like '60s' (0s would disable it), got {request_timeout!r}")
     address, cluster_type = _upstream_address(grpc_host)
+    if dashboard_port is not None:
+        _port("dashboard_port", dashboard_port)
 
     # /health and /ready (relay.v1.HealthService): exact paths, bounded like any probe.
     probes = [{"match": {"path": path}, "route": {"cluster": "relay_grpc", "timeout": "5s"}} for path in HEALTH_PATHS]
-    routes = [_openapi_route(Path(openapi_path)), *probes] + [
+    routes = [_openapi_route(Path(openapi_path)), *probes, *_dashboard_routes(dashboard_port)] + [
         # timeout 0s: the 15 s default cuts long streams mid-way.
         {"match": {"prefix": prefix}, "route": {"cluster": "relay_grpc", "timeout": "0s"}}
         for prefix in route_prefixes
@@ -155,6 +160,7 @@ def render_envoy_config(
         stream_idle_timeout=stream_idle_timeout,
         request_timeout=request_timeout,
         max_direct_response_bytes=MAX_OPENAPI_BYTES,
+        dashboard_cluster=_dashboard_cluster(dashboard_port),
         lua_source=_indent_block(Path(lua_path).read_text(), template.template, "lua_source"),
     )
 
@@ -183,6 +189,42 @@ def _openapi_route(path: Path) -> dict[str, object]:
             }
         },
     }
+
+
+def _dashboard_routes(port: int | None) -> list[dict[str, object]]:
+    """``/dashboard`` and below go to the console as plain HTTP: no transcoding, no OpenAI error shaping."""
+    if port is None:
+        return []
+    return [{
+        "name": "dashboard",
+        "match": {"path_separated_prefix": "/dashboard"},
+        "route": {"cluster": "relay_dashboard", "timeout": "30s"},
+        "typed_per_filter_config": {
+            "envoy.filters.http.grpc_json_transcoder": {
+                "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True,
+            },
+            "envoy.filters.http.lua": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute", "disabled": True,
+            },
+        },
+    }]
+
+
+def _dashboard_cluster(port: int | None) -> str:
+    """One more entry of ``clusters`` (a JSON flow mapping is valid YAML), or nothing."""
+    if port is None:
+        return ""
+    cluster = {
+        "name": "relay_dashboard",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": "relay_dashboard",
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+    return f"- {json.dumps(cluster)}"
 
 
 def _indent_block(text: str, template: str, field: str) -> str:

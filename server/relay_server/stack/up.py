@@ -31,6 +31,8 @@ from relay_server.settings import Settings
 from relay_server.stack import StackPaths, processes, read_env_file, write_env_file
 from relay_server.stack import envoy as stack_envoy
 from relay_server.stack import redis as stack_redis
+from relay_server.stack.dashboard import ensure_dashboard
+from relay_server.stack.dashboard import healthy as dashboard_healthy
 
 REPO = Path(__file__).resolve().parents[3]
 DESCRIPTOR = REPO / "envoy" / "relay.pb"
@@ -62,6 +64,9 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
     # Provider credentials are encrypted under this key: generated once, kept (0600) with the stack.
     master_key = settings.master_key or stack_env.get("RELAY_MASTER_KEY") or base64.b64encode(secrets.token_bytes(32)).decode()
     stack_env["RELAY_MASTER_KEY"] = master_key
+    # Dashboard sessions call the admin API with JWTs signed by this secret (generated once, kept like the master key).
+    jwt_secret = settings.jwt_secret or stack_env.get("RELAY_JWT_SECRET") or secrets.token_urlsafe(48)
+    stack_env["RELAY_JWT_SECRET"] = jwt_secret
     write_env_file(paths.stack_env, stack_env, header=_STACK_ENV_HEADER)
 
     admin_token = settings.admin_token or quick.get("RELAY_ADMIN_TOKEN") or secrets.token_urlsafe(32)
@@ -71,6 +76,7 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
         "REDIS_URL": redis_url,
         "RELAY_ADMIN_TOKEN": admin_token,
         "RELAY_MASTER_KEY": master_key,
+        "RELAY_JWT_SECRET": jwt_secret,
         "RELAY_GRPC_HOST": settings.grpc_host,
         "RELAY_GRPC_PORT": str(settings.grpc_port),
         "RELAY_STATE_DIR": str(paths.root),
@@ -91,7 +97,12 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
 
     config = _render_envoy(settings, paths)
     _ensure_server(settings, paths, server_env, echo)
+    dashboard_env = {**server_env, "RELAY_GRPC_TARGET": quickstart["RELAY_GRPC_ADDR"],
+                     "RELAY_DASHBOARD_PORT": str(settings.dashboard_port)}
+    ensure_dashboard(paths, dashboard_env, port=settings.dashboard_port, pythonpath=_pythonpath(), cwd=REPO, echo=echo)
     _ensure_envoy(settings, paths, config, echo)
+    processes.wait_until(lambda: dashboard_healthy(settings.http_port), timeout=30, what="dashboard through envoy",
+                         pid=None, log_path=paths.log("dashboard"))  # fmt: skip
 
     models = list_models(quickstart["RELAY_BASE_URL"], test_key)
     example = "gpt-4o-mini" if "gpt-4o-mini" in models else (models[0] if models else "MODEL")
@@ -104,6 +115,7 @@ def down(settings: Settings, *, echo: Echo = print) -> None:
     paths = StackPaths(settings.state_dir.resolve())
     steps: list[tuple[str, Callable[[], bool]]] = [
         ("envoy", lambda: processes.stop(paths.pid("envoy"))),
+        ("dashboard", lambda: processes.stop(paths.pid("dashboard"))),
         # The group: --workers N runs a supervisor and N worker processes.
         ("server", lambda: processes.stop(paths.pid("server"), timeout=settings.shutdown_grace_s + 5, group=True)),
         ("redis", lambda: processes.stop(paths.pid("redis"))),
@@ -133,6 +145,7 @@ def status(settings: Settings, *, echo: Echo = print) -> bool:
     else:
         report("redis", processes.read_pid(paths.pid("redis")), stack_env.get("REDIS_URL", ""))
     report("server", processes.read_pid(paths.pid("server")), f"grpc {settings.grpc_address}")
+    report("dashboard", processes.read_pid(paths.pid("dashboard")), f"http://127.0.0.1:{settings.http_port}/dashboard")
     report("envoy", processes.read_pid(paths.pid("envoy")), f"http://127.0.0.1:{settings.http_port}/v1")
     return all_up
 
@@ -150,7 +163,10 @@ def ensure_postgres(
 ) -> tuple[str, str]:
     """(owner DSN, app-role DSN), starting the embedded server when needed."""
     from relay_server.storage.postgres.embedded import start_embedded_postgres
-    from relay_server.storage.postgres.migrate import apply_migrations, password_from_dsn
+    from relay_server.storage.postgres.migrate import (
+        apply_migrations,
+        password_from_dsn,
+    )
 
     if _external(settings.database_url, stack_env.get("DATABASE_URL")):
         owner_dsn = settings.database_url
@@ -284,6 +300,7 @@ def _render_envoy(settings: Settings, paths: StackPaths) -> str:
         services=stack_envoy.http_services(DESCRIPTOR),
         max_request_bytes=settings.max_request_bytes,
         access_log_path=paths.access_log,
+        dashboard_port=settings.dashboard_port,
         request_timeout=f"{settings.envoy_request_timeout_s}s",
         stream_idle_timeout=f"{settings.envoy_stream_idle_timeout_s}s",
     )
@@ -400,6 +417,7 @@ def _print_quickstart(quick: dict[str, str], paths: StackPaths, model: str, echo
 Relay is up.
   REST (OpenAI-compatible)  {base}
   gRPC                      {quick["RELAY_GRPC_ADDR"]}
+  web console               {base.removesuffix("/v1")}/dashboard   (first operator: .venv/bin/relay dashboard create-operator --email you@example.com)
   test key                  {quick["RELAY_TEST_KEY"]}
   settings                  {env_file}   (load: source {env_file})
   logs                      {_show(paths.logs)}/   stop: make down

@@ -1,0 +1,3 @@
+from relay_server.dashboard.app import main
+
+main()

@@ -1,0 +1,63 @@
+"""How the console calls Relay: the generated Python SDK over gRPC, as the signed-in person.
+
+A member's calls carry a short-lived HS256 dashboard JWT minted for this
+request from the session's membership, so the server's RBAC (token
+permissions intersected with the database's) decides every call.  An
+operator's calls carry the platform admin token, which only this process
+holds: operators sign in with their own password and never see it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from relay_sdk import AsyncRelay
+from relay_sdk import RelayError as ApiError
+from relay_server.dashboard.accounts import Membership
+from relay_server.tenancy import tokens
+
+JWT_TTL_S = 300
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    grpc_target: str
+    jwt_secret: str
+    jwt_issuer: str
+    admin_token: str
+
+
+class RelayApi:
+    def __init__(self, config: ApiConfig) -> None:
+        self.config = config
+        self.client = AsyncRelay(config.grpc_target, timeout=10.0, max_retries=0)
+
+    def member_auth(self, membership: Membership) -> dict[str, str]:
+        token = tokens.issue(
+            self.config.jwt_secret,
+            issuer=self.config.jwt_issuer,
+            user_id=membership.user_id,
+            tenant_id=membership.tenant_id,
+            tenant_slug=membership.tenant_slug,
+            role=membership.role,
+            permissions=membership.permissions,
+            ttl_s=JWT_TTL_S,
+        )
+        return {"authorization": f"Bearer {token}"}
+
+    def operator_auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.config.admin_token}"}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def api_error_message(exc: ApiError) -> str:
+    """The server's own message for a refused call (it is written for people)."""
+    return exc.message or "The request failed."
+
+
+def api_error_status(exc: ApiError) -> int:
+    """The page's status: the API's 4xx as is; anything else is a bad gateway from the page's view."""
+    status = exc.http_status or 0
+    return status if 400 <= status < 500 else 502
