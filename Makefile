@@ -56,8 +56,9 @@ status:
 ## chromium: Debian's package for the web console's browser tests (Playwright never downloads a browser).
 ## Installed when missing, non-interactively; needs root (CI) — otherwise those tests are skipped with a reason.
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-cache policy chromium | grep -q Candidate \
-	  && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+	  && apt-cache policy chromium | grep -q Candidate \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 	  || echo "chromium not installed (not root or no apt): the dashboard browser tests will be skipped"; }
 
 ## test: unit + integration (real Postgres/Redis) + e2e (openai SDK → Envoy → server)
