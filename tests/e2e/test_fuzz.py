@@ -75,11 +75,11 @@ def _anthropic_route(what: str) -> bool:
 
 
 def assert_well_formed(response: Any, what: str) -> None:
-    """No 5xx (501 only for a route the server declares but does not implement); errors in the door's
+    """No 5xx (every declared route is implemented); errors in the door's
     shape: Anthropic's (``{"type": "error", "error": {type, message}}``) on the Anthropic door, else OpenAI's."""
     status = response.status_code
     headers = _headers(response)
-    assert status < 500 or (status == 501 and "not_implemented" in response.text), f"{what} -> {status}: {response.text[:500]}"
+    assert status < 500, f"{what} -> {status}: {response.text[:500]}"
     if status >= 400:
         assert headers.get("content-type", "").startswith("application/json"), f"{what} -> {status} {response.text[:300]}"
         payload = json.loads(response.content)

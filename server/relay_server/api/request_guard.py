@@ -20,9 +20,8 @@ with the error in Relay's wire format before the servicer runs.  Raw bodies
 (``google.api.HttpBody``: chat, completions, embeddings) carry bytes, not
 text, and are checked by their own parsers.
 
-A method declared in the protos but not implemented yet (the generated base
-servicer raises ``NotImplementedError``) is answered ``not_implemented`` (501)
-in the same wire format, instead of a message naming the Python exception.
+The guard does not dress up a missing method: every RPC in the descriptor is
+implemented, and tests/e2e/test_no_stubs.py fails if one answers UNIMPLEMENTED.
 """
 
 from __future__ import annotations
@@ -158,13 +157,6 @@ async def _refuse(context: grpc.aio.ServicerContext, invalid: _Invalid) -> None:
     await abort(context, invalid.error, new_request_id())
 
 
-_UNIMPLEMENTED = RelayError(ErrorKind.UNIMPLEMENTED, "This method is not implemented by this server yet.")
-
-
-async def _unimplemented(context: grpc.aio.ServicerContext) -> None:
-    await abort(context, _UNIMPLEMENTED, new_request_id())
-
-
 def _guard_behaviour(handler: Any) -> dict[str, Any]:
     """The handler's behaviour, refusing marked requests first (same call shape as before)."""
     if handler.unary_unary is not None:
@@ -173,10 +165,7 @@ def _guard_behaviour(handler: Any) -> dict[str, Any]:
         async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if isinstance(request, _Invalid):
                 await _refuse(context, request)
-            try:
-                return await inner_uu(request, context)
-            except NotImplementedError:
-                await _unimplemented(context)
+            return await inner_uu(request, context)
 
         return {"unary_unary": unary_unary}
     if handler.unary_stream is not None:
@@ -185,11 +174,8 @@ def _guard_behaviour(handler: Any) -> dict[str, Any]:
         async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if isinstance(request, _Invalid):
                 await _refuse(context, request)
-            try:
-                async for reply in inner_us(request, context):
-                    yield reply
-            except NotImplementedError:
-                await _unimplemented(context)
+            async for reply in inner_us(request, context):
+                yield reply
 
         return {"unary_stream": unary_stream}
     if handler.stream_unary is not None:
