@@ -44,7 +44,7 @@ class CatalogSync:
         *,
         redis: Redis | None = None,
         subscriber: Callable[[], Redis] | None = None,
-        ack_timeout_s: float = 2.0,
+        ack_timeout_s: float = 10.0,  # generous: a reload on a loaded node can take seconds
     ) -> None:
         self._reloads = list(reloads)
         self._redis = redis

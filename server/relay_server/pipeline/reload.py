@@ -2,6 +2,10 @@
 
 The hot path reads the copy and never waits on Postgres; a failed reload keeps
 the last good copy and logs, so a database blip does not stop routing.
+
+Loads are serialised: a periodic load that read the table just before an
+operator's change must not finish after the change's own reload and put the
+old copy back (the last load to *start* is the one that stays installed).
 """
 
 from __future__ import annotations
@@ -20,6 +24,12 @@ class PeriodicReload:
         self._every_s = every_s
         self._name = name
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def now(self) -> None:
+        """Load at once (after a change), after any load already under way."""
+        async with self._lock:
+            await self._load()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._forever(), name=f"{self._name}-reload")
@@ -35,6 +45,6 @@ class PeriodicReload:
         while True:
             await asyncio.sleep(self._every_s)
             try:
-                await self._load()
+                await self.now()
             except Exception:
                 log.warning("%s reload failed; keeping the previous copy", self._name, exc_info=True)

@@ -30,9 +30,12 @@ class Catalog:
     def __init__(self, store: CatalogStore, *, refresh_s: float = 30.0) -> None:
         self._store = store
         self._by_name: dict[str, CatalogEntry] = {}
-        self._reload = PeriodicReload(self.load, every_s=refresh_s, name="catalog")
+        self._reload = PeriodicReload(self._fetch, every_s=refresh_s, name="catalog")
 
     async def load(self) -> None:
+        await self._reload.now()
+
+    async def _fetch(self) -> None:
         self.replace(await self._store.load_catalog())
 
     def replace(self, entries: Iterable[CatalogEntry]) -> None:

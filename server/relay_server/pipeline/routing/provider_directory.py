@@ -36,9 +36,12 @@ class ProviderDirectory:
         self._timeouts = timeouts
         self._directory = Directory({}, {})
         self._built: dict[str, tuple[tuple[str, str], Provider]] = {}
-        self._reload = PeriodicReload(self.load, every_s=refresh_s, name="provider-directory")
+        self._reload = PeriodicReload(self._fetch, every_s=refresh_s, name="provider-directory")
 
     async def load(self) -> None:
+        await self._reload.now()
+
+    async def _fetch(self) -> None:
         self._directory = await self._store.load_directory()
 
     def start(self) -> None:
