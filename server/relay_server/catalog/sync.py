@@ -8,8 +8,8 @@ reloads and acknowledges (a Redis set per message), and ``changed()`` waits,
 up to ``ack_timeout_s``, until every receiver has: when the admin call
 returns, the next request on any worker sees the change.
 
-A worker that was not subscribed when a message went out (Redis blip,
-restart) reloads on (re)subscribing; the periodic reload bounds anything
+A worker that was not subscribed when a message went out (start-up, Redis
+blip) reloads on every (re)subscription; the periodic reload bounds anything
 else.  Without Redis (one process) the local reload is everything.
 """
 
@@ -113,14 +113,11 @@ class CatalogSync:
         """Listen for changes until cancelled; reconnect (and reload) after a failure."""
         if self._subscriber is None:
             return
-        first = [True]  # the worker loaded the catalog at start-up
 
-        async def catch_up() -> None:
-            if not first[0]:
-                await self.reload()  # changes announced while we were not listening
-            first[0] = False
-
+        # Reload on every subscription, the first included: a change committed
+        # between the start-up load and the first SUBSCRIBE was announced to
+        # nobody here (PUBLISH did not count this worker as a receiver).
         await listen_forever(
-            self._subscriber, CHANNEL, self.on_message, on_subscribed=catch_up, subscribed=self.subscribed,
+            self._subscriber, CHANNEL, self.on_message, on_subscribed=self.reload, subscribed=self.subscribed,
             what="catalog change",
         )
