@@ -65,8 +65,9 @@ from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
-from relay_server.storage.redis.client import create_redis
-from relay_server.storage.redis.wire import RedisWire
+from relay_server.storage.redis.client import create_redis, create_subscriber
+from relay_server.storage.redis.cluster_wire import create_wire
+from relay_server.storage.redis.wire import Wire
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ class App:
     settings: Settings
     db: Database
     redis: Redis | None
-    wire: RedisWire | None  # the per-request Redis connection (storage/redis/wire.py)
+    wire: Wire | None  # the per-request Redis connection (storage/redis/wire.py, cluster_wire.py)
     catalog: Catalog
     authenticator: Authenticator
     pipeline: InferencePipeline
@@ -118,7 +119,7 @@ async def build(settings: Settings) -> App:
     )
     await db.open()
     redis = create_redis(settings.redis_url) if settings.redis_url else None
-    wire = RedisWire.from_url(settings.redis_url) if settings.redis_url else None
+    wire = create_wire(settings.redis_url) if settings.redis_url else None
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
     catalog.start()
@@ -166,7 +167,7 @@ def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, rou
 
     def subscriber() -> Redis:
         # Its own connection with no read timeout: it waits for messages.
-        return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
+        return create_subscriber(settings.redis_url)
 
     sync = CatalogSync(
         [catalog.load, routing.directory.load], redis=redis, subscriber=subscriber if redis is not None else None

@@ -32,7 +32,7 @@ from relay_server.storage.postgres.usage import PostgresSpendLedger, UsageRollup
 from relay_server.storage.postgres.webhooks import PostgresEvents, WebhookStore
 from relay_server.storage.redis.limits import RedisAdmission
 from relay_server.storage.redis.spend import RedisSpend
-from relay_server.storage.redis.wire import RedisWire
+from relay_server.storage.redis.wire import Wire
 from relay_server.storage.spool import Spool
 from relay_server.workers.billing import BillingWorker
 from relay_server.workers.rollup import UsageRollup
@@ -72,7 +72,7 @@ def spool_dir(settings: Settings) -> Path:
 
 
 def build_metering(
-    settings: Settings, db: Database, redis: Redis | None, wire: RedisWire | None, runner: BackgroundRunner | None
+    settings: Settings, db: Database, redis: Redis | None, wire: Wire | None, runner: BackgroundRunner | None
 ) -> Metering:
     events = PostgresEvents(db)
     limits = LimitResolver(PostgresQuotaStore(db), ttl_s=settings.policy_cache_ttl_s)

@@ -30,7 +30,7 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
-from relay_server.storage.redis.wire import RedisWire
+from relay_server.storage.redis.wire import Wire
 from relay_server.tenancy.vault import CredentialVault
 from relay_server.workers.credential_rotation import rotate_in_background
 from relay_server.workers.health_monitor import HealthMonitor
@@ -58,7 +58,7 @@ async def build_routing(
     settings: Settings,
     db: Database,
     redis: Redis | None,
-    wire: RedisWire | None,
+    wire: Wire | None,
     catalog: Catalog,
     runner: BackgroundRunner | None,
     *,

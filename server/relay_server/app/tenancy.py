@@ -20,6 +20,7 @@ from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.redis.client import create_subscriber
 from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
@@ -85,7 +86,7 @@ def build_tenancy(
 
     def subscriber() -> Redis:
         # Its own connection with no read timeout: it waits for messages.
-        return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
+        return create_subscriber(settings.redis_url)
 
     invalidator = PolicyBus(db, key_cache=shared, redis=redis, subscriber=subscriber if redis is not None else None)
     config = TenantConfigReader(db, ttl_s=settings.config_cache_ttl_s)

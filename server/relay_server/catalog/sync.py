@@ -25,6 +25,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from relay_server.storage.redis.client import publish
 from relay_server.storage.redis.subscriber import listen_forever
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ class CatalogSync:
             return
         try:
             nonce = secrets.token_hex(8)
-            receivers = int(await self._redis.publish(CHANNEL, orjson.dumps({"ack": nonce, "from": self._token})))
+            receivers = await publish(self._redis, CHANNEL, orjson.dumps({"ack": nonce, "from": self._token}))
             await self._await_acks(nonce, receivers)
         except (RedisError, OSError) as exc:
             # The change is committed; other workers pick it up at their periodic reload.

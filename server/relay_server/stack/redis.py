@@ -86,9 +86,30 @@ def start_redis(
     With ``detach=True`` it outlives the caller (``make up``); ``pid_path`` then
     records it for ``processes.stop``.  Returns once Redis answers PING.
     """
+    return start_redis_argv(
+        redis_command(data_dir, port),
+        data_dir,
+        port,
+        detach=detach,
+        pid_path=pid_path,
+        log_path=log_path,
+        timeout=timeout,
+    )
+
+
+def start_redis_argv(
+    argv: list[str],
+    data_dir: Path,
+    port: int,
+    *,
+    detach: bool = False,
+    pid_path: Path | None = None,
+    log_path: Path | None = None,
+    timeout: float = 15.0,
+) -> RedisHandle:
+    """``start_redis`` with its command line given (cluster nodes add their own options)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "redis.log"
-    argv = redis_command(data_dir, port)
     if processes.port_open("127.0.0.1", port):
         raise processes.ProcessError(f"port 127.0.0.1:{port} is already in use")
     proc: subprocess.Popen[bytes] | None = None

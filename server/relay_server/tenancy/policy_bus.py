@@ -50,6 +50,7 @@ from relay_server.cache.policy_cache import SCOPES, Tag
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres.api_keys import tenant_key_hashes
 from relay_server.storage.postgres.pool import Conn, Database
+from relay_server.storage.redis.client import publish
 from relay_server.storage.redis.subscriber import listen_forever
 from relay_server.tenancy.auth_cache import RedisKeyCache
 
@@ -135,7 +136,7 @@ class PolicyBus:
         try:
             await self._purge_shared_keys(tenant_id, changes, key_hashes)
             nonce = secrets.token_hex(8)
-            receivers = await self._redis.publish(CHANNEL, orjson.dumps({"c": changes, "ack": nonce}))
+            receivers = await publish(self._redis, CHANNEL, orjson.dumps({"c": changes, "ack": nonce}))
             await self._await_acks(nonce, int(receivers))
         except (RedisError, OSError) as exc:
             log.warning("policy cache purge failed; the staged job retries it", extra={"tenant_id": tenant_id, "error": repr(exc)})

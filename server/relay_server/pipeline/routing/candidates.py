@@ -41,7 +41,7 @@ from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import RouteRow
 from relay_server.storage.redis.health import circuit_reads
 from relay_server.storage.redis.outbound import KeyUsage, OutboundWindows, Taken
-from relay_server.storage.redis.wire import RedisWire
+from relay_server.storage.redis.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +260,7 @@ class CandidatePlanner:
         *,
         policy: RetryPolicy | None = None,
         timeout_s: float = 600.0,
-        state_reads: RedisWire | None = None,
+        state_reads: Wire | None = None,
     ) -> None:
         self._catalog = catalog
         self._wire = state_reads  # circuits + outbound usage in one round trip (``_read_state``)

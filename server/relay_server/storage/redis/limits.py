@@ -24,7 +24,7 @@ from typing import Any, Literal, TypeVar
 from redis.exceptions import MaxConnectionsError
 
 from relay_server.storage.redis.client import tenant_key
-from relay_server.storage.redis.wire import RedisWire, Script
+from relay_server.storage.redis.wire import Script, Wire
 
 WindowKind = Literal["m", "d"]
 T = TypeVar("T")
@@ -93,7 +93,7 @@ class RedisAdmission:
     """Runs the two scripts over the per-request connection (``RedisWire``);
     raises ``redis.exceptions.RedisError`` (incl. timeouts) to the caller."""
 
-    def __init__(self, wire: RedisWire) -> None:
+    def __init__(self, wire: Wire) -> None:
         self._wire = wire
         self._admit = Script.of(load_script("admit.lua"))
         self._settle = Script.of(load_script("settle.lua"))

@@ -117,7 +117,9 @@ class OutboundWindows:
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for provider_keys in keys.values():
-                        pipe.evalsha(self._usage.sha, len(provider_keys), *provider_keys, now)
+                        # execute_command, not pipe.evalsha: a cluster pipeline refuses the
+                        # helper but routes the raw command by its first key.
+                        pipe.execute_command("EVALSHA", self._usage.sha, len(provider_keys), *provider_keys, now)
                     return await pipe.execute()
             except NoScriptError:
                 await self._redis.script_load(self._usage.script)  # Redis restarted or flushed its scripts

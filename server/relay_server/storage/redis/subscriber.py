@@ -15,6 +15,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from relay_server.storage.redis.client import ready
+
 log = logging.getLogger(__name__)
 
 _FIRST_BACKOFF_S = 0.1
@@ -34,8 +36,10 @@ async def listen_forever(
     backoff = _FIRST_BACKOFF_S
     while True:
         client = connect()
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        pubsub = None
         try:
+            await ready(client)
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
             await pubsub.subscribe(channel)
             caught_up = on_subscribed()
             if caught_up is not None:
@@ -54,7 +58,8 @@ async def listen_forever(
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
         finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            if pubsub is not None:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
             with contextlib.suppress(Exception):
                 await client.aclose()

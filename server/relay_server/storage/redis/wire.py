@@ -30,7 +30,7 @@ import hashlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import hiredis
@@ -41,6 +41,18 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from relay_server.detached import fresh_task, timer_at
 
 Command = Sequence[bytes | str | int | float]
+
+
+class Wire(Protocol):
+    """What the hot path needs: ``RedisWire`` (one Redis) or ``ClusterWire`` (a cluster)."""
+
+    async def execute(self, *command: Any) -> Any: ...
+
+    async def batch(self, commands: Sequence[Command]) -> list[Any]: ...
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
