@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 NPM_STAMP := sdk_typescript/node_modules/.installed-stamp
 NODE_CLIENTS_STAMP := tests/e2e/node/node_modules/.installed-stamp
 
-.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts node-clients bench clean chromium
+.PHONY: up down status test test-unit test-integration test-e2e gen lint venv sdk-ts node-clients bench clean chromium pgbouncer up-cluster
 
 venv: $(STAMP)
 
@@ -61,14 +61,22 @@ chromium:
 	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
 	  || echo "chromium not installed (not root or no apt): the dashboard browser tests will be skipped"; }
 
+## pgbouncer: Debian's package for the PgBouncer tests and `make up-cluster`.
+## Installed when missing, non-interactively; needs root (CI) — otherwise those tests are skipped with a reason.
+pgbouncer:
+	@command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || { [ "$$(id -u)" = 0 ] && apt-get update -qq \
+	  && apt-cache policy pgbouncer | grep -q Candidate \
+	  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+	  || echo "pgbouncer not installed (not root or no apt): the PgBouncer and cluster tests will be skipped"; }
+
 ## test: unit + integration (real Postgres/Redis) + e2e (openai SDK → Envoy → server)
-test: $(STAMP) $(NPM_STAMP) $(NODE_CLIENTS_STAMP) chromium
+test: $(STAMP) $(NPM_STAMP) $(NODE_CLIENTS_STAMP) chromium pgbouncer
 	$(PY) -m pytest
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(STAMP) pgbouncer
 	$(PY) -m pytest tests/integration
 
 test-e2e: $(STAMP) $(NODE_CLIENTS_STAMP) chromium

@@ -47,6 +47,9 @@ class Settings:
     redis_url: str = ""
     db_pool_min: int = 1
     db_pool_max: int = 10
+    # The DSNs go through a transaction-mode pooler (PgBouncer): no server-side prepared
+    # statements, which would not survive the next transaction on another server connection.
+    db_transaction_pooling: bool = False
 
     # Secrets
     admin_token: str = field(default="", repr=False)

@@ -115,8 +115,9 @@ class App:
 
 async def build(settings: Settings) -> App:
     db = Database(
-        settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max
-    )
+        settings.database_url, settings.app_database_url or None, min_size=settings.db_pool_min, max_size=settings.db_pool_max,
+        transaction_pooling=settings.db_transaction_pooling,
+    )  # fmt: skip
     await db.open()
     redis = create_redis(settings.redis_url) if settings.redis_url else None
     wire = create_wire(settings.redis_url) if settings.redis_url else None

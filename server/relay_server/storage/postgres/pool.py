@@ -49,6 +49,7 @@ class Database:
         min_size: int = 1,
         max_size: int = 10,
         name: str = "relay",
+        transaction_pooling: bool = False,
     ) -> None:
         if not owner_dsn:
             raise ValueError("an owner DSN is required")
@@ -60,6 +61,12 @@ class Database:
         self._owner_dsn = owner_dsn  # the job queue opens its own pool on it
         # autocommit: transactions are always explicit (tenant_tx / system_tx).
         kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if transaction_pooling:
+            # Behind PgBouncer in transaction mode consecutive transactions may land on
+            # different server connections: a statement psycopg prepared on one is unknown
+            # on the next.  Tenant scoping needs nothing else (tenant_tx's setting is
+            # transaction-local).
+            kwargs["prepare_threshold"] = None
         self.system: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             owner_dsn,
             min_size=min_size,
@@ -90,6 +97,7 @@ class Database:
             settings.app_database_url or None,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            transaction_pooling=settings.db_transaction_pooling,
         )
 
     async def open(self, timeout: float = 30.0) -> None:
