@@ -60,6 +60,8 @@ class Settings:
     # Limits
     max_request_bytes: int = 32 * 1024 * 1024
     provider_timeout_s: float = 600.0
+    # Test-mode streams pause this long between chunks (load and failure drills keep requests in flight).
+    testmode_chunk_delay_s: float = 0.0
     # Envoy: a request's headers and body must arrive within this (a stalled upload → 408) ...
     envoy_request_timeout_s: int = 60
     # ... and a stream silent this long (either way, e.g. a provider that stopped) is cut.

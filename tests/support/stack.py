@@ -39,12 +39,15 @@ class RelayStack:
     redis_url: str = ""
     jwt_secret: str = ""
     dashboard_port: int = 0
+    # Set when the node reaches Postgres through a pooler (PgBouncer) rather than directly.
+    database_url: str = ""
+    app_database_url: str = ""
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list, repr=False)
 
     def server_env(self, **extra: str) -> dict[str, str]:
         return {
-            "DATABASE_URL": self.db.owner_dsn,
-            "RELAY_APP_DATABASE_URL": self.db.app_dsn,
+            "DATABASE_URL": self.database_url or self.db.owner_dsn,
+            "RELAY_APP_DATABASE_URL": self.app_database_url or self.db.app_dsn,
             "RELAY_GRPC_PORT": str(self.grpc_port),
             "RELAY_ADMIN_TOKEN": self.admin_token,
             "REDIS_URL": self.redis_url,
@@ -92,8 +95,6 @@ def _http_ok(url: str) -> bool:
 def start_stack(
     db: TestDatabase, workdir: Path, *, redis_url: str, workers: int = 1, extra_env: dict[str, str] | None = None
 ) -> RelayStack:
-    import os
-
     workdir.mkdir(parents=True, exist_ok=True)
     seeded = json.loads(seed_demo(db.owner_dsn))
     stack = RelayStack(
@@ -110,6 +111,16 @@ def start_stack(
         jwt_secret=secrets.token_urlsafe(32),
         dashboard_port=free_port(),
     )
+    return start_node(stack, workers=workers, extra_env=extra_env)
+
+
+def start_node(stack: RelayStack, *, workers: int = 1, extra_env: dict[str, str] | None = None) -> RelayStack:
+    """Start one Relay node (server, web console, Envoy) as ``stack`` describes it; the database is
+    seeded already.  A multi-node topology (tests/support/cluster.py) starts several on one database."""
+    import os
+
+    workdir = stack.workdir
+    workdir.mkdir(parents=True, exist_ok=True)
     stack.base_url = f"http://127.0.0.1:{stack.http_port}/v1"
     stack.grpc_addr = f"127.0.0.1:{stack.grpc_port}"
     try:

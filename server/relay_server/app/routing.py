@@ -87,7 +87,7 @@ async def build_routing(
         policy=RetryPolicy(backoff_s=settings.retry_backoff_s), timeout_s=settings.provider_timeout_s,
         state_reads=wire if redis is not None else None,
     )  # fmt: skip
-    router = Router(TestModeProvider(), planner, timeout_s=settings.provider_timeout_s)
+    router = Router(TestModeProvider(chunk_delay_s=settings.testmode_chunk_delay_s), planner, timeout_s=settings.provider_timeout_s)
     # The invalidation bus when there is one: every worker drops the entry, not only this one.
     vault = CredentialVault(db, keyring, on_change=on_credentials_change or credentials.invalidate)
     # With a detector, a probe's "healthy" does not overrule a live latency/error-rate anomaly.
