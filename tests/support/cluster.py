@@ -71,7 +71,7 @@ def start_relay_cluster(
     try:
         bouncer = start_pgbouncer(
             workdir / "pgbouncer", free_port(), upstream_host=pg.server.host, upstream_port=pg.server.port,
-            users={APP_ROLE: pg.app_password, OWNER_ROLE: pg.owner_password}, pool_size=10,
+            users={APP_ROLE: pg.app_password, OWNER_ROLE: pg.owner_password}, pool_size=50,
         )  # fmt: skip
     except BaseException:
         redis.stop()

@@ -87,7 +87,7 @@ def write_config(
     upstream_port: int,
     users: Mapping[str, str],
     transaction_roles: tuple[str, ...] = ("relay_app",),
-    pool_size: int = 20,
+    pool_size: int = 50,
 ) -> Path:
     """The ini and its auth file in ``work_dir``; returns the ini's path."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -147,7 +147,7 @@ def start_pgbouncer(
     upstream_host: str,
     upstream_port: int,
     users: Mapping[str, str],
-    pool_size: int = 20,
+    pool_size: int = 50,
     detach: bool = False,
     pid_path: Path | None = None,
     timeout: float = 15.0,
