@@ -46,7 +46,13 @@ up: $(STAMP)
 	$(PY) scripts/gen.py --no-typescript
 	$(PY) -m relay_server.stack up
 
-## down: stop what `make up` started
+## up-cluster: the multi-node topology (docs/operations-cluster.md): Redis Cluster 3+3, PgBouncer,
+## two gateway nodes (server + Envoy each) behind a front Envoy on the usual port
+up-cluster: $(STAMP) pgbouncer
+	$(PY) scripts/gen.py --no-typescript
+	$(PY) -m relay_server.stack up-cluster
+
+## down: stop what `make up` (or `make up-cluster`) started
 down:
 	$(PY) -m relay_server.stack down
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay_server.stack import envoy as envoy_stack
-from relay_server.stack.front_envoy import write_front_config
+from relay_server.stack.front_envoy import healthy_nodes, write_front_config
 from relay_server.stack.pgbouncer import PgBouncerHandle, start_pgbouncer
 from relay_server.stack.processes import free_port, wait_until
 from relay_server.stack.redis_cluster import RedisClusterHandle, free_cluster_ports, start_redis_cluster
@@ -54,13 +54,7 @@ class RelayCluster:
 
     def healthy_nodes(self) -> int:
         """How many gateway nodes the front Envoy's health check sees as healthy."""
-        import urllib.request
-
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(f"http://127.0.0.1:{self.front_admin_port}/clusters?format=json", timeout=2) as response:
-            data = json.load(response)
-        [gateways] = [c for c in data["cluster_statuses"] if c["name"] == "gateways"]
-        return sum(1 for h in gateways["host_statuses"] if not h["health_status"].get("failed_active_health_check"))
+        return healthy_nodes(self.front_admin_port)
 
 
 def start_relay_cluster(

@@ -1,4 +1,4 @@
-"""``python -m relay_server.stack up|down|status`` (behind ``make up`` / ``make down``)."""
+"""``python -m relay_server.stack up|up-cluster|down|status`` (behind ``make up`` / ``make up-cluster`` / ``make down``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from relay_server.settings import Settings
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m relay_server.stack", description="Relay's local stack.")
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "up-cluster", "down", "status"])
     args = parser.parse_args(argv)
     # Imported here so `--help` stays fast.
     from relay_server.stack import up as stack
@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "up":
             stack.up(settings)
+        elif args.command == "up-cluster":
+            from relay_server.stack.cluster_up import up_cluster
+
+            up_cluster(settings)
         elif args.command == "down":
             stack.down(settings)
         else:

@@ -16,6 +16,7 @@ server); the front Envoy only spreads HTTP over them:
 from __future__ import annotations
 
 import json
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -129,3 +130,16 @@ def write_front_config(path: Path, *, listen_port: int, admin_port: int, node_po
         validate_envoy_config(text)
     path.write_text(text)
     return path
+
+
+def healthy_nodes(admin_port: int) -> int:
+    """How many gateway nodes the front Envoy's active health check passes now (0 if it does not answer)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never through a proxy
+    try:
+        with opener.open(f"http://127.0.0.1:{admin_port}/clusters?format=json", timeout=2) as response:
+            data = json.load(response)
+    except (OSError, ValueError):
+        return 0
+    gateways = [c for c in data.get("cluster_statuses", []) if c.get("name") == "gateways"]
+    hosts = gateways[0].get("host_statuses", []) if gateways else []
+    return sum(1 for h in hosts if not h.get("health_status", {}).get("failed_active_health_check"))

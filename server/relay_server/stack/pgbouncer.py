@@ -31,6 +31,7 @@ import psycopg
 
 from relay_server.stack import processes
 
+_RUN_DIR_PREFIX = "relay-pgbouncer-"
 _OS_USER_WHEN_ROOT = "pgserver"  # the embedded Postgres's unprivileged user (PgBouncer refuses root too)
 
 
@@ -73,6 +74,8 @@ class PgBouncerHandle:
         elif self._pid_path is not None:
             processes.stop(self._pid_path, timeout=timeout)
         (self.run_dir / "users.txt").unlink(missing_ok=True)  # the secrets go with the process
+        if self._proc is not None and self.run_dir.name.startswith(_RUN_DIR_PREFIX):
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _quote(value: str) -> str:
@@ -158,7 +161,7 @@ def start_pgbouncer(
     # As root, PgBouncer drops to an unprivileged user that cannot enter a root-only (0700)
     # directory such as pytest's: its config, secrets and log then live in a private
     # directory of that user's own.
-    run_dir = Path(tempfile.mkdtemp(prefix="relay-pgbouncer-")) if user else work_dir
+    run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX)) if user else work_dir
     ini = write_config(
         run_dir, port, upstream_host=upstream_host, upstream_port=upstream_port, users=users, pool_size=pool_size
     )
