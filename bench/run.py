@@ -32,6 +32,7 @@ for _p in (_REPO / "proto_python", _REPO / "sdk_python", _REPO / "server", _REPO
 
 from bench import (
     compare,
+    nodes,
     peers,
     pinning,
     procstats,
@@ -68,6 +69,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--scale", type=_int_list, default=list(range(1, cores + 1)) if cores > 1 else [],
                    help=f"worker counts for the scaling rows (default 1..{cores}); --no-scale to skip")  # fmt: skip
     p.add_argument("--no-scale", action="store_true")
+    p.add_argument("--no-nodes", action="store_true",
+                   help="skip the row for two gateway nodes behind a front Envoy (bench/nodes.py)")  # fmt: skip
     p.add_argument("--peers", action="store_true",
                    help="also run Portkey's gateway (npm, installed into bench/.cache/peers) against the same mock, "
                         "interleaved, and judge Relay by ratios to it")  # fmt: skip
@@ -188,12 +191,15 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
         _profile(stack, modes, args, use_wrk) if args.profile and modes.get("chat", broken).name != "broken" else None
     )
     scaling = _scaling(stack, modes, args, use_wrk, bounds) if "chat" in modes else []
+    two_nodes = _two_nodes(stack, modes, args, bounds)
     verdicts = report.targets(rows, scaling, None)
     comparisons = compare.side_by_side(rows, peer_rows)
     per_run = [compare.targets([c for c in comparisons if c["run"] == run]) for run in range(1, args.repeat + 1)]
     peer_verdicts = compare.across_runs(per_run) + [v for v in verdicts if v["target"].startswith("RSS")]
     print()
     print(report.table([*rows, *scaling]))
+    if two_nodes is not None:
+        print("\n" + (nodes.line(two_nodes) if "error" not in two_nodes else f"two nodes: failed: {two_nodes['error']}"))
     for _, text in stage_tables.values():
         print(f"\n{text}")
     if comparisons:
@@ -212,6 +218,7 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
         "idle_cpu_ms_per_s": {k: round(v * 1000, 2) for k, v in baseline.items()},
         "rows": rows,
         "scaling": scaling,
+        "two_nodes": two_nodes,
         "targets": verdicts,
         "peers": _peer_json(peer, peer_rows, comparisons, peer_verdicts),
         "stages": {title: table_rows for title, (table_rows, _) in stage_tables.items()} or None,
@@ -295,6 +302,17 @@ def _stages(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str
             rows = rows + per_frame
         out[scenario.name] = (rows, text)
     return out
+
+
+def _two_nodes(stack: BenchStack, modes: dict[str, scenarios.Mode], args: argparse.Namespace,
+               bounds: dict[str, Any]) -> dict[str, Any] | None:  # fmt: skip
+    mode = modes.get("chat")
+    if args.no_nodes or mode is None or mode.name == "broken":
+        return None
+    try:
+        return nodes.two_nodes_row(stack, mode, concurrency=max(args.concurrency), bounds=bounds)
+    except Exception as exc:  # noqa: BLE001 - the other rows stand; the failure is reported in the table and the JSON
+        return {"scenario": "chat-2nodes", "error": f"{type(exc).__name__}: {exc}"}
 
 
 def _trace_line(trace: dict[str, Any]) -> str:
