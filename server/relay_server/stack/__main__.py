@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
             up_cluster(settings)
         elif args.command == "down":
+            from relay_server.stack.cluster_up import down_cluster
+
+            down_cluster(settings)  # `make up-cluster`'s pieces, if it ran (nothing otherwise)
             stack.down(settings)
         else:
             return 0 if stack.status(settings) else 3

@@ -144,7 +144,7 @@ def _ensure_pgbouncer(paths: StackPaths, state: dict, owner_dsn: str, app_dsn: s
         port = processes.free_port()
         handle = start_pgbouncer(
             paths.root / "pgbouncer", port, upstream_host=str(owner.get("host", "127.0.0.1")),
-            upstream_port=int(owner.get("port", 5432)),
+            upstream_port=int(str(owner.get("port") or 5432)),
             users={str(owner["user"]): str(owner.get("password", "")), str(app["user"]): str(app.get("password", ""))},
             detach=True, pid_path=paths.pid("pgbouncer"),
         )  # fmt: skip

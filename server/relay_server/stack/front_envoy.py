@@ -34,7 +34,7 @@ def render_front_config(
     endpoints = [
         {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}} for port in node_ports
     ]
-    route = {
+    route: dict[str, object] = {
         "cluster": "gateways",
         "timeout": "0s",  # streams last as long as they last; each node's Envoy bounds them
         "retry_policy": {

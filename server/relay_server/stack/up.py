@@ -112,9 +112,6 @@ def up(settings: Settings, *, echo: Echo = print) -> dict[str, str]:
 
 def down(settings: Settings, *, echo: Echo = print) -> None:
     """Stop what ``up`` started (pid files), newest first; keep all data."""
-    from relay_server.stack.cluster_up import down_cluster  # imports this module
-
-    down_cluster(settings, echo=echo)  # `make up-cluster`'s pieces, if it ran
     paths = StackPaths(settings.state_dir.resolve())
     steps: list[tuple[str, Callable[[], bool]]] = [
         ("envoy", lambda: processes.stop(paths.pid("envoy"))),
