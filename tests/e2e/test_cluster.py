@@ -234,7 +234,8 @@ async def test_a_node_killed_under_load(topology: RelayCluster) -> None:
     _restart(victim)  # back for the other tests (their order is random)
     outcomes = Counter(o for _, o in results)
     assert all(o == "done" for _, o in results[-10:]), outcomes
-    assert any(o != "done" for _, o in results[:12]) or outcomes["done"] == len(results)  # some were in flight on it
+    # Streams take ~2 s and the kill lands at 0.6 s: those on the killed node were cut, cleanly (no hang).
+    assert any(o != "done" for _, o in results[:12]), outcomes
     seen = [rid for rid, _ in results if rid]
     rows = _wait_rows(topology, key, len(seen))
     ids = Counter(r[0] for r in rows)
