@@ -14,6 +14,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -24,6 +25,7 @@ from redis.crc import key_slot
 
 from relay_server.stack.pgbouncer import pgbouncer_available
 from relay_server.storage.redis.client import tenant_key
+from relay_server.storage.redis.spend import cap_keys
 from tests.support.cluster import RelayCluster, start_relay_cluster
 from tests.support.metering import Key, make_key, make_tenant
 from tests.support.pg import PgCluster
@@ -182,7 +184,12 @@ async def test_a_redis_master_killed_under_load(topology: RelayCluster) -> None:
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids)) == len(answers)  # nothing logged twice, nothing lost
     assert {a.headers.get("x-request-id") for a in answers if a.status_code == 200} <= set(ids)
-    assert sum(r[3] or 0 for r in rows if r[1] == "success") <= cap
+    billed = sum(r[3] or 0 for r in rows if r[1] == "success")
+    assert billed <= cap
+    # The cap's running total on the promoted master is what the request log billed: nothing settled twice.
+    with sync_redis.RedisCluster(host="127.0.0.1", port=_master_for(topology, tenant_key(tenant, "x"))) as r:
+        spent = r.hget(cap_keys(tenant, "key", key.key_id, datetime.now(UTC).strftime("d%Y%m%d"))[0], "spent")
+    assert spent is not None and int(spent) == billed, (int(spent or 0), billed)
 
 
 def _wait_promoted(cluster: RelayCluster, tenant: str, old: int) -> None:
