@@ -146,12 +146,13 @@ class ClusterWire:
     async def _send(
         self, commands: Sequence[Command], indices: list[int], asking: dict[int, Addr], replies: list[Any]
     ) -> None:
-        groups: dict[Addr, list[int]] = {}
+        # One group per (node, asked): an ASK-redirected command needs ASKING before it, others not.
+        groups: dict[tuple[Addr, bool], list[int]] = {}
         for i in indices:
-            addr = asking.get(i) or self._addr_for(command_key(commands[i]))
-            groups.setdefault(addr, []).append(i)
+            target = (asking[i], True) if i in asking else (self._addr_for(command_key(commands[i])), False)
+            groups.setdefault(target, []).append(i)
         results = await asyncio.gather(
-            *(self._send_node(addr, [commands[i] for i in idx], asking=bool(asking)) for addr, idx in groups.items()),
+            *(self._send_node(addr, [commands[i] for i in idx], asking=asked) for (addr, asked), idx in groups.items()),
             return_exceptions=True,
         )
         for (_, idx), result in zip(groups.items(), results, strict=True):
