@@ -74,7 +74,7 @@ def test_every_base_image_is_pinned(stages: list[Stage]) -> None:
     for stage in stages:
         if stage.base in names:
             continue
-        image, _, tag = stage.base.partition(":")
+        tag = stage.base.rsplit("/", 1)[-1].partition(":")[2]  # a registry may carry a :port
         assert "@sha256:" in stage.base or (tag and tag != "latest" and re.search(r"\d+\.\d+\.\d+", tag)), (
             f"base image {stage.base!r} is not pinned to an exact version"
         )
