@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_dashboard  # noqa: PLC0415
 
     cli_dashboard.register(sub)  # relay dashboard …
+    from relay_server import cli_apply  # noqa: PLC0415
+
+    cli_apply.register(sub)  # relay apply -f / relay diff -f
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -112,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _spool_replay(args, settings)
     if args.command in ("tenants", "keys"):
         return cli_admin.run(args, settings)
+    if args.command in ("apply", "diff"):
+        return cli_apply.run(args, settings)
     if args.command == "requests":
         return cli_requests.run(args, settings)
     return _seed_demo(args, settings)
