@@ -20,15 +20,16 @@ RUN python -m venv /opt/relay/venv
 ENV PATH=/opt/relay/venv/bin:$PATH
 
 WORKDIR /app
-# The exact versions `make test` runs (a constraints file: only the packages the
-# server needs are installed, at these pins).
+# The exact versions `make test` runs, as constraints: only the packages the server
+# needs are installed, at these pins (pip refuses extras in a constraints file).
 COPY requirements-dev.txt ./
+RUN sed -E 's/\[[^]]*\]//' requirements-dev.txt > /tmp/constraints.txt
 COPY proto_python/ proto_python/
 COPY sdk_python/ sdk_python/
 COPY server/ server/
 # Editable installs: Relay finds migrations/ and envoy/ beside its sources (/app),
 # exactly as in a checkout; the `relay` console script lands in the venv.
-RUN pip install --constraint requirements-dev.txt \
+RUN pip install --constraint /tmp/constraints.txt \
       -e ./proto_python -e ./sdk_python -e ./server \
  && python -m compileall -q /app/server /app/proto_python /app/sdk_python
 

@@ -175,3 +175,17 @@ def test_every_server_dependency_is_pinned_for_the_image() -> None:
     names = {re.split(r"[<>=\[ ]", d)[0].lower() for d in deps} - {"relay-proto", "relay-sdk"}
     missing = sorted(names - pins)
     assert not missing, f"not pinned in requirements-dev.txt: {missing}"
+
+
+def test_the_constraints_pip_gets_carry_no_extras(stages: list[Stage]) -> None:
+    """pip refuses a constraints file with extras (psycopg[binary]): the builder strips them first."""
+    runs = [rest for stage in stages for kw, rest in stage.instructions if kw == "RUN" and "--constraint" in rest]
+    assert runs
+    for run in runs:
+        constraints = re.search(r"--constraint (\S+)", run).group(1)  # type: ignore[union-attr]
+        if constraints == "requirements-dev.txt" and "[" in (REPO / constraints).read_text():
+            pytest.fail("requirements-dev.txt has extras: pip would refuse it as constraints")
+        stripped = [r for s in stages for kw, r in s.instructions if kw == "RUN" and f"> {constraints}" in r]
+        assert constraints == "requirements-dev.txt" or stripped, f"{constraints} is never written"
+        for line in stripped:
+            assert "sed -E 's/\\[[^]]*\\]//'" in line, line
