@@ -5,6 +5,7 @@ context, and entry points that are real `relay` commands."""
 from __future__ import annotations
 
 import fnmatch
+import posixpath
 import re
 import shlex
 import tomllib
@@ -189,3 +190,53 @@ def test_the_constraints_pip_gets_carry_no_extras(stages: list[Stage]) -> None:
         assert constraints == "requirements-dev.txt" or stripped, f"{constraints} is never written"
         for line in stripped:
             assert "sed -E 's/\\[[^]]*\\]//'" in line, line
+
+
+def image_files(stages: list[Stage]) -> set[tuple[str, str]]:
+    """(path in the final image, repository path it comes from) for every COPY, following
+    ``COPY --from=<stage>`` back to the repository."""
+    by_stage: dict[str, set[tuple[str, str]]] = {}
+    files: set[tuple[str, str]] = set()
+    for stage in stages:
+        files, workdir = set(), "/"
+        for keyword, rest in stage.instructions:
+            if keyword == "WORKDIR":
+                workdir = rest
+            if keyword != "COPY":
+                continue
+            words = shlex.split(rest)
+            origin = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+            *sources, dest = [w for w in words if not w.startswith("--")]
+            dest_abs = dest if dest.startswith("/") else posixpath.join(workdir, dest)
+            for source in sources:
+                if dest.endswith("/") and not source.endswith("/"):
+                    target = posixpath.join(dest_abs, posixpath.basename(source))
+                else:
+                    target = posixpath.normpath(dest_abs)
+                source = source.rstrip("/")
+                if origin is None:
+                    files.add((posixpath.normpath(target), source))
+                    continue
+                for path, repo in by_stage[origin]:
+                    if path == source or path.startswith(source + "/"):
+                        files.add((target + path[len(source):], repo))
+        by_stage[stage.name] = files
+    return files
+
+
+def test_files_relay_finds_beside_its_sources_are_in_the_image(stages: list[Stage]) -> None:
+    """Relay is installed editable at /app, so paths it derives from its own location
+    (migrations/, the Envoy descriptor, the OpenAPI document) must sit at the same place under /app."""
+    from relay_server.stack import envoy as stack_envoy
+    from relay_server.storage.postgres.migrate import default_migrations_dir
+
+    files = image_files(stages)
+    needed = [default_migrations_dir(), stack_envoy.TEMPLATE_PATH.parent / "relay.pb", stack_envoy.OPENAPI_PATH,
+              REPO / "server" / "relay_server" / "cli.py", REPO / "proto_python" / "relay_proto",
+              REPO / "sdk_python" / "relay_sdk"]  # fmt: skip
+    for path in needed:
+        rel = str(path.relative_to(REPO))
+        assert any((rel == repo or rel.startswith(repo + "/")) and image + rel[len(repo):] == f"/app/{rel}"
+                   for image, repo in files), f"{rel} is not at /app/{rel} in the image"  # fmt: skip
+    # ... and nothing the image does not need: no tests, no local state.
+    assert not any(repo.startswith(("tests", ".relay", ".venv")) for _, repo in files)
