@@ -7,7 +7,8 @@ renders the base as it is:
 
 - ``envoy.yaml``: ``envoy/envoy.yaml.tmpl`` rendered by the same code as
   ``make up`` (relay_server.stack.envoy), listening on every interface, dialing
-  the server on loopback, access log on stdout, validated by ``envoy --mode validate``;
+  the server and the web console on loopback, access log on stdout, validated by
+  ``envoy --mode validate``;
 - ``relay.pb``: the transcoder's descriptor set (``envoy/relay.pb``);
 - ``openapi.json``: the document Envoy serves at /v1/openapi.json.
 
@@ -32,6 +33,8 @@ MOUNT = "/etc/relay/envoy"
 HTTP_PORT = 8080
 ADMIN_PORT = 9901
 GRPC_PORT = 50051
+# The web console's loopback port in the gateway pod (Envoy serves it at /dashboard).
+DASHBOARD_PORT = 8090
 
 
 def render() -> dict[str, bytes]:
@@ -51,7 +54,7 @@ def render() -> dict[str, bytes]:
             admin_port=ADMIN_PORT, descriptor_path=staged / "relay.pb",
             services=stack_envoy.http_services(staged / "relay.pb"),
             max_request_bytes=defaults.max_request_bytes, access_log_path="/dev/stdout",
-            openapi_path=staged / "openapi.json",
+            openapi_path=staged / "openapi.json", dashboard_port=DASHBOARD_PORT,
             request_timeout=f"{defaults.envoy_request_timeout_s}s",
             stream_idle_timeout=f"{defaults.envoy_stream_idle_timeout_s}s",
         )  # fmt: skip

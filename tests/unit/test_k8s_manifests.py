@@ -123,6 +123,15 @@ def test_relay_containers_run_relay_commands_and_the_gateway_probes_health_and_r
     assert envoy["args"][envoy["args"].index("-c") + 1] == f"{mount}/envoy.yaml"
     assert f'"{mount}/relay.pb"' in find(objects, "ConfigMap", "relay-envoy")["data"]["envoy.yaml"]
     assert "relay.pb" in find(objects, "ConfigMap", "relay-envoy")["binaryData"]
+    # The console binds loopback; Envoy's /dashboard route dials the port the container is given.
+    dashboard = by_name["dashboard"]
+    console_port = int(next(e["value"] for e in dashboard["env"] if e["name"] == "RELAY_DASHBOARD_PORT"))
+    cluster = next(c for c in config["static_resources"]["clusters"] if c["name"] == "relay_dashboard")
+    endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (endpoint["address"], endpoint["port_value"]) == ("127.0.0.1", console_port)
+    grpc_target = next(e["value"] for e in dashboard["env"] if e["name"] == "RELAY_GRPC_TARGET")
+    assert grpc_target == f"127.0.0.1:{next(p['containerPort'] for p in relay['ports'] if p['name'] == 'grpc')}"
+    assert dashboard["readinessProbe"]["httpGet"] == {"path": "/dashboard/healthz", "port": "http"}
     workers = find(objects, "Deployment", "relay-workers")["spec"]["template"]["spec"]["containers"][0]
     assert {"grpc"} == {k for k in workers["livenessProbe"] if k == "grpc"}
     jobs_on = {e["name"]: e["value"] for e in workers["env"] if "value" in e}
