@@ -1,4 +1,7 @@
-"""The webhook sender's side of ``relay_server.address_policy``: a resolver that enforces it.
+"""A resolver that enforces ``relay_server.address_policy`` when aiohttp connects.
+
+Used by the webhook sender and by the aiohttp upstream client for tenant-chosen
+(BYOK) base URLs.
 
 Names are judged when a delivery connects, never when the URL is saved: DNS
 can be re-pointed at any time (rebinding), so ``GuardedResolver`` filters
@@ -52,7 +55,7 @@ class GuardedResolver(AbstractResolver):
         allowed, refused = allowed_addresses([r["host"] for r in results], allow_private=self._allow_private)
         if refused:
             # The operator may see the addresses; the delivery row (tenant-visible) only the kinds.
-            log.info("webhook destination addresses refused", extra={"host": host, "refused": sorted(refused)})
+            log.info("destination addresses refused", extra={"host": host, "refused": sorted(refused)})
         if allowed or not refused:
             return [r for r in results if r["host"] in allowed]
         raise RefusedDestination(refused_message(host, refused))

@@ -11,6 +11,12 @@ native client against; both pass one conformance suite
 Differences kept on purpose: aiohttp's pool counts busy connections only
 against its limits (idle ones are not closed to make room), and it sends the
 request head and body in separate writes.  Nothing here logs headers or bodies.
+
+Tenant-chosen destinations (guarded requests) go through a second session
+whose resolver hands aiohttp only the addresses the address policy allows: the
+address checked is the address dialled (a name re-pointed between a check and
+the connection gains nothing), and those connections never share a pool with
+an operator's providers.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver
 
 from relay_server.address_policy import allowed_addresses, refused_message
 from relay_server.providers import http_connection
@@ -33,6 +40,7 @@ from relay_server.providers.http_message import ResponseHeaders, Target, parse_t
 from relay_server.providers.http_proxy import ProxyRoutes
 from relay_server.providers.sse import SSEEvent, SSEParser
 from relay_server.providers.translator import UpstreamRequest, connection_failure, malformed_failure, timeout_failure
+from relay_server.webhook_destinations import GuardedResolver, refusal_of
 
 _DRAIN_S = 0.5
 _TARGET_CACHE_SIZE = 1024
@@ -71,15 +79,19 @@ async def _on_reuse(session: object, ctx: Any, params: object) -> None:
 
 
 class AiohttpClient:
-    __slots__ = ("_allow_private", "_connect_timeouts", "_loop", "_routes", "_session", "_targets")
+    __slots__ = ("_allow_private", "_connect_timeouts", "_guarded_session", "_loop", "_pool_options", "_routes", "_session",
+                 "_targets")
 
     def __init__(
         self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession, routes: ProxyRoutes | None,
         allow_private: bool = False,
+        pool_options: tuple[int, int, ssl.SSLContext | None] = (512, 0, None),
     ) -> None:
         self._loop = loop
         self._allow_private = allow_private
         self._session = session
+        self._guarded_session: aiohttp.ClientSession | None = None  # made on the first guarded request
+        self._pool_options = pool_options  # (max connections, per host, TLS) for the guarded session
         self._routes = routes if routes is not None and routes.configured else None
         self._targets: dict[str, _Route] = {}
         self._connect_timeouts: dict[float, aiohttp.ClientTimeout] = {}
@@ -95,25 +107,20 @@ class AiohttpClient:
         allow_private: bool = False,
     ) -> AiohttpClient:
         """Build the shared client inside the running loop (same arguments as ``HttpClient.create``)."""
-        connector = aiohttp.TCPConnector(
-            limit=max_connections, limit_per_host=max_per_host, ssl=ssl_context if ssl_context is not None else True
-        )
-        trace = aiohttp.TraceConfig()
-        trace.on_connection_reuseconn.append(_on_reuse)
-        session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,  # Relay relays bytes; it asks for identity anyway
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            timeout=aiohttp.ClientTimeout(total=None),  # deadlines are ours (see _start)
-            trust_env=False,  # the proxy comes from settings, not from aiohttp reading os.environ
-            trace_configs=[trace],
-            # aiohttp pauses the socket at twice this many unread bytes: HIGH_WATER, as the native client.
-            read_bufsize=HIGH_WATER // 2,
-        )
-        return cls(asyncio.get_running_loop(), session, proxies, allow_private)
+        pool = (max_connections, max_per_host, ssl_context)
+        return cls(asyncio.get_running_loop(), _session(*pool), proxies, allow_private, pool)
 
     async def close(self) -> None:
         await self._session.close()
+        if self._guarded_session is not None:
+            await self._guarded_session.close()
+
+    def _session_for(self, req: UpstreamRequest, route: _Route) -> aiohttp.ClientSession:
+        if not req.guarded or route.proxy is not None:
+            return self._session
+        if self._guarded_session is None:
+            self._guarded_session = _session(*self._pool_options, resolver=GuardedResolver(allow_private=self._allow_private))
+        return self._guarded_session
 
     async def send(self, req: UpstreamRequest, timeouts: Timeouts, total_s: float) -> UpstreamResponse:
         resp, deadline = await self._start(req, timeouts, total_s)
@@ -143,10 +150,8 @@ class AiohttpClient:
         return route
 
     async def _vet(self, target: Target) -> None:
-        """A tenant-chosen host (guarded request) must resolve only to addresses the policy allows.
-
-        Checked before each guarded request; unlike the native client, aiohttp dials the name
-        again itself, so this client checks but cannot pin the vetted address."""
+        """A tenant-chosen host must resolve only to addresses the policy allows (a check; the
+        guarded session's ``GuardedResolver`` is what pins the address dialled)."""
         _, host, port, _ = target.key
         try:
             infos = await self._loop.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)
@@ -166,7 +171,10 @@ class AiohttpClient:
         headers_by = deadline if timeouts.first_byte_s is None else min(deadline, now + timeouts.first_byte_s)
         route = self._route(req.url)
         if req.guarded:
+            # aiohttp skips its resolver for an address literal, and through the egress proxy the
+            # proxy dials the name: check here too (a name dialled directly is also pinned).
             await self._vet(route.target)
+        session = self._session_for(req, route)
         headers = _headers(req)
         if route.request_headers:
             headers.update(route.request_headers)
@@ -181,7 +189,7 @@ class AiohttpClient:
             attempt = _Attempt()
             try:
                 async with asyncio.timeout_at(headers_by):
-                    resp = await self._session.request(
+                    resp = await session.request(
                         req.method, req.url, data=body, headers=headers,
                         proxy=route.proxy, proxy_headers=route.proxy_headers, timeout=connect,
                         allow_redirects=False, trace_request_ctx=attempt,
@@ -194,6 +202,9 @@ class AiohttpClient:
             except aiohttp.ClientConnectorCertificateError as exc:
                 raise connection_failure(_describe(exc.certificate_error)) from None
             except aiohttp.ClientConnectorError as exc:
+                refusal = refusal_of(exc)
+                if refusal is not None:
+                    raise connection_failure(refusal) from None
                 raise connection_failure(_describe(exc.os_error)) from None
             except aiohttp.ClientResponseError as exc:
                 raise malformed_failure(f"malformed response: {exc.message}") from None
@@ -205,6 +216,27 @@ class AiohttpClient:
                 raise connection_failure(_describe(exc)) from None
             except aiohttp.ClientError as exc:
                 raise connection_failure(_describe(exc)) from None
+
+
+def _session(
+    max_connections: int, max_per_host: int, ssl_context: ssl.SSLContext | None, resolver: AbstractResolver | None = None
+) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=max_per_host, ssl=ssl_context if ssl_context is not None else True,
+        resolver=resolver,
+    )
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_on_reuse)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # Relay relays bytes; it asks for identity anyway
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        timeout=aiohttp.ClientTimeout(total=None),  # deadlines are ours (see _start)
+        trust_env=False,  # the proxy comes from settings, not from aiohttp reading os.environ
+        trace_configs=[trace],
+        # aiohttp pauses the socket at twice this many unread bytes: HIGH_WATER, as the native client.
+        read_bufsize=HIGH_WATER // 2,
+    )
 
 
 def _raise_body_failure(exc: BaseException) -> None:
