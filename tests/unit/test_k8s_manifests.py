@@ -217,3 +217,32 @@ def test_the_checked_in_envoy_config_map_files_are_what_make_gen_renders(no_netw
     committed = {p.name: p.read_bytes() for p in gen_k8s_envoy.OUT.iterdir()}
     stale = sorted(name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name))
     assert not stale, f"deploy/k8s/base/envoy is stale ({stale}): run `make gen`"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_setting_the_manifests_give_is_one_relay_reads(overlay: str) -> None:
+    """A misspelt RELAY_* name would be silently ignored by the server: each must be a Settings field,
+    with a value of its type (the console's own RELAY_GRPC_TARGET is read by relay_server.dashboard)."""
+    from dataclasses import fields
+
+    from relay_server.settings import Settings
+
+    known = {f.name for f in fields(Settings)}
+    objects = rendered(overlay)
+    given: dict[str, str] = {}
+    for name, value in find(objects, "ConfigMap", "relay-settings")["data"].items():
+        given[name] = value
+    for _workload, _spec, container in containers(objects):
+        if container["name"] == "envoy":
+            continue
+        for env in container.get("env", []):
+            given[env["name"]] = env.get("value", "from-a-secret")
+    dashboard_only = {"RELAY_GRPC_TARGET"}
+    for name, value in given.items():
+        if name in dashboard_only:
+            continue
+        field_name = name.removeprefix("RELAY_").lower()
+        assert field_name in known, f"{name} is not a Relay setting"
+        if value != "from-a-secret":
+            Settings.from_env({name: value})  # a value of the wrong type raises here
+    assert {"RELAY_BACKGROUND_JOBS", "DATABASE_URL", "RELAY_STATE_DIR"} <= set(given)
