@@ -104,8 +104,10 @@ async def test_200_concurrent_capped_requests_over_both_nodes_settle_within_the_
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
         answers = await asyncio.wait_for(asyncio.gather(*(_chat(http, topology.base_url, key) for _ in range(200))), 120)
     statuses = Counter(a.status_code for a in answers)
-    assert set(statuses) <= {200, 402}, statuses
-    assert 1 <= statuses[200] <= 20 and statuses[402] >= 180
+    # On a loaded machine a Redis call can miss its 250 ms deadline: the cap then fails closed (503).
+    assert set(statuses) <= {200, 402, 503}, statuses
+    assert all(a.json()["error"]["code"] == "spend_cap_unavailable" for a in answers if a.status_code == 503)
+    assert 1 <= statuses[200] <= 20 and statuses[402] + statuses[503] >= 180, statuses
     rows = _wait_rows(topology, key, 200)
     assert len(rows) == 200 and len({r[0] for r in rows}) == 200  # each request logged exactly once
     assert sum(r[3] or 0 for r in rows if r[1] == "success") <= cap
