@@ -225,14 +225,18 @@ class SiloMove:
             await rep.drop_subscription(sub, self.names)
         finally:
             await sub.close()
-        for attempt in range(50):  # the walsender of the dropped subscription lets go of the slot shortly
-            try:
-                await rep.drop_slot(pool, self.names)
-                break
-            except psycopg.errors.ObjectInUse:
-                if attempt == 49:
-                    raise
-                await asyncio.sleep(0.1)
+        publisher = await _connect(cfg.publisher_dsn)  # only a REPLICATION role may drop the slot
+        try:
+            for attempt in range(50):  # the walsender of the dropped subscription lets go of the slot shortly
+                try:
+                    await rep.drop_slot(publisher, self.names)
+                    break
+                except psycopg.errors.ObjectInUse:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.1)
+        finally:
+            await publisher.close()
         await rep.drop_publications(pool, self.names)
         if cfg.purge_pool:
             await rep.delete_tenant_rows(pool, cfg.tenant_id)

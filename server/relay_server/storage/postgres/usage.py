@@ -89,7 +89,7 @@ class UsageRollupStore:
         done: list[Bucket] = []
         for part in await self._plane.slices():
             if part.only is not None and not part.only:
-                continue
+                continue  # a silo nobody lives in yet (perhaps not even migrated)
             done += await self._run_slice(part, max_buckets - len(done))
         return done
 
