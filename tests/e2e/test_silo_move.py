@@ -51,7 +51,8 @@ def stack(
     relay = start_stack(
         db, Path(tmp_path_factory.mktemp("relay-silo")), redis_url=redis_server.url, workers=2,
         extra_env={"RELAY_SILO_DATABASES": f"{SILO}={silo_db.owner_dsn}", "RELAY_JOBS_POLL_S": "0.2",
-                   "RELAY_ROLLUP_INTERVAL_S": "0.5"},
+                   "RELAY_ROLLUP_INTERVAL_S": "0.5", "RELAY_BILLING_INTERVAL_S": "0.5",
+                   "RELAY_LIFECYCLE_SWEEP_S": "0.5", "RELAY_DELETION_RETENTION_DAYS": "0"},
     )  # fmt: skip
     yield relay
     relay.stop()
@@ -62,7 +63,9 @@ def stack(
             conn.execute(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)')
             conn.execute(f'DROP SUBSCRIPTION "{name}"')
     with psycopg.connect(db.superuser_dsn, autocommit=True) as conn:
-        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = current_database()").fetchall():
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = current_database()"
+        ).fetchall():
             wait_for(lambda s=slot: _drop_slot(conn, s), "slot released", timeout=10)
     pg_cluster.drop_database(db)
 
@@ -95,10 +98,21 @@ class Traffic:
 
     def __init__(self, stack: RelayStack, key: str) -> None:
         # Retries as the SDK does by default, a little more patient: a 503 tenant_moving asks to come back.
-        self.client = AsyncOpenAI(base_url=stack.base_url, api_key=key, max_retries=8, timeout=30)
+        hooks = {"response": [self._count_pause]}
+        self.client = AsyncOpenAI(
+            base_url=stack.base_url, api_key=key, max_retries=8, timeout=30,
+            http_client=httpx.AsyncClient(event_hooks=hooks, timeout=30),
+        )  # fmt: skip
         self.ids: list[str] = []
         self.moving: int = 0  # 503 tenant_moving answers seen (the SDK retried them)
         self.stop = asyncio.Event()
+
+    async def _count_pause(self, response: httpx.Response) -> None:
+        if response.status_code == 503:
+            await response.aread()
+            assert response.json()["error"]["code"] == "tenant_moving"
+            assert response.headers["retry-after"] == "1"
+            self.moving += 1
 
     async def one(self) -> str:
         raw = await self.client.chat.completions.with_raw_response.create(
@@ -176,6 +190,8 @@ async def test_a_tenant_moves_to_its_silo_under_traffic_and_every_request_is_log
     assert report["silo"] == SILO and report["pause_s"] < 6.0
     assert report["tables"]["requests"]["rows"] >= 5
     assert len(mover.ids) >= before_after + 10, "the moved tenant's traffic did not continue"
+    assert mover.moving >= 1, "no request met the write pause"
+    assert stayer.moving == 0, "the other tenant was paused"
     after_switch = mover.ids[before_after:]
 
     # Every request a client saw succeed is logged exactly once: the moved tenant's in the silo
@@ -198,10 +214,18 @@ async def test_a_tenant_moves_to_its_silo_under_traffic_and_every_request_is_log
     config = _config(stack.db.owner_dsn, moving)
     assert config.get("data_placement") == f"silo:{SILO}" and "write_paused_until" not in config
     with psycopg.connect(stack.db.owner_dsn) as conn:
-        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log WHERE tenant_id = %s ORDER BY created_at", (moving,))]
+        actions = [
+            r[0]
+            for r in conn.execute("SELECT action FROM audit_log WHERE tenant_id = %s ORDER BY created_at", (moving,))
+        ]
         assert conn.execute("SELECT count(*) FROM pg_publication").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone() == (0,)
-    for action in ("tenant.silo_move_started", "tenant.write_paused", "tenant.placement_changed", "tenant.silo_move_finished"):
+    for action in (
+        "tenant.silo_move_started",
+        "tenant.write_paused",
+        "tenant.placement_changed",
+        "tenant.silo_move_finished",
+    ):
         assert action in actions
     with psycopg.connect(silo_db.superuser_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM pg_subscription").fetchone() == (0,)
@@ -225,6 +249,15 @@ async def test_a_tenant_moves_to_its_silo_under_traffic_and_every_request_is_log
             "usage rolled up in the silo", timeout=30,
         )  # fmt: skip
 
+    # Billing runs there too, and the billing API reads it.
+    def billed() -> int:
+        r = httpx.get(f"{stack.base_url}/billing/periods", params={"tenant_id": moving},
+                      headers={"authorization": f"Bearer {stack.admin_token}"}, timeout=10)  # fmt: skip
+        assert r.status_code == 200, r.text
+        return sum(int(li["request_count"]) for p in r.json().get("billing_periods", []) for li in p.get("line_items", []))
+
+    wait_for(lambda: billed() == len(mover.ids), "the silo's billing period through the API", timeout=30)
+
     # Row-level security holds in the silo: relay_app sees only the tenant it names.
     with psycopg.connect(silo_db.app_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM requests").fetchone() == (0,)
@@ -234,7 +267,9 @@ async def test_a_tenant_moves_to_its_silo_under_traffic_and_every_request_is_log
         assert conn.execute("SELECT count(*) FROM requests").fetchone()[0] == len(mover.ids)
 
 
-async def test_moving_again_is_a_no_op_and_unknown_silos_or_tenants_are_refused(stack: RelayStack, silo_db: TestDatabase) -> None:
+async def test_moving_again_is_a_no_op_and_unknown_silos_or_tenants_are_refused(
+    stack: RelayStack, silo_db: TestDatabase
+) -> None:
     with rest(stack, stack.admin_token) as admin:
         tenant, key = _signup(stack, admin, "silo-again")
     client = Traffic(stack, key)
@@ -249,6 +284,19 @@ async def test_moving_again_is_a_no_op_and_unknown_silos_or_tenants_are_refused(
     assert len(_rows(silo_db.owner_dsn, tenant)) == 1
     await client.one()
     wait_for(lambda: len(_rows(silo_db.owner_dsn, tenant)) == 2, "a new request in the silo")
+
+    # A hard deletion erases the tenant's rows in its silo too.
+    with rest(stack, stack.admin_token) as admin:
+        for status in ("TENANT_STATUS_ACTIVE", "TENANT_STATUS_DELETED"):
+            admin.post(f"/v1/tenants/{tenant}:transition", json={"status": status, "reason": "e2e"}).raise_for_status()
+    wait_for(lambda: not _rows(silo_db.owner_dsn, tenant), "the silo's rows hard-deleted", timeout=30)
+    with psycopg.connect(stack.db.owner_dsn) as conn:
+        wait_for(lambda: conn.execute("SELECT count(*) FROM tenants WHERE id = %s", (tenant,)).fetchone() == (0,)
+                 and conn.commit() is None, "the tenant hard-deleted", timeout=30)  # fmt: skip
+        audit = conn.execute(
+            "SELECT metadata FROM audit_log WHERE action = 'tenant.hard_deleted' AND resource_id = %s", (tenant,)
+        ).fetchone()
+    assert audit is not None and audit[0]["rows"].get("requests") == 2
 
     code, _, err = await _move(stack, silo_db, "ten_does_not_exist")
     assert code == 1 and "does not exist" in err

@@ -25,3 +25,13 @@ def build_data_plane(settings: Settings, pool: Database) -> DataPlane:
         name: silo_database(settings, dsn, name) for name, dsn in parse_silo_databases(settings.silo_databases).items()
     }
     return DataPlane(pool, silos)
+
+
+async def open_data_plane(settings: Settings, pool: Database) -> DataPlane:
+    """For commands outside the server (spool replay, export): the plane with its placement lookup, opened."""
+    from relay_server.tenancy.placement import PlacementReader  # noqa: PLC0415
+
+    plane = build_data_plane(settings, pool)
+    plane.bind(PlacementReader(pool, ttl_s=settings.config_cache_ttl_s).silo)
+    await plane.open()
+    return plane

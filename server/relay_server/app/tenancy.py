@@ -107,6 +107,7 @@ def build_tenancy(
         retention=timedelta(days=settings.deletion_retention_days),
         provisioning_stuck=timedelta(seconds=settings.provisioning_stuck_s),
         archive=archive.files if archive is not None else None,
+        plane=plane,
     )
     runner = BackgroundRunner(
         db,
