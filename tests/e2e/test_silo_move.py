@@ -187,6 +187,7 @@ async def test_a_tenant_moves_to_its_silo_under_traffic_and_every_request_is_log
         await asyncio.wait_for(traffic, timeout=60)
     assert code == 0, f"move failed ({move_s:.1f} s): {err[-3000:]}"
     report = json.loads(out)
+    print(f"move took {move_s:.1f} s, write pause {report['pause_s']} s, {mover.moving} answers were 503 tenant_moving")
     assert report["silo"] == SILO and report["pause_s"] < 6.0
     assert report["tables"]["requests"]["rows"] >= 5
     assert len(mover.ids) >= before_after + 10, "the moved tenant's traffic did not continue"
