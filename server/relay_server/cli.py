@@ -53,6 +53,7 @@ def _spool_replay(args: argparse.Namespace, settings: Settings) -> int:
     from pathlib import Path  # noqa: PLC0415
 
     from relay_server.app.metering import spool_dir  # noqa: PLC0415
+    from relay_server.app.silos import open_data_plane  # noqa: PLC0415
     from relay_server.storage.postgres.pool import Database  # noqa: PLC0415
     from relay_server.storage.postgres.request_log import RequestLogStore  # noqa: PLC0415
     from relay_server.storage.postgres.request_log_replay import replay_spool  # noqa: PLC0415
@@ -64,9 +65,12 @@ def _spool_replay(args: argparse.Namespace, settings: Settings) -> int:
         db = Database.from_settings(settings)
         # The request log is written by the owner role only: the app pool stays closed.
         await db.system.open(wait=True, timeout=30)
+        # Rows go to each tenant's database (a tenant moved to a silo meanwhile: its silo).
+        plane = await open_data_plane(settings, db)
         try:
-            report = await replay_spool(RequestLogStore(db), Spool(directory))
+            report = await replay_spool(RequestLogStore(plane), Spool(directory))
         finally:
+            await plane.close()
             await db.system.close()
         print(f"{directory}: {report.written} row(s) written ({report.sanitised} sanitised), "
               f"{report.still_dead} still refused (kept in the dead-letter file)")  # fmt: skip

@@ -54,6 +54,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("status", choices=sorted(_TENANT_STATUS))
     p.add_argument("--reason", default="")
 
+    p = tenants.add_parser(
+        "move-to-silo", help="move a tenant's data plane to a silo database (logical replication, a short write pause)"
+    )
+    p.add_argument("tenant_id")
+    p.add_argument("--silo", required=True, help="a name from RELAY_SILO_DATABASES")
+    p.add_argument("--pause-s", type=float, default=5.0, help="longest write pause for the final delta (default 5)")
+    p.add_argument("--catchup-timeout", type=float, default=300.0, help="seconds to wait for the copy to catch up")
+    p.add_argument("--purge-pool", action="store_true", help="delete the tenant's data-plane rows from the pool afterwards")
+    p.add_argument("--json", action="store_true")
+
     keys = sub.add_parser("keys", help="administer API keys").add_subparsers(dest="action", required=True)
     p = keys.add_parser("create", parents=[common], help="mint a key (the secret is printed once)")
     p.add_argument("--tenant", required=True)
@@ -80,6 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "tenants" and args.action == "move-to-silo":
+        return _move_to_silo(args, settings)
     import grpc  # noqa: PLC0415  (keep `relay --help` fast)
 
     addr = args.addr or settings.grpc_addr or settings.grpc_address
@@ -99,6 +111,28 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(MessageToDict(response, preserving_proto_field_name=True), indent=2, sort_keys=True))
     else:
         render(response)
+    return 0
+
+
+def _move_to_silo(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs here, against the databases (a move outlives any RPC deadline); audited in the pool."""
+    import asyncio  # noqa: PLC0415
+
+    from relay_server.tenancy.silo_move import MoveError, move_with_settings  # noqa: PLC0415
+
+    options = {"pause_s": args.pause_s, "catchup_timeout_s": args.catchup_timeout, "purge_pool": args.purge_pool}
+    try:
+        report = asyncio.run(move_with_settings(settings, args.tenant_id, args.silo, **options))
+    except (MoveError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    tables: dict[str, dict[str, Any]] = {t: {"rows": s.rows, "checksum": s.checksum} for t, s in report.sums.items()}
+    if args.json:
+        print(json.dumps({"tenant_id": report.tenant_id, "silo": report.silo, "pause_s": round(report.pause_s, 3),
+                          "tables": tables, "purged_pool": report.purged_pool}, indent=2, sort_keys=True))  # fmt: skip
+    else:
+        print(f"tenant {report.tenant_id} now lives in silo {report.silo} (write pause {report.pause_s:.2f} s)")
+        _table(["TABLE", "ROWS", "CHECKSUM"], [[t, str(v["rows"]), v["checksum"]] for t, v in tables.items()])
     return 0
 
 

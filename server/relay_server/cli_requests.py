@@ -39,6 +39,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def export(settings: Settings, tenant_id: str, start: date, end: date, fmt: str, output: str) -> int:
     import pyarrow as pa  # noqa: PLC0415
 
+    from relay_server.app.silos import open_data_plane  # noqa: PLC0415
     from relay_server.storage.archive import parquet  # noqa: PLC0415
     from relay_server.storage.archive.cold import ColdRequests  # noqa: PLC0415
     from relay_server.storage.archive.files import ArchiveFiles  # noqa: PLC0415
@@ -49,11 +50,14 @@ async def export(settings: Settings, tenant_id: str, start: date, end: date, fmt
     hi = datetime.combine(end + timedelta(days=1), time.min, tzinfo=UTC)
     db = Database.from_settings(settings)
     await db.open()
+    plane = await open_data_plane(settings, db)
     try:
-        # Hot rows through the tenant's RLS-scoped transaction, cold ones through the tenant's files only.
-        hot = await UsageQueries(db).requests(tenant_id, {}, lo, hi, None, 2**62)
+        # Hot rows through the tenant's RLS-scoped transaction (in its silo, if it has one),
+        # cold ones through the tenant's files only.
+        hot = await UsageQueries(plane).requests(tenant_id, {}, lo, hi, None, 2**62)
         cold = await ColdRequests(db, ArchiveFiles.from_url(settings.archive_location)).table(tenant_id, {}, lo, hi)
     finally:
+        await plane.close()
         await db.close()
     table = pa.concat_tables([cold.cast(parquet.SCHEMA), pa.Table.from_batches([parquet.batch(hot)], schema=parquet.SCHEMA)])
     table = table.sort_by([("created_at", "ascending"), ("id", "ascending")])

@@ -44,6 +44,14 @@ class Settings:
     # queries run as, so row-level security applies to them.
     database_url: str = ""
     app_database_url: str = ""
+    # Silo databases a tenant's data plane may live in: ``name=owner_dsn,...`` (docs/tenancy.md, "Placement").
+    # Each silo's ``relay_app`` DSN reuses the pool's ``relay_app`` password (the role is per server).
+    silo_databases: str = field(default="", repr=False)
+    # `relay tenants move-to-silo`: who replicates.  Publisher: the pool, a role with REPLICATION that
+    # row-level security does not confine (default: database_url); subscriber: the silo, a role that
+    # may create subscriptions (default: the silo's DSN).
+    silo_publisher_url: str = field(default="", repr=False)
+    silo_subscriber_url: str = field(default="", repr=False)
     redis_url: str = ""
     db_pool_min: int = 1
     db_pool_max: int = 10

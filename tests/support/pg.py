@@ -102,7 +102,10 @@ class PgCluster:
 def start_cluster(base_dir: Path | None = None) -> PgCluster:
     """Start an embedded server, create the roles and build the migrated template."""
     base = Path(base_dir) if base_dir else Path(tempfile.mkdtemp(prefix="relay-pg-"))
-    server = start_embedded_postgres(base / "pg", durable=False, settings={"max_connections": "200"})
+    # wal_level=logical: a tenant's move to a silo replicates its rows (tests/e2e/test_silo_move.py).
+    server = start_embedded_postgres(
+        base / "pg", durable=False, settings={"max_connections": "200", "wal_level": "logical", "max_replication_slots": "20"}
+    )
     owner_password = secrets.token_urlsafe(16)
     app_password = secrets.token_urlsafe(16)
     try:

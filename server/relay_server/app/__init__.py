@@ -47,6 +47,7 @@ from relay_server.app.archive import Archive, build_archive, register_archiver
 from relay_server.app.metering import Metering, build_metering, spool_dir
 from relay_server.app.observability import Observability, build_observability
 from relay_server.app.routing import Routing, build_routing
+from relay_server.app.silos import build_data_plane
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
@@ -65,6 +66,7 @@ from relay_server.settings import Settings
 from relay_server.storage.postgres.catalog import PostgresCatalogStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.redis.client import create_redis, create_subscriber
 from relay_server.storage.redis.cluster_wire import create_wire
 from relay_server.storage.redis.wire import Wire
@@ -93,6 +95,7 @@ class App:
     observability: Observability | None = None  # metrics, traces, provider anomalies
     responses: ResponseStore | None = None  # stored Responses API turns (docs/responses.md)
     archive: Archive | None = None  # cold request history (docs/archival.md)
+    plane: DataPlane | None = None  # the pool and the silos (docs/tenancy.md, "Placement")
 
     async def close(self) -> None:
         if self.responses is not None:
@@ -110,6 +113,8 @@ class App:
             await self.wire.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.plane is not None:
+            await self.plane.close()
         await self.db.close()
 
 
@@ -119,6 +124,8 @@ async def build(settings: Settings) -> App:
         transaction_pooling=settings.db_transaction_pooling,
     )  # fmt: skip
     await db.open()
+    plane = build_data_plane(settings, db)
+    await plane.open()
     redis = create_redis(settings.redis_url) if settings.redis_url else None
     wire = create_wire(settings.redis_url) if settings.redis_url else None
     catalog = Catalog(PostgresCatalogStore(db))
@@ -126,7 +133,7 @@ async def build(settings: Settings) -> App:
     catalog.start()
     observability = build_observability(settings)
     archive = build_archive(settings, db, observability.metrics)
-    tenancy = build_tenancy(settings, db, redis, catalog, archive=archive)
+    tenancy = build_tenancy(settings, db, redis, catalog, archive=archive, plane=plane)
     register_archiver(settings, archive, tenancy.runner)
     authenticator = tenancy.authenticator
     bus = tenancy.invalidator
@@ -136,7 +143,7 @@ async def build(settings: Settings) -> App:
     )  # fmt: skip
     catalog_sync = _catalog_sync(settings, redis, catalog, routing, tenancy)
     router = routing.router
-    metering = build_metering(settings, db, redis, wire, tenancy.runner)
+    metering = build_metering(settings, db, redis, wire, tenancy.runner, plane=plane)
     conversations = build_conversations(settings, db, redis, tenancy.runner)
     # Every tenant-policy cache is emptied by the one invalidation bus (tenancy/policy_bus.py).
     bus.register(routing.credentials.cache, metering.tenant_config.cache, *metering.limits.caches(), conversations.flags.cache)
@@ -152,6 +159,7 @@ async def build(settings: Settings) -> App:
     return App(
         settings, db, redis, wire, catalog, authenticator, pipeline, tenancy, metering, routing, catalog_sync,
         conversations=conversations, observability=observability, responses=responses, archive=archive,
+        plane=plane,
     )  # fmt: skip
 
 

@@ -28,6 +28,7 @@ from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.quotas import PostgresQuotaStore, PostgresTenantConfig
 from relay_server.storage.postgres.request_log import RequestLogStore, RequestLogWriter
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.postgres.usage import PostgresSpendLedger, UsageRollupStore
 from relay_server.storage.postgres.webhooks import PostgresEvents, WebhookStore
 from relay_server.storage.redis.limits import RedisAdmission
@@ -72,8 +73,10 @@ def spool_dir(settings: Settings) -> Path:
 
 
 def build_metering(
-    settings: Settings, db: Database, redis: Redis | None, wire: Wire | None, runner: BackgroundRunner | None
+    settings: Settings, db: Database, redis: Redis | None, wire: Wire | None, runner: BackgroundRunner | None,
+    *, plane: DataPlane | None = None,
 ) -> Metering:
+    data = plane or DataPlane(db)  # the request log, usage and billing follow each tenant's placement
     events = PostgresEvents(db)
     limits = LimitResolver(PostgresQuotaStore(db), ttl_s=settings.policy_cache_ttl_s)
     tenant_config = TenantMeteringConfig(PostgresTenantConfig(db), ttl_s=settings.policy_cache_ttl_s)
@@ -92,7 +95,7 @@ def build_metering(
         spend=RedisSpend(redis) if redis is not None else None,
         limits=limits,
         tenant_caps=tenant_config,
-        ledger=PostgresSpendLedger(db),
+        ledger=PostgresSpendLedger(data),
         events=events,
         traffic=noisy,
         fail_closed=settings.spend_cap_fail_closed,
@@ -101,7 +104,7 @@ def build_metering(
         upgrade_url=settings.billing_url,
     )
     writer = RequestLogWriter(
-        RequestLogStore(db),
+        RequestLogStore(data),
         Spool(spool_dir(settings)),
         batch_size=settings.request_log_batch,
         flush_s=settings.request_log_flush_s,
@@ -114,8 +117,8 @@ def build_metering(
         tenant_config=tenant_config,
         limits=limits,
         usage_policy=UsagePolicy(settings.usage_discrepancy_ratio, settings.usage_discrepancy_slack_tokens),
-        rollup=UsageRollup(UsageRollupStore(db)),
-        billing=BillingWorker(BillingStore(db), finalize_delay=timedelta(seconds=settings.billing_finalize_delay_s)),
+        rollup=UsageRollup(UsageRollupStore(data)),
+        billing=BillingWorker(BillingStore(data), finalize_delay=timedelta(seconds=settings.billing_finalize_delay_s)),
         webhooks=WebhookDispatcher(
             WebhookStore(db),
             signing_key=settings.webhook_signing_key,

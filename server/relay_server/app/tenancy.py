@@ -20,6 +20,7 @@ from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.redis.client import create_subscriber
 from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import RedisKeyCache
@@ -28,6 +29,7 @@ from relay_server.tenancy.keys import ApiKeyService
 from relay_server.tenancy.last_used import LastUsedRecorder
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.members import MemberAdmin, MemberPermissions
+from relay_server.tenancy.placement import PlacementReader
 from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyBus
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
@@ -76,7 +78,8 @@ def _model_exists(catalog: Catalog):  # noqa: ANN202
 
 
 def build_tenancy(
-    settings: Settings, db: Database, redis: Redis | None, catalog: Catalog, *, archive: Archive | None = None
+    settings: Settings, db: Database, redis: Redis | None, catalog: Catalog, *, archive: Archive | None = None,
+    plane: DataPlane | None = None,
 ) -> Tenancy:
     """``archive``: the request archive, read by the usage API and erased with a tenant (docs/archival.md)."""
     key_store = PostgresKeyStore(db)
@@ -90,7 +93,10 @@ def build_tenancy(
 
     invalidator = PolicyBus(db, key_cache=shared, redis=redis, subscriber=subscriber if redis is not None else None)
     config = TenantConfigReader(db, ttl_s=settings.config_cache_ttl_s)
-    invalidator.register(authenticator.cache, config.cache)  # app.py registers the other capabilities' caches
+    placement = PlacementReader(db, ttl_s=settings.config_cache_ttl_s)
+    plane = plane or DataPlane(db)
+    plane.bind(placement.silo)  # every data-plane store asks the plane; the plane asks this cache
+    invalidator.register(authenticator.cache, config.cache, placement.cache)  # app.py registers the other capabilities' caches
     lifecycle = Lifecycle(db, invalidator, trial_days=settings.trial_days)
     model_exists = _model_exists(catalog)
     provisioner = Provisioner(db, lifecycle, invalidator)
@@ -102,6 +108,7 @@ def build_tenancy(
         retention=timedelta(days=settings.deletion_retention_days),
         provisioning_stuck=timedelta(seconds=settings.provisioning_stuck_s),
         archive=archive.files if archive is not None else None,
+        plane=plane,
     )
     runner = BackgroundRunner(
         db,
@@ -127,7 +134,7 @@ def build_tenancy(
         members=MemberAdmin(db),
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
-        usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
+        usage=UsageReports(plane, redis, cold=archive.cold if archive is not None else None),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

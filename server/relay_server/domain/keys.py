@@ -35,6 +35,8 @@ class KeyRecord:
     rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)
     spend_cap_micros: int | None = None
     spend_cap_window: str | None = None  # daily | monthly | total
+    # While its data plane moves to a silo, a tenant's requests are refused (503, Retry-After) until then.
+    writes_paused_until: datetime | None = None
 
 
 def hash_key(raw_key: str) -> str:

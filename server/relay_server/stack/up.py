@@ -177,7 +177,10 @@ def ensure_postgres(
         recorded = stack_env.get("DATABASE_URL", "")
         was_running = postgres_running(paths)
         previous_port = urlsplit(recorded).port if recorded else None
-        pg = start_embedded_postgres(paths.postgres_dir, port=_free_or_none(previous_port))
+        # wal_level=logical: `relay tenants move-to-silo` replicates a tenant's rows (docs/tenancy.md).
+        pg = start_embedded_postgres(
+            paths.postgres_dir, port=_free_or_none(previous_port), settings={"wal_level": "logical"}
+        )
         _create_database(pg.dsn, DATABASE_NAME)
         owner_dsn = pg.dsn_for(DATABASE_NAME)
         # relay_app keeps its password across runs (the port may change).

@@ -27,7 +27,7 @@ from relay_server.tenancy.cache_fill import TOMBSTONE_TTL_S, fill, is_tombstone,
 
 log = logging.getLogger(__name__)
 
-_DATES = ("expires_at", "grace_expires_at")
+_DATES = ("expires_at", "grace_expires_at", "writes_paused_until")
 
 
 def redis_key(key_hash: str) -> str:

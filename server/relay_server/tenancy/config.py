@@ -25,6 +25,7 @@ from decimal import Decimal
 from relay_server.cache.policy_cache import PolicyCache
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.silos import SYSTEM_KEYS
 from relay_server.storage.postgres.tenant_config import snapshot
 from relay_server.tenancy.config_values import CONFIG_KEYS, validate_entry
 
@@ -55,6 +56,8 @@ class TenantConfig:
 def parse_config(tenant_id: str, plan: str, values: Mapping[str, str], features: frozenset[str]) -> TenantConfig:
     parsed: dict[str, str] = {}
     for key, raw in values.items():
+        if key in SYSTEM_KEYS:  # the silo move's own entries, never set through the API
+            continue
         try:
             parsed[key] = validate_entry(key, raw)
         except RelayError:

@@ -12,12 +12,13 @@ from relay_server.domain.usage import UsageFilter
 from relay_server.pipeline.steps.spend import cap_window
 from relay_server.storage.postgres.billing import BillingStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.postgres.usage import PostgresSpendLedger, UsageQueries
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 
 
 class UsageReports:
-    def __init__(self, db: Database, redis: Redis | None = None, cold: Any = None) -> None:
+    def __init__(self, db: Database | DataPlane, redis: Redis | None = None, cold: Any = None) -> None:
         # ``cold``: archived months of the request log (storage/archive/cold.py); usage rollups are never archived.
         self._queries = UsageQueries(db, cold=cold)
         self._billing = BillingStore(db)

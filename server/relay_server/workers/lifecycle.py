@@ -31,6 +31,7 @@ from relay_server.storage.postgres.audit import AuditEntry, insert_audit
 from relay_server.storage.postgres.jobs import Job
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.purge import hard_delete_tenant
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.tenancy.calls import system_call
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.tenants import PROVISION_JOB
@@ -57,9 +58,11 @@ class LifecycleJobs:
         provisioning_stuck: timedelta,
         job_lease: timedelta = timedelta(minutes=5),
         archive: Any = None,
+        plane: DataPlane | None = None,
         now: Callable[[], datetime] = _utcnow,
     ) -> None:
         self._db = db
+        self._plane = plane or DataPlane(db)
         self._lifecycle = lifecycle
         self._grace = {"suspended": suspended_grace, "expired": expired_grace}
         self._retention = retention
@@ -118,6 +121,15 @@ class LifecycleJobs:
             only_from=set(self._grace), unless=lambda t: t.status_changed_at > now - self._grace[t.status],
         )  # fmt: skip
 
+    async def _delete_in_silo(self, tenant_id: str) -> dict[str, int]:
+        """A tenant placed in a silo: its rows there first (committed before the pool's, so a retry
+        still finds the placement and the tenant row that lead to them)."""
+        silo = await self._plane.database_for(tenant_id)
+        if silo is self._db:
+            return {}
+        async with silo.system_tx() as conn:
+            return await hard_delete_tenant(conn, tenant_id)
+
     async def hard_delete(self, job: Job) -> None:
         tenant_id = job.payload.get("tenant_id")
         if not isinstance(tenant_id, str) or not tenant_id:
@@ -134,7 +146,9 @@ class LifecycleJobs:
                 # files go before rows, so a crash in between leaves the rows for the retry to find.
                 await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ARCHIVE_LOCK,))
                 files_removed = await asyncio.to_thread(self.archive.erase_tenant, tenant_id)
-            counts = await hard_delete_tenant(conn, tenant_id)
+            counts = await self._delete_in_silo(tenant_id)
+            for table, n in (await hard_delete_tenant(conn, tenant_id)).items():
+                counts[table] = counts.get(table, 0) + n
             await insert_audit(
                 conn,
                 AuditEntry(

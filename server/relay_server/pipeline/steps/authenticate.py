@@ -159,6 +159,14 @@ def _check_usable(record: KeyRecord, token: str) -> None:
         )
     if status in ("suspended", "expired"):
         raise RelayError(ErrorKind.TENANT_SUSPENDED, _BILLING_MESSAGE.format(status=status))
+    if record.writes_paused_until is not None and record.writes_paused_until > now:
+        # The write pause of a move to a silo (docs/tenancy.md): seconds long; clients retry.
+        raise RelayError(
+            ErrorKind.TENANT_PROVISIONING,
+            "Your Relay account's data is being moved. Try again in a few seconds.",
+            code="tenant_moving",
+            retry_after_s=1,
+        )
 
 
 def _redact(token: str) -> str:

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from relay_server.storage.postgres.pool import Conn, Database
+from relay_server.storage.postgres.silos import DataPlane
 
 _CANDIDATES = """
 SELECT u.tenant_id, u.environment, date_trunc('month', u.date)::date AS month
@@ -71,21 +72,31 @@ class PeriodResult:
 
 
 class BillingStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, db: Database | DataPlane) -> None:
+        self._plane = DataPlane.of(db)
 
     async def candidates(self, since: date) -> list[tuple[str, str, date]]:
-        """(tenant, environment, month) with usage whose period is missing or still open."""
-        async with self._db.system.connection() as conn:
-            rows = await (await conn.execute(_CANDIDATES, (since,))).fetchall()
-        return [(r["tenant_id"], r["environment"], r["month"]) for r in rows]
+        """(tenant, environment, month) with usage whose period is missing or still open, in every database
+        (each taking only the tenants it is authoritative for)."""
+        out: list[tuple[str, str, date]] = []
+        for part in await self._plane.slices():
+            if part.only is not None and not part.only:
+                continue  # a silo nobody lives in yet (perhaps not even migrated)
+            async with part.db.system.connection() as conn:
+                rows = await (await conn.execute(_CANDIDATES, (since,))).fetchall()
+            out += [
+                (r["tenant_id"], r["environment"], r["month"]) for r in rows
+                if (part.only is None or r["tenant_id"] in part.only) and r["tenant_id"] not in part.exclude
+            ]  # fmt: skip
+        return sorted(out, key=lambda c: (c[2], c[0], c[1]))
 
     async def reconcile(
         self, tenant_id: str, environment: str, month: date, *, now: datetime, finalize_delay: timedelta
     ) -> PeriodResult:
         start, end = month_start(month), next_month(month)
         pid = period_id(tenant_id, environment, start)
-        async with self._db.system_tx() as conn:
+        db = await self._plane.database_for(tenant_id)
+        async with db.system_tx() as conn:
             await conn.execute(
                 "INSERT INTO billing_periods (id, tenant_id, environment, period_start, period_end) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (tenant_id, environment, period_start) DO NOTHING",
@@ -145,7 +156,7 @@ class BillingStore:
         if before is not None:
             where.append("(period_start, environment) < (%s, %s)")
             params += [before[0], before[1]]
-        async with self._db.tenant_tx(tenant_id) as conn:
+        async with self._plane.tenant_tx(tenant_id) as conn:
             periods = await (
                 await conn.execute(
                     f"SELECT * FROM billing_periods WHERE {' AND '.join(where)} "  # noqa: S608 - fixed fragments only

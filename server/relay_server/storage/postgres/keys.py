@@ -24,6 +24,8 @@ SELECT k.id, k.key_hash, k.key_hint, k.tenant_id, k.environment, k.scope, k.stat
        t.status AS tenant_status, t.plan AS tenant_plan,
        (SELECT c.value FROM tenant_config c WHERE c.tenant_id = k.tenant_id AND c.key = 'allowed_models')
            AS tenant_allowed_models,
+       (SELECT c.value FROM tenant_config c WHERE c.tenant_id = k.tenant_id AND c.key = 'write_paused_until')
+           AS writes_paused_until,
        ARRAY(SELECT pm.model_id FROM plan_models pm WHERE pm.plan = t.plan ORDER BY pm.model_id) AS plan_allowed_models
   FROM api_keys k
   JOIN tenants t ON t.id = k.tenant_id
@@ -58,6 +60,17 @@ def _model_list(raw: str | None) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _moment(raw: str | None) -> datetime | None:
+    """tenant_config ``write_paused_until`` (ISO 8601, written by the silo move); unreadable: no pause."""
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw)
+    except ValueError:
+        log.warning("unreadable tenant write_paused_until ignored")
+        return None
+
+
 class PostgresKeyStore:
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -87,6 +100,7 @@ class PostgresKeyStore:
             rate_limit_overrides={str(k): int(v) for k, v in (row["rate_limit_overrides"] or {}).items()},
             spend_cap_micros=row["spend_cap_micros"],
             spend_cap_window=row["spend_cap_window"],
+            writes_paused_until=_moment(row["writes_paused_until"]),
         )
 
     async def touch_last_used(self, used: Mapping[str, datetime]) -> int:

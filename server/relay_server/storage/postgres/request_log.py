@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import PoolTimeout
 
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.spool import Spool
 
 log = logging.getLogger(__name__)
@@ -175,17 +176,27 @@ def utc_day(moment: datetime) -> Any:
 class RequestLogStore:
     """The SQL of the request log; used by the writer and by replays."""
 
-    def __init__(self, db: Database, *, timeout_s: float = 5.0) -> None:
-        self._db = db
+    def __init__(self, db: Database | DataPlane, *, timeout_s: float = 5.0) -> None:
+        self._plane = DataPlane.of(db)
         self._timeout = timeout_s
 
     async def insert(self, rows: list[RequestRow]) -> None:
-        """One transaction: the rows (duplicates ignored) and the rollup marks of their days."""
+        """Per database: one transaction with the rows (duplicates ignored) and the rollup marks of their days.
+
+        Each row goes where its tenant's placement says *now*, so rows queued
+        before a move to a silo are written to the silo once the move switched.
+        """
+        groups = await self._plane.group(r.tenant_id for r in rows)
+        for db, tenants in groups.items():
+            mine = set(tenants)
+            await self._insert(db, [r for r in rows if r.tenant_id in mine])
+
+    async def _insert(self, db: Database, rows: list[RequestRow]) -> None:
         marks = sorted({(r.tenant_id, utc_day(r.created_at), r.environment) for r in rows})
         params = [r.params() for r in rows]
 
         async def run() -> None:
-            async with self._db.system.connection(timeout=self._timeout) as conn, conn.transaction():
+            async with db.system.connection(timeout=self._timeout) as conn, conn.transaction():
                 async with conn.cursor() as cur:
                     await cur.executemany(_INSERT, params)
                     await cur.executemany(_MARK, marks)
@@ -194,7 +205,7 @@ class RequestLogStore:
 
     async def ping(self) -> None:
         async def run() -> None:
-            async with self._db.system.connection(timeout=self._timeout) as conn:
+            async with self._plane.pool.system.connection(timeout=self._timeout) as conn:
                 await conn.execute("SELECT 1")
 
         await asyncio.wait_for(run(), timeout=self._timeout * 2)

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from relay_server.domain.usage import UsageFilter
 from relay_server.storage.postgres.pool import Conn, Database
+from relay_server.storage.postgres.silos import DataPlane, Slice
 
 _RECOMPUTE = """
 INSERT INTO usage_daily AS u (
@@ -51,8 +52,12 @@ WHERE (u.request_count, u.cost_micros, u.total_tokens, u.error_count, u.latency_
                         EXCLUDED.error_count, EXCLUDED.latency_ms_total)
 """
 
+# ``only`` / ``exclude``: the tenants this database is authoritative for (storage/postgres/silos.py).
+# A silo holds replicated rows of a tenant still moving in, and the pool the rows of one that moved
+# out: neither is recomputed there, or two workers would write the same buckets in two databases.
 _CLAIM = """
 SELECT tenant_id, date, environment FROM usage_rollup_pending
+ WHERE (%(only)s::text[] IS NULL OR tenant_id = ANY(%(only)s)) AND NOT (tenant_id = ANY(%(exclude)s))
  ORDER BY marked_at LIMIT 1 FOR UPDATE SKIP LOCKED
 """
 
@@ -70,8 +75,8 @@ class Bucket:
 
 
 class UsageRollupStore:
-    def __init__(self, db: Database) -> None:
-        self._db = db
+    def __init__(self, db: Database | DataPlane) -> None:
+        self._plane = DataPlane.of(db)
 
     async def recompute(self, conn: Conn, bucket: Bucket) -> None:
         lo, hi = day_bounds(bucket.date)
@@ -82,9 +87,18 @@ class UsageRollupStore:
     async def run_pending(self, max_buckets: int = 100) -> list[Bucket]:
         """Claim and recompute marked buckets, one transaction each; safe with many workers."""
         done: list[Bucket] = []
+        for part in await self._plane.slices():
+            if part.only is not None and not part.only:
+                continue  # a silo nobody lives in yet (perhaps not even migrated)
+            done += await self._run_slice(part, max_buckets - len(done))
+        return done
+
+    async def _run_slice(self, part: Slice, max_buckets: int) -> list[Bucket]:
+        done: list[Bucket] = []
+        scope = {"only": list(part.only) if part.only is not None else None, "exclude": list(part.exclude)}
         for _ in range(max_buckets):
-            async with self._db.system_tx() as conn:
-                row = await (await conn.execute(_CLAIM)).fetchone()
+            async with part.db.system_tx() as conn:
+                row = await (await conn.execute(_CLAIM, scope)).fetchone()
                 if row is None:
                     break
                 bucket = Bucket(row["tenant_id"], row["date"], row["environment"])
@@ -100,8 +114,8 @@ class UsageRollupStore:
 class PostgresSpendLedger:
     """What was billed in a window, from the request log (the truth behind Redis' cap windows)."""
 
-    def __init__(self, db: Database, *, timeout_s: float = 2.0) -> None:
-        self._db = db
+    def __init__(self, db: Database | DataPlane, *, timeout_s: float = 2.0) -> None:
+        self._plane = DataPlane.of(db)
         self._timeout = timeout_s
 
     async def spent_micros(
@@ -117,7 +131,8 @@ class PostgresSpendLedger:
         query = sql.SQL("SELECT coalesce(sum(cost_micros), 0) AS spent FROM requests WHERE {}").format(
             sql.SQL(" AND ").join(where)
         )
-        async with self._db.system.connection(timeout=self._timeout) as conn:
+        db = await self._plane.database_for(tenant_id)
+        async with db.system.connection(timeout=self._timeout) as conn:
             row = await (await conn.execute(query, params)).fetchone()
         return int(row["spent"]) if row else 0
 
@@ -148,8 +163,9 @@ class UsageQueries:
     months; the usage totals read ``usage_daily``, which is never archived.
     """
 
-    def __init__(self, db: Database, cold: Any = None) -> None:
-        self._db = db
+    def __init__(self, db: Database | DataPlane, cold: Any = None) -> None:
+        self._plane = DataPlane.of(db)
+        self._db = self._plane.pool  # the control plane: API keys
         self._cold = cold
 
     async def usage(self, tenant_id: str, f: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
@@ -164,7 +180,7 @@ class UsageQueries:
         query = sql.SQL("SELECT {g} AS grp, {sums} FROM usage_daily WHERE {w} GROUP BY 1 ORDER BY 1").format(
             g=group, sums=_SUMS, w=sql.SQL(" AND ").join(where)
         )
-        async with self._db.tenant_tx(tenant_id) as conn:
+        async with self._plane.tenant_tx(tenant_id) as conn:
             return list(await (await conn.execute(query, params)).fetchall())
 
     async def key_exists(self, tenant_id: str, key_id: str) -> dict[str, Any] | None:
@@ -198,7 +214,7 @@ class UsageQueries:
         query = sql.SQL("SELECT * FROM requests WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s").format(
             sql.SQL(" AND ").join(where)
         )
-        async with self._db.tenant_tx(tenant_id) as conn:
+        async with self._plane.tenant_tx(tenant_id) as conn:
             hot = list(await (await conn.execute(query, [*params, limit])).fetchall())
         if self._cold is None:
             return hot
