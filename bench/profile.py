@@ -26,7 +26,11 @@ from pathlib import Path
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 # Idle thread-pool workers blocked in ``queue.get`` that py-spy still reports as
 # busy (seen as a leaf at these lines): they are waiting, not working.
-_IDLE_LEAVES = (("Thread.run", "threading.py"), ("_worker", "concurrent/futures/thread.py"))
+_IDLE_LEAVES = (
+    ("Thread.run", "threading.py"),
+    ("_worker", "concurrent/futures/thread.py"),
+    ("BufferedLineHandler._tick", "relay_server/logging_setup.py"),  # the log flusher's sleep between batches
+)
 
 
 def find_py_spy() -> str | None:

@@ -106,8 +106,10 @@ STREAM_RULES: tuple[Rule, ...] = (
 
 LOOP = "event loop + gRPC core (receive, write, wake-ups)"
 OTHER_THREADS = "other threads"
-# Idle waits py-spy still reports as busy (a thread pool worker in queue.get).
-_IDLE = (("Thread.run", "threading.py"), ("_worker", "concurrent/futures/thread.py"), ("select", "selectors.py"))
+# Idle waits py-spy still reports as busy (a thread pool worker in queue.get; the log flusher's
+# ``time.sleep`` between batches, a leaf at its own loop: its writes show as deeper frames).
+_IDLE = (("Thread.run", "threading.py"), ("_worker", "concurrent/futures/thread.py"), ("select", "selectors.py"),
+         ("BufferedLineHandler._tick", "relay_server/logging_setup.py"))  # fmt: skip
 
 
 def classify(frames: Sequence[Frame], rules: Sequence[Rule]) -> str | None:

@@ -34,7 +34,7 @@ from relay_server.storage.postgres.demo import DEMO_TENANT_ID, seed_demo
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.redis.health import RedisHealthStore
-from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.outbound import REFUSED_RPM, OutboundWindows
 from relay_server.storage.redis.wire import RedisWire
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.rbac import PLATFORM
@@ -121,7 +121,7 @@ async def rig(pg_db: TestDatabase, database: Database, redis_client: Redis, redi
         await catalog.load()
         credentials = CredentialCache(PostgresCredentialSource(database).routable, ttl_s=0)
         health = HealthTracker(RedisHealthStore(redis_client, clock=clock), CircuitPolicy(2, 30), clock=clock)
-        windows = OutboundWindows(redis_client, clock=clock)
+        windows = OutboundWindows(redis_client, wire=redis_wire, clock=clock)  # as the server builds it
         planner = CandidatePlanner(
             catalog, directory, credentials, health, OutboundGuard(windows), keyring,
             policy=RetryPolicy(sleep=sleeps), timeout_s=0.5, state_reads=redis_wire,
@@ -303,6 +303,21 @@ async def test_outbound_usage_of_several_providers_in_one_round_trip_survives_a_
     assert usage["openai"]["cred_a"].requests == 1 and usage["openai"]["cred_a"].tokens == 5
     assert usage["groq"]["cred_b"].requests == 0
     assert await windows.usage({}) == {}
+
+
+async def test_outbound_acquire_and_settle_over_the_wire_match_the_general_client(
+    redis_client: Redis, redis_wire: RedisWire
+) -> None:
+    wire, plain = OutboundWindows(redis_client, wire=redis_wire), OutboundWindows(redis_client)
+    await redis_client.script_flush()  # the wire loads the scripts itself on NOSCRIPT
+    first = await wire.acquire("openai", "cred_w", rpm_limit=2, tpm_limit=None, tokens=7)
+    second = await plain.acquire("openai", "cred_w", rpm_limit=2, tpm_limit=None, tokens=3)
+    assert not isinstance(first, int) and not isinstance(second, int)
+    assert await wire.acquire("openai", "cred_w", rpm_limit=2, tpm_limit=None, tokens=1) == REFUSED_RPM
+    await redis_client.script_flush()
+    await wire.settle("openai", "cred_w", first, actual_tokens=17)  # +10 on the estimate
+    usage = (await plain.usage({"openai": ["cred_w"]}))["openai"]["cred_w"]
+    assert (usage.requests, usage.tokens) == (2, 20)
 
 
 async def test_plan_time_reads_fall_back_when_the_usage_script_is_flushed(rig: Rig, redis_client: Redis) -> None:

@@ -171,10 +171,11 @@ def test_profile_parsing_ranks_frames_and_skips_idle_pool_threads() -> None:
         "<module> (/x/server/relay_server/__main__.py:5);dumps (/v/lib/python3.11/site-packages/orjson/x.py:1) 2",
         "_bootstrap (/usr/lib/python3.11/threading.py:1002);run (/usr/lib/python3.11/threading.py:982) 5",
         "_bootstrap (/usr/lib/python3.11/threading.py:1002);Thread.run (/usr/lib/python3.11/threading.py:982) 4",
+        "Thread.run (/usr/lib/python3.11/threading.py:982);BufferedLineHandler._tick (/x/server/relay_server/logging_setup.py:119) 3",
         "not a stack line",
     ])  # fmt: skip
     prof = profile.parse(text)
-    assert prof.samples == 13 and prof.idle_skipped == 4
+    assert prof.samples == 13 and prof.idle_skipped == 7
     assert prof.self_time.most_common(1)[0] == ("pack_command (redis/asyncio/connection.py:1357)", 6)
     assert prof.inclusive["admit (relay_server/pipeline/admission.py)"] == 6
     assert prof.areas["redis"] == 6 and prof.areas["orjson"] == 2
@@ -317,11 +318,15 @@ def test_stage_classification_innermost_rule_wins() -> None:
         f"serve ({_R}api/door.py:77);AdmissionGate.settle ({_R}pipeline/admission.py:300) 2",
         f"serve ({_R}api/door.py:92) 5",
         "Thread.run (/usr/lib/python3.11/threading.py:982) 7",
+        # The log flusher asleep between batches is idle; its write is the log stage.
+        f"Thread.run (/usr/lib/python3.11/threading.py:982);BufferedLineHandler._tick ({_R}logging_setup.py:119) 6",
+        (f"Thread.run (/usr/lib/python3.11/threading.py:982);BufferedLineHandler._tick ({_R}logging_setup.py:120);"
+         f"BufferedLineHandler.flush ({_R}logging_setup.py:105) 1"),
     ])  # fmt: skip
     s = stages.attribute(text, stages.NON_STREAM_RULES)
-    assert s.total == 24  # the idle pool thread is left out
+    assert s.total == 25  # the idle pool thread and the sleeping log flusher are left out
     assert s.by_stage == {"admission": 4, "Redis client I/O (every stage's calls)": 3, stages.LOOP: 10, "settle": 2,
-                          "response write": 5}  # fmt: skip
+                          "response write": 5, "log": 1}  # fmt: skip
     stream = stages.attribute(f"serve ({_R}api/door.py:96);feed ({_R}providers/sse.py:40) 3", stages.STREAM_RULES)
     assert stream.by_stage == {"upstream read/parse": 3}
 

@@ -11,6 +11,7 @@ from relay_server.domain.provider import ProviderCall, Usage
 from relay_server.pipeline.steps.usage_estimate import (
     OutputCounter,
     estimate_input_tokens,
+    output_count_needed,
     reconcile,
     worst_case_output_tokens,
 )
@@ -110,3 +111,14 @@ def test_reasoning_tokens_are_not_held_against_the_provider() -> None:
     assert result.source == "provider" and result.usage.completion_tokens == 5_000
     inflated = reconcile(Usage(100, 9_000), 100, 200, reasoning_tokens=4_800, slack=0)
     assert inflated.source == "provider_capped" and inflated.usage.completion_tokens == 5_000
+
+
+def test_the_output_is_counted_only_when_the_guard_can_use_it() -> None:
+    assert output_count_needed(None)  # no report: the count is what is billed
+    assert not output_count_needed(Usage(100, 512), slack=512)  # within the slack whatever the count
+    assert output_count_needed(Usage(100, 513), slack=512)
+    assert not output_count_needed(Usage(100, 5_000), reasoning_tokens=4_800, slack=512)  # 200 visible
+    # Skipping is safe: with a zero count in place of the real one, the guard decides the same.
+    for reported in (Usage(100, 0), Usage(100, 300), Usage(100, 512)):
+        assert not output_count_needed(reported, slack=512)
+        assert reconcile(reported, 100, 0, slack=512) == reconcile(reported, 100, 10_000, slack=512)

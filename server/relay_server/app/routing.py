@@ -83,7 +83,7 @@ async def build_routing(
     )
     planner = CandidatePlanner(
         catalog, directory, credentials, health,
-        OutboundGuard(OutboundWindows(redis) if redis is not None else None), keyring,
+        OutboundGuard(OutboundWindows(redis, wire=wire) if redis is not None else None), keyring,
         policy=RetryPolicy(backoff_s=settings.retry_backoff_s), timeout_s=settings.provider_timeout_s,
         state_reads=wire if redis is not None else None,
     )  # fmt: skip

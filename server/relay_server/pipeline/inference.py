@@ -30,7 +30,13 @@ from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.cache import CacheLookup, ResponseCache, cached_metered
 from relay_server.pipeline.steps.meter import DefaultMarkup, MarkupSource
 from relay_server.pipeline.steps.request_tags import parse_request_tags
-from relay_server.pipeline.steps.usage_estimate import OutputCounter, Reconciled, estimate_input_tokens, reconcile
+from relay_server.pipeline.steps.usage_estimate import (
+    OutputCounter,
+    Reconciled,
+    estimate_input_tokens,
+    output_count_needed,
+    reconcile,
+)
 from relay_server.pipeline.token_count import TokenCount, count_input_tokens
 
 log = logging.getLogger(__name__)
@@ -253,11 +259,13 @@ class InferencePipeline:
             if not admitted.dispatched or not (produced or outcome.status in ("success", "cancelled")):
                 return None
         model = admitted.entry.relay_name
-        if counter.chars > _THREAD_COUNT_CHARS:
-            output = await asyncio.to_thread(counter.tokens, model)
-        else:
-            output = counter.tokens(model)
         policy = self._usage_policy
+        output = 0  # reconcile reads it only when output_count_needed says so
+        if output_count_needed(reported, reasoning_tokens=counter.reasoning_tokens, slack=policy.discrepancy_slack):
+            if counter.chars > _THREAD_COUNT_CHARS:
+                output = await asyncio.to_thread(counter.tokens, model)
+            else:
+                output = counter.tokens(model)
         return reconcile(
             reported,
             admitted.input_tokens,

@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from relay_server.storage.archive import parquet
 from relay_server.storage.archive.files import ArchiveFiles, file_path
 from relay_server.storage.postgres import archive as manifest
 from relay_server.storage.postgres.archive import ARCHIVE_LOCK, Partition, TenantSlice, next_month
@@ -134,6 +133,8 @@ class RequestArchiver:
             getattr(self._metrics, f"archive_{what}").inc(amount)
 
     async def _archive(self, partition: Partition, report: RunReport) -> None:
+        from relay_server.storage.archive import parquet  # noqa: PLC0415  (pyarrow: loaded when a month is due)
+
         if partition.attached:
             async with self._db.system.connection() as conn:
                 parquet.check_columns(await manifest.columns(conn, partition.name))
@@ -173,6 +174,8 @@ class RequestArchiver:
         )
 
     async def _write_verified(self, partition: Partition, slice_: TenantSlice) -> int:
+        from relay_server.storage.archive import parquet  # noqa: PLC0415
+
         path = file_path(partition.month, slice_.tenant_id)
         await asyncio.to_thread(self._files.ensure_dir, path.rsplit("/", 1)[0])
         writer = await asyncio.to_thread(parquet.FileWriter, self._files.filesystem, self._files.full(path))

@@ -24,18 +24,25 @@ import hashlib
 import hmac
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import aiohttp
 import orjson
 from yarl import URL
 
+from relay_server.address_policy import check_host
 from relay_server.storage.postgres.webhooks import Delivery, WebhookStore
-from relay_server.webhook_destinations import GuardedResolver, check_host, refusal_of
+
+if TYPE_CHECKING:
+    import aiohttp
+
+    from relay_server.webhook_destinations import GuardedResolver
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "x-relay-signature"
-_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+_TIMEOUT_S = {"total": 10, "connect": 5}
+# aiohttp (~10 MB resident) is imported when the first delivery is sent, not when a worker
+# starts: most workers of most deployments never send a webhook.
 
 
 def derived_secret(signing_key: str, tenant_id: str) -> str:
@@ -89,10 +96,14 @@ class WebhookDispatcher:
     def _client(self) -> aiohttp.ClientSession:
         # Built on first use: the resolver needs the running loop.
         if self._session is None:
+            import aiohttp  # noqa: PLC0415 (lazy: see _TIMEOUT_S)
+
+            from relay_server.webhook_destinations import GuardedResolver  # noqa: PLC0415
+
             self._resolver = GuardedResolver(allow_private=self._allow_private)
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(resolver=self._resolver),
-                timeout=_TIMEOUT,
+                timeout=aiohttp.ClientTimeout(**_TIMEOUT_S),
                 # A proxy from the environment would resolve the destination itself, past the guard.
                 trust_env=False,
             )
@@ -126,6 +137,10 @@ class WebhookDispatcher:
             "x-relay-delivery-attempt": str(delivery.attempts),
             SIGNATURE_HEADER: sign(secret, int(time.time()), body),
         }
+        import aiohttp  # noqa: PLC0415 (lazy: see _TIMEOUT_S)
+
+        from relay_server.webhook_destinations import refusal_of  # noqa: PLC0415
+
         try:
             # Parsed once, by aiohttp's own URL type, so the host judged is the host dialled.
             url = URL(delivery.url)

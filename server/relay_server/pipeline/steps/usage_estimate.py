@@ -171,6 +171,19 @@ class Reconciled:
     source: str  # provider | estimate | provider_capped
 
 
+def output_count_needed(reported: Usage | None, *, reasoning_tokens: int = 0, slack: int = 512) -> bool:
+    """Whether ``reconcile`` will read the local output count.
+
+    Counting the relayed text is a full tokenizer pass over the answer, so it runs only when its
+    result can matter: the provider reported nothing, or its visible output exceeds ``slack`` (at
+    or below it, no estimate can trigger the guard: the bound is ``estimate × ratio + slack``).
+    """
+    if reported is None:
+        return True
+    completion = reported.completion_tokens
+    return completion - min(reasoning_tokens, completion) > slack
+
+
 def reconcile(
     reported: Usage | None,
     estimated_input: int,

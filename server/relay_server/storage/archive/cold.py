@@ -7,6 +7,10 @@ file is ever opened — and the SQL filters on ``tenant_id`` again.  DuckDB scan
 the files through a pyarrow dataset (local or S3 alike), which receives the
 projection and the WHERE clause (predicate pushdown: row groups whose
 statistics exclude the filter are skipped).
+
+DuckDB and pyarrow (~115 MB resident together) are imported on the first read
+of an archived file, not at import: every worker builds a ``ColdRequests`` at
+start, and a tenant with no archived month never needs them.
 """
 
 from __future__ import annotations
@@ -14,18 +18,17 @@ from __future__ import annotations
 import asyncio
 import threading
 from datetime import datetime, timedelta
-from typing import Any
-
-import duckdb
-import pyarrow as pa
-import pyarrow.dataset as ds
+from typing import TYPE_CHECKING, Any
 
 from relay_server.storage.archive.files import ArchiveFiles, owned_by
-from relay_server.storage.archive.parquet import COLUMNS, SCHEMA, row_from_arrow
 from relay_server.storage.postgres.archive import cold_files
 from relay_server.storage.postgres.pool import Database
 
 _EPSILON = timedelta(microseconds=1)
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
+
 FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment"})
 
 
@@ -39,6 +42,8 @@ class ColdRequests:
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         with self._duck_lock:
             if self._duck is None:
+                import duckdb  # noqa: PLC0415  (lazy: see the module docstring)
+
                 self._duck = duckdb.connect(config={"threads": 1})  # a page read, not a warehouse query
             cursor = self._duck.cursor()
         cursor.execute("SET TimeZone = 'UTC'")
@@ -63,6 +68,8 @@ class ColdRequests:
             end = min(end, after[0] + _EPSILON) if end is not None else after[0] + _EPSILON
         paths = await self.paths(tenant_id, start, end)
         if not paths:
+            from relay_server.storage.archive.parquet import SCHEMA  # noqa: PLC0415
+
             return SCHEMA.empty_table()
         return await asyncio.to_thread(self._query, paths, tenant_id, filters, start, end, after, limit)
 
@@ -70,13 +77,24 @@ class ColdRequests:
         self, tenant_id: str, filters: dict[str, Any], start: datetime | None, end: datetime | None,
         after: tuple[datetime, str] | None, limit: int,
     ) -> list[dict[str, Any]]:  # fmt: skip
-        table = await self.table(tenant_id, filters, start, end, after, limit)
+        if after is not None:  # as in ``table``: nothing newer than the cursor
+            end = min(end, after[0] + _EPSILON) if end is not None else after[0] + _EPSILON
+        paths = await self.paths(tenant_id, start, end)
+        if not paths:  # no archived month in range: pyarrow and DuckDB stay unloaded
+            return []
+        from relay_server.storage.archive.parquet import row_from_arrow  # noqa: PLC0415
+
+        table = await asyncio.to_thread(self._query, paths, tenant_id, filters, start, end, after, limit)
         return [row_from_arrow(r) for r in table.to_pylist()]
 
     def _query(
         self, paths: list[str], tenant_id: str, filters: dict[str, Any], start: datetime | None, end: datetime | None,
         after: tuple[datetime, str] | None, limit: int | None,
     ) -> pa.Table:  # fmt: skip
+        import pyarrow as pa  # noqa: PLC0415
+
+        from relay_server.storage.archive.parquet import COLUMNS, SCHEMA  # noqa: PLC0415
+
         where: list[str] = ["tenant_id = ?"]
         params: list[Any] = [tenant_id]
         for column, value in filters.items():
@@ -119,6 +137,10 @@ class ColdRequests:
             # DuckDB's own Parquet reader: row-group statistics and the filters pushed into the scan.
             return con.sql(sql.format(source="read_parquet(?)"), params=[full, *params]).to_arrow_table()
         # Object storage through pyarrow's filesystem (DuckDB pushes projection and filters into the dataset).
+        import pyarrow.dataset as ds  # noqa: PLC0415
+
+        from relay_server.storage.archive.parquet import SCHEMA  # noqa: PLC0415
+
         con.register("archived", ds.dataset(full, schema=SCHEMA, format="parquet", filesystem=self._files.filesystem))
         try:
             return con.sql(sql.format(source="archived"), params=params).to_arrow_table()

@@ -14,14 +14,25 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import set_json_dumps
 from psycopg_pool import AsyncConnectionPool
 
 from relay_server.storage.postgres.migrate import APP_ROLE
 
 Conn = AsyncConnection[DictRow]
+
+
+def _json_dumps(value: Any) -> bytes:
+    # Every request-log row carries its metadata as jsonb: orjson is ~20x faster than the stdlib
+    # encoder psycopg uses by default.  Non-string keys become strings, as the stdlib does.
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+
+
+set_json_dumps(_json_dumps)  # process-wide: every Json/Jsonb parameter Relay sends
 
 
 def app_dsn_from_owner(owner_dsn: str, password: str | None = None) -> str:
