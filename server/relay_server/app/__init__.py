@@ -55,6 +55,7 @@ from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
@@ -141,7 +142,7 @@ async def build(settings: Settings) -> App:
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
-        cache=conversations.cache, settle_after_response=True,
+        cache=conversations.cache, settle_after_response=True, resolver=ModelResolver(catalog, routing.virtual),
     )  # fmt: skip
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     responses = ResponseStore(db, RetentionSource(tenancy.config.get))
@@ -169,7 +170,7 @@ def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, rou
         return Redis.from_url(settings.redis_url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
 
     sync = CatalogSync(
-        [catalog.load, routing.directory.load], redis=redis, subscriber=subscriber if redis is not None else None
+        [catalog.load, routing.directory.load, routing.virtual.load], redis=redis, subscriber=subscriber if redis is not None else None
     )
     if redis is not None:
         tenancy.runner.add_loop("catalog-sync", sync.run_subscriber)
