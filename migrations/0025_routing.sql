@@ -6,9 +6,10 @@
 ALTER TABLE providers ADD COLUMN region TEXT CHECK (region IS NULL OR region ~ '^[a-z0-9-]{1,32}$');
 ALTER TABLE model_routes ADD COLUMN region TEXT CHECK (region IS NULL OR region ~ '^[a-z0-9-]{1,32}$');
 
--- What a model can do, for lowest-cost routing among targets that support the
--- request's needs (tools, vision, json_schema).  NULL: not declared, assumed capable.
-ALTER TABLE models ADD COLUMN capabilities TEXT[];
+-- With supports_functions and supports_vision, what virtual models check before
+-- sending a request to a target (tools, vision, json_schema response_format).
+ALTER TABLE models ADD COLUMN supports_json_schema BOOLEAN NOT NULL DEFAULT false;
+UPDATE models SET supports_json_schema = true WHERE provider_id = 'openai' AND kind = 'chat';
 
 -- A virtual model ("fast", "smart"): a name that resolves to targets (a catalog
 -- model, optionally pinned to one provider route) with a strategy.  tenant_id

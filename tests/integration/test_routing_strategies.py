@@ -157,8 +157,8 @@ async def test_lowest_cost_picks_the_cheapest_target_that_supports_the_request(r
     for _ in range(10):
         ctx = await rig.send(rig.request())
         assert ctx.route.target == f"{LLAMA}@groq" and ctx.route.reason == "lowest-cost $0.05/$0.08 per 1M"
-    async with database.system_tx() as conn:  # the cheap model declares no json_schema support
-        await conn.execute("UPDATE models SET capabilities = '{tools}' WHERE id = %s", (LLAMA,))
+    async with database.system_tx() as conn:  # the cheap model does not declare json_schema support
+        await conn.execute("UPDATE models SET supports_json_schema = false WHERE id = %s", (LLAMA,))
     await rig.catalog.load()
     schema = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
     ctx = await rig.send(rig.request(response_format=schema))
@@ -168,10 +168,10 @@ async def test_lowest_cost_picks_the_cheapest_target_that_supports_the_request(r
     image = [{"type": "text", "text": "what is it"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]
     vision = rig.request()
     vision.body = {**vision.body, "messages": [{"role": "user", "content": image}]}
-    assert (await rig.send(vision)).route.target == f"{MINI}@openai"  # capabilities NULL: assumed capable
+    assert (await rig.send(vision)).route.target == f"{MINI}@openai"  # the cheap model has no vision
     # Longer than the cheap model's context window: the other one.
     async with database.system_tx() as conn:
-        await conn.execute("UPDATE models SET context_window = 10, capabilities = NULL WHERE id = %s", (LLAMA,))
+        await conn.execute("UPDATE models SET context_window = 10 WHERE id = %s", (LLAMA,))
     await rig.catalog.load()
     long = rig.request()
     long.body = {**long.body, "messages": [{"role": "user", "content": "word " * 200}]}
@@ -182,7 +182,7 @@ async def test_lowest_cost_picks_the_cheapest_target_that_supports_the_request(r
 async def test_lowest_cost_with_no_capable_target_is_a_clear_400(rig: Rig, database: Database) -> None:
     rig.alias("lowest-cost", Target(LLAMA))
     async with database.system_tx() as conn:
-        await conn.execute("UPDATE models SET capabilities = '{}' WHERE id = %s", (LLAMA,))
+        await conn.execute("UPDATE models SET supports_functions = false WHERE id = %s", (LLAMA,))
     await rig.catalog.load()
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
     with pytest.raises(RelayError) as info:

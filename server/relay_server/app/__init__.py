@@ -33,6 +33,7 @@ from relay_proto.relay.v1 import (
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_registry import admin_authenticator, register_admin_services
+from relay_server.api.admin_routing import register_routing_service
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.anthropic_service import AnthropicServicer
 from relay_server.api.health_service import register_health_service
@@ -50,6 +51,7 @@ from relay_server.app.routing import Routing, build_routing
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
@@ -216,6 +218,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     ]
     if app.responses is not None:
         names.append(_service_name(responses_pb2, "ResponsesService"))
+    names.append(register_routing_service(server, admin_authenticator(app), RoutingAdmin(app.db, app.catalog_sync)))
     names.extend(register_admin_services(server, app))
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))
