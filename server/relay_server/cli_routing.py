@@ -15,7 +15,6 @@ import json
 import sys
 from typing import Any
 
-from relay_server.cli_admin import _report, _table
 from relay_server.settings import Settings
 
 STRATEGIES = ("priority", "weighted", "lowest-latency", "lowest-cost")
@@ -94,12 +93,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 response = stub.UpsertBudgetRoute(pb.UpsertBudgetRouteRequest(budget_route=rule), metadata=metadata, timeout=30)
                 rows = [_rule_row(response.budget_route)]
             elif a == "budget-delete":
-                request = pb.DeleteBudgetRouteRequest(alias=args.alias, tenant_id=args.tenant, key_id=args.key)
-                response = stub.DeleteBudgetRoute(request, metadata=metadata, timeout=30)
+                delete = pb.DeleteBudgetRouteRequest(alias=args.alias, tenant_id=args.tenant, key_id=args.key)
+                response = stub.DeleteBudgetRoute(delete, metadata=metadata, timeout=30)
                 rows = []
             else:
-                request = pb.SetProviderRegionRequest(provider_id=args.provider_id, region=args.region)
-                response = stub.SetProviderRegion(request, metadata=metadata, timeout=30)
+                region = pb.SetProviderRegionRequest(provider_id=args.provider_id, region=args.region)
+                response = stub.SetProviderRegion(region, metadata=metadata, timeout=30)
                 rows = [[response.provider_id, response.region or "-"]]
         except grpc.RpcError as exc:
             return _report(exc, args.json)
@@ -125,3 +124,15 @@ def _vm_row(v: Any) -> list[str]:
 
 def _rule_row(r: Any) -> list[str]:
     return [r.alias, r.key_id or "(tenant)", f"{r.threshold_percent}%", r.route_to]
+
+
+def _report(exc: Any, as_json: bool) -> int:
+    body = dict(exc.trailing_metadata() or ()).get("x-relay-error")
+    print(body if as_json and body else f"error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    return 1
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    for line in [headers, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

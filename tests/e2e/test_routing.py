@@ -7,7 +7,10 @@ and the Anthropic doors say which target answered and why (`x-relay-route`,
 from __future__ import annotations
 
 import base64
+import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,3 +240,27 @@ def test_bad_virtual_models_are_refused(routed: Routed) -> None:
     # An inference key is no admin credential.
     with rest(routed.stack, routed.key) as as_tenant:
         assert as_tenant.put("/v1/routing/virtual-models/x", json={"targets": [{"model": MINI}]}).status_code in (401, 403)
+
+
+def _relay(stack: RelayStack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "RELAY_GRPC_ADDR": stack.grpc_addr, "RELAY_ADMIN_TOKEN": stack.admin_token}
+    return subprocess.run([sys.executable, "-m", "relay_server", *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_cli_manages_virtual_models_and_budget_routes(routed: Routed) -> None:
+    made = _relay(routed.stack, "routing", "vm-set", "cli-fast", "--strategy", "weighted",
+                  "--target", f"{MINI}:3", "--target", f"{LLAMA}@groq:1", "--fallback", MINI)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert "cli-fast" in made.stdout and f"{LLAMA}@groq:1" in made.stdout and "weighted" in made.stdout
+    listed = json.loads(_relay(routed.stack, "routing", "vm-list", "--json").stdout)
+    assert "cli-fast" in [v["name"] for v in listed["virtual_models"]]
+    raw = routed.openai().chat.completions.with_raw_response.create(model="cli-fast", messages=MESSAGES)
+    assert raw.headers["x-relay-route-reason"].startswith("weighted ")
+    rule = _relay(routed.stack, "routing", "budget-set", "cli-fast", "--tenant", "ten_demo", "--route-to", MINI, "--threshold", "99.5")
+    assert rule.returncode == 0 and "99.5%" in rule.stdout, rule.stderr
+    refused = _relay(routed.stack, "routing", "budget-set", "cli-fast", "--tenant", "ten_demo", "--route-to", MINI, "--threshold", "101")
+    assert refused.returncode == 1 and "INVALID_ARGUMENT" in refused.stderr
+    assert _relay(routed.stack, "routing", "budget-delete", "cli-fast", "--tenant", "ten_demo").returncode == 0
+    assert _relay(routed.stack, "routing", "vm-delete", "cli-fast").returncode == 0
+    assert _relay(routed.stack, "routing", "region-set", "mistral", "eu-central").stdout.split() == [
+        "PROVIDER", "REGION", "mistral", "eu-central"]  # fmt: skip
