@@ -323,40 +323,40 @@ class CandidatePlanner:
             by_provider.setdefault(cred.provider_id, []).append(cred)
         regions = ctx.principal.allowed_regions
         plain_routes = {m.model_id: self._directory.routes_for(m.model_id) for m in plain}
-        provider_ids = list(dict.fromkeys(
-            [o.route.provider_id for o in options if o.route.provider_id in by_provider]
-            + [r.provider_id for rs in plain_routes.values() for r in rs if r.provider_id in by_provider]
-        ))  # fmt: skip
-        pairs = self._targets.latency_pairs(vm, options) if vm is not None else []
-        available, usage, latency = await self._read_state(
-            provider_ids, {pid: [c.id for c in by_provider[pid]] for pid in provider_ids}, pairs
-        )
         if vm is not None:
-            # Fallback groups may name providers not read above: they are read as closed (their gate
-            # still checks the circuit atomically when reached).
-            groups = self._targets.groups(ctx, vm, options, latency, tokens)
-            groups += [
+            # Fallbacks (the virtual model's, then the header's) do not depend on the strategy: known
+            # before the state read, so their providers' circuits are read with the others.
+            tail = self._targets.fallbacks(ctx, vm, tokens) + [
                 Group(m, tuple(r for r in self._directory.routes_for(m.model_id) if in_region(r, regions)), FALLBACK_HEADER)
                 for m in self._models(ctx, entry)[1:]
             ]
         else:
-            groups = [
-                Group(m, tuple(r for r in plain_routes[m.model_id] if in_region(r, regions)), "" if m is entry else "fallback model")
+            tail = [
+                Group(m, tuple(r for r in plain_routes[m.model_id] if in_region(r, regions)), "" if m is entry else FALLBACK_HEADER)
                 for m in plain
             ]
+        provider_ids = list(dict.fromkeys(
+            [o.route.provider_id for o in options] + [r.provider_id for g in tail for r in g.routes]
+        ))  # fmt: skip
+        provider_ids = [pid for pid in provider_ids if pid in by_provider]
+        pairs = self._targets.latency_pairs(vm, options) if vm is not None else []
+        available, usage, latency = await self._read_state(
+            provider_ids, {pid: [c.id for c in by_provider[pid]] for pid in provider_ids}, pairs
+        )
+        groups = (self._targets.ranked(ctx, vm, options, latency) if vm is not None else []) + tail
         state = _RequestState()
         attempts: list[Attempt] = []
         for group in groups:
-            routes = [r for r in group.routes if r.provider_id in by_provider and available.get(r.provider_id) != "open"]
+            routes = [r for r in group.routes if r.provider_id in by_provider and available[r.provider_id] != "open"]
             for byok in (True, False):
                 for route in routes:
                     keys = [c for c in by_provider[route.provider_id] if c.byok == byok]
                     attempts.extend(
-                        self._attempt(ctx, group, route, cred, available.get(route.provider_id, "closed"), state, tokens)
+                        self._attempt(ctx, group, route, cred, available[route.provider_id], state, tokens)
                         for cred in self._order(keys, usage.get(route.provider_id, {}), tokens)
                     )
         if not attempts:
-            if regions and vm is None and any(plain_routes.values()) and not any(g.routes for g in groups):
+            if regions and vm is None and any(plain_routes.values()) and not any(g.routes for g in tail):
                 raise outside_regions(entry.relay_name, regions)
             name = vm.name if vm is not None else entry.relay_name
             raise RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, f"No provider is available to serve `{name}` right now.")

@@ -123,18 +123,17 @@ class TargetPlanner:
     def latency_pairs(self, vm: VirtualModel, options: Sequence[Option]) -> list[tuple[str, str]]:
         return [o.pair for o in options] if vm.strategy == "lowest-latency" else []
 
-    def groups(
-        self, ctx: RequestContext, vm: VirtualModel, options: Sequence[Option],
-        latency: Mapping[tuple[str, str], RouteEwma], tokens: int,
+    def ranked(
+        self, ctx: RequestContext, vm: VirtualModel, options: Sequence[Option], latency: Mapping[tuple[str, str], RouteEwma]
     ) -> list[Group]:
+        """The options as the strategy orders them: the first for its reason, the rest as failover."""
         ranked = self._strategies[vm.strategy].rank(vm, options, Signals(stream=ctx.stream, latency=latency))
         first = ranked.options[0]
         out = [Group(first.entry, (first.route,), ranked.reason)]
         out.extend(Group(o.entry, (o.route,), f"failover from {first.label} ({vm.strategy})") for o in ranked.options[1:])
-        out.extend(self._fallbacks(ctx, vm, tokens))
         return out
 
-    def _fallbacks(self, ctx: RequestContext, vm: VirtualModel, tokens: int) -> list[Group]:
+    def fallbacks(self, ctx: RequestContext, vm: VirtualModel, tokens: int) -> list[Group]:
         """The fallback chain: each name a virtual model (its targets in order) or a catalog model."""
         assert ctx.principal is not None
         out: list[Group] = []
