@@ -42,8 +42,11 @@ CREATE TABLE budget_routes (
 );
 CREATE UNIQUE INDEX idx_budget_routes_scope ON budget_routes (tenant_id, COALESCE(key_id, ''), alias);
 
--- Read by the workers through the owner pool (like the catalog); tenants never query them directly.
+-- Read by the workers through the owner pool (like the catalog: global virtual models have no
+-- tenant); a tenant-scoped connection sees and writes only its own rows.
+SELECT relay_enable_tenant_rls('virtual_models');
 SELECT relay_enable_tenant_rls('budget_routes');
+GRANT SELECT, INSERT, UPDATE, DELETE ON virtual_models, budget_routes TO relay_app;
 
 -- What the request log says about the route: the virtual model asked for, the
 -- target that answered (model@provider) and why it was chosen.
