@@ -55,6 +55,9 @@ SCENARIOS = (
         },
         stream=True,
     ),
+    # The same request through a virtual model (bench/seed.py: `bench-fast`, lowest-latency, one target):
+    # beside `chat`, the routing cost of an alias against a plain model.
+    Scenario("chat-alias", "/chat/completions", {"model": "bench-fast", "messages": _MESSAGES, "max_tokens": 64}),
     Scenario(
         "embeddings",
         "/embeddings",

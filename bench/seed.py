@@ -76,6 +76,13 @@ def seed(owner_dsn: str, mock_base_url: str, master_key: str) -> Seeded:
             )  # fmt: skip
         # Every OpenAI-wire provider goes to the mock; only `openai` gets a key.
         conn.execute("UPDATE providers SET base_url = %s WHERE id = 'openai'", (mock_base_url,))
+        # The `chat-alias` scenario's virtual model (docs/routing.md): the heaviest strategy's path
+        # (latency EWMAs read with the plan's Redis reads), one target so the mock sees the same requests.
+        conn.execute(
+            """INSERT INTO virtual_models (id, tenant_id, name, strategy, targets)
+               VALUES ('vm_bench', NULL, 'bench-fast', 'lowest-latency', '[{"model": "gpt-4o-mini"}]')
+               ON CONFLICT DO NOTHING"""
+        )
     seeded = Seeded(live.secret, test.secret, "placeholder")
     try:
         asyncio.run(_seal_credential(owner_dsn, master_key, mock_base_url))

@@ -93,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_admin  # noqa: PLC0415
 
     cli_admin.register(sub)  # relay tenants … / relay keys …
+    from relay_server import cli_routing  # noqa: PLC0415
+
+    cli_routing.register(sub)  # relay routing …
     from relay_server import cli_requests  # noqa: PLC0415
 
     cli_requests.register(sub)  # relay requests export …
@@ -123,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_apply.run(args, settings)
     if args.command == "requests":
         return cli_requests.run(args, settings)
+    if args.command == "routing":
+        return cli_routing.run(args, settings)
     return _seed_demo(args, settings)
 
 

@@ -133,6 +133,8 @@ class FakeServer:
     def __init__(self) -> None:
         self.requests: list[RecordedRequest] = []
         self.faults: deque[Fault] = deque()
+        self.steady = Fault()
+        """The fault of every request without one of its own (e.g. a steady latency: ``Fault(delay_s=0.05)``)."""
         self.replies: deque[Reply] = deque()
         self.default_reply = Reply()
         self.valid_keys: set[str] | None = None
@@ -207,7 +209,7 @@ class FakeServer:
             match = _MARKER.search(text)
             if match:
                 return parse_fault(match.group(1))
-        return Fault()
+        return self.steady
 
     def next_reply(self) -> Reply:
         return self.replies.popleft() if self.replies else self.default_reply

@@ -105,8 +105,8 @@ async def test_plan_time_reads_with_redis_down_use_this_workers_circuits_and_no_
     try:
         await health.record("openai", "failure", 10)
         await health.record("openai", "failure", 10)
-        available, usage = await planner._read_state(["openai", "anthropic"], {"openai": ["c1"], "anthropic": ["c2"]})
-        assert available == {"openai": "open", "anthropic": "closed"} and usage == {}
+        available, usage, latency = await planner._read_state(["openai", "anthropic"], {"openai": ["c1"], "anthropic": ["c2"]}, [])
+        assert available == {"openai": "open", "anthropic": "closed"} and usage == {} and latency == {}
     finally:
         await dead.aclose()
 

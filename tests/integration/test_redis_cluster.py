@@ -44,6 +44,7 @@ from relay_server.storage.redis.limits import (
     window_key,
 )
 from relay_server.storage.redis.outbound import OutboundWindows, Taken, window_keys
+from relay_server.storage.redis.route_latency import RedisRouteLatency, ewma_key
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 from relay_server.storage.redis.subscriber import listen_forever
 from relay_server.storage.redis.wire import RedisWire
@@ -164,6 +165,14 @@ async def test_every_lua_script_runs_on_the_cluster(
     replies = await wire.batch([*circuit_commands, *commands])
     assert {s.state for s in read_circuits(replies[:3]).values()} == {"open"}
     assert read(replies[3:])["anthropic"]["c1"].requests == 1
+
+    latency = RedisRouteLatency(client)  # one call records samples of many routes
+    samples = [("m1", "openai", 100, 400, now_ms), ("m2", "anthropic", 50, 200, now_ms), ("m3", "p3", 9, 90, now_ms)]
+    assert len({key_slot(ewma_key(m, p).encode()) for m, p, *_ in samples}) == 1
+    await latency.record(samples)
+    measured = await latency.read([("m1", "openai"), ("m2", "anthropic"), ("m3", "p3")])
+    assert measured[("m1", "openai")].samples == 1 and measured[("m2", "anthropic")].ttft_ms == 50
+    ran.add("route_ewma.lua")
 
     await fill(client, tenant_key(tenants[0], "auth", "h"), None, b"v", 60)  # the compare-and-set EVAL
     assert await client.get(tenant_key(tenants[0], "auth", "h")) == b"v"

@@ -99,6 +99,10 @@ ROWS: dict[str, RowFn] = {
         "id": f"wh_{t}_{n}", "tenant_id": t, "event_id": f"ev_{t}_{n}", "event_type": "x", "url": "https://h.test/",
         "payload": Jsonb({}),
     },
+    "virtual_models": lambda t, n: {
+        "id": f"vm_{t}_{n}", "tenant_id": t, "name": f"fast{n}", "strategy": "priority", "targets": Jsonb([]),
+    },
+    "budget_routes": lambda t, n: {"id": f"br_{t}_{n}", "tenant_id": t, "alias": f"a{n}", "route_to": "b", "threshold_bp": 9000},
     "threads": lambda t, n: {"id": f"thr_{t}_{n}", "tenant_id": t, "end_user_id": "eu1", "api_key_id": f"key_{t}_0"},
     "thread_messages": lambda t, n: {
         "id": f"msg_{t}_{n}", "tenant_id": t, "thread_id": f"thr_{t}_0", "seq": n + 1, "role": "user",

@@ -24,6 +24,7 @@ from relay_server.errors import RelayError
 from relay_server.ids import new_id
 from relay_server.pipeline.inference import Admitted, InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.routing.route import Router
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.providers.testmode import TestModeProvider
@@ -131,7 +132,7 @@ class Harness:
 
 async def build_harness(
     db: Database, redis: Redis | None, settings: Settings, *, provider: Provider | None = None,
-    settle_after_response: bool = False,
+    settle_after_response: bool = False, resolver: ModelResolver | None = None,
 ) -> Harness:
     catalog = Catalog(PostgresCatalogStore(db))
     await catalog.load()
@@ -146,6 +147,7 @@ async def build_harness(
         markups=metering.tenant_config,
         usage_policy=metering.usage_policy,
         settle_after_response=settle_after_response,
+        resolver=resolver,
     )
     await metering.start()
     return Harness(pipeline, metering, db, wire)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 from relay_server.api import door
 from relay_server.api.openai_service import OpenAISSE
+from relay_server.domain.routing import RouteNote
 
 
 class _Session:
@@ -41,7 +42,7 @@ class _Pipeline:
         self._session = session
 
     async def admit(self, kind, body, metadata, request_id, **_):  # noqa: ANN001, ANN201
-        return SimpleNamespace(ctx=SimpleNamespace(stream=True), headers={}, cache=None)
+        return SimpleNamespace(ctx=SimpleNamespace(stream=True, route=RouteNote("fast", "m@p", "priority")), headers={}, cache=None)
 
     def session(self, admitted):  # noqa: ANN001, ANN201
         return self._session

@@ -12,6 +12,7 @@ import relay_proto.relay.admin.v1.api_keys_pb2 as relay_admin_v1_api_keys_pb2
 import relay_proto.relay.admin.v1.audit_pb2 as relay_admin_v1_audit_pb2
 import relay_proto.relay.admin.v1.catalog_pb2 as relay_admin_v1_catalog_pb2
 import relay_proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_pb2
+import relay_proto.relay.admin.v1.routing_pb2 as relay_admin_v1_routing_pb2
 import relay_proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
 import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
 import relay_proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
@@ -111,6 +112,48 @@ _PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL = MethodSpec(
     "/relay.admin.v1.ProviderCredentialService/DisableProviderCredential",
     relay_admin_v1_credentials_pb2.DisableProviderCredentialRequest,
     relay_admin_v1_credentials_pb2.DisableProviderCredentialResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__LIST_VIRTUAL_MODELS = MethodSpec(
+    "/relay.admin.v1.RoutingService/ListVirtualModels",
+    relay_admin_v1_routing_pb2.ListVirtualModelsRequest,
+    relay_admin_v1_routing_pb2.ListVirtualModelsResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__UPSERT_VIRTUAL_MODEL = MethodSpec(
+    "/relay.admin.v1.RoutingService/UpsertVirtualModel",
+    relay_admin_v1_routing_pb2.UpsertVirtualModelRequest,
+    relay_admin_v1_routing_pb2.UpsertVirtualModelResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__DELETE_VIRTUAL_MODEL = MethodSpec(
+    "/relay.admin.v1.RoutingService/DeleteVirtualModel",
+    relay_admin_v1_routing_pb2.DeleteVirtualModelRequest,
+    relay_admin_v1_routing_pb2.DeleteVirtualModelResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__LIST_BUDGET_ROUTES = MethodSpec(
+    "/relay.admin.v1.RoutingService/ListBudgetRoutes",
+    relay_admin_v1_routing_pb2.ListBudgetRoutesRequest,
+    relay_admin_v1_routing_pb2.ListBudgetRoutesResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__UPSERT_BUDGET_ROUTE = MethodSpec(
+    "/relay.admin.v1.RoutingService/UpsertBudgetRoute",
+    relay_admin_v1_routing_pb2.UpsertBudgetRouteRequest,
+    relay_admin_v1_routing_pb2.UpsertBudgetRouteResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__DELETE_BUDGET_ROUTE = MethodSpec(
+    "/relay.admin.v1.RoutingService/DeleteBudgetRoute",
+    relay_admin_v1_routing_pb2.DeleteBudgetRouteRequest,
+    relay_admin_v1_routing_pb2.DeleteBudgetRouteResponse,
+    admin=True,
+)
+_ROUTING_SERVICE__SET_PROVIDER_REGION = MethodSpec(
+    "/relay.admin.v1.RoutingService/SetProviderRegion",
+    relay_admin_v1_routing_pb2.SetProviderRegionRequest,
+    relay_admin_v1_routing_pb2.SetProviderRegionResponse,
     admin=True,
 )
 _TENANT_SERVICE__CREATE_TENANT = MethodSpec(
@@ -634,6 +677,131 @@ class ProviderCredentialServiceClient:
         Unary ``/relay.admin.v1.ProviderCredentialService/DisableProviderCredential``.
         """
         return self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
+
+
+class RoutingServiceClient:
+    """Sync client of ``relay.admin.v1.RoutingService``.
+
+    Smarter routing (docs/routing.md): virtual models, budget routes and
+    provider regions.  Every change is audited and applies on every worker at
+    once (no restart).  A tenant's own virtual models and budget routes need the
+    `settings` permissions of that tenant; global virtual models and provider
+    regions need the platform operator token.
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def list_virtual_models(
+        self,
+        request: relay_admin_v1_routing_pb2.ListVirtualModelsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.ListVirtualModelsResponse:
+        """List the virtual models a tenant sees: the global ones and its own (a
+        tenant's own wins over a global one of the same name).  Platform operators
+        without a tenant_id list the global ones.
+
+        Unary ``/relay.admin.v1.RoutingService/ListVirtualModels``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__LIST_VIRTUAL_MODELS, request, fields, timeout, extra_metadata)
+
+    def upsert_virtual_model(
+        self,
+        request: relay_admin_v1_routing_pb2.UpsertVirtualModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.UpsertVirtualModelResponse:
+        """Create or replace a virtual model: a name that resolves to targets with a
+        strategy, and a fallback chain.
+
+        Unary ``/relay.admin.v1.RoutingService/UpsertVirtualModel``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__UPSERT_VIRTUAL_MODEL, request, fields, timeout, extra_metadata)
+
+    def delete_virtual_model(
+        self,
+        request: relay_admin_v1_routing_pb2.DeleteVirtualModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.DeleteVirtualModelResponse:
+        """Delete a virtual model.
+
+        Unary ``/relay.admin.v1.RoutingService/DeleteVirtualModel``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__DELETE_VIRTUAL_MODEL, request, fields, timeout, extra_metadata)
+
+    def list_budget_routes(
+        self,
+        request: relay_admin_v1_routing_pb2.ListBudgetRoutesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.ListBudgetRoutesResponse:
+        """List a tenant's budget routes.
+
+        Unary ``/relay.admin.v1.RoutingService/ListBudgetRoutes``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__LIST_BUDGET_ROUTES, request, fields, timeout, extra_metadata)
+
+    def upsert_budget_route(
+        self,
+        request: relay_admin_v1_routing_pb2.UpsertBudgetRouteRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.UpsertBudgetRouteResponse:
+        """Create or replace a budget route: at or above threshold_percent of the
+        spend cap (the key's cap when key_id is set, else the tenant's), requests
+        for alias are served by route_to.
+
+        Unary ``/relay.admin.v1.RoutingService/UpsertBudgetRoute``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__UPSERT_BUDGET_ROUTE, request, fields, timeout, extra_metadata)
+
+    def delete_budget_route(
+        self,
+        request: relay_admin_v1_routing_pb2.DeleteBudgetRouteRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.DeleteBudgetRouteResponse:
+        """Delete a budget route.
+
+        Unary ``/relay.admin.v1.RoutingService/DeleteBudgetRoute``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__DELETE_BUDGET_ROUTE, request, fields, timeout, extra_metadata)
+
+    def set_provider_region(
+        self,
+        request: relay_admin_v1_routing_pb2.SetProviderRegionRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.SetProviderRegionResponse:
+        """Set the region a provider processes data in (data residency; platform
+        operators only).  Empty: no declared region (restricted tenants never reach it).
+
+        Unary ``/relay.admin.v1.RoutingService/SetProviderRegion``.
+        """
+        return self._invoker.unary(_ROUTING_SERVICE__SET_PROVIDER_REGION, request, fields, timeout, extra_metadata)
 
 
 class TenantServiceClient:
@@ -1607,6 +1775,131 @@ class AsyncProviderCredentialServiceClient:
         return await self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
 
 
+class AsyncRoutingServiceClient:
+    """Async (grpc.aio) client of ``relay.admin.v1.RoutingService``.
+
+    Smarter routing (docs/routing.md): virtual models, budget routes and
+    provider regions.  Every change is audited and applies on every worker at
+    once (no restart).  A tenant's own virtual models and budget routes need the
+    `settings` permissions of that tenant; global virtual models and provider
+    regions need the platform operator token.
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def list_virtual_models(
+        self,
+        request: relay_admin_v1_routing_pb2.ListVirtualModelsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.ListVirtualModelsResponse:
+        """List the virtual models a tenant sees: the global ones and its own (a
+        tenant's own wins over a global one of the same name).  Platform operators
+        without a tenant_id list the global ones.
+
+        Unary ``/relay.admin.v1.RoutingService/ListVirtualModels``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__LIST_VIRTUAL_MODELS, request, fields, timeout, extra_metadata)
+
+    async def upsert_virtual_model(
+        self,
+        request: relay_admin_v1_routing_pb2.UpsertVirtualModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.UpsertVirtualModelResponse:
+        """Create or replace a virtual model: a name that resolves to targets with a
+        strategy, and a fallback chain.
+
+        Unary ``/relay.admin.v1.RoutingService/UpsertVirtualModel``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__UPSERT_VIRTUAL_MODEL, request, fields, timeout, extra_metadata)
+
+    async def delete_virtual_model(
+        self,
+        request: relay_admin_v1_routing_pb2.DeleteVirtualModelRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.DeleteVirtualModelResponse:
+        """Delete a virtual model.
+
+        Unary ``/relay.admin.v1.RoutingService/DeleteVirtualModel``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__DELETE_VIRTUAL_MODEL, request, fields, timeout, extra_metadata)
+
+    async def list_budget_routes(
+        self,
+        request: relay_admin_v1_routing_pb2.ListBudgetRoutesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.ListBudgetRoutesResponse:
+        """List a tenant's budget routes.
+
+        Unary ``/relay.admin.v1.RoutingService/ListBudgetRoutes``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__LIST_BUDGET_ROUTES, request, fields, timeout, extra_metadata)
+
+    async def upsert_budget_route(
+        self,
+        request: relay_admin_v1_routing_pb2.UpsertBudgetRouteRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.UpsertBudgetRouteResponse:
+        """Create or replace a budget route: at or above threshold_percent of the
+        spend cap (the key's cap when key_id is set, else the tenant's), requests
+        for alias are served by route_to.
+
+        Unary ``/relay.admin.v1.RoutingService/UpsertBudgetRoute``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__UPSERT_BUDGET_ROUTE, request, fields, timeout, extra_metadata)
+
+    async def delete_budget_route(
+        self,
+        request: relay_admin_v1_routing_pb2.DeleteBudgetRouteRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.DeleteBudgetRouteResponse:
+        """Delete a budget route.
+
+        Unary ``/relay.admin.v1.RoutingService/DeleteBudgetRoute``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__DELETE_BUDGET_ROUTE, request, fields, timeout, extra_metadata)
+
+    async def set_provider_region(
+        self,
+        request: relay_admin_v1_routing_pb2.SetProviderRegionRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_routing_pb2.SetProviderRegionResponse:
+        """Set the region a provider processes data in (data residency; platform
+        operators only).  Empty: no declared region (restricted tenants never reach it).
+
+        Unary ``/relay.admin.v1.RoutingService/SetProviderRegion``.
+        """
+        return await self._invoker.unary(_ROUTING_SERVICE__SET_PROVIDER_REGION, request, fields, timeout, extra_metadata)
+
+
 class AsyncTenantServiceClient:
     """Async (grpc.aio) client of ``relay.admin.v1.TenantService``.
 
@@ -2262,6 +2555,7 @@ class SyncServices:
     audit_log: AuditLogServiceClient
     model_catalog: ModelCatalogServiceClient
     provider_credentials: ProviderCredentialServiceClient
+    routing: RoutingServiceClient
     tenants: TenantServiceClient
     usage: UsageServiceClient
     health: HealthServiceClient
@@ -2274,6 +2568,7 @@ class SyncServices:
         self.audit_log = AuditLogServiceClient(invoker)
         self.model_catalog = ModelCatalogServiceClient(invoker)
         self.provider_credentials = ProviderCredentialServiceClient(invoker)
+        self.routing = RoutingServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
         self.health = HealthServiceClient(invoker)
@@ -2289,6 +2584,7 @@ class AsyncServices:
     audit_log: AsyncAuditLogServiceClient
     model_catalog: AsyncModelCatalogServiceClient
     provider_credentials: AsyncProviderCredentialServiceClient
+    routing: AsyncRoutingServiceClient
     tenants: AsyncTenantServiceClient
     usage: AsyncUsageServiceClient
     health: AsyncHealthServiceClient
@@ -2301,6 +2597,7 @@ class AsyncServices:
         self.audit_log = AsyncAuditLogServiceClient(invoker)
         self.model_catalog = AsyncModelCatalogServiceClient(invoker)
         self.provider_credentials = AsyncProviderCredentialServiceClient(invoker)
+        self.routing = AsyncRoutingServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
         self.health = AsyncHealthServiceClient(invoker)
@@ -2315,6 +2612,7 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.AuditLogService": "audit_log",
     "relay.admin.v1.ModelCatalogService": "model_catalog",
     "relay.admin.v1.ProviderCredentialService": "provider_credentials",
+    "relay.admin.v1.RoutingService": "routing",
     "relay.admin.v1.TenantService": "tenants",
     "relay.admin.v1.UsageService": "usage",
     "relay.v1.HealthService": "health",

@@ -35,10 +35,12 @@ def model_message(record: ModelRecord) -> catalog_pb2.CatalogModel:
         supports_streaming=record.supports_streaming,
         supports_functions=record.supports_functions,
         supports_vision=record.supports_vision,
+        supports_json_schema=record.supports_json_schema,
         status=record.status,
         aliases=list(record.aliases),
         routes=[
-            catalog_pb2.ModelRoute(provider_id=r.provider_id, provider_name=r.provider_name, priority=r.priority or 0, status=r.status)
+            catalog_pb2.ModelRoute(provider_id=r.provider_id, provider_name=r.provider_name, priority=r.priority or 0,
+                                   status=r.status, region=r.region or "")
             for r in record.routes
         ],
         cache_read_cost_per_1m=_price(record.cache_read_cost_per_1m),
@@ -53,6 +55,7 @@ def provider_message(state: ProviderState) -> catalog_pb2.Provider:
         id=row.id, name=row.name, api=row.api, base_url=row.base_url, status=row.status, priority=row.priority,
         circuit_state=state.circuit, consecutive_failures=state.failures,
         recent_requests=window.attempts, recent_failures=window.errors, recent_p95_ms=window.p95_ms or 0,
+        region=row.region or "",
     )  # fmt: skip
 
 
@@ -76,11 +79,12 @@ def draft(model: catalog_pb2.CatalogModel) -> ModelDraft:
             "supports_streaming": model.supports_streaming,
             "supports_functions": model.supports_functions,
             "supports_vision": model.supports_vision,
+            "supports_json_schema": model.supports_json_schema,
             "status": model.status.strip() or "active",
             "aliases": tuple(a.strip() for a in model.aliases),
             "routes": tuple(
                 RouteSpec(r.provider_id.strip(), r.provider_name.strip() or model.provider_name.strip() or model.relay_name,
-                          r.priority or None, r.status.strip() or "active")
+                          r.priority or None, r.status.strip() or "active", r.region.strip() or None)
                 for r in model.routes
             ),
         },

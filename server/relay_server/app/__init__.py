@@ -33,6 +33,7 @@ from relay_proto.relay.v1 import (
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
 from relay_server.api.admin_registry import admin_authenticator, register_admin_services
+from relay_server.api.admin_routing import register_routing_service
 from relay_server.api.admin_usage import register_usage_service
 from relay_server.api.anthropic_service import AnthropicServicer
 from relay_server.api.health_service import register_health_service
@@ -51,11 +52,13 @@ from relay_server.app.silos import build_data_plane
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
     SWEEP_INTERVAL_S,
@@ -150,7 +153,7 @@ async def build(settings: Settings) -> App:
     pipeline = InferencePipeline(
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
-        cache=conversations.cache, settle_after_response=True,
+        cache=conversations.cache, settle_after_response=True, resolver=ModelResolver(catalog, routing.virtual),
     )  # fmt: skip
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     responses = ResponseStore(db, RetentionSource(tenancy.config.get))
@@ -179,7 +182,7 @@ def _catalog_sync(settings: Settings, redis: Redis | None, catalog: Catalog, rou
         return create_subscriber(settings.redis_url)
 
     sync = CatalogSync(
-        [catalog.load, routing.directory.load], redis=redis, subscriber=subscriber if redis is not None else None
+        [catalog.load, routing.directory.load, routing.virtual.load], redis=redis, subscriber=subscriber if redis is not None else None
     )
     if redis is not None:
         tenancy.runner.add_loop("catalog-sync", sync.run_subscriber)
@@ -225,6 +228,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     ]
     if app.responses is not None:
         names.append(_service_name(responses_pb2, "ResponsesService"))
+    names.append(register_routing_service(server, admin_authenticator(app), RoutingAdmin(app.db, app.catalog_sync)))
     names.extend(register_admin_services(server, app))
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))

@@ -20,16 +20,20 @@ from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundG
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import CircuitPolicy, HealthTracker
+from relay_server.pipeline.routing.latency import RouteLatency
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.pipeline.routing.route import RetryPolicy, Router
+from relay_server.pipeline.routing.virtual_models import VirtualModels
 from relay_server.providers.testmode import TestModeProvider
 from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_http
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.providers import PostgresProviderStore
+from relay_server.storage.postgres.virtual_models import PostgresVirtualModelStore
 from relay_server.storage.redis.health import RedisHealthStore
 from relay_server.storage.redis.outbound import OutboundWindows
+from relay_server.storage.redis.route_latency import RedisRouteLatency
 from relay_server.storage.redis.wire import Wire
 from relay_server.tenancy.vault import CredentialVault
 from relay_server.workers.credential_rotation import rotate_in_background
@@ -47,9 +51,13 @@ class Routing:
     health: HealthTracker
     monitor: HealthMonitor
     keyring: Keyring | None
+    virtual: VirtualModels
+    latency: RouteLatency
 
     async def stop(self) -> None:
         await self.health.close()  # the attempt samples still buffered
+        await self.latency.close()
+        await self.virtual.stop()
         await self.directory.stop()
         await self.client.close()
 
@@ -75,6 +83,10 @@ async def build_routing(
         await client.close()
         raise
     directory.start()
+    virtual = VirtualModels(PostgresVirtualModelStore(db))
+    await virtual.load()
+    virtual.start()
+    latency = RouteLatency(RedisRouteLatency(redis) if redis is not None else None)
     source = PostgresCredentialSource(db)
     credentials = CredentialCache(source.routable, ttl_s=settings.credential_cache_ttl_s)
     health = HealthTracker(
@@ -85,7 +97,7 @@ async def build_routing(
         catalog, directory, credentials, health,
         OutboundGuard(OutboundWindows(redis, wire=wire) if redis is not None else None), keyring,
         policy=RetryPolicy(backoff_s=settings.retry_backoff_s), timeout_s=settings.provider_timeout_s,
-        state_reads=wire if redis is not None else None,
+        state_reads=wire if redis is not None else None, virtual=virtual, latency=latency,
     )  # fmt: skip
     router = Router(TestModeProvider(chunk_delay_s=settings.testmode_chunk_delay_s), planner, timeout_s=settings.provider_timeout_s)
     # The invalidation bus when there is one: every worker drops the entry, not only this one.
@@ -101,4 +113,4 @@ async def build_routing(
             runner.add_periodic(Periodic("provider-health", settings.health_probe_interval_s, monitor.tick))
         if keyring is not None and keyring.retired_ids:
             runner.add_loop("credential-rotation", lambda: rotate_in_background(db, keyring))
-    return Routing(router, vault, client, directory, credentials, health, monitor, keyring)
+    return Routing(router, vault, client, directory, credentials, health, monitor, keyring, virtual, latency)

@@ -27,7 +27,8 @@ from relay_server.tenancy.calls import Call
 
 __all__ = ["Announcer", "CatalogAdmin", "ModelDraft", "ModelRecord", "ProviderState", "RouteSpec", "parse_price"]
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+REGION = re.compile(r"^[a-z0-9-]{1,32}$")
+_NAME = NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 KINDS = ("chat", "completion", "embedding")
 MODEL_STATUSES = ("active", "deprecated", "disabled")
 ROUTE_STATUSES = ("active", "disabled")
@@ -106,6 +107,8 @@ def _check(record: ModelRecord, providers: set[str]) -> ModelRecord:
             raise _bad("model.routes", f"Provider `{route.provider_id}` appears twice (the model's provider is its first route).")
         seen.add(route.provider_id)
         _name(route.provider_name, "model.routes")
+        if route.region is not None and not REGION.match(route.region):
+            raise _bad("model.routes", f"A route's region must be lower-case letters, digits and - (got {route.region!r}).")
         if route.status not in ROUTE_STATUSES:
             raise _bad("model.routes", f"A route's status must be one of {', '.join(ROUTE_STATUSES)}.")
     if len(record.routes) > MAX_ROUTES:
@@ -215,7 +218,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, RouteSpec):
         return {"provider_id": value.provider_id, "provider_name": value.provider_name,
-                "priority": value.priority, "status": value.status}  # fmt: skip
+                "priority": value.priority, "status": value.status, "region": value.region}  # fmt: skip
     return value
 
 

@@ -23,3 +23,7 @@ class CatalogEntry:
     cache_read_cost_per_1m: Decimal | None = None
     cache_write_cost_per_1m: Decimal | None = None
     aliases: tuple[str, ...] = ()  # other names that resolve to this model
+    capabilities: tuple[str, ...] | None = None  # tools | vision | json_schema (the catalog's supports_*); None: unknown
+
+    def supports(self, needs: frozenset[str]) -> bool:
+        return self.capabilities is None or needs <= set(self.capabilities)

@@ -30,6 +30,7 @@ class KeyRecord:
     end_user_id: str | None = None
     allowed_models: tuple[str, ...] = ()
     tenant_allowed_models: tuple[str, ...] = ()  # tenant_config ``allowed_models``
+    tenant_allowed_regions: tuple[str, ...] = ()  # tenant_config ``allowed_regions`` (data residency)
     plan_allowed_models: tuple[str, ...] = ()  # plan_models rows of the tenant's plan
     parent_key_id: str | None = None
     rate_limit_overrides: Mapping[str, int] = field(default_factory=dict)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from relay_server.domain.provider import RequestKind, Usage
+from relay_server.domain.routing import RouteNote, VirtualModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,7 @@ class Principal:
     allowed_models: tuple[str, ...] = ()  # the key's own list
     tenant_allowed_models: tuple[str, ...] = ()
     plan_allowed_models: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()  # tenant_config ``allowed_regions``; empty: any region
 
     @property
     def is_test(self) -> bool:
@@ -61,6 +63,10 @@ class RequestContext:
     """The public API dialect the request came through (kept in the request log)."""
     native_body: Mapping[str, Any] | None = None
     """The client's body in its door's own dialect, when that is not OpenAI's (``body`` is its OpenAI form)."""
+    virtual: VirtualModel | None = None
+    """The virtual model the request is routed through (after any budget route), or None."""
+    route: RouteNote = field(default_factory=RouteNote)
+    """Which target answered and why (``x-relay-route``, the request log)."""
 
     @property
     def native_headers(self) -> dict[str, str]:

@@ -23,10 +23,12 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import attach
 from relay_server.observability.tracing import step
 from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.routing.route import Attempt, Router
 from relay_server.pipeline.session import StreamSession
 from relay_server.pipeline.steps.admission import AdmissionGate, Ticket
 from relay_server.pipeline.steps.authenticate import Authenticator
+from relay_server.pipeline.steps.budget_route import budget_share
 from relay_server.pipeline.steps.cache import CacheLookup, ResponseCache, cached_metered
 from relay_server.pipeline.steps.meter import DefaultMarkup, MarkupSource
 from relay_server.pipeline.steps.request_tags import parse_request_tags
@@ -85,7 +87,9 @@ class InferencePipeline:
         usage_policy: UsagePolicy = UsagePolicy(),
         cache: ResponseCache | None = None,
         settle_after_response: bool = False,
+        resolver: ModelResolver | None = None,
     ) -> None:
+        self._resolver = resolver or ModelResolver(catalog)
         self._cache = cache
         self._auth = authenticator
         self._catalog = catalog
@@ -119,8 +123,10 @@ class InferencePipeline:
         try:
             with step("relay.authenticate"):
                 ctx.principal = await self._auth.authenticate(metadata)
-            entry = self._catalog.resolve(str(body.get("model") or ""), ctx.principal, kind)
-            ctx.model = entry.relay_name
+            name = str(body.get("model") or "")
+            entry = self._resolver.resolve(ctx, name)  # a virtual model (docs/routing.md) or a catalog model
+            rule = self._resolver.budget_route(ctx, name)
+            ctx.model = ctx.virtual.name if ctx.virtual is not None else entry.relay_name
             ctx.tags = parse_request_tags(metadata)
             ctx.stream = kind != "embedding" and body.get("stream") is True
             options = body.get("stream_options") or {}
@@ -129,9 +135,13 @@ class InferencePipeline:
             markup = await self._markup(ctx.principal.tenant_id)
             admitted = Admitted(ctx, entry, input_tokens, markup)
             if self._gate is not None:
-                admitted.route = self._prefetch_route(ctx, entry)
+                if rule is None:  # a budget route decides after admission, from the caps' state
+                    admitted.route = self._prefetch_route(ctx, entry)
                 with step("relay.admission"):  # rate limits and spend cap reservation
                     admitted.ticket = await self._gate.admit(ctx, entry, input_tokens, markup)
+                share = budget_share(rule, admitted.ticket) if rule is not None else None
+                if rule is not None and share is not None:
+                    admitted.entry = entry = self._resolver.switch(ctx, rule, share)
         except BaseException as err:
             if admitted is not None:
                 _discard(admitted.route)

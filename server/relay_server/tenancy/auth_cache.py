@@ -37,7 +37,7 @@ def redis_key(key_hash: str) -> str:
 
 def encode_record(record: KeyRecord) -> bytes:
     data: dict[str, Any] = {name: getattr(record, name) for name in record.__dataclass_fields__}
-    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models"):
+    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models", "tenant_allowed_regions"):
         data[name] = list(getattr(record, name))
     data["rate_limit_overrides"] = dict(record.rate_limit_overrides)
     for name in _DATES:
@@ -48,7 +48,7 @@ def encode_record(record: KeyRecord) -> bytes:
 
 def decode_record(raw: bytes) -> KeyRecord:
     data = orjson.loads(raw)
-    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models"):
+    for name in ("allowed_models", "tenant_allowed_models", "plan_allowed_models", "tenant_allowed_regions"):
         data[name] = tuple(data.get(name) or ())
     for name in _DATES:
         if data.get(name):

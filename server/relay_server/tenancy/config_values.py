@@ -9,6 +9,7 @@ the admin API and cannot store a value those steps would have to ignore.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ MAX_RETENTION_DAYS = 3650
 MAX_MARKUP = Decimal("9.9999")  # requests.markup_rate is NUMERIC(5,4)
 MAX_SPEND_USD = Decimal(1_000_000_000)
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+_REGION = re.compile(r"^[a-z0-9-]{1,32}$")
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 ModelExists = Callable[[str], bool]
@@ -105,6 +107,17 @@ def _models(value: str, model_exists: ModelExists | None) -> str:
     return json.dumps(unique)
 
 
+def _regions(value: str, _: ModelExists | None) -> str:
+    """Data residency: the provider regions the tenant's requests may reach (docs/routing.md)."""
+    try:
+        regions = json.loads(value)
+    except ValueError:
+        regions = None
+    if not isinstance(regions, list) or not regions or not all(isinstance(r, str) and _REGION.match(r) for r in regions):
+        raise _Invalid('a non-empty JSON array of region names (lower-case letters, digits, -), e.g. ["eu-west"].')
+    return json.dumps(list(dict.fromkeys(regions)))
+
+
 def _url(value: str, _: ModelExists | None) -> str:
     parts = urlsplit(value)
     secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK)
@@ -126,6 +139,7 @@ VALIDATORS: dict[str, Callable[[str, ModelExists | None], str]] = {
     "default_cache_ttl_sec": _seconds,
     "markup_rate": _markup,
     "allowed_models": _models,
+    "allowed_regions": _regions,
     "webhook_url": _url,
     "spend_cap_usd": _usd,
     "spend_cap_window": _window,

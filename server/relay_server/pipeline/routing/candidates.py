@@ -20,6 +20,7 @@ The gate is also the only place a credential is decrypted, for that one call.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -35,12 +36,17 @@ from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
 from relay_server.pipeline.routing.health import Availability, HealthTracker, Outcome
+from relay_server.pipeline.routing.latency import RouteLatency
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
+from relay_server.pipeline.routing.residency import in_region, outside_regions
 from relay_server.pipeline.routing.route import Attempt, AttemptResult, RetryPolicy, RoutePlan
+from relay_server.pipeline.routing.targets import Group, TargetPlanner
+from relay_server.pipeline.routing.virtual_models import VirtualModels
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import RouteRow
 from relay_server.storage.redis.health import circuit_reads
 from relay_server.storage.redis.outbound import KeyUsage, OutboundWindows, Taken
+from relay_server.storage.redis.route_latency import RouteEwma, ewma_reads
 from relay_server.storage.redis.wire import Wire
 
 log = logging.getLogger(__name__)
@@ -173,12 +179,13 @@ _BREAKER: dict[str, Outcome | None] = {
 
 
 class KeyTicket:
-    __slots__ = ("_gate", "_taken", "_probing", "credential")
+    __slots__ = ("_gate", "_taken", "_probing", "_opened", "credential")
 
     def __init__(self, gate: KeyGate, taken: Taken, credential: Credential, probing: bool) -> None:
         self._gate = gate
         self._taken = taken
         self._probing = probing
+        self._opened = time.monotonic()
         self.credential: Credential | None = credential
 
     async def close(self, result: AttemptResult) -> None:
@@ -192,6 +199,10 @@ class KeyTicket:
                 await gate.health.release_probe(gate.cred.provider_id)
             if result.outcome == "failure":
                 gate.state.suspect.add(gate.cred.provider_id)
+            if gate.latency is not None and result.latency_ms is not None and result.outcome in ("success", "failure"):
+                # A failure's latency counts too: a route that times out must look slow.
+                total = int((time.monotonic() - self._opened) * 1000)
+                gate.latency.note(gate.model_id, gate.cred.provider_id, result.latency_ms, max(total, result.latency_ms))
             cool = 0
             if result.outcome == "limited":
                 cool = min(max(result.retry_after_s or DEFAULT_COOL_DOWN_S, 1), MAX_COOL_DOWN_S)
@@ -216,7 +227,11 @@ class KeyGate:
         state: _RequestState,
         half_open: bool,
         tokens: int,
+        model_id: str = "",
+        latency: RouteLatency | None = None,
     ) -> None:
+        self.model_id = model_id
+        self.latency = latency
         self.cred = cred
         self.keyring = keyring
         self.health = health
@@ -261,8 +276,12 @@ class CandidatePlanner:
         policy: RetryPolicy | None = None,
         timeout_s: float = 600.0,
         state_reads: Wire | None = None,
+        virtual: VirtualModels | None = None,
+        latency: RouteLatency | None = None,
     ) -> None:
         self._catalog = catalog
+        self._latency = latency or RouteLatency(None)
+        self._targets = TargetPlanner(catalog, directory, virtual or VirtualModels(None))
         self._wire = state_reads  # circuits + outbound usage in one round trip (``_read_state``)
         self._directory = directory
         self._credentials = credentials
@@ -292,37 +311,60 @@ class CandidatePlanner:
 
     async def plan(self, ctx: RequestContext, entry: CatalogEntry) -> RoutePlan:
         assert ctx.principal is not None
-        models = self._models(ctx, entry)
+        tokens = estimate_tokens(ctx.body)
+        vm = ctx.virtual
+        options = self._targets.options(ctx, vm, tokens) if vm is not None else []
+        plain = self._models(ctx, entry) if vm is None else []
         if self._keyring is None:
             raise RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, "No provider credentials are configured on this server.")
         creds = await self._credentials.for_tenant(ctx.principal.tenant_id)
         by_provider: dict[str, list[RoutableCredential]] = {}
         for cred in creds:
             by_provider.setdefault(cred.provider_id, []).append(cred)
-        routes = [(m, r) for m in models for r in self._directory.routes_for(m.model_id) if r.provider_id in by_provider]
-        provider_ids = list(dict.fromkeys(r.provider_id for _, r in routes))
-        available, usage = await self._read_state(
-            provider_ids, {pid: [c.id for c in by_provider[pid]] for pid in provider_ids}
+        regions = ctx.principal.allowed_regions
+        plain_routes = {m.model_id: self._directory.routes_for(m.model_id) for m in plain}
+        if vm is not None:
+            # Fallbacks (the virtual model's, then the header's) do not depend on the strategy: known
+            # before the state read, so their providers' circuits are read with the others.
+            tail = self._targets.fallbacks(ctx, vm, tokens) + [
+                Group(m, tuple(r for r in self._directory.routes_for(m.model_id) if in_region(r, regions)), FALLBACK_HEADER)
+                for m in self._models(ctx, entry)[1:]
+            ]
+        else:
+            tail = [
+                Group(m, tuple(r for r in plain_routes[m.model_id] if in_region(r, regions)), "" if m is entry else FALLBACK_HEADER)
+                for m in plain
+            ]
+        provider_ids = list(dict.fromkeys(
+            [o.route.provider_id for o in options] + [r.provider_id for g in tail for r in g.routes]
+        ))  # fmt: skip
+        provider_ids = [pid for pid in provider_ids if pid in by_provider]
+        pairs = self._targets.latency_pairs(vm, options) if vm is not None else []
+        available, usage, latency = await self._read_state(
+            provider_ids, {pid: [c.id for c in by_provider[pid]] for pid in provider_ids}, pairs
         )
-        tokens = estimate_tokens(ctx.body)
+        groups = (self._targets.ranked(ctx, vm, options, latency) if vm is not None else []) + tail
         state = _RequestState()
         attempts: list[Attempt] = []
-        for model in models:
-            model_routes = [r for m, r in routes if m is model and available[r.provider_id] != "open"]
+        for group in groups:
+            routes = [r for r in group.routes if r.provider_id in by_provider and available[r.provider_id] != "open"]
             for byok in (True, False):
-                for route in model_routes:
+                for route in routes:
                     keys = [c for c in by_provider[route.provider_id] if c.byok == byok]
                     attempts.extend(
-                        self._attempt(ctx, model, route, cred, available[route.provider_id], state, tokens)
+                        self._attempt(ctx, group, route, cred, available[route.provider_id], state, tokens)
                         for cred in self._order(keys, usage.get(route.provider_id, {}), tokens)
                     )
         if not attempts:
-            raise RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, f"No provider is available to serve `{entry.relay_name}` right now.")
+            if regions and vm is None and any(plain_routes.values()) and not any(g.routes for g in tail):
+                raise outside_regions(entry.relay_name, regions)
+            name = vm.name if vm is not None else entry.relay_name
+            raise RelayError(ErrorKind.NO_PROVIDER_AVAILABLE, f"No provider is available to serve `{name}` right now.")
         return RoutePlan(attempts, self._policy)
 
     async def _read_state(
-        self, provider_ids: list[str], groups: dict[str, list[str]]
-    ) -> tuple[dict[str, Availability], dict[str, dict[str, KeyUsage]]]:
+        self, provider_ids: list[str], groups: dict[str, list[str]], pairs: list[tuple[str, str]]
+    ) -> tuple[dict[str, Availability], dict[str, dict[str, KeyUsage]], dict[tuple[str, str], RouteEwma]]:
         """Circuits and outbound usage in ONE Redis round trip (over the per-request connection).
 
         An error reply (the usage script flushed) falls back to the two separate reads, which
@@ -333,18 +375,21 @@ class CandidatePlanner:
         if provider_ids and self._wire is not None and self._health.store is not None and windows is not None:
             circuit_commands, read_circuits = circuit_reads(provider_ids)
             usage_commands, read_usage = windows.usage_reads(groups)
+            # Route latencies (lowest-latency strategy) ride along: still one round trip.
+            ewma_commands, read_ewma = ewma_reads(pairs if self._latency.store is not None else [])
             try:
-                replies = await self._wire.batch([*circuit_commands, *usage_commands])
-                n = len(circuit_commands)
-                states, usage = read_circuits(replies[:n]), read_usage(replies[n:])
+                replies = await self._wire.batch([*circuit_commands, *usage_commands, *ewma_commands])
+                n, u = len(circuit_commands), len(circuit_commands) + len(usage_commands)
+                states, usage = read_circuits(replies[:n]), read_usage(replies[n:u])
+                latency = read_ewma(replies[u:]) if self._latency.store is not None else self._latency.local(pairs)
             except ResponseError:
                 pass  # e.g. NOSCRIPT after a flush: the separate reads below reload the script
             except (RedisError, OSError) as exc:  # unreachable: degrade at once, no second try
                 log.warning("outbound windows unavailable; routing without them", exc_info=True)
-                return self._health.availability_without_redis(provider_ids, exc), {}
+                return self._health.availability_without_redis(provider_ids, exc), {}, self._latency.local(pairs)
             else:
-                return self._health.availability_from(provider_ids, states), usage
-        return await self._health.availability(provider_ids), await self._outbound.usage(groups)
+                return self._health.availability_from(provider_ids, states), usage, latency
+        return await self._health.availability(provider_ids), await self._outbound.usage(groups), await self._latency.read(pairs)
 
     @staticmethod
     def _order(keys: list[RoutableCredential], usage: Mapping[str, KeyUsage], tokens: int) -> list[RoutableCredential]:
@@ -353,7 +398,7 @@ class CandidatePlanner:
         return sorted(usable, key=lambda c: (c.priority, -(room[c.id] or 0.0), c.id))
 
     def _attempt(
-        self, ctx: RequestContext, model: CatalogEntry, route: RouteRow, cred: RoutableCredential,
+        self, ctx: RequestContext, group: Group, route: RouteRow, cred: RoutableCredential,
         availability: Availability, state: _RequestState, tokens: int,
     ) -> Attempt:
         assert self._keyring is not None
@@ -364,6 +409,7 @@ class CandidatePlanner:
         )
         gate = KeyGate(
             cred, keyring=self._keyring, health=self._health, outbound=self._outbound, state=state,
-            half_open=availability == "half_open", tokens=tokens,
+            half_open=availability == "half_open", tokens=tokens, model_id=group.entry.model_id, latency=self._latency,
         )
-        return Attempt(route.provider_id, self._directory.provider(route.provider_id), call, model, cred.id, cred.byok, gate)
+        provider = self._directory.provider(route.provider_id)
+        return Attempt(route.provider_id, provider, call, group.entry, cred.id, cred.byok, gate, group.reason)

@@ -115,12 +115,22 @@ class _Walk:
             self.tried.add(attempt.key)
             self.ctx.provider_id = attempt.provider_id
             self.ctx.attempts += 1
+            self._note_route(attempt)
             if self.served is not None:
                 self.served.credential_id = attempt.credential_id
                 if attempt.entry is not None:
                     self.served.entry = attempt.entry
             return attempt, call, ticket
         return None
+
+    def _note_route(self, attempt: Attempt) -> None:
+        """What ``x-relay-route`` / ``x-relay-route-reason`` and the request log say if this attempt answers."""
+        route = self.ctx.route
+        model = attempt.entry.relay_name if attempt.entry is not None else self.ctx.model_name
+        route.target = f"{model}@{attempt.provider_id}"
+        reason = attempt.route_reason or "model"
+        reason = reason if self.made == 1 else f"retry {self.made}: {reason}"
+        route.reason = f"{route.rule}; {reason}" if route.rule else reason
 
     def failed(self, attempt: Attempt, err: RelayError, outcome: AttemptOutcome) -> None:
         """Record a failure; raises it when no retry may follow."""

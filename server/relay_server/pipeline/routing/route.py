@@ -72,6 +72,8 @@ class Attempt:
     credential_id: str | None = None
     byok: bool = False
     gate: AttemptGate | None = field(default=None, compare=False)
+    route_reason: str = field(default="", compare=False)
+    """Why this candidate is where it is in the plan (``x-relay-route-reason`` when it answers)."""
 
     @property
     def key(self) -> tuple[str, str, str | None]:

@@ -85,6 +85,7 @@ class HeldCap:
     hash_key: str
     zset_key: str
     reserved: int
+    spent: int | None = None  # settled spend when admitted (budget-aware routing), None: unknown
 
 
 @dataclass(slots=True)
@@ -183,6 +184,9 @@ class AdmissionGate:
         states = [
             WindowState(lim, *reply.values[3 * i : 3 * i + 3]) for i, lim in enumerate(limits)
         ]
+        for j, held_cap in enumerate(held):
+            if len(reply.values) > 3 * len(limits) + j:
+                held_cap.spent = int(reply.values[3 * len(limits) + j])
         ticket.headers = rate_limit_headers(states)
         ticket.token_windows = [w.key for w, lim in zip(windows, limits, strict=True) if lim.resource == "tpm"]
         ticket.caps = held

@@ -118,6 +118,7 @@ class Authenticator:
             allowed_models=record.allowed_models,
             tenant_allowed_models=record.tenant_allowed_models,
             plan_allowed_models=record.plan_allowed_models,
+            allowed_regions=record.tenant_allowed_regions,
         )
 
     async def _lookup(self, key_hash: str) -> KeyRecord | None:

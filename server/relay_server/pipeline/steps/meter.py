@@ -97,6 +97,9 @@ def request_row(m: Metered) -> RequestRow | None:
         cache_kind=cache_kind,
         cache_key=getattr(m, "cache_key", None) or None,
         request_metadata=metadata or None,
+        route_alias=ctx.route.alias,
+        route_target=ctx.route.target or None,
+        route_reason=ctx.route.reason or None,
     )
 
 

@@ -33,6 +33,7 @@ SCHEMA = pa.schema([
     ("ttft_ms", pa.int32()), ("status", pa.string()), ("error_code", pa.string()), ("error_message", pa.string()),
     ("http_status", pa.int32()), ("attempts", pa.int32()), ("cache_hit", pa.bool_()), ("cache_kind", pa.string()),
     ("cache_key", pa.string()), ("request_metadata", pa.string()), ("door", pa.string()),
+    ("route_alias", pa.string()), ("route_target", pa.string()), ("route_reason", pa.string()),  # 0025
 ])  # fmt: skip
 COLUMNS = tuple(SCHEMA.names)
 

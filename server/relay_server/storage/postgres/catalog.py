@@ -8,13 +8,17 @@ from relay_server.storage.postgres.pool import Database
 _LOAD = """
 SELECT m.id, m.relay_name, m.provider_id, p.api AS provider_api, m.provider_name, m.kind,
        m.input_cost_per_1m, m.output_cost_per_1m, m.cache_read_cost_per_1m, m.cache_write_cost_per_1m,
-       m.context_window, m.max_output_tokens, extract(epoch FROM m.created_at)::bigint AS created,
+       m.context_window, m.max_output_tokens, m.supports_functions, m.supports_vision, m.supports_json_schema, extract(epoch FROM m.created_at)::bigint AS created,
        ARRAY(SELECT a.alias FROM model_aliases a WHERE a.model_id = m.id ORDER BY a.alias) AS aliases
   FROM models m
   JOIN providers p ON p.id = m.provider_id
  WHERE m.status <> 'disabled' AND p.status <> 'disabled'
  ORDER BY m.relay_name
 """
+
+
+# What a virtual model checks a target for (pipeline/routing/targets.py) <- the catalog's flags.
+_CAPABILITIES = (("tools", "supports_functions"), ("vision", "supports_vision"), ("json_schema", "supports_json_schema"))
 
 
 class PostgresCatalogStore:
@@ -41,6 +45,7 @@ class PostgresCatalogStore:
                 owned_by=row["provider_id"],
                 created=int(row["created"]),
                 aliases=tuple(row["aliases"] or ()),
+                capabilities=tuple(need for need, flag in _CAPABILITIES if row[flag]),
             )
             for row in rows
         ]

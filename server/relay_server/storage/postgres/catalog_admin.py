@@ -22,6 +22,7 @@ class RouteSpec:
     provider_name: str
     priority: int | None = None  # None: the provider's own priority
     status: str = "active"  # active | disabled
+    region: str | None = None  # data residency; None: the provider's region
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class ModelRecord:
     supports_streaming: bool = True
     supports_functions: bool = False
     supports_vision: bool = False
+    supports_json_schema: bool = False
     status: str = "active"
     aliases: tuple[str, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
@@ -50,7 +52,7 @@ class ModelRecord:
 _COLUMNS = (
     "id, relay_name, provider_id, provider_name, display_name, kind, input_cost_per_1m, output_cost_per_1m, "
     "context_window, cache_read_cost_per_1m, cache_write_cost_per_1m, max_output_tokens, embedding_dimensions, "
-    "supports_streaming, supports_functions, supports_vision, status"
+    "supports_streaming, supports_functions, supports_vision, supports_json_schema, status"
 )
 _MODEL_FIELDS = _COLUMNS.split(", ")
 
@@ -65,13 +67,13 @@ async def _complete(conn: Conn, rows: list[dict]) -> list[ModelRecord]:
         for row in await cur.fetchall():
             aliases.setdefault(row["model_id"], []).append(row["alias"])
         cur = await conn.execute(
-            "SELECT model_id, provider_id, provider_name, priority, status FROM model_routes"
+            "SELECT model_id, provider_id, provider_name, priority, status, region FROM model_routes"
             " WHERE model_id = ANY(%s) ORDER BY provider_id",
             (ids,),
         )
         for row in await cur.fetchall():
             routes.setdefault(row["model_id"], []).append(
-                RouteSpec(row["provider_id"], row["provider_name"], row["priority"], row["status"])
+                RouteSpec(row["provider_id"], row["provider_name"], row["priority"], row["status"], row["region"])
             )
     return [
         ModelRecord(**{k: r[k] for k in _MODEL_FIELDS}, aliases=tuple(aliases.get(r["id"], ())), routes=tuple(routes.get(r["id"], ())))
@@ -130,8 +132,9 @@ async def save_model(conn: Conn, record: ModelRecord, *, exists: bool) -> None:
     await conn.execute("DELETE FROM model_routes WHERE model_id = %s", (record.id,))
     for route in record.routes:
         await conn.execute(
-            "INSERT INTO model_routes (model_id, provider_id, provider_name, priority, status) VALUES (%s, %s, %s, %s, %s)",
-            (record.id, route.provider_id, route.provider_name, route.priority, route.status),
+            "INSERT INTO model_routes (model_id, provider_id, provider_name, priority, status, region)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (record.id, route.provider_id, route.provider_name, route.priority, route.status, route.region),
         )
 
 

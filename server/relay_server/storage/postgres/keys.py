@@ -26,6 +26,8 @@ SELECT k.id, k.key_hash, k.key_hint, k.tenant_id, k.environment, k.scope, k.stat
            AS tenant_allowed_models,
        (SELECT c.value FROM tenant_config c WHERE c.tenant_id = k.tenant_id AND c.key = 'write_paused_until')
            AS writes_paused_until,
+       (SELECT c.value FROM tenant_config c WHERE c.tenant_id = k.tenant_id AND c.key = 'allowed_regions')
+           AS tenant_allowed_regions,
        ARRAY(SELECT pm.model_id FROM plan_models pm WHERE pm.plan = t.plan ORDER BY pm.model_id) AS plan_allowed_models
   FROM api_keys k
   JOIN tenants t ON t.id = k.tenant_id
@@ -95,6 +97,7 @@ class PostgresKeyStore:
             end_user_id=row["end_user_id"],
             allowed_models=tuple(row["allowed_models"] or ()),
             tenant_allowed_models=_model_list(row["tenant_allowed_models"]),
+            tenant_allowed_regions=_model_list(row["tenant_allowed_regions"]),
             plan_allowed_models=tuple(row["plan_allowed_models"] or ()),
             parent_key_id=row["parent_key_id"],
             rate_limit_overrides={str(k): int(v) for k, v in (row["rate_limit_overrides"] or {}).items()},

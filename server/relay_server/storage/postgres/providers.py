@@ -29,6 +29,7 @@ class ProviderRow:
     base_url: str
     status: str  # active | degraded | down | disabled
     priority: int
+    region: str | None = None  # where it processes data (data residency); None: undeclared
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +38,7 @@ class RouteRow:
     provider_id: str
     provider_name: str
     priority: int | None  # None: the provider's priority
+    region: str | None = None  # the route's own region, else its provider's
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +47,12 @@ class Directory:
     routes: dict[str, list[RouteRow]]  # model id -> its routes
 
 
-_PROVIDERS = "SELECT id, name, api, base_url, status, priority FROM providers"
+_PROVIDERS = "SELECT id, name, api, base_url, status, priority, region FROM providers"
 _ROUTES = """
-SELECT id AS model_id, provider_id, provider_name, NULL::int AS priority, 0 AS primary_order
+SELECT id AS model_id, provider_id, provider_name, NULL::int AS priority, NULL::text AS region, 0 AS primary_order
   FROM models WHERE status <> 'disabled'
 UNION ALL
-SELECT r.model_id, r.provider_id, r.provider_name, r.priority, 1 AS primary_order
+SELECT r.model_id, r.provider_id, r.provider_name, r.priority, r.region, 1 AS primary_order
   FROM model_routes r JOIN models m ON m.id = r.model_id
  WHERE r.status = 'active' AND m.status <> 'disabled'
  ORDER BY model_id, primary_order, provider_id
@@ -66,8 +68,10 @@ class PostgresProviderStore:
             providers = {r["id"]: ProviderRow(**r) for r in await (await conn.execute(_PROVIDERS)).fetchall()}
             routes: dict[str, list[RouteRow]] = {}
             for r in await (await conn.execute(_ROUTES)).fetchall():
+                provider = providers.get(r["provider_id"])
+                region = r["region"] or (provider.region if provider is not None else None)
                 routes.setdefault(r["model_id"], []).append(
-                    RouteRow(r["model_id"], r["provider_id"], r["provider_name"], r["priority"])
+                    RouteRow(r["model_id"], r["provider_id"], r["provider_name"], r["priority"], region)
                 )
         return Directory(providers, routes)
 

@@ -80,6 +80,9 @@ class RequestRow:
     cache_key: str | None = None
     request_metadata: dict[str, Any] | None = None
     door: str = "openai"
+    route_alias: str | None = None  # the virtual model asked for (migration 0025)
+    route_target: str | None = None  # model@provider that answered
+    route_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Spool form: Decimals as strings, datetimes as ISO 8601 (exact round trip)."""

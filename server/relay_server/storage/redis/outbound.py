@@ -25,7 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
-from relay_server.storage.redis.wire import RedisWire, Script
+from relay_server.storage.redis.wire import Script, Wire
 
 
 def _script(name: str) -> str:
@@ -67,7 +67,7 @@ class OutboundWindows:
     ``settle`` — one script call each per dispatched request — run over it, at a fraction of the
     general client's CPU per call (and on the connection admission's calls already keep warm)."""
 
-    def __init__(self, redis: Redis, *, wire: RedisWire | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, redis: Redis, *, wire: Wire | None = None, clock: Callable[[], float] = time.time) -> None:
         self._redis = redis
         self._wire = wire
         self._clock = clock

@@ -10,7 +10,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CatalogModel(_message.Message):
-    __slots__ = ("id", "provider_id", "relay_name", "provider_name", "display_name", "kind", "input_cost_per_1m", "output_cost_per_1m", "context_window", "max_output_tokens", "supports_streaming", "supports_functions", "supports_vision", "status", "aliases", "routes", "cache_read_cost_per_1m", "cache_write_cost_per_1m", "embedding_dimensions")
+    __slots__ = ("id", "provider_id", "relay_name", "provider_name", "display_name", "kind", "input_cost_per_1m", "output_cost_per_1m", "context_window", "max_output_tokens", "supports_streaming", "supports_functions", "supports_vision", "status", "aliases", "routes", "cache_read_cost_per_1m", "cache_write_cost_per_1m", "embedding_dimensions", "supports_json_schema")
     ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     RELAY_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class CatalogModel(_message.Message):
     CACHE_READ_COST_PER_1M_FIELD_NUMBER: _ClassVar[int]
     CACHE_WRITE_COST_PER_1M_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
+    SUPPORTS_JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     id: str
     provider_id: str
     relay_name: str
@@ -49,22 +50,25 @@ class CatalogModel(_message.Message):
     cache_read_cost_per_1m: str
     cache_write_cost_per_1m: str
     embedding_dimensions: int
-    def __init__(self, id: _Optional[str] = ..., provider_id: _Optional[str] = ..., relay_name: _Optional[str] = ..., provider_name: _Optional[str] = ..., display_name: _Optional[str] = ..., kind: _Optional[str] = ..., input_cost_per_1m: _Optional[str] = ..., output_cost_per_1m: _Optional[str] = ..., context_window: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., status: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., cache_read_cost_per_1m: _Optional[str] = ..., cache_write_cost_per_1m: _Optional[str] = ..., embedding_dimensions: _Optional[int] = ...) -> None: ...
+    supports_json_schema: bool
+    def __init__(self, id: _Optional[str] = ..., provider_id: _Optional[str] = ..., relay_name: _Optional[str] = ..., provider_name: _Optional[str] = ..., display_name: _Optional[str] = ..., kind: _Optional[str] = ..., input_cost_per_1m: _Optional[str] = ..., output_cost_per_1m: _Optional[str] = ..., context_window: _Optional[int] = ..., max_output_tokens: _Optional[int] = ..., supports_streaming: _Optional[bool] = ..., supports_functions: _Optional[bool] = ..., supports_vision: _Optional[bool] = ..., status: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., routes: _Optional[_Iterable[_Union[ModelRoute, _Mapping]]] = ..., cache_read_cost_per_1m: _Optional[str] = ..., cache_write_cost_per_1m: _Optional[str] = ..., embedding_dimensions: _Optional[int] = ..., supports_json_schema: _Optional[bool] = ...) -> None: ...
 
 class ModelRoute(_message.Message):
-    __slots__ = ("provider_id", "provider_name", "priority", "status")
+    __slots__ = ("provider_id", "provider_name", "priority", "status", "region")
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_NAME_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     provider_id: str
     provider_name: str
     priority: int
     status: str
-    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[str] = ...) -> None: ...
+    region: str
+    def __init__(self, provider_id: _Optional[str] = ..., provider_name: _Optional[str] = ..., priority: _Optional[int] = ..., status: _Optional[str] = ..., region: _Optional[str] = ...) -> None: ...
 
 class Provider(_message.Message):
-    __slots__ = ("id", "name", "api", "base_url", "status", "priority", "circuit_state", "consecutive_failures", "recent_requests", "recent_failures", "recent_p95_ms")
+    __slots__ = ("id", "name", "api", "base_url", "status", "priority", "circuit_state", "consecutive_failures", "recent_requests", "recent_failures", "recent_p95_ms", "region")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     API_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +80,7 @@ class Provider(_message.Message):
     RECENT_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     RECENT_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RECENT_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    REGION_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     api: str
@@ -87,7 +92,8 @@ class Provider(_message.Message):
     recent_requests: int
     recent_failures: int
     recent_p95_ms: int
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., api: _Optional[str] = ..., base_url: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[int] = ..., circuit_state: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., recent_requests: _Optional[int] = ..., recent_failures: _Optional[int] = ..., recent_p95_ms: _Optional[int] = ...) -> None: ...
+    region: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., api: _Optional[str] = ..., base_url: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[int] = ..., circuit_state: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., recent_requests: _Optional[int] = ..., recent_failures: _Optional[int] = ..., recent_p95_ms: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
 class ListCatalogModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "provider_id")

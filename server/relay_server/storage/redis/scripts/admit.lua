@@ -15,7 +15,9 @@
 -- lease deadline so a reservation whose process died is released here.
 --
 -- Replies (integers):
---   {0, per window: effective limit, remaining, reset_in_ms}     admitted
+--   {0, per window: effective limit, remaining, reset_in_ms,
+--       per cap: spent before this request}                      admitted
+--     (the spent values let budget-aware routing read the caps' own state: docs/routing.md)
 --   {1, window index, effective limit, used, retry_in_ms, too_large}  limited
 --   {2, cap index, spent, reserved}                              cap exhausted
 --   {3, cap index, ...}                                          caps to seed first
@@ -147,6 +149,7 @@ for j, c in ipairs(caps) do
   if spent + reserved + c.amount > c.cap then
     return {2, j, spent, reserved}
   end
+  c.spent = spent
 end
 
 -- 3. Everything passed: record.
@@ -179,5 +182,6 @@ for j, c in ipairs(caps) do
     redis.call('PEXPIRE', h, c.ttl)
     redis.call('PEXPIRE', z, c.ttl)
   end
+  reply[#reply + 1] = c.spent
 end
 return reply
