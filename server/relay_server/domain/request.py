@@ -61,6 +61,8 @@ class RequestContext:
     """The public API dialect the request came through (kept in the request log)."""
     native_body: Mapping[str, Any] | None = None
     """The client's body in its door's own dialect, when that is not OpenAI's (``body`` is its OpenAI form)."""
+    guardrails: dict[tuple[str, str, str], int] | None = None
+    """Guardrail decisions, (guardrail, stage, action) -> count; None while no guardrail decided anything."""
 
     @property
     def native_headers(self) -> dict[str, str]:
@@ -76,6 +78,13 @@ class RequestContext:
     def mark_first_token(self) -> None:
         if self.first_token_ns is None:
             self.first_token_ns = time.monotonic_ns()
+
+    def note_guardrail(self, guardrail: str, stage: str, action: str, count: int = 1) -> None:
+        """Record a guardrail decision (request log column ``guardrails``, Prometheus counter)."""
+        if self.guardrails is None:
+            self.guardrails = {}
+        key = (guardrail, stage, action)
+        self.guardrails[key] = self.guardrails.get(key, 0) + count
 
     def elapsed_ms(self) -> int:
         return (time.monotonic_ns() - self.started_ns) // 1_000_000

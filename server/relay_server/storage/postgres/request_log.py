@@ -79,6 +79,8 @@ class RequestRow:
     cache_key: str | None = None
     request_metadata: dict[str, Any] | None = None
     door: str = "openai"
+    guardrails: list[dict[str, Any]] | None = None
+    """Guardrail decisions: [{"guardrail", "stage", "action", "count"}] (docs/guardrails.md)."""
 
     def to_json(self) -> dict[str, Any]:
         """Spool form: Decimals as strings, datetimes as ISO 8601 (exact round trip)."""
@@ -107,7 +109,7 @@ class RequestRow:
 
     def params(self) -> tuple[Any, ...]:
         return tuple(
-            Jsonb(getattr(self, name)) if name == "request_metadata" and getattr(self, name) is not None else getattr(self, name)
+            Jsonb(getattr(self, name)) if name in _JSONB and getattr(self, name) is not None else getattr(self, name)
             for name in COLUMNS
         )
 
@@ -131,6 +133,7 @@ class RequestRow:
 
 
 _TEXT_LIMIT = 2000
+_JSONB = ("request_metadata", "guardrails")
 
 
 def _storable(text: str, limit: int) -> str:
