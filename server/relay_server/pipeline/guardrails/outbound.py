@@ -50,12 +50,12 @@ class OutputGuard:
     # -- streamed --------------------------------------------------------------------------
 
     def item(self, item: Item) -> Item:
-        if isinstance(item, NativeEvent) or not item.get("choices"):
+        if type(item) is not dict or not item.get("choices"):  # a NativeEvent never comes (see the module doc)
             return item
         self._last = item
         choices = []
         for choice in item["choices"]:
-            if not isinstance(choice, Mapping):
+            if type(choice) is not dict:
                 choices.append(choice)
                 continue
             raw_index = choice.get("index")
@@ -65,9 +65,10 @@ class OutputGuard:
                 choice = {**choice, "text": self._piece(index, choice["text"], done)}
             else:
                 delta = choice.get("delta")
-                if isinstance(delta, Mapping) and (isinstance(delta.get("content"), str) or done):
-                    shown = self._piece(index, delta.get("content") or "", done)
-                    if shown or isinstance(delta.get("content"), str):
+                content = delta.get("content") if type(delta) is dict else None
+                if type(delta) is dict and (type(content) is str or done):
+                    shown = self._piece(index, content or "", done)
+                    if shown or type(content) is str:
                         choice = {**choice, "delta": {**delta, "content": shown}}
             choices.append(choice)
         return {**item, "choices": choices}
