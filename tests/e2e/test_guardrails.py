@@ -189,3 +189,37 @@ def test_an_invalid_json_schema_answer_is_retried_once_and_both_are_billed(live:
         assert failed.value.status_code == 502 and failed.value.code == "output_validation_failed"
     finally:
         set_policy(live, None)
+
+
+# --- the Responses door: its native OpenAI pass-through gives way to the translated path ---------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_door_redacts_through_the_translated_path(guarded: Live, stream: bool) -> None:
+    fake = guarded.fake("openai")
+    fake.reply_with(Reply(text=f"Card {CARD} noted."))
+    client = guarded.client()
+    if stream:
+        events = list(client.responses.create(model=MODELS["openai"], input="Call jane@example.com", stream=True))
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        final = next(e.response for e in events if e.type == "response.completed")
+        assert final.output_text == text
+    else:
+        text = client.responses.create(model=MODELS["openai"], input="Call jane@example.com").output_text
+    assert text == "Card [CREDIT_CARD] noted."
+    assert fake.last.path.endswith("/chat/completions")  # not /responses: the native body was dropped
+    assert "jane@example.com" not in sent_text(fake) and "[EMAIL]" in sent_text(fake)
+
+
+def test_a_streamed_answer_that_breaks_its_schema_ends_with_an_in_band_502(live: Live) -> None:
+    set_policy(live, {"output_schema": "retry"})
+    try:
+        live.fake("openai").reply_with(Reply(text='{"town": "Paris"}'))
+        with pytest.raises(openai.APIError) as failed:
+            for _ in live.client().chat.completions.create(
+                model=MODELS["openai"], messages=[{"role": "user", "content": "A city?"}], response_format=SCHEMA, stream=True
+            ):
+                pass
+        assert "json_schema" in str(failed.value)
+    finally:
+        set_policy(live, None)
