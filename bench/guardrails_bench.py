@@ -26,16 +26,17 @@ from relay_server.pipeline.guardrails.policy import GuardrailSource
 from relay_server.pipeline.guardrails.step import Guardrails
 
 POLICY = {
-    "pii": {d: "redact" for d in ("email", "phone", "credit_card", "iban", "national_id", "secret", "ip")},
+    "pii": dict.fromkeys(("email", "phone", "credit_card", "iban", "national_id", "secret", "ip"), "redact"),
     "injection": "block",
     "deny": {"patterns": [r"(?i)project\s+falcon", r"(?i)\binternal only\b", r"\bACME-\d{6}\b", r"(?i)codename", r"(?i)\bdo not share\b"]},
 }
 PROMPT = ("Please summarise the following support ticket in two sentences. The customer writes that "
           "their invoice for last month was higher than expected, that they changed plans in the middle of "
           "the month and want to know how proration works. ") * 3
-ANSWER = ("The customer asks why last month's invoice was higher than expected after a mid-month plan "
+_ANSWER_TEXT = ("The customer asks why last month's invoice was higher than expected after a mid-month plan "
           "change; explain that proration charges the new plan from the day of the change and credits "
-          "the unused part of the old plan, and offer to send a detailed breakdown of the charges ").split(" ") * 3
+          "the unused part of the old plan, and offer to send a detailed breakdown of the charges")
+ANSWER = _ANSWER_TEXT.split(" ") * 3
 
 CHUNKS = 64
 
