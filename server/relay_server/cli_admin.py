@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from relay_server.settings import Settings
@@ -53,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("tenant_id")
     p.add_argument("status", choices=sorted(_TENANT_STATUS))
     p.add_argument("--reason", default="")
+    p = tenants.add_parser("guardrails", parents=[common], help="show or set a tenant's guardrails policy (docs/guardrails.md)")
+    p.add_argument("tenant_id")
+    p.add_argument("--set", dest="policy", help="the policy: JSON, or @file.json")
+    p.add_argument("--clear", action="store_true", help="remove the policy (every guardrail off)")
 
     p = tenants.add_parser(
         "move-to-silo", help="move a tenant's data plane to a silo database (logical replication, a short write pause)"
@@ -178,8 +183,24 @@ def _tenant_action(channel: Any, args: argparse.Namespace) -> Invoker:
         return lambda **kw: (stub.ListTenants(request, **kw), lambda r: _tenant_table(r.tenants, r.next_page_token))
     if args.action == "get":
         return lambda **kw: (stub.GetTenant(pb.GetTenantRequest(tenant_id=args.tenant_id), **kw), lambda r: _tenant_table([r.tenant]))
+    if args.action == "guardrails":
+        return _guardrails(stub, pb, args)
     request = pb.TransitionTenantRequest(tenant_id=args.tenant_id, status=_TENANT_STATUS[args.status], reason=args.reason)
     return lambda **kw: (stub.TransitionTenant(request, **kw), lambda r: _tenant_table([r.tenant]))
+
+
+def _guardrails(stub: Any, pb: Any, args: argparse.Namespace) -> Invoker:
+    """Read or write the ``guardrails`` tenant config entry (validated and audited by the server)."""
+    if args.policy is None and not args.clear:
+        def shown(r: Any) -> None:
+            print(json.dumps(json.loads(r.config.get("guardrails") or "{}"), indent=2))
+
+        return lambda **kw: (stub.GetTenantConfig(pb.GetTenantConfigRequest(tenant_id=args.tenant_id), **kw), shown)
+    value = ""
+    if not args.clear:
+        value = Path(args.policy[1:]).read_text() if args.policy.startswith("@") else args.policy
+    request = pb.UpdateTenantConfigRequest(tenant_id=args.tenant_id, config={"guardrails": value})
+    return lambda **kw: (stub.UpdateTenantConfig(request, **kw), lambda _r: print("guardrails updated"))
 
 
 def _wait_provisioned(stub: Any, tenant_id: str, timeout_s: float, metadata: Any) -> Any:

@@ -97,3 +97,15 @@ def test_create_then_key_right_away_with_the_cli_wait_and_the_sdk(relay: RelaySt
         assert tenant.status == 1  # PROVISIONING: the call returned at once
         minted = client.api_keys.create_api_key(tenant_id=tenant.id, api_key={"name": "first", "environment": 2})
         assert minted.secret.startswith("rly_test_sk_")
+
+
+def test_guardrails_command_sets_validates_shows_and_clears(relay: RelayStack) -> None:
+    tid = _json(relay, "tenants", "create", "--slug", "cli-guard", "--name", "Guard Co", "--owner-email", "g@cli.test")["tenant"]["id"]
+    policy = '{"pii": {"email": "redact"}, "injection": "block"}'
+    assert _relay(relay, "tenants", "guardrails", tid, "--set", policy).returncode == 0
+    shown = _relay(relay, "tenants", "guardrails", tid)
+    assert shown.returncode == 0 and json.loads(shown.stdout) == json.loads(policy)
+    refused = _relay(relay, "tenants", "guardrails", tid, "--set", '{"pii": {"email": "shout"}}')
+    assert refused.returncode != 0 and "block, redact or flag" in refused.stderr + refused.stdout
+    assert _relay(relay, "tenants", "guardrails", tid, "--clear").returncode == 0
+    assert json.loads(_relay(relay, "tenants", "guardrails", tid).stdout) == {}

@@ -225,3 +225,15 @@ async def test_the_endpoint_serves_the_registry_and_a_taken_port_is_not_fatal(me
             assert MetricsServer.start("127.0.0.1", taken.getsockname()[1], registry) is None
     finally:
         server.stop()
+
+
+async def test_guardrail_decisions_are_counted_by_guardrail_and_action(registry: CollectorRegistry, metrics: RelayMetrics) -> None:
+    c = ctx()
+    c.note_guardrail("pii.email", "input", "redact", 2)
+    c.note_guardrail("pii.email", "output", "redact")
+    c.note_guardrail("injection", "input", "block")
+    metrics.observe_request(Metered(c, ENTRY, Outcome("error", 400, "content_policy_violation")))
+    metrics.observe_request(Metered(ctx(), ENTRY, Outcome("success", 200)))  # no guardrails: nothing counted
+    assert value(registry, "relay_guardrail_decisions_total", guardrail="pii.email", action="redact") == 3
+    assert value(registry, "relay_guardrail_decisions_total", guardrail="injection", action="block") == 1
+    assert value(registry, "relay_guardrail_decisions_total", guardrail="injection", action="flag") == 0

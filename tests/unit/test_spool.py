@@ -93,7 +93,7 @@ def test_a_request_row_survives_the_spool_exactly() -> None:
     again = RequestRow.from_json(row.to_json())
     assert again == row
     assert again.created_at.utcoffset() == timedelta(0) and again.total_cost == Decimal("0.00000451")
-    assert len(row.params()) == len(COLUMNS) == 41  # + route_alias, route_target, route_reason (0025)
+    assert len(row.params()) == len(COLUMNS) == 42  # + route_alias, route_target, route_reason (0025), guardrails (0026)
     assert row.without_references().model_id is None and row.without_references().requested_model == row.requested_model
 
 

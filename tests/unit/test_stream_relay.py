@@ -48,7 +48,7 @@ class _Upstream:
 
 def _session(items, include_usage: bool):  # noqa: ANN001, ANN202
     ctx = RequestContext(request_id="r", kind="chat", body={}, include_usage=include_usage, stream=True)
-    admitted = SimpleNamespace(ctx=ctx, cache=None, dispatched=True)
+    admitted = SimpleNamespace(ctx=ctx, cache=None, dispatched=True, output=None)
     pipeline = _Pipeline()
     session = StreamSession(pipeline, admitted)  # type: ignore[arg-type]
     session._upstream = _Upstream(items)  # committed: the attempt loop is tested in test_failover

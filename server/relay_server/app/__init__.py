@@ -56,6 +56,9 @@ from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
 from relay_server.observability.sampler import Sources
+from relay_server.pipeline.guardrails.classifier import ClassifierClient
+from relay_server.pipeline.guardrails.policy import GuardrailSource
+from relay_server.pipeline.guardrails.step import Guardrails
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.resolve import ModelResolver
@@ -106,6 +109,7 @@ class App:
         if self.conversations is not None:
             await self.conversations.stop()  # thread replies finish (or are persisted as interrupted) first
         await self.pipeline.drain()  # requests that ended are metered and settled before the writer stops
+        await self.pipeline.close()
         await self.metering.stop()  # writes (or spools) the request rows still queued
         if self.observability is not None:
             await self.observability.stop()  # after the writer: the last sample sees its final counts
@@ -154,6 +158,9 @@ async def build(settings: Settings) -> App:
         authenticator, catalog, router, observability.recorder(metering.recorder),
         gate=metering.gate, markups=metering.tenant_config, usage_policy=metering.usage_policy,
         cache=conversations.cache, settle_after_response=True, resolver=ModelResolver(catalog, routing.virtual),
+        guardrails=Guardrails(
+            GuardrailSource(metering.tenant_config), ClassifierClient(allow_private=settings.private_destinations_allowed)
+        ),
     )  # fmt: skip
     conversations.bind(pipeline, authenticator=authenticator, validate_chat=lambda body: validate("chat", body))
     responses = ResponseStore(db, RetentionSource(tenancy.config.get))

@@ -67,6 +67,8 @@ class RequestContext:
     """The virtual model the request is routed through (after any budget route), or None."""
     route: RouteNote = field(default_factory=RouteNote)
     """Which target answered and why (``x-relay-route``, the request log)."""
+    guardrails: dict[tuple[str, str, str], int] | None = None
+    """Guardrail decisions, (guardrail, stage, action) -> count; None while no guardrail decided anything."""
 
     @property
     def native_headers(self) -> dict[str, str]:
@@ -82,6 +84,13 @@ class RequestContext:
     def mark_first_token(self) -> None:
         if self.first_token_ns is None:
             self.first_token_ns = time.monotonic_ns()
+
+    def note_guardrail(self, guardrail: str, stage: str, action: str, count: int = 1) -> None:
+        """Record a guardrail decision (request log column ``guardrails``, Prometheus counter)."""
+        if self.guardrails is None:
+            self.guardrails = {}
+        key = (guardrail, stage, action)
+        self.guardrails[key] = self.guardrails.get(key, 0) + count
 
     def elapsed_ms(self) -> int:
         return (time.monotonic_ns() - self.started_ns) // 1_000_000

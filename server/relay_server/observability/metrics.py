@@ -58,6 +58,10 @@ class RelayMetrics:
         self.cost = Counter("relay_cost_micros", "Billed cost in micro-USD (markup included).", ["model", "provider"], registry=r)
         self.cache_hits = Counter("relay_cache_hits", "Requests answered by the response cache.", ["kind", "cache_kind"], registry=r)
         self.limit_refusals = Counter("relay_limit_refusals", "Requests refused by rate limits or spend caps.", ["code"], registry=r)
+        self.guardrails = Counter(
+            "relay_guardrail_decisions", "Guardrail decisions (each finding, refusal, redaction or flag).",
+            ["guardrail", "action"], registry=r,
+        )  # fmt: skip
         self.attempts = Counter("relay_provider_attempts", "Provider attempts by how they ended.", ["provider", "outcome"], registry=r)
         # The request archiver (workers/archiver.py).
         self.archive_partitions = Counter("relay_archive_partitions", "Request partitions archived to Parquet.", registry=r)
@@ -116,6 +120,9 @@ class RelayMetrics:
             self.errors.labels(kind, code, str(outcome.http_status)).inc()
             if code in LIMIT_CODES and ctx.attempts == 0:
                 self.limit_refusals.labels(code).inc()
+        if ctx.guardrails:
+            for (guardrail, _stage, action), n in ctx.guardrails.items():
+                self.guardrails.labels(guardrail, action).inc(n)
         cache_kind = getattr(m, "cache_kind", None)
         if cache_kind:
             self.cache_hits.labels(kind, cache_kind).inc()

@@ -22,10 +22,11 @@ from relay_server.domain.request import RequestContext
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.observability.request_context import attach
 from relay_server.observability.tracing import step
+from relay_server.pipeline.guardrails.step import Guardrails
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.routing.route import Attempt, Router
-from relay_server.pipeline.session import StreamSession
+from relay_server.pipeline.session import OutputFilter, StreamSession
 from relay_server.pipeline.steps.admission import AdmissionGate, Ticket
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.budget_route import budget_share
@@ -61,6 +62,8 @@ class Admitted:
     """What the response cache decided (None when no cache is configured)."""
     route: asyncio.Future[Sequence[Attempt]] | None = None
     """The live route, planned while admission ran (``InferencePipeline._prefetch_route``)."""
+    output: OutputFilter | None = None
+    """The request's output guardrails (None, the common case: items pass untouched)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -88,8 +91,10 @@ class InferencePipeline:
         cache: ResponseCache | None = None,
         settle_after_response: bool = False,
         resolver: ModelResolver | None = None,
+        guardrails: Guardrails | None = None,
     ) -> None:
         self._resolver = resolver or ModelResolver(catalog)
+        self._guardrails = guardrails
         self._cache = cache
         self._auth = authenticator
         self._catalog = catalog
@@ -134,6 +139,8 @@ class InferencePipeline:
             input_tokens = estimate_input_tokens(kind, body, entry.relay_name)
             markup = await self._markup(ctx.principal.tenant_id)
             admitted = Admitted(ctx, entry, input_tokens, markup)
+            if self._guardrails is not None:  # before routing: the route sees the body the provider will
+                admitted.output = await self._guardrails.admit(ctx, input_tokens)
             if self._gate is not None:
                 if rule is None:  # a budget route decides after admission, from the caps' state
                     admitted.route = self._prefetch_route(ctx, entry)
@@ -221,6 +228,11 @@ class InferencePipeline:
         self._metering.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("metering a request failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        """Release what the pipeline holds open (the guardrail classifier's connections)."""
+        if self._guardrails is not None:
+            await self._guardrails.close()
 
     async def drain(self) -> None:
         """Wait until every request that has ended is metered and settled (graceful shutdown, tests)."""

@@ -17,6 +17,10 @@
   finished, failed mid-way (the door sends the error in-band), or the client went away
   (``aclose``; billed for what was generated).
 
+An admitted request may carry an ``OutputFilter`` (its output guardrails): every item the
+session shows passes through it, and what it still holds back comes out when the provider
+ends.  Without one (the common case) nothing is called.
+
 Non-streaming requests are the degenerate case (``complete``): one attempt loop, one
 answer, the same finish.  Doors iterate a session and encode its items into frames; the
 session never knows which door drives it.
@@ -26,8 +30,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay_server.domain.provider import NativeEvent, NativeResponse, Usage
 from relay_server.observability.tracing import step
@@ -42,12 +47,29 @@ log = logging.getLogger(__name__)
 
 Item = dict[str, Any] | NativeEvent
 """What a session yields: an OpenAI chunk dict, or an event in the door's own dialect."""
+Response = dict[str, Any] | NativeResponse
+
+
+class OutputFilter(Protocol):
+    """Rewrites a request's output on its way to the client (installed at admission)."""
+
+    def item(self, item: Item) -> Item:
+        """The item as shown (raising a ``RelayError`` ends the stream with it)."""
+        ...
+
+    def end(self) -> list[Item]:
+        """Items still owed when the provider's stream ended."""
+        ...
+
+    async def response(self, response: Response, again: Callable[[], Awaitable[Response]]) -> Response:
+        """A whole answer as shown; ``again`` asks the provider once more (billed too)."""
+        ...
 
 
 class StreamSession:
     """Async iterator over a streamed answer; ``complete()`` for a non-streamed one."""
 
-    __slots__ = ("_admitted", "_assembler", "_counter", "_finished", "_include_usage", "_pipeline", "_upstream")
+    __slots__ = ("_admitted", "_assembler", "_counter", "_finished", "_include_usage", "_owed", "_pipeline", "_upstream")
 
     def __init__(self, pipeline: InferencePipeline, admitted: Admitted) -> None:
         self._pipeline = pipeline
@@ -57,6 +79,7 @@ class StreamSession:
         self._assembler: ChunkAssembler | None = None
         self._finished = False
         self._include_usage = admitted.ctx.include_usage
+        self._owed: deque[Item] | None = None  # the output filter's items after the provider's end
 
     @property
     def admitted(self) -> Admitted:
@@ -76,13 +99,26 @@ class StreamSession:
     async def __anext__(self) -> Item:
         upstream = self._upstream
         try:
+            if self._owed is not None:
+                if self._owed:
+                    return self._owed.popleft()
+                raise StopAsyncIteration
             if upstream is None:
                 upstream = await self._attempt()
+            output = self._admitted.output
             while True:
-                item = await anext(upstream)
+                try:
+                    item = await anext(upstream)
+                except StopAsyncIteration:
+                    if output is None:
+                        raise
+                    self._owed = deque(output.end())
+                    if not self._owed:
+                        raise
+                    return self._owed.popleft()
                 shown = self._take(item)
                 if shown is not None:
-                    return shown
+                    return shown if output is None else output.item(shown)
         except StopAsyncIteration:
             if self._assembler is not None and self._assembler.finished:
                 await self._store(self._assembler.response())
@@ -98,7 +134,9 @@ class StreamSession:
         attempts = await self._pipeline.plan(self._admitted)
         self._admitted.dispatched = True
         lookup = self._admitted.cache
-        if lookup is not None and lookup.status == "miss" and self._admitted.ctx.kind in ("chat", "completion"):
+        # A filtered answer is not stored: the cache would keep what the filter hid from the client.
+        if (lookup is not None and lookup.status == "miss" and self._admitted.ctx.kind in ("chat", "completion")
+                and self._admitted.output is None):
             self._assembler = ChunkAssembler(self._admitted.ctx.kind)
         self._upstream = FailoverStream(self._admitted.ctx, attempts, self._admitted)
         return self._upstream
@@ -144,24 +182,35 @@ class StreamSession:
 
     async def complete(self) -> dict[str, Any] | NativeResponse:
         """The whole answer: an OpenAI response body, or the provider's own for a native door."""
-        ctx = self._admitted.ctx
         try:
             attempts = await self._pipeline.plan(self._admitted)
             self._admitted.dispatched = True
-            response = await complete_with_failover(ctx, attempts, served=self._admitted)
-            if isinstance(response, NativeResponse):
-                ctx.usage = response.usage
-                self._counter.add_text(response.text)
-            else:
-                raw_usage = response.get("usage")
-                ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
-                self._counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
-                self._counter.add_response(response)
-                await self._store(response)
+            response = await self._answer(attempts)
+            if self._admitted.output is not None:
+                response = await self._admitted.output.response(response, lambda: self._answer(attempts))
         except BaseException as exc:
             await self._finish(exc)
             raise
         await self._finish(None)
+        return response
+
+    async def _answer(self, attempts: Any) -> Response:
+        """One provider answer, its usage added to the request's (a guardrail's retry is billed too)."""
+        ctx = self._admitted.ctx
+        earlier = ctx.usage
+        response = await complete_with_failover(ctx, attempts, served=self._admitted)
+        if isinstance(response, NativeResponse):
+            ctx.usage = response.usage
+            self._counter.add_text(response.text)
+        else:
+            raw_usage = response.get("usage")
+            ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
+            self._counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
+            self._counter.add_response(response)
+            if self._admitted.output is None:
+                await self._store(response)
+        if earlier is not None and ctx.usage is not None:
+            ctx.usage = earlier + ctx.usage
         return response
 
     async def _store(self, response: dict[str, Any]) -> None:

@@ -53,7 +53,10 @@ class HttpProvider:
         self._timeouts = timeouts or Timeouts()
 
     def translator_for(self, call: ProviderCall) -> Translator:
-        return self._by_door.get(call.door, self.translator) if self._by_door else self.translator
+        # No native body: the request must take the translated path (a guardrail rewrote its input or rewrites its output).
+        if not self._by_door or call.native_body is None:
+            return self.translator
+        return self._by_door.get(call.door, self.translator)
 
     async def complete(self, call: ProviderCall) -> dict[str, Any] | NativeResponse:
         return await self._exchange(call)

@@ -15,6 +15,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit
 
 from relay_server.address_policy import RefusedDestination, classify, parse_literal
+from relay_server.domain.guardrails import PolicyError, parse_policy
 from relay_server.errors import ErrorKind, RelayError
 
 MAX_CACHE_TTL_S = 30 * 86400
@@ -135,6 +136,20 @@ def _url(value: str, _: ModelExists | None) -> str:
     return value
 
 
+def _guardrails(value: str, _: ModelExists | None) -> str:
+    def check_url(url: str) -> None:
+        try:
+            _url(url, None)
+        except _Invalid as why:
+            raise PolicyError(f"`classifier.url` must be {why}") from None
+
+    try:
+        parse_policy(value, check_url=check_url)
+    except PolicyError as why:
+        raise _Invalid(str(why)) from None
+    return json.dumps(json.loads(value), separators=(",", ":"), sort_keys=True) if value else "{}"
+
+
 VALIDATORS: dict[str, Callable[[str, ModelExists | None], str]] = {
     "default_cache_ttl_sec": _seconds,
     "markup_rate": _markup,
@@ -148,6 +163,7 @@ VALIDATORS: dict[str, Callable[[str, ModelExists | None], str]] = {
     "semantic_cache_model": _model,
     "thread_embeddings": _boolean,
     "response_retention_days": _days,
+    "guardrails": _guardrails,
 }
 CONFIG_KEYS = tuple(VALIDATORS)
 

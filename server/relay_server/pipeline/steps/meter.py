@@ -10,9 +10,10 @@ to the batched writer, never written on the hot path) and one log line.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from relay_server.domain.metered import Metered, RequestRecorder
 from relay_server.domain.pricing import DEFAULT_MARKUP, Cost
@@ -100,7 +101,15 @@ def request_row(m: Metered) -> RequestRow | None:
         route_alias=ctx.route.alias,
         route_target=ctx.route.target or None,
         route_reason=ctx.route.reason or None,
+        guardrails=guardrail_rows(ctx.guardrails),
     )
+
+
+def guardrail_rows(decisions: Mapping[tuple[str, str, str], int] | None) -> list[dict[str, Any]] | None:
+    """The request log's ``guardrails`` column: one entry per (guardrail, stage, action)."""
+    if not decisions:
+        return None
+    return [{"guardrail": g, "stage": s, "action": a, "count": n} for (g, s, a), n in decisions.items()]
 
 
 class LogRecorder:

@@ -146,6 +146,10 @@ class TenantMeteringConfig:
     async def _config(self, tenant_id: str) -> Mapping[str, str]:
         return await self.cache.get(tenant_id, lambda: self._source.tenant_config(tenant_id))
 
+    async def values(self, tenant_id: str) -> Mapping[str, str]:
+        """Every stored value (guardrails read theirs here: one cache for the request path)."""
+        return await self._config(tenant_id)
+
     async def markup_rate(self, tenant_id: str) -> Decimal:
         return parse_markup(await self._config(tenant_id))
 

@@ -2,7 +2,7 @@
 
 The schema is written down (not inferred) so every file of every month has the
 same types: money stays exact (NUMERIC(12,8) → decimal128(12,8); micro-dollars
-as int64), times are UTC microseconds, ``request_metadata`` is its JSON text.
+as int64), times are UTC microseconds, ``request_metadata`` and ``guardrails`` are their JSON text.
 A column added to ``requests`` by a later migration must be added here too;
 the archiver refuses a partition whose columns differ (``check_columns``).
 """
@@ -34,8 +34,10 @@ SCHEMA = pa.schema([
     ("http_status", pa.int32()), ("attempts", pa.int32()), ("cache_hit", pa.bool_()), ("cache_kind", pa.string()),
     ("cache_key", pa.string()), ("request_metadata", pa.string()), ("door", pa.string()),
     ("route_alias", pa.string()), ("route_target", pa.string()), ("route_reason", pa.string()),  # 0025
+    ("guardrails", pa.string()),  # 0026
 ])  # fmt: skip
 COLUMNS = tuple(SCHEMA.names)
+_JSON = ("request_metadata", "guardrails")  # jsonb columns, kept as their JSON text
 
 ROW_GROUP_ROWS = 128_000  # large enough for scans to skip by statistics, small enough to stream
 COMPRESSION = "zstd"
@@ -51,7 +53,7 @@ def check_columns(columns: Iterable[str]) -> None:
 
 
 def _cell(name: str, value: Any) -> Any:
-    if name == "request_metadata" and value is not None and not isinstance(value, str):
+    if name in _JSON and value is not None and not isinstance(value, str):
         return orjson.dumps(value).decode()
     return value
 
@@ -118,9 +120,10 @@ def file_checksum(filesystem: pafs.FileSystem, full_path: str) -> tuple[int, str
 
 def row_from_arrow(record: dict[str, Any]) -> dict[str, Any]:
     """An archived row as the hot path returns it (JSON text back to a dict)."""
-    raw = record.get("request_metadata")
-    if isinstance(raw, str):
-        record["request_metadata"] = orjson.loads(raw)
+    for name in _JSON:
+        raw = record.get(name)
+        if isinstance(raw, str):
+            record[name] = orjson.loads(raw)
     for name in ("input_cost", "output_cost", "total_cost", "relay_revenue", "markup_rate"):
         value = record.get(name)
         if value is not None and not isinstance(value, Decimal):

@@ -83,6 +83,8 @@ class RequestRow:
     route_alias: str | None = None  # the virtual model asked for (migration 0025)
     route_target: str | None = None  # model@provider that answered
     route_reason: str | None = None
+    guardrails: list[dict[str, Any]] | None = None
+    """Guardrail decisions: [{"guardrail", "stage", "action", "count"}] (docs/guardrails.md)."""
 
     def to_json(self) -> dict[str, Any]:
         """Spool form: Decimals as strings, datetimes as ISO 8601 (exact round trip)."""
@@ -111,7 +113,7 @@ class RequestRow:
 
     def params(self) -> tuple[Any, ...]:
         return tuple(
-            Jsonb(getattr(self, name)) if name == "request_metadata" and getattr(self, name) is not None else getattr(self, name)
+            Jsonb(getattr(self, name)) if name in _JSONB and getattr(self, name) is not None else getattr(self, name)
             for name in COLUMNS
         )
 
@@ -135,6 +137,7 @@ class RequestRow:
 
 
 _TEXT_LIMIT = 2000
+_JSONB = ("request_metadata", "guardrails")
 
 
 def _storable(text: str, limit: int) -> str:
