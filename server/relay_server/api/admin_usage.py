@@ -229,6 +229,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 "status": request.status,
                 "end_user_id": request.end_user_id,
                 "environment": self._environment_or_both(request.environment, principal),
+                "id": request.request_id,  # one request's detail
             }
             start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
             end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
@@ -292,6 +293,8 @@ def _record(r: dict[str, Any]) -> usage_pb2.RequestRecord:
         error_message=r["error_message"] or "",
         attempts=r["attempts"],
         usage_source=str(metadata.get("usage_source") or "") if isinstance(metadata, dict) else "",
+        door=r.get("door") or "",
+        cache_kind=r.get("cache_kind") or "",
     )
     created = _ts(r["created_at"])
     if created is not None:

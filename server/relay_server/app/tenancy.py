@@ -20,6 +20,7 @@ from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.settings import Settings
 from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
+from relay_server.tenancy.accounts import AccountAdmin
 from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
@@ -50,6 +51,7 @@ class Tenancy:
     member_permissions: MemberPermissions
     audit: AuditLog
     usage: UsageReports
+    accounts: AccountAdmin
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -127,6 +129,7 @@ def build_tenancy(
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
         usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
+        accounts=AccountAdmin(db),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

@@ -1,4 +1,4 @@
-"""Pages of one tenant, as its member: overview, API keys, request log, members.
+"""Pages of one tenant, as its member: overview, API keys, request log.
 
 Every read and write is an admin API call with the member's JWT; what the
 role may not do, the server refuses (403) and the page says so.  Buttons a
@@ -21,7 +21,6 @@ from relay_server.dashboard.relay_api import (
     api_error_status,
 )
 from relay_server.dashboard.web import (
-    ACCOUNTS,
     API,
     BASE,
     render,
@@ -181,48 +180,6 @@ async def request_log(request: web.Request) -> web.StreamResponse:
         error, status = api_error_message(exc), _status(exc)
     return render(request, "requests.html", status, member=member, rows=rows, next_page_token=next_token,
                   filters=filters, error=error, ts=ts)
-
-
-@routes.get(f"{BASE}/members")
-async def members(request: web.Request) -> web.StreamResponse:
-    return await _members_page(request, _member(request))
-
-
-async def _members_page(request: web.Request, member: Membership, status: int = 200, **extra: Any) -> web.Response:
-    context: dict[str, Any] = {"invited": None, "error": ""}
-    context.update(extra)
-    try:
-        reply = await request.app[API].client.tenants.list_members(
-            tenant_id=member.tenant_id, page_size=PAGE_SIZE, **_auth(request, member)
-        )
-        context["members"] = list(reply.members)
-    except ApiError as exc:
-        context["members"] = []
-        context["error"] = context["error"] or api_error_message(exc)
-        status = _status(exc) if status == 200 else status
-    return render(request, "members.html", status, member=member, ts=ts, roles=ROLES, **context)
-
-
-ROLES = ("viewer", "developer", "admin", "owner")
-
-
-@routes.post(f"{BASE}/members")
-async def invite_member(request: web.Request) -> web.StreamResponse:
-    """Add the member through the API, then give the inviter a one-time link to pass on."""
-    member = _member(request)
-    form = await request.post()
-    email = str(form.get("email", "")).strip().lower()
-    role = str(form.get("role", ""))
-    try:
-        reply = await request.app[API].client.tenants.add_member(
-            tenant_id=member.tenant_id, email=email, role=role, name=str(form.get("name", "")).strip(),
-            **_auth(request, member),
-        )
-    except ApiError as exc:
-        return await _members_page(request, member, _status(exc), error=api_error_message(exc))
-    token = await request.app[ACCOUNTS].issue_token("invitation", reply.member.email)
-    link = f"{request.scheme}://{request.host}{BASE}/accept?token={token}"
-    return await _members_page(request, member, 201, invited={"email": reply.member.email, "link": link})
 
 
 @routes.get(f"{BASE}/healthz")

@@ -26,7 +26,7 @@ from relay_server.storage.postgres.archive import cold_files
 from relay_server.storage.postgres.pool import Database
 
 _EPSILON = timedelta(microseconds=1)
-FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment"})
+FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment", "id"})
 
 
 class ColdRequests:
