@@ -157,6 +157,23 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         assert int(rows[0]["input_tokens"]) == usage.prompt_tokens
         shots += shoot(owner, out, "billing")
 
+        # A key with its own limits, spend cap and expiry; a malformed limit is named, nothing is created.
+        owner.goto(_url(stack, "/keys"))
+        owner.get_by_label("Name").fill("capped key")
+        owner.get_by_label("Requests per minute (empty: the plan's)").fill("60")
+        owner.get_by_label("Spend cap in USD (empty: none)").fill("5")
+        owner.get_by_label("Spend cap window").select_option("daily")
+        owner.get_by_label("Expires on (UTC date, empty: never)").fill("2099-01-31")
+        owner.get_by_role("button", name="Create key").click()
+        owner.wait_for_load_state()
+        assert owner.locator("#page-error").count() == 0, owner.locator("main").inner_text()
+        limits = owner.locator("tr", has_text="capped key").locator("td.limits").inner_text()
+        assert "60 rpm" in limits and "daily" in limits and "expires 2099-01-31" in limits
+        csrf = owner.locator("input[name=csrf]").first.input_value()
+        bad = owner_ctx.request.post(_url(stack, "/keys"), form={"csrf": csrf, "name": "bad", "rpm": "lots"})
+        assert bad.status == 400 and "Requests per minute must be a whole number" in bad.text()
+        shots += shoot(owner, out, "keys-limits")
+
         # Members: invite a developer, make them a viewer, then remove them; each change is audited.
         dev_link = _invite(owner, stack, "dev@pages.test", "developer")
         row = owner.locator("#members tr", has_text="dev@pages.test")
@@ -217,5 +234,5 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         r = admin.post("/v1/sign-ins", json={"email": "owner@pages.test", "outcome": "guessed"})
         assert r.status_code == 400, r.text
 
-    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 10
+    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 12
     assert watch.errors == []

@@ -15,6 +15,7 @@ from aiohttp import web
 
 from relay_proto.relay.admin.v1 import api_keys_pb2, usage_pb2
 from relay_server.dashboard.accounts import Membership
+from relay_server.dashboard.key_forms import describe_limits, key_limits
 from relay_server.dashboard.relay_api import (
     ApiError,
     api_error_message,
@@ -115,7 +116,8 @@ async def _keys_page(request: web.Request, member: Membership, status: int = 200
         context["keys"], context["next_page_token"] = [], ""
         context["error"] = context["error"] or api_error_message(exc)
         status = _status(exc)
-    return render(request, "keys.html", status, member=member, ts=ts, pb=api_keys_pb2, **context)
+    return render(request, "keys.html", status, member=member, ts=ts, pb=api_keys_pb2, limits=describe_limits,
+                  **context)
 
 
 @routes.post(f"{BASE}/keys")
@@ -126,7 +128,11 @@ async def create_key(request: web.Request) -> web.StreamResponse:
     scope = api_keys_pb2.KEY_SCOPE_MANAGEMENT if form.get("scope") == "management" else api_keys_pb2.KEY_SCOPE_INFERENCE
     models = [m.strip() for m in str(form.get("allowed_models", "")).split(",") if m.strip()]
     key = api_keys_pb2.ApiKey(name=str(form.get("name", "")).strip(), environment=environment, scope=scope,
-                              allowed_models=models)
+                              allowed_models=models, end_user_id=str(form.get("end_user_id", "")).strip())
+    try:
+        key_limits(key, form)
+    except ValueError as exc:
+        return await _keys_page(request, member, 400, error=str(exc))
     try:
         reply = await request.app[API].client.api_keys.create_api_key(api_key=key, **_auth(request, member))
     except ApiError as exc:
