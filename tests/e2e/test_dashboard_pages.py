@@ -8,10 +8,12 @@ Every page is screenshotted at two widths, and no page logs a console error.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 import ipaddress
 import re
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,8 @@ def stack(pg_cluster: PgCluster, redis_server: RedisHandle, tmp_path_factory: py
     db = pg_cluster.create_database()
     relay = start_stack(
         db, Path(tmp_path_factory.mktemp("relay-dashboard-pages")), redis_url=redis_server.url,
-        extra_env={"RELAY_JOBS_POLL_S": "0.2", "RELAY_ROLLUP_INTERVAL_S": "0.5", "RELAY_BILLING_INTERVAL_S": "0.5"},
+        extra_env={"RELAY_JOBS_POLL_S": "0.2", "RELAY_ROLLUP_INTERVAL_S": "0.5", "RELAY_BILLING_INTERVAL_S": "0.5",
+                   "RELAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()},
     )  # fmt: skip
     yield relay
     relay.stop()
@@ -174,6 +177,33 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         assert bad.status == 400 and "Requests per minute must be a whole number" in bad.text()
         shots += shoot(owner, out, "keys-limits")
 
+        # Settings: allowed models and a spend cap are saved (and audited); a webhook URL the server
+        # refuses is shown with its message; BYOK keys are listed by hint only.
+        owner.goto(_url(stack, "/settings"))
+        owner.get_by_label("Allowed models (comma-separated, empty: every model)").fill("gpt-4o-mini")
+        owner.get_by_label("Tenant spend cap in USD (empty: none)").fill("100")
+        owner.get_by_label("Spend cap window (daily, monthly or total)").fill("monthly")
+        owner.get_by_role("button", name="Save settings").click()
+        assert "Saved: allowed_models, spend_cap_usd, spend_cap_window" in owner.get_by_role("status").inner_text()
+        assert owner.get_by_label("Allowed models (comma-separated, empty: every model)").input_value() == "gpt-4o-mini"
+        owner.get_by_label("Webhook URL (https://; empty: no webhooks)").fill("ftp://hooks.example.test/relay")
+        owner.get_by_role("button", name="Save settings").click()
+        assert "webhook_url" in owner.get_by_role("alert").inner_text()
+        with rest(stack, stack.admin_token) as admin:
+            r = admin.put(f"/v1/tenants/{tenant['id']}/features/byok", json={"enabled": True, "reason": "e2e"})
+            assert r.status_code == 200, r.text
+        owner.goto(_url(stack, "/settings"))
+        owner.locator("summary", has_text="Add a provider key").click()
+        owner.get_by_label("Provider id (e.g. openai)").fill("openai")
+        owner.get_by_label("Name", exact=True).fill("our openai")
+        owner.get_by_label("Provider API key").fill("sk-e2e-secret-0123456789abcd")
+        owner.get_by_role("button", name="Add key").click()
+        owner.wait_for_load_state()
+        assert owner.locator("#page-error").count() == 0, owner.locator("main").inner_text()
+        assert "…abcd" in owner.locator("#credentials tr", has_text="our openai").inner_text()
+        assert "sk-e2e-secret" not in owner.content()
+        shots += shoot(owner, out, "settings")
+
         # Members: invite a developer, make them a viewer, then remove them; each change is audited.
         dev_link = _invite(owner, stack, "dev@pages.test", "developer")
         row = owner.locator("#members tr", has_text="dev@pages.test")
@@ -199,6 +229,11 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         refused = viewer_ctx.request.post(_url(stack, f"/members/{dev_id}/role"), form={"csrf": csrf, "role": "owner"})
         assert refused.status == 403 and "permission" in refused.text().lower()
         shots += shoot(viewer, out, "billing-viewer")
+        viewer.goto(_url(stack, "/settings"))
+        assert viewer.get_by_role("button", name="Save settings").count() == 0
+        assert viewer.get_by_label("Allowed models (comma-separated, empty: every model)").get_attribute("readonly") is not None
+        refused = viewer_ctx.request.post(_url(stack, "/settings"), form={"csrf": csrf, "allowed_models": ""})
+        assert refused.status == 403, refused.text()
 
         # The developer (now viewer) accepts, then is removed: their session ends at the next page.
         dev_ctx = b.new_context(viewport={"width": 1280, "height": 800})
@@ -215,7 +250,7 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
 
         owner.goto(_url(stack, "/audit"))
         actions = owner.locator("#audit tbody tr").evaluate_all("rows => rows.map(r => r.dataset.action)")
-        assert {"member.role_changed", "member.removed", "member.added"} <= set(actions)
+        assert {"member.role_changed", "member.removed", "member.added", "tenant.config_updated"} <= set(actions)
         changed = owner.locator("#audit tbody tr[data-action='member.role_changed']")
         assert "from: developer" in changed.inner_text() and "to: viewer" in changed.inner_text()
 
@@ -234,5 +269,5 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         r = admin.post("/v1/sign-ins", json={"email": "owner@pages.test", "outcome": "guessed"})
         assert r.status_code == 400, r.text
 
-    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 12
+    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 14
     assert watch.errors == []

@@ -17,6 +17,7 @@ from relay_server.dashboard import (
     member_pages,
     operator_pages,
     request_pages,
+    settings_pages,
     tenant_pages,
 )
 from relay_server.dashboard.accounts import Accounts, open_pool
@@ -48,6 +49,7 @@ def build_app(dsn: str, api_config: ApiConfig) -> web.Application:
     app.add_routes(billing_pages.routes)
     app.add_routes(member_pages.routes)
     app.add_routes(audit_pages.routes)
+    app.add_routes(settings_pages.routes)
     app.router.add_static(f"{BASE}/static/", STATIC_DIR, append_version=True)
     return app
 

@@ -63,7 +63,7 @@ class UsageRow(_message.Message):
     def __init__(self, group: _Optional[str] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., error_count: _Optional[int] = ..., cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., total_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., provider_cost: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...
 
 class QueryUsageRequest(_message.Message):
-    __slots__ = ("tenant_id", "start_date", "end_date", "group_by", "environment", "api_key_id", "model_id", "end_user_id")
+    __slots__ = ("tenant_id", "start_date", "end_date", "group_by", "environment", "api_key_id", "model_id", "end_user_id", "max_groups")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     START_DATE_FIELD_NUMBER: _ClassVar[int]
     END_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class QueryUsageRequest(_message.Message):
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     END_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_GROUPS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     start_date: _date_pb2.Date
     end_date: _date_pb2.Date
@@ -80,15 +81,18 @@ class QueryUsageRequest(_message.Message):
     api_key_id: str
     model_id: str
     end_user_id: str
-    def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., end_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., group_by: _Optional[_Union[UsageGroupBy, str]] = ..., environment: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., end_user_id: _Optional[str] = ...) -> None: ...
+    max_groups: int
+    def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., end_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., group_by: _Optional[_Union[UsageGroupBy, str]] = ..., environment: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., end_user_id: _Optional[str] = ..., max_groups: _Optional[int] = ...) -> None: ...
 
 class QueryUsageResponse(_message.Message):
-    __slots__ = ("rows", "total")
+    __slots__ = ("rows", "total", "group_count")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COUNT_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
     total: UsageRow
-    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ...) -> None: ...
+    group_count: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., group_count: _Optional[int] = ...) -> None: ...
 
 class GetApiKeyUsageRequest(_message.Message):
     __slots__ = ("tenant_id", "key_id", "start_date", "end_date")
