@@ -30,7 +30,7 @@ from tests.support.pg import start_cluster  # noqa: E402
 from tests.support.stack import start_stack  # noqa: E402
 
 PAGES = ["/", "/?environment=test", "/keys", "/requests", "/requests?status=error", "/requests/req_bench_1",
-         "/billing", "/members", "/audit"]
+         "/billing", "/members", "/audit", "/settings"]
 BUDGET_MS = 300.0
 
 

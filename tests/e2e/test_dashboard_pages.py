@@ -254,6 +254,25 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         changed = owner.locator("#audit tbody tr[data-action='member.role_changed']")
         assert "from: developer" in changed.inner_text() and "to: viewer" in changed.inner_text()
 
+        # Operator pages: providers with their circuit and routes, the catalog with prices, events of every tenant.
+        relay_cli(stack, "create-operator", "--email", "op@pages.test", "--password-stdin", stdin=PASSWORD + "\n")
+        op = watch.attach(b.new_context(viewport={"width": 1280, "height": 800}).new_page())
+        _sign_in(op, stack, "op@pages.test")
+        op.goto(_url(stack, "/operator/providers"))
+        assert op.locator("#providers tbody tr[data-provider-id]").count() >= 1
+        assert op.locator("#providers td.circuit").first.inner_text() in ("closed", "open", "half open")
+        assert op.locator("ul.routes li", has_text="gpt-4o-mini").count() >= 1
+        shots += shoot(op, out, "operator-providers")
+        op.goto(_url(stack, "/operator/catalog"))
+        model = op.locator("#catalog tr[data-model-id='gpt-4o-mini']")
+        assert model.count() == 1 and model.locator("td.price-in").inner_text().startswith("$")
+        shots += shoot(op, out, "operator-catalog")
+        op.goto(_url(stack, "/operator/events?action=tenant.status_changed"))
+        assert op.locator(f"#events tr[data-tenant-id='{tenant['id']}']").count() >= 1  # provisioning → trial
+        shots += shoot(op, out, "operator-events")
+        # A tenant member is no operator.
+        assert owner_ctx.request.get(_url(stack, "/operator/providers")).status == 403
+
     # The console's platform-side calls are for the platform only: a tenant's own key cannot ask.
     with rest(stack, secret) as tenant_api:
         r = tenant_api.get("/v1/account-memberships", params={"email": "owner@pages.test"})
@@ -268,6 +287,11 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         assert "api_keys:create" in membership["permissions"]
         r = admin.post("/v1/sign-ins", json={"email": "owner@pages.test", "outcome": "guessed"})
         assert r.status_code == 400, r.text
+        r = admin.get("/v1/audit-events", params={"all_tenants": "true", "tenant_id": tenant["id"]})
+        assert r.status_code == 400, r.text
+    with rest(stack, secret) as tenant_api:  # every tenant's events are for operators only
+        r = tenant_api.get("/v1/audit-events", params={"all_tenants": "true"})
+        assert r.status_code in (401, 403), r.text
 
-    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 14
+    assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 20
     assert watch.errors == []

@@ -15,6 +15,7 @@ from relay_server.dashboard import (
     auth_pages,
     billing_pages,
     member_pages,
+    operator_infra_pages,
     operator_pages,
     request_pages,
     settings_pages,
@@ -50,6 +51,7 @@ def build_app(dsn: str, api_config: ApiConfig) -> web.Application:
     app.add_routes(member_pages.routes)
     app.add_routes(audit_pages.routes)
     app.add_routes(settings_pages.routes)
+    app.add_routes(operator_infra_pages.routes)
     app.router.add_static(f"{BASE}/static/", STATIC_DIR, append_version=True)
     return app
 
