@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from openai import OpenAI
 
@@ -165,7 +166,7 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         owner.get_by_label("Name").fill("capped key")
         owner.get_by_label("Requests per minute (empty: the plan's)").fill("60")
         owner.get_by_label("Spend cap in USD (empty: none)").fill("5")
-        owner.get_by_label("Spend cap window").select_option("daily")
+        owner.get_by_label("Spend cap window", exact=True).select_option("daily")
         owner.get_by_label("Expires on (UTC date, empty: never)").fill("2099-01-31")
         owner.get_by_role("button", name="Create key").click()
         owner.wait_for_load_state()
@@ -175,6 +176,17 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         csrf = owner.locator("input[name=csrf]").first.input_value()
         bad = owner_ctx.request.post(_url(stack, "/keys"), form={"csrf": csrf, "name": "bad", "rpm": "lots"})
         assert bad.status == 400 and "Requests per minute must be a whole number" in bad.text()
+        # Edit them: a new rate limit, the cap cleared (an empty field clears).
+        capped = owner.locator("tr", has_text="capped key")
+        capped.locator("summary", has_text="Edit limits").click()
+        capped.get_by_label("Requests per minute").fill("120")
+        capped.get_by_label("Spend cap in USD").fill("")
+        capped.get_by_role("button", name="Save limits of capped key").click()
+        owner.wait_for_load_state()
+        assert owner.locator("#page-error").count() == 0, owner.locator("#page-error").inner_text()
+        assert "Limits of “capped key” saved" in owner.get_by_role("status").inner_text()
+        limits = owner.locator("tr", has_text="capped key").locator("td.limits").inner_text()
+        assert "120 rpm" in limits and "daily" not in limits and "expires 2099-01-31" in limits
         shots += shoot(owner, out, "keys-limits")
 
         # Settings: allowed models and a spend cap are saved (and audited); a webhook URL the server
@@ -254,6 +266,19 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         changed = owner.locator("#audit tbody tr[data-action='member.role_changed']")
         assert "from: developer" in changed.inner_text() and "to: viewer" in changed.inner_text()
 
+        # Five wrong passwords lock the viewer's account; the refused attempt after that is audited as locked.
+        with httpx.Client(base_url=base, timeout=30) as web:
+            presign = re.search(r'name="csrf" value="([^"]+)"', web.get("/dashboard/signin").text)
+            assert presign
+            attempt = {"email": "viewer@pages.test", "csrf": presign[1]}
+            for _ in range(5):
+                assert web.post("/dashboard/signin", data={**attempt, "password": "wrong password!"}).status_code == 401
+            assert web.post("/dashboard/signin", data={**attempt, "password": PASSWORD}).status_code == 429
+        owner.goto(_url(stack, "/audit?action=dashboard.sign_in_locked"))
+        assert owner.locator("#audit tbody tr", has_text="viewer@pages.test").count() == 1
+        owner.goto(_url(stack, "/audit?action=dashboard.sign_in_failed"))
+        assert owner.locator("#audit tbody tr", has_text="viewer@pages.test").count() == 5
+
         # Operator pages: providers with their circuit and routes, the catalog with prices, events of every tenant.
         relay_cli(stack, "create-operator", "--email", "op@pages.test", "--password-stdin", stdin=PASSWORD + "\n")
         op = watch.attach(b.new_context(viewport={"width": 1280, "height": 800}).new_page())
@@ -269,6 +294,8 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         shots += shoot(op, out, "operator-catalog")
         op.goto(_url(stack, "/operator/events?action=tenant.status_changed"))
         assert op.locator(f"#events tr[data-tenant-id='{tenant['id']}']").count() >= 1  # provisioning → trial
+        op.goto(_url(stack, "/operator/events?action=dashboard.sign_in_locked"))
+        assert op.locator("#events tbody tr", has_text="viewer@pages.test").count() == 1
         shots += shoot(op, out, "operator-events")
         # A tenant member is no operator.
         assert owner_ctx.request.get(_url(stack, "/operator/providers")).status == 403

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay_proto.relay.admin.v1 import api_keys_pb2
-from relay_server.dashboard.key_forms import describe_limits, key_limits
+from relay_server.dashboard.key_forms import describe_limits, form_values, key_limits
 
 
 def test_filled_form_sets_limits_cap_and_expiry() -> None:
@@ -38,3 +38,14 @@ def test_empty_form_sets_nothing() -> None:
 def test_malformed_fields_are_named(form: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         key_limits(api_keys_pb2.ApiKey(name="k"), form)
+
+
+def test_form_values_round_trip() -> None:
+    """What the edit form shows, posted back unchanged, sets the same limits."""
+    key = api_keys_pb2.ApiKey(name="k", allowed_models=["gpt-4o-mini", "claude-haiku"])
+    key_limits(key, {"rpm": "60", "cap_usd": "5", "cap_window": "total", "expires": "2030-06-01"})
+    values = form_values(key)
+    assert values["allowed_models"] == "gpt-4o-mini, claude-haiku" and values["cap_window"] == "total"
+    again = api_keys_pb2.ApiKey(name="k", allowed_models=key.allowed_models)
+    key_limits(again, values)
+    assert again == key

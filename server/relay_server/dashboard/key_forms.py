@@ -16,6 +16,8 @@ from relay_proto.relay.admin.v1 import api_keys_pb2
 _AMOUNT = re.compile(r"^\d{1,9}(\.\d{1,6})?$")
 _WINDOWS = {"daily": api_keys_pb2.SPEND_CAP_WINDOW_DAILY, "monthly": api_keys_pb2.SPEND_CAP_WINDOW_MONTHLY,
             "total": api_keys_pb2.SPEND_CAP_WINDOW_TOTAL}
+# What the edit form replaces as a whole (its empty fields clear).
+EDITABLE = ("rate_limits", "spend_cap", "expire_time", "allowed_models")
 _LIMITS = (("rpm", "Requests per minute"), ("tpm", "Tokens per minute"), ("requests_per_day", "Requests per day"))
 
 
@@ -69,3 +71,17 @@ def describe_limits(key: api_keys_pb2.ApiKey) -> str:
     if key.allowed_models:
         parts.append("models: " + ", ".join(key.allowed_models))
     return " · ".join(parts)
+
+
+def form_values(key: api_keys_pb2.ApiKey) -> dict[str, str]:
+    """A key's current limits as the edit form's field values."""
+    limits = key.rate_limits
+    return {
+        "rpm": str(limits.rpm or ""), "tpm": str(limits.tpm or ""),
+        "requests_per_day": str(limits.requests_per_day or ""),
+        "cap_usd": key.spend_cap.amount_usd,
+        "cap_window": api_keys_pb2.SpendCapWindow.Name(key.spend_cap.window).removeprefix("SPEND_CAP_WINDOW_").lower()
+        if key.spend_cap.window else "monthly",
+        "expires": f"{key.expire_time.ToDatetime(tzinfo=UTC):%Y-%m-%d}" if key.expire_time.seconds else "",
+        "allowed_models": ", ".join(key.allowed_models),
+    }
