@@ -99,6 +99,8 @@ def test_native_body_inlines_the_conversation_without_relay_state() -> None:
         ({"model": "m", "input": "x", "store": False, "background": True}, "background"),
         ({"model": "m", "input": "x", "truncation": "sometimes"}, "truncation"),
         ({"model": "m", "input": "x", "metadata": {"a": 1}}, "metadata"),
+        ({"model": "m", "input": "x", "conversation": "conv_123"}, "conversation"),
+        ({"model": "m", "input": "x", "conversation": {"id": "conv_123"}}, "conversation"),
     ],
 )
 def test_bad_requests_name_the_parameter(body: dict[str, Any], param: str) -> None:

@@ -93,6 +93,12 @@ def parse_turn(body: Mapping[str, Any]) -> Turn:
     truncation = body.get("truncation")
     if truncation not in (None, "auto", "disabled"):
         raise _bad(f"Invalid value for 'truncation': {truncation!r}. Supported values are: 'auto' and 'disabled'.", "truncation")
+    if body.get("conversation") is not None:
+        # Dropping it would answer without the conversation's history, as if it were a new one.
+        raise _bad(
+            "Relay does not keep Conversations objects: continue a conversation with 'previous_response_id'.",
+            "conversation", "unsupported_parameter",
+        )  # fmt: skip
     store = _flag(body, "store", True)
     background = _flag(body, "background", False)
     stream = _flag(body, "stream", False)
