@@ -12,9 +12,13 @@ import base64
 import csv
 import io
 import ipaddress
+import json
 import re
 import secrets
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +27,7 @@ import pytest
 from openai import OpenAI
 
 from relay_server.stack.redis import RedisHandle
+from relay_server.workers.webhooks import SIGNATURE_HEADER, derived_secret, verify
 from tests.e2e.admin_helpers import rest, wait_for
 from tests.e2e.dashboard_support import (
     PASSWORD,
@@ -50,11 +55,42 @@ def stack(pg_cluster: PgCluster, redis_server: RedisHandle, tmp_path_factory: py
     relay = start_stack(
         db, Path(tmp_path_factory.mktemp("relay-dashboard-pages")), redis_url=redis_server.url,
         extra_env={"RELAY_JOBS_POLL_S": "0.2", "RELAY_ROLLUP_INTERVAL_S": "0.5", "RELAY_BILLING_INTERVAL_S": "0.5",
-                   "RELAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode()},
+                   "RELAY_MASTER_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+                   # The test webhook goes to a receiver on this machine, signed with a derived secret.
+                   "RELAY_ALLOW_PRIVATE_DESTINATIONS": "true", "RELAY_WEBHOOK_POLL_S": "0.2",
+                   "RELAY_WEBHOOK_SIGNING_KEY": SIGNING_KEY},
     )  # fmt: skip
     yield relay
     relay.stop()
     pg_cluster.drop_database(db)
+
+
+SIGNING_KEY = secrets.token_urlsafe(24)
+
+
+@contextmanager
+def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    """An HTTP server on loopback that keeps every POST (headers, body) and answers 204."""
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server naming)
+            body = self.rfile.read(int(self.headers.get("content-length", "0")))
+            received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +237,17 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
         owner.get_by_label("Webhook URL (https://; empty: no webhooks)").fill("ftp://hooks.example.test/relay")
         owner.get_by_role("button", name="Save settings").click()
         assert "webhook_url" in owner.get_by_role("alert").inner_text()
+        # A test event to the webhook: signed and delivered like every tenant event.
+        with webhook_receiver() as (hook_url, received):
+            owner.get_by_label("Webhook URL (https://; empty: no webhooks)").fill(hook_url)
+            owner.get_by_role("button", name="Save settings").click()
+            assert "Saved: webhook_url" in owner.get_by_role("status").inner_text()
+            owner.get_by_role("button", name="Send a test event to the webhook").click()
+            assert f"is on its way to {hook_url}" in owner.get_by_role("status").inner_text()
+            wait_for(lambda: received, "the test webhook", timeout=30)
+        headers, body = received[0]
+        assert headers["x-relay-event-type"] == "webhook.test" and json.loads(body)["data"]["test"] is True
+        assert verify(derived_secret(SIGNING_KEY, tenant["id"]), headers[SIGNATURE_HEADER.lower()], body)
         with rest(stack, stack.admin_token) as admin:
             r = admin.put(f"/v1/tenants/{tenant['id']}/features/byok", json={"enabled": True, "reason": "e2e"})
             assert r.status_code == 200, r.text
@@ -262,7 +309,8 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
 
         owner.goto(_url(stack, "/audit"))
         actions = owner.locator("#audit tbody tr").evaluate_all("rows => rows.map(r => r.dataset.action)")
-        assert {"member.role_changed", "member.removed", "member.added", "tenant.config_updated"} <= set(actions)
+        assert {"member.role_changed", "member.removed", "member.added", "tenant.config_updated",
+                "webhook.test_requested", "webhook.test"} <= set(actions)
         changed = owner.locator("#audit tbody tr[data-action='member.role_changed']")
         assert "from: developer" in changed.inner_text() and "to: viewer" in changed.inner_text()
 

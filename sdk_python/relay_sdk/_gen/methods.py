@@ -173,6 +173,12 @@ _TENANT_SERVICE__REMOVE_MEMBER = MethodSpec(
     relay_admin_v1_tenants_pb2.RemoveMemberResponse,
     admin=True,
 )
+_TENANT_SERVICE__SEND_TEST_WEBHOOK = MethodSpec(
+    "/relay.admin.v1.TenantService/SendTestWebhook",
+    relay_admin_v1_tenants_pb2.SendTestWebhookRequest,
+    relay_admin_v1_tenants_pb2.SendTestWebhookResponse,
+    admin=True,
+)
 _TENANT_SERVICE__UPDATE_MEMBER_ROLE = MethodSpec(
     "/relay.admin.v1.TenantService/UpdateMemberRole",
     relay_admin_v1_tenants_pb2.UpdateMemberRoleRequest,
@@ -839,6 +845,22 @@ class TenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RemoveMember``.
         """
         return self._invoker.unary(_TENANT_SERVICE__REMOVE_MEMBER, request, fields, timeout, extra_metadata)
+
+    def send_test_webhook(
+        self,
+        request: relay_admin_v1_tenants_pb2.SendTestWebhookRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.SendTestWebhookResponse:
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+
+        Unary ``/relay.admin.v1.TenantService/SendTestWebhook``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__SEND_TEST_WEBHOOK, request, fields, timeout, extra_metadata)
 
     def update_member_role(
         self,
@@ -1860,6 +1882,22 @@ class AsyncTenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RemoveMember``.
         """
         return await self._invoker.unary(_TENANT_SERVICE__REMOVE_MEMBER, request, fields, timeout, extra_metadata)
+
+    async def send_test_webhook(
+        self,
+        request: relay_admin_v1_tenants_pb2.SendTestWebhookRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.SendTestWebhookResponse:
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+
+        Unary ``/relay.admin.v1.TenantService/SendTestWebhook``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__SEND_TEST_WEBHOOK, request, fields, timeout, extra_metadata)
 
     async def update_member_role(
         self,

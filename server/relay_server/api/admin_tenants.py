@@ -14,6 +14,7 @@ from relay_server.tenancy.calls import Call
 from relay_server.tenancy.members import MemberAdmin
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import SignupRequest, TenantAdmin
+from relay_server.tenancy.webhook_test import WebhookTester
 
 _UPDATABLE = ("name", "plan", "metadata")
 
@@ -32,10 +33,11 @@ def _tenant_changes(request: pb.UpdateTenantRequest) -> dict[str, object]:
 class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     def __init__(
         self, auth: AdminAuthenticator, tenants: TenantAdmin, members: MemberAdmin, settings: TenantSettingsAdmin,
-        accounts: AccountAdmin,
+        accounts: AccountAdmin, webhook_test: WebhookTester,
     ) -> None:
         self._auth = auth
         self._accounts = accounts
+        self._webhook_test = webhook_test
         self._tenants = tenants
         self._members = members
         self._settings = settings
@@ -126,6 +128,13 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
     async def RemoveMember(self, request, context):  # noqa: N802
         async def run(call: Call) -> pb.RemoveMemberResponse:
             return pb.RemoveMemberResponse(member=m.member_message(await self._members.remove(call, request.tenant_id, request.user_id)))
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def SendTestWebhook(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.SendTestWebhookResponse:
+            event_id, url = await self._webhook_test.send(call, request.tenant_id)
+            return pb.SendTestWebhookResponse(event_id=event_id, url=url)
 
         return await handle(context, self._auth, run, idempotency_key=request.request_id)
 

@@ -32,6 +32,7 @@ from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyB
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
 from relay_server.tenancy.usage import UsageReports
+from relay_server.tenancy.webhook_test import WebhookTester
 from relay_server.workers.lifecycle import LifecycleJobs
 from relay_server.workers.provisioning import Provisioner
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -52,6 +53,7 @@ class Tenancy:
     audit: AuditLog
     usage: UsageReports
     accounts: AccountAdmin
+    webhook_test: WebhookTester
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -130,6 +132,7 @@ def build_tenancy(
         audit=AuditLog(db),
         usage=UsageReports(db, redis, cold=archive.cold if archive is not None else None),
         accounts=AccountAdmin(db),
+        webhook_test=WebhookTester(db),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

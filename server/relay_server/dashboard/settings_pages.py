@@ -98,6 +98,18 @@ async def update_settings(request: web.Request) -> web.StreamResponse:
     return await _settings_page(request, member, notice=f"Saved: {', '.join(sorted(changes))}.")
 
 
+@routes.post(f"{BASE}/settings/webhook-test")
+async def webhook_test(request: web.Request) -> web.StreamResponse:
+    member = _member(request)
+    try:
+        reply = await request.app[API].client.tenants.send_test_webhook(
+            tenant_id=member.tenant_id, **_auth(request, member)
+        )
+    except ApiError as exc:
+        return await _settings_page(request, member, _status(exc), error=api_error_message(exc))
+    return await _settings_page(request, member, notice=f"A test event ({reply.event_id}) is on its way to {reply.url}.")
+
+
 @routes.post(f"{BASE}/settings/credentials")
 async def add_credential(request: web.Request) -> web.StreamResponse:
     member = _member(request)

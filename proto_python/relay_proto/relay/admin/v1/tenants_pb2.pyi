@@ -413,3 +413,19 @@ class RecordSignInResponse(_message.Message):
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     event_count: int
     def __init__(self, event_count: _Optional[int] = ...) -> None: ...
+
+class SendTestWebhookRequest(_message.Message):
+    __slots__ = ("tenant_id", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SendTestWebhookResponse(_message.Message):
+    __slots__ = ("event_id", "url")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    url: str
+    def __init__(self, event_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...

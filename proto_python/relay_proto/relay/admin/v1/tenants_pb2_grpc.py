@@ -86,6 +86,11 @@ class TenantServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
                 _registered_method=True)
+        self.SendTestWebhook = channel.unary_unary(
+                '/relay.admin.v1.TenantService/SendTestWebhook',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.FromString,
+                _registered_method=True)
         self.UpdateMemberRole = channel.unary_unary(
                 '/relay.admin.v1.TenantService/UpdateMemberRole',
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleRequest.SerializeToString,
@@ -195,6 +200,14 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendTestWebhook(self, request, context):
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpdateMemberRole(self, request, context):
         """Change a member's role; nobody grants or takes away permissions they do
         not hold, and the last owner keeps the owner role.
@@ -296,6 +309,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'SendTestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestWebhook,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.SerializeToString,
             ),
             'UpdateMemberRole': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateMemberRole,
@@ -600,6 +618,33 @@ class TenantService:
             '/relay.admin.v1.TenantService/RemoveMember',
             relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/SendTestWebhook',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.FromString,
             options,
             channel_credentials,
             insecure,
