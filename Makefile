@@ -32,9 +32,10 @@ $(NODE_CLIENTS_STAMP): tests/e2e/node/package.json tests/e2e/node/package-lock.j
 	cd tests/e2e/node && npm ci --no-audit --no-fund
 	touch $(NODE_CLIENTS_STAMP)
 
-## gen: regenerate pb2/pyi/grpc stubs and the Envoy descriptor from protos/
+## gen: regenerate pb2/pyi/grpc stubs and the Envoy descriptor from protos/ (and the Kubernetes Envoy ConfigMap files)
 gen: $(STAMP) $(NPM_STAMP)
 	$(PY) scripts/gen.py
+	$(PY) scripts/gen_k8s_envoy.py
 
 ## lint: buf STANDARD lint of protos/ (through a descriptor image: no network)
 lint: $(STAMP)

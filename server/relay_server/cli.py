@@ -31,9 +31,12 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _migrate(args: argparse.Namespace, settings: Settings) -> int:
-    from relay_server.storage.postgres.migrate import apply_migrations  # noqa: PLC0415
+    from relay_server.storage.postgres.migrate import apply_migrations, password_from_dsn  # noqa: PLC0415
 
-    applied = apply_migrations(settings.database_url)
+    # A deployment (the Kubernetes migrations Job) names relay_app's password in RELAY_APP_DATABASE_URL:
+    # the migrations create that role, and this gives it the password the gateway logs in with.
+    app_password = password_from_dsn(settings.app_database_url) if settings.app_database_url else None
+    applied = apply_migrations(settings.database_url, app_password=app_password)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
@@ -92,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_dashboard  # noqa: PLC0415
 
     cli_dashboard.register(sub)  # relay dashboard …
+    from relay_server import cli_apply  # noqa: PLC0415
+
+    cli_apply.register(sub)  # relay apply -f / relay diff -f
     args = parser.parse_args(argv)
 
     overrides = {}
@@ -109,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         return _spool_replay(args, settings)
     if args.command in ("tenants", "keys"):
         return cli_admin.run(args, settings)
+    if args.command in ("apply", "diff"):
+        return cli_apply.run(args, settings)
     if args.command == "requests":
         return cli_requests.run(args, settings)
     return _seed_demo(args, settings)

@@ -95,8 +95,9 @@ def render_envoy_config(
     request_timeout: str = "60s",
     openapi_path: Path | str = OPENAPI_PATH,
     dashboard_port: int | None = None,
+    listen_address: str = "127.0.0.1",
 ) -> str:
-    """Envoy YAML for the REST listener on 127.0.0.1:``http_port``.
+    """Envoy YAML for the REST listener on ``listen_address``:``http_port``.
 
     ``services`` are the fully qualified gRPC services the transcoder exposes;
     ``request_timeout`` bounds the arrival of a whole request (headers and
@@ -107,7 +108,9 @@ def render_envoy_config(
     bodies.  ``openapi_path`` is the document Envoy itself answers
     ``GET /v1/openapi.json`` with, unauthenticated (read once, when Envoy
     starts).  ``dashboard_port``: the web console's loopback HTTP port, served
-    at ``/dashboard`` on the same origin (none: no console).
+    at ``/dashboard`` on the same origin (none: no console).  ``listen_address``:
+    loopback for ``make up``; a pod's sidecar listens on every interface
+    (``0.0.0.0``) so the Service and the kubelet's probes reach it.
     Raises ``ValueError`` on a bad argument; Envoy itself is not run
     (see ``validate_envoy_config``).
     """
@@ -131,6 +134,10 @@ def render_envoy_config(
     if not _DURATION.match(request_timeout) or request_timeout == "0s":
         raise ValueError(f"request_timeout must look like '60s' (0s would disable it), got {request_timeout!r}")
     address, cluster_type = _upstream_address(grpc_host)
+    try:
+        ipaddress.ip_address(listen_address)
+    except ValueError:
+        raise ValueError(f"listen_address must be an IP address, got {listen_address!r}") from None
     if dashboard_port is not None:
         _port("dashboard_port", dashboard_port)
 
@@ -147,6 +154,7 @@ def render_envoy_config(
         cluster_type=cluster_type,
         admin_port=admin_port,
         http_port=http_port,
+        listen_address=json.dumps(listen_address),
         grpc_host=json.dumps(address),
         grpc_port=grpc_port,
         # JSON strings and lists are valid YAML flow scalars, and json.dumps
