@@ -29,7 +29,8 @@ from tests.e2e.dashboard_support import PASSWORD, relay_cli  # noqa: E402
 from tests.support.pg import start_cluster  # noqa: E402
 from tests.support.stack import start_stack  # noqa: E402
 
-PAGES = ["/", "/?environment=test", "/keys", "/requests", "/requests?status=error", "/members"]
+PAGES = ["/", "/?environment=test", "/keys", "/requests", "/requests?status=error", "/requests/req_bench_1",
+         "/billing", "/members", "/audit", "/settings"]
 BUDGET_MS = 300.0
 
 
@@ -59,6 +60,15 @@ def seed(dsn: str, tenant_id: str, keys: int, requests: int) -> None:
                SELECT %s, current_date - d, 'gpt-4o-mini', 'key_bench_' || k, 3, 60, 120, 180
                  FROM generate_series(0, 29) d, generate_series(1, %s) k""",
             (tenant_id, keys),
+        )
+        # What the rollup writes next to usage_daily for the same days (migration 0027).
+        conn.execute(
+            """INSERT INTO usage_daily_model (tenant_id, environment, date, model_id, request_count, input_tokens,
+                                              output_tokens, total_tokens)
+               SELECT tenant_id, environment, date, model_id, sum(request_count), sum(input_tokens),
+                      sum(output_tokens), sum(total_tokens)
+                 FROM usage_daily WHERE tenant_id = %s GROUP BY 1, 2, 3, 4""",
+            (tenant_id,),
         )
         conn.execute("ANALYZE")
 

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import sys
+from typing import Any
 
 from relay_server.settings import Settings
 
@@ -37,6 +38,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_account_action(args, settings))
 
 
+async def _is_member(pool: Any, email: str) -> bool:
+    """The platform's own check from the command line (it holds the owner DSN, as every operator CLI does)."""
+    from relay_server.storage.postgres.members import memberships_by_email
+
+    async with pool.connection() as conn:
+        return bool(await memberships_by_email(conn, email))
+
+
 async def _account_action(args: argparse.Namespace, settings: Settings) -> int:
     from relay_server.dashboard.accounts import Accounts, open_pool
     from relay_server.dashboard.passwords import check_strength
@@ -57,7 +66,7 @@ async def _account_action(args: argparse.Namespace, settings: Settings) -> int:
             if exists:
                 print(f"error: {args.email!r} has an account already (use reset-link)", file=sys.stderr)
                 return 1
-            if not await accounts.memberships(args.email):
+            if not await _is_member(pool, args.email):
                 print(f"error: {args.email!r} is not an active member of any tenant", file=sys.stderr)
                 return 1
             token = await accounts.issue_token("invitation", args.email)

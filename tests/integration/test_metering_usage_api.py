@@ -185,3 +185,47 @@ async def test_billing_periods_carry_line_items_per_model(served: Served) -> Non
     assert period.environment == "test" and period.status == "open"
     assert {li.model_id: li.request_count for li in period.line_items} == {"gpt-4o-mini": 9, "gpt-4o": 1}
     assert sum(li.total_cost.micros for li in period.line_items) == period.total_cost.micros > 0
+
+
+async def test_max_groups_keeps_the_busiest_groups_and_counts_them_all(served: Served) -> None:
+    def ask(n: int):  # noqa: ANN202
+        request = usage_pb2.QueryUsageRequest(
+            tenant_id=served.tenant, group_by=usage_pb2.USAGE_GROUP_BY_API_KEY, environment="test", max_groups=n
+        )
+        return served.stub.QueryUsage(request, metadata=_auth(served.admin))
+
+    top = await ask(2)
+    assert [(r.group, r.request_count) for r in top.rows] == [
+        (served.keys["main"].key_id, 5), (served.keys["alice"].key_id, 3),
+    ]  # fmt: skip
+    assert top.group_count == 3 and top.total.request_count == 10  # the total still covers every key
+    every = await ask(0)
+    assert every.group_count == 3 and sorted(r.request_count for r in every.rows) == [2, 3, 5]
+    assert {r.group: r.cost.micros for r in every.rows}[served.keys["main"].key_id] == top.rows[0].cost.micros
+    assert await _code(ask(-1)) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_per_model_day_sums_match_the_key_rows(served: Served) -> None:
+    """The rollup keeps usage_daily_model equal to usage_daily summed over keys."""
+    query = """SELECT date, model_id, sum(request_count) AS n, sum(cost_micros) AS micros, sum(total_cost) AS cost
+                 FROM {} WHERE tenant_id = %s GROUP BY 1, 2 ORDER BY 1, 2"""
+    async with served.app.db.system_tx() as conn:
+        by_key = await (await conn.execute(query.format("usage_daily"), (served.tenant,))).fetchall()
+        by_model = await (await conn.execute(query.format("usage_daily_model"), (served.tenant,))).fetchall()
+    assert by_model == by_key and sum(r["n"] for r in by_model) == 10
+
+
+async def test_one_request_by_its_id(served: Served) -> None:
+    page = await served.stub.ListRequests(
+        usage_pb2.ListRequestsRequest(tenant_id=served.tenant, page_size=3), metadata=_auth(served.admin)
+    )
+    wanted = page.requests[1]
+    one = await served.stub.ListRequests(
+        usage_pb2.ListRequestsRequest(tenant_id=served.tenant, request_id=wanted.id), metadata=_auth(served.admin)
+    )
+    assert [r.id for r in one.requests] == [wanted.id] and one.requests[0].door == "openai"
+    alice = await served.stub.ListRequests(
+        usage_pb2.ListRequestsRequest(request_id=wanted.id), metadata=_auth(served.keys["alice"].secret)
+    )
+    # An end user's key sees only its own requests, by id too.
+    assert [r.id for r in alice.requests] == ([wanted.id] if wanted.api_key_id == served.keys["alice"].key_id else [])

@@ -216,6 +216,30 @@ _TENANT_SERVICE__REMOVE_MEMBER = MethodSpec(
     relay_admin_v1_tenants_pb2.RemoveMemberResponse,
     admin=True,
 )
+_TENANT_SERVICE__SEND_TEST_WEBHOOK = MethodSpec(
+    "/relay.admin.v1.TenantService/SendTestWebhook",
+    relay_admin_v1_tenants_pb2.SendTestWebhookRequest,
+    relay_admin_v1_tenants_pb2.SendTestWebhookResponse,
+    admin=True,
+)
+_TENANT_SERVICE__UPDATE_MEMBER_ROLE = MethodSpec(
+    "/relay.admin.v1.TenantService/UpdateMemberRole",
+    relay_admin_v1_tenants_pb2.UpdateMemberRoleRequest,
+    relay_admin_v1_tenants_pb2.UpdateMemberRoleResponse,
+    admin=True,
+)
+_TENANT_SERVICE__LIST_ACCOUNT_MEMBERSHIPS = MethodSpec(
+    "/relay.admin.v1.TenantService/ListAccountMemberships",
+    relay_admin_v1_tenants_pb2.ListAccountMembershipsRequest,
+    relay_admin_v1_tenants_pb2.ListAccountMembershipsResponse,
+    admin=True,
+)
+_TENANT_SERVICE__RECORD_SIGN_IN = MethodSpec(
+    "/relay.admin.v1.TenantService/RecordSignIn",
+    relay_admin_v1_tenants_pb2.RecordSignInRequest,
+    relay_admin_v1_tenants_pb2.RecordSignInResponse,
+    admin=True,
+)
 _TENANT_SERVICE__LIST_TENANT_FEATURES = MethodSpec(
     "/relay.admin.v1.TenantService/ListTenantFeatures",
     relay_admin_v1_tenants_pb2.ListTenantFeaturesRequest,
@@ -989,6 +1013,72 @@ class TenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RemoveMember``.
         """
         return self._invoker.unary(_TENANT_SERVICE__REMOVE_MEMBER, request, fields, timeout, extra_metadata)
+
+    def send_test_webhook(
+        self,
+        request: relay_admin_v1_tenants_pb2.SendTestWebhookRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.SendTestWebhookResponse:
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+
+        Unary ``/relay.admin.v1.TenantService/SendTestWebhook``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__SEND_TEST_WEBHOOK, request, fields, timeout, extra_metadata)
+
+    def update_member_role(
+        self,
+        request: relay_admin_v1_tenants_pb2.UpdateMemberRoleRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.UpdateMemberRoleResponse:
+        """Change a member's role; nobody grants or takes away permissions they do
+        not hold, and the last owner keeps the owner role.
+
+        Unary ``/relay.admin.v1.TenantService/UpdateMemberRole``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__UPDATE_MEMBER_ROLE, request, fields, timeout, extra_metadata)
+
+    def list_account_memberships(
+        self,
+        request: relay_admin_v1_tenants_pb2.ListAccountMembershipsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.ListAccountMembershipsResponse:
+        """The tenants an email is an active member of, with each role's
+        permissions now (platform operators only: the web console signs people
+        in with it).
+
+        Unary ``/relay.admin.v1.TenantService/ListAccountMemberships``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__LIST_ACCOUNT_MEMBERSHIPS, request, fields, timeout, extra_metadata)
+
+    def record_sign_in(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordSignInRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordSignInResponse:
+        """Record a web console sign-in attempt (succeeded, failed or locked) in
+        the audit log of every tenant the email belongs to, or as a platform
+        event when it belongs to none (platform operators only).
+
+        Unary ``/relay.admin.v1.TenantService/RecordSignIn``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
 
     def list_tenant_features(
         self,
@@ -2085,6 +2175,72 @@ class AsyncTenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RemoveMember``.
         """
         return await self._invoker.unary(_TENANT_SERVICE__REMOVE_MEMBER, request, fields, timeout, extra_metadata)
+
+    async def send_test_webhook(
+        self,
+        request: relay_admin_v1_tenants_pb2.SendTestWebhookRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.SendTestWebhookResponse:
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+
+        Unary ``/relay.admin.v1.TenantService/SendTestWebhook``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__SEND_TEST_WEBHOOK, request, fields, timeout, extra_metadata)
+
+    async def update_member_role(
+        self,
+        request: relay_admin_v1_tenants_pb2.UpdateMemberRoleRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.UpdateMemberRoleResponse:
+        """Change a member's role; nobody grants or takes away permissions they do
+        not hold, and the last owner keeps the owner role.
+
+        Unary ``/relay.admin.v1.TenantService/UpdateMemberRole``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__UPDATE_MEMBER_ROLE, request, fields, timeout, extra_metadata)
+
+    async def list_account_memberships(
+        self,
+        request: relay_admin_v1_tenants_pb2.ListAccountMembershipsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.ListAccountMembershipsResponse:
+        """The tenants an email is an active member of, with each role's
+        permissions now (platform operators only: the web console signs people
+        in with it).
+
+        Unary ``/relay.admin.v1.TenantService/ListAccountMemberships``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__LIST_ACCOUNT_MEMBERSHIPS, request, fields, timeout, extra_metadata)
+
+    async def record_sign_in(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordSignInRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordSignInResponse:
+        """Record a web console sign-in attempt (succeeded, failed or locked) in
+        the audit log of every tenant the email belongs to, or as a platform
+        event when it belongs to none (platform operators only).
+
+        Unary ``/relay.admin.v1.TenantService/RecordSignIn``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
 
     async def list_tenant_features(
         self,

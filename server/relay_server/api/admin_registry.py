@@ -45,7 +45,8 @@ def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
     tenancy = app.tenancy
     auth = admin_authenticator(app)
     tenants_pb2_grpc.add_TenantServiceServicer_to_server(
-        TenantServicer(auth, tenancy.tenants, tenancy.members, tenancy.tenant_settings), server
+        TenantServicer(auth, tenancy.tenants, tenancy.members, tenancy.tenant_settings, tenancy.accounts,
+                       tenancy.webhook_test), server
     )
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(auth, tenancy.keys), server)
     audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, tenancy.audit), server)

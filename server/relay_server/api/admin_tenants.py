@@ -9,10 +9,12 @@ from relay_server.api import admin_messages as m
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import decode_cursor, from_timestamp, handle, limit, paged
 from relay_server.errors import ErrorKind, RelayError
+from relay_server.tenancy.accounts import AccountAdmin
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.members import MemberAdmin
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import SignupRequest, TenantAdmin
+from relay_server.tenancy.webhook_test import WebhookTester
 
 _UPDATABLE = ("name", "plan", "metadata")
 
@@ -29,8 +31,13 @@ def _tenant_changes(request: pb.UpdateTenantRequest) -> dict[str, object]:
 
 
 class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
-    def __init__(self, auth: AdminAuthenticator, tenants: TenantAdmin, members: MemberAdmin, settings: TenantSettingsAdmin) -> None:
+    def __init__(
+        self, auth: AdminAuthenticator, tenants: TenantAdmin, members: MemberAdmin, settings: TenantSettingsAdmin,
+        accounts: AccountAdmin, webhook_test: WebhookTester,
+    ) -> None:
         self._auth = auth
+        self._accounts = accounts
+        self._webhook_test = webhook_test
         self._tenants = tenants
         self._members = members
         self._settings = settings
@@ -123,6 +130,41 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
             return pb.RemoveMemberResponse(member=m.member_message(await self._members.remove(call, request.tenant_id, request.user_id)))
 
         return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def SendTestWebhook(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.SendTestWebhookResponse:
+            event_id, url = await self._webhook_test.send(call, request.tenant_id)
+            return pb.SendTestWebhookResponse(event_id=event_id, url=url)
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def UpdateMemberRole(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.UpdateMemberRoleResponse:
+            row = await self._members.set_role(call, request.tenant_id, request.user_id, request.role)
+            return pb.UpdateMemberRoleResponse(member=m.member_message(row))
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def ListAccountMemberships(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.ListAccountMembershipsResponse:
+            rows = await self._accounts.memberships(call, request.email)
+            return pb.ListAccountMembershipsResponse(memberships=[
+                pb.AccountMembership(
+                    user_id=r["user_id"], tenant_id=r["tenant_id"], tenant_slug=r["slug"], tenant_name=r["name"],
+                    tenant_status=m.TENANT_STATUS[r["status"]],  # type: ignore[arg-type]
+                    role=r["role"], permissions=sorted(r["permissions"]),
+                )
+                for r in rows
+            ])
+
+        return await handle(context, self._auth, run)
+
+    async def RecordSignIn(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.RecordSignInResponse:
+            count = await self._accounts.record_sign_in(call, request.email, request.outcome, request.ip_address)
+            return pb.RecordSignInResponse(event_count=count)
+
+        return await handle(context, self._auth, run)
 
     async def ListTenantFeatures(self, request, context):  # noqa: N802
         async def run(call: Call) -> pb.ListTenantFeaturesResponse:

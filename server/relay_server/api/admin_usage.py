@@ -45,6 +45,7 @@ _GROUPS = {
 _ENVIRONMENTS = ("live", "test")
 _MAX_RANGE_DAYS = 366
 _DEFAULT_RANGE_DAYS = 30
+_MAX_GROUPS = 10_000
 _KEY_READER = frozenset({"usage:read", "billing:read"})
 
 
@@ -178,12 +179,15 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
             group = _GROUPS.get(request.group_by)
             if group is None:
                 raise RelayError(ErrorKind.BAD_REQUEST, "Unknown group_by.", param="group_by")
-            rows = await self._reports.usage(tenant, filters, group)
+            if not 0 <= request.max_groups <= _MAX_GROUPS:
+                raise RelayError(ErrorKind.BAD_REQUEST, f"max_groups is between 0 and {_MAX_GROUPS}.", param="max_groups")
+            rows = await self._reports.usage(tenant, filters, group, request.max_groups)
             totals = await self._reports.usage(tenant, filters, None)
         except Exception as exc:  # noqa: BLE001
             await abort(context, as_relay_error(exc), request_id)
         total = _row("total", totals[0]) if totals and totals[0]["buckets"] else _empty_total()
-        return usage_pb2.QueryUsageResponse(rows=[_row(r["grp"], r) for r in rows], total=total)
+        count = int(rows[0]["group_count"]) if rows and "group_count" in rows[0] else len(rows)
+        return usage_pb2.QueryUsageResponse(rows=[_row(r["grp"], r) for r in rows], total=total, group_count=count)
 
     async def GetApiKeyUsage(self, request, context):  # noqa: N802
         request_id = new_request_id()
@@ -229,6 +233,7 @@ class UsageServicer(usage_pb2_grpc.UsageServiceServicer):
                 "status": request.status,
                 "end_user_id": request.end_user_id,
                 "environment": self._environment_or_both(request.environment, principal),
+                "id": request.request_id,  # one request's detail
             }
             start = request.start_time.ToDatetime(UTC) if request.HasField("start_time") else None
             end = request.end_time.ToDatetime(UTC) if request.HasField("end_time") else None
@@ -292,6 +297,8 @@ def _record(r: dict[str, Any]) -> usage_pb2.RequestRecord:
         error_message=r["error_message"] or "",
         attempts=r["attempts"],
         usage_source=str(metadata.get("usage_source") or "") if isinstance(metadata, dict) else "",
+        door=r.get("door") or "",
+        cache_kind=r.get("cache_kind") or "",
     )
     created = _ts(r["created_at"])
     if created is not None:

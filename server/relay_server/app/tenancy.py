@@ -22,6 +22,7 @@ from relay_server.storage.postgres.keys import PostgresKeyStore
 from relay_server.storage.postgres.pool import Database
 from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.redis.client import create_subscriber
+from relay_server.tenancy.accounts import AccountAdmin
 from relay_server.tenancy.audit import AuditLog
 from relay_server.tenancy.auth_cache import RedisKeyCache
 from relay_server.tenancy.config import TenantConfigReader
@@ -34,6 +35,7 @@ from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyB
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
 from relay_server.tenancy.usage import UsageReports
+from relay_server.tenancy.webhook_test import WebhookTester
 from relay_server.workers.lifecycle import LifecycleJobs
 from relay_server.workers.provisioning import Provisioner
 from relay_server.workers.runner import BackgroundRunner, Periodic
@@ -53,6 +55,8 @@ class Tenancy:
     member_permissions: MemberPermissions
     audit: AuditLog
     usage: UsageReports
+    accounts: AccountAdmin
+    webhook_test: WebhookTester
     tenant_settings: TenantSettingsAdmin
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
@@ -135,6 +139,8 @@ def build_tenancy(
         member_permissions=MemberPermissions(db),
         audit=AuditLog(db),
         usage=UsageReports(plane, redis, cold=archive.cold if archive is not None else None),
+        accounts=AccountAdmin(db),
+        webhook_test=WebhookTester(db),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,

@@ -1,5 +1,9 @@
 """The console's accounts, sessions and one-time links (tables of migration 0023).
 
+These are the console's own tables and the only ones it touches directly:
+which tenants an email belongs to, and with what permissions, comes from the
+admin API (``ListAccountMemberships``), passed in as ``memberships``.
+
 Secrets (session cookies, invitation and reset tokens) are random 32-byte
 values; only their SHA-256 is stored, so a database dump signs nobody in.
 Repeated wrong passwords lock the account for a while (``LOCK_AFTER``,
@@ -11,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -54,9 +59,17 @@ class SignInRefused(Exception):
     """Wrong email or password, or a locked account (the message says which may be told)."""
 
 
+MembershipLookup = Callable[[str], Awaitable[list[Membership]]]
+
+
+async def _no_memberships(email: str) -> list[Membership]:
+    return []
+
+
 class Accounts:
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], memberships: MembershipLookup = _no_memberships) -> None:
         self._pool = pool
+        self.memberships = memberships
 
     # --- accounts -----------------------------------------------------------------------------
     async def set_password(self, email: str, password: str, *, is_operator: bool | None = None) -> None:
@@ -110,27 +123,6 @@ class Accounts:
                 "SELECT is_operator FROM dashboard_accounts WHERE email = %s", (email.lower(),)
             )).fetchone()
         return bool(row and row["is_operator"])
-
-    async def memberships(self, email: str) -> list[Membership]:
-        """The tenants this email is an active member of, with its role's permissions now."""
-        async with self._pool.connection() as conn:
-            rows = await (await conn.execute(
-                """SELECT u.id AS user_id, t.id AS tenant_id, t.slug, t.name, t.status, u.role,
-                          coalesce(array_agg(DISTINCT rp.permission_id)
-                                   FILTER (WHERE rp.permission_id IS NOT NULL), '{}') AS permissions
-                     FROM users u
-                     JOIN tenants t ON t.id = u.tenant_id AND t.status <> 'deleted'
-                     LEFT JOIN user_roles ur ON ur.user_id = u.id AND ur.tenant_id = u.tenant_id
-                     LEFT JOIN role_permissions rp ON rp.role_id = ur.role_id AND rp.tenant_id = ur.tenant_id
-                    WHERE lower(u.email) = %s AND u.status = 'active'
-                    GROUP BY u.id, t.id ORDER BY t.name""",
-                (email.lower(),),
-            )).fetchall()
-        return [
-            Membership(r["user_id"], r["tenant_id"], r["slug"], r["name"], r["status"], r["role"],
-                       frozenset(r["permissions"]))
-            for r in rows
-        ]
 
     # --- sessions -----------------------------------------------------------------------------
     async def open_session(self, email: str, user_id: str | None) -> tuple[str, str]:

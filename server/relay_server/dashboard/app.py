@@ -10,7 +10,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from relay_server.dashboard import auth_pages, operator_pages, tenant_pages
+from relay_server.dashboard import (
+    audit_pages,
+    auth_pages,
+    billing_pages,
+    member_pages,
+    operator_infra_pages,
+    operator_pages,
+    request_pages,
+    settings_pages,
+    tenant_pages,
+)
 from relay_server.dashboard.accounts import Accounts, open_pool
 from relay_server.dashboard.middleware import session_middleware
 from relay_server.dashboard.relay_api import ApiConfig, RelayApi
@@ -25,8 +35,9 @@ def build_app(dsn: str, api_config: ApiConfig) -> web.Application:
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await open_pool(dsn)
-        app[ACCOUNTS] = Accounts(pool)
-        app[API] = RelayApi(api_config)
+        api = RelayApi(api_config)
+        app[API] = api
+        app[ACCOUNTS] = Accounts(pool, api.memberships)
         yield
         await app[API].close()
         await pool.close()
@@ -35,6 +46,12 @@ def build_app(dsn: str, api_config: ApiConfig) -> web.Application:
     app.add_routes(auth_pages.routes)
     app.add_routes(tenant_pages.routes)
     app.add_routes(operator_pages.routes)
+    app.add_routes(request_pages.routes)
+    app.add_routes(billing_pages.routes)
+    app.add_routes(member_pages.routes)
+    app.add_routes(audit_pages.routes)
+    app.add_routes(settings_pages.routes)
+    app.add_routes(operator_infra_pages.routes)
     app.router.add_static(f"{BASE}/static/", STATIC_DIR, append_version=True)
     return app
 

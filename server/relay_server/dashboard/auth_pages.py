@@ -8,9 +8,11 @@ from relay_server.dashboard.accounts import SESSION_TTL, SignInRefused
 from relay_server.dashboard.passwords import check_strength
 from relay_server.dashboard.web import (
     ACCOUNTS,
+    API,
     BASE,
     PRESIGN_COOKIE,
     SESSION_COOKIE,
+    client_ip,
     presign_ok,
     render_presign,
     see_other,
@@ -33,13 +35,17 @@ async def signin(request: web.Request) -> web.StreamResponse:
     email, password = str(form.get("email", "")).strip().lower(), str(form.get("password", ""))
     if not presign_ok(request, form):
         return render_presign(request, "signin.html", 403, error="This form has expired; try again.", email=email)
-    accounts = request.app[ACCOUNTS]
+    accounts, api = request.app[ACCOUNTS], request.app[API]
     try:
         ok = bool(email and password) and await accounts.check_password(email, password)
     except SignInRefused as exc:
+        await api.record_sign_in(email, "locked", client_ip(request))
         return render_presign(request, "signin.html", 429, error=str(exc), email=email)
     if not ok:
+        if email:
+            await api.record_sign_in(email, "failed", client_ip(request))
         return render_presign(request, "signin.html", 401, error=_WRONG, email=email)
+    await api.record_sign_in(email, "succeeded", client_ip(request))
     memberships = await accounts.memberships(email)
     is_operator = await accounts.is_operator(email)
     if not memberships and not is_operator:

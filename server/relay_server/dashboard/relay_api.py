@@ -9,14 +9,17 @@ holds: operators sign in with their own password and never see it.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from relay_proto.relay.admin.v1 import tenants_pb2
 from relay_sdk import AsyncRelay
 from relay_sdk import RelayError as ApiError
 from relay_server.dashboard.accounts import Membership
 from relay_server.tenancy import tokens
 
 JWT_TTL_S = 300
+log = logging.getLogger("relay.dashboard")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +50,28 @@ class RelayApi:
 
     def operator_auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self.config.admin_token}"}
+
+    async def memberships(self, email: str) -> list[Membership]:
+        """The tenants this email is an active member of, with its role's permissions now."""
+        reply = await self.client.tenants.list_account_memberships(email=email, extra_metadata=self.operator_auth())
+        return [
+            Membership(
+                m.user_id, m.tenant_id, m.tenant_slug, m.tenant_name,
+                tenants_pb2.TenantStatus.Name(m.tenant_status).removeprefix("TENANT_STATUS_").lower(),
+                m.role, frozenset(m.permissions),
+            )
+            for m in reply.memberships
+        ]
+
+    async def record_sign_in(self, email: str, outcome: str, ip_address: str) -> None:
+        """Audit a sign-in attempt.  A failure to record is logged, never shown: the person's
+        sign-in does not depend on the audit call, but an operator can see it went missing."""
+        try:
+            await self.client.tenants.record_sign_in(
+                email=email, outcome=outcome, ip_address=ip_address, extra_metadata=self.operator_auth()
+            )
+        except ApiError as exc:
+            log.warning("could not audit a %s sign-in: %s", outcome, exc.message)
 
     async def close(self) -> None:
         await self.client.close()

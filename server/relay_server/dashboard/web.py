@@ -38,6 +38,12 @@ def is_tls(request: web.Request) -> bool:
     return request.secure or request.headers.get("x-forwarded-proto", "") == "https"
 
 
+def client_ip(request: web.Request) -> str:
+    """The browser's address: Envoy appends it to x-forwarded-for (the console listens on loopback only)."""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    return forwarded.split(",")[-1].strip() if forwarded else (request.remote or "")
+
+
 def set_cookie(request: web.Request, response: web.StreamResponse, name: str, value: str, max_age: int) -> None:
     response.set_cookie(
         name, value, max_age=max_age, path=BASE, httponly=True, samesite="Lax", secure=is_tls(request)

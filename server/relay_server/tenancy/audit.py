@@ -22,10 +22,15 @@ class AuditLog:
         limit: int,
         action: str | None = None,
         resource_id: str | None = None,
+        every_tenant: bool = False,
     ) -> list[AuditRow]:
-        """Newest first; ``after`` is the (created_at, id) of the previous page's last event."""
+        """Newest first; ``after`` is the (created_at, id) of the previous page's last event.
+
+        ``every_tenant`` (platform operators only; the caller checks) reads across tenants.
+        """
         tx = self._db.system_tx() if tenant_id is None else self._db.tenant_tx(tenant_id)
         async with tx as conn:
             return await list_audit(
-                conn, tenant_id=tenant_id, after=after, limit=limit, action=action, resource_id=resource_id
-            )
+                conn, tenant_id=tenant_id, after=after, limit=limit, action=action, resource_id=resource_id,
+                every_tenant=every_tenant,
+            )  # fmt: skip

@@ -101,6 +101,30 @@ class MemberAdmin:
             )  # fmt: skip
         return removed
 
+    async def set_role(self, call: Call, tenant: str, user_id: str, role: str) -> MemberRow:
+        """Move a member to another role: the caller must hold both the old and the new role's permissions."""
+        call.principal.require("members:update")
+        tenant_id = call.principal.tenant_scope(tenant)
+        if role not in SYSTEM_ROLES:
+            raise RelayError(ErrorKind.BAD_REQUEST, f"role must be one of {', '.join(SYSTEM_ROLES)}.", param="role")
+        async with self._db.tenant_tx(tenant_id) as conn:
+            await _usable_tenant(conn, tenant_id)
+            member = await store.get_user(conn, tenant_id, user_id, lock=True)
+            if member is None or member.status == "deleted":
+                raise RelayError(ErrorKind.NOT_FOUND, f"No member `{user_id}` in this tenant.", param="user_id")
+            if member.role == role:
+                return member
+            _may_manage(call.principal, member.role)
+            _may_manage(call.principal, role)
+            if member.role == "owner" and await store.count_active_owners(conn, tenant_id) <= 1:
+                raise RelayError(ErrorKind.FAILED_PRECONDITION, "The last owner of a tenant keeps the owner role.", code="last_owner")
+            changed = await store.set_role(conn, tenant_id, user_id, role)
+            await call.audit(
+                conn, tenant_id, "member.role_changed", resource_type="user", resource_id=user_id,
+                metadata={"email": member.email, "from": member.role, "to": role},
+            )  # fmt: skip
+        return changed
+
 
 class MemberPermissions:
     """What a dashboard user may do now: tokens carry permissions, but every call is checked

@@ -25,9 +25,11 @@ class UsageReports:
         self._ledger = PostgresSpendLedger(db)
         self._spend = RedisSpend(redis) if redis is not None else None
 
-    async def usage(self, tenant_id: str, filters: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
+    async def usage(
+        self, tenant_id: str, filters: UsageFilter, group_by: str | None, max_groups: int = 0
+    ) -> list[dict[str, Any]]:
         """Rows grouped by ``group_by`` (day, model, api_key, end_user), or one total row for None."""
-        return await self._queries.usage(tenant_id, filters, group_by)
+        return await self._queries.usage(tenant_id, filters, group_by, max_groups)
 
     async def key(self, tenant_id: str, key_id: str) -> dict[str, Any] | None:
         return await self._queries.key_exists(tenant_id, key_id)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment"})
+FILTER_COLUMNS = frozenset({"api_key_id", "model_id", "status", "end_user_id", "environment", "id"})
 
 
 class ColdRequests:

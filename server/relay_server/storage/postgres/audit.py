@@ -96,10 +96,12 @@ async def list_audit(
     limit: int,
     action: str | None = None,
     resource_id: str | None = None,
+    every_tenant: bool = False,
 ) -> list[AuditRow]:
-    """Newest first.  ``tenant_id`` None lists platform actions (NULL tenant)."""
-    where = ["tenant_id = %s" if tenant_id is not None else "tenant_id IS NULL"]
-    params: list[Any] = [tenant_id] if tenant_id is not None else []
+    """Newest first.  ``tenant_id`` None lists platform actions (NULL tenant); ``every_tenant``
+    lists every row (the system pool only: it crosses tenants)."""
+    where = ["true" if every_tenant else "tenant_id = %s" if tenant_id is not None else "tenant_id IS NULL"]
+    params: list[Any] = [tenant_id] if tenant_id is not None and not every_tenant else []
     if action:
         where.append("action = %s")
         params.append(action)

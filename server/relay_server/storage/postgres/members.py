@@ -151,3 +151,35 @@ async def user_permissions(conn: Conn, tenant_id: str, user_id: str) -> frozense
         (tenant_id, user_id),
     )
     return frozenset(r["permission_id"] for r in await cur.fetchall())
+
+
+async def set_role(conn: Conn, tenant_id: str, user_id: str, role: str) -> MemberRow:
+    """Give an existing user another role (``users.role`` and its one ``user_roles`` row)."""
+    await assign_role(conn, tenant_id, user_id, role)
+    cur = await conn.execute(
+        f"UPDATE users SET role = %s WHERE tenant_id = %s AND id = %s RETURNING {_COLUMNS}", (role, tenant_id, user_id)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        raise LookupError(user_id)
+    return _member(row)
+
+
+async def memberships_by_email(conn: Conn, email: str) -> list[dict[str, Any]]:
+    """Every tenant (not deleted) where this email is an active member, with its permissions now.
+
+    Crosses tenants: only for ``system_tx`` (the platform's own sign-in lookup).
+    """
+    cur = await conn.execute(
+        """SELECT u.id AS user_id, t.id AS tenant_id, t.slug, t.name, t.status, u.role,
+                  coalesce(array_agg(DISTINCT rp.permission_id)
+                           FILTER (WHERE rp.permission_id IS NOT NULL), '{}') AS permissions
+             FROM users u
+             JOIN tenants t ON t.id = u.tenant_id AND t.status <> 'deleted'
+             LEFT JOIN user_roles ur ON ur.user_id = u.id AND ur.tenant_id = u.tenant_id
+             LEFT JOIN role_permissions rp ON rp.role_id = ur.role_id AND rp.tenant_id = ur.tenant_id
+            WHERE lower(u.email) = %s AND u.status = 'active'
+            GROUP BY u.id, t.id ORDER BY t.name, t.id""",
+        (email.strip().lower(),),
+    )
+    return [dict(r) for r in await cur.fetchall()]

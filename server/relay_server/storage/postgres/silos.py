@@ -40,6 +40,7 @@ DATA_PLANE_TABLES: tuple[str, ...] = (
     "requests",
     "usage_rollup_pending",
     "usage_daily",
+    "usage_daily_model",
     "billing_periods",
     "billing_line_items",
 )

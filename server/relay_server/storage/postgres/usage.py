@@ -52,9 +52,27 @@ WHERE (u.request_count, u.cost_micros, u.total_tokens, u.error_count, u.latency_
                         EXCLUDED.error_count, EXCLUDED.latency_ms_total)
 """
 
+# The day's per-model sums, rewritten whole from the day's usage_daily rows just recomputed
+# (a few thousand rows at most: one per key and model), so they match usage_daily exactly.
+_MODEL_DAY_DELETE = """
+DELETE FROM usage_daily_model WHERE tenant_id = %(tenant)s AND environment = %(env)s AND date = %(date)s
+"""
+_MODEL_DAY_INSERT = """
+INSERT INTO usage_daily_model (tenant_id, environment, date, model_id, request_count, input_tokens, output_tokens,
+                               total_tokens, cache_read_tokens, cache_write_tokens, total_cost, relay_revenue,
+                               cost_micros, cache_hits, error_count)
+SELECT tenant_id, environment, date, model_id, sum(request_count), sum(input_tokens), sum(output_tokens),
+       sum(total_tokens), sum(cache_read_tokens), sum(cache_write_tokens), sum(total_cost), sum(relay_revenue),
+       sum(cost_micros), sum(cache_hits), sum(error_count)
+  FROM usage_daily
+ WHERE tenant_id = %(tenant)s AND environment = %(env)s AND date = %(date)s
+ GROUP BY tenant_id, environment, date, model_id
+"""
+
 # ``only`` / ``exclude``: the tenants this database is authoritative for (storage/postgres/silos.py).
 # A silo holds replicated rows of a tenant still moving in, and the pool the rows of one that moved
 # out: neither is recomputed there, or two workers would write the same buckets in two databases.
+
 _CLAIM = """
 SELECT tenant_id, date, environment FROM usage_rollup_pending
  WHERE (%(only)s::text[] IS NULL OR tenant_id = ANY(%(only)s)) AND NOT (tenant_id = ANY(%(exclude)s))
@@ -80,9 +98,10 @@ class UsageRollupStore:
 
     async def recompute(self, conn: Conn, bucket: Bucket) -> None:
         lo, hi = day_bounds(bucket.date)
-        await conn.execute(
-            _RECOMPUTE, {"date": bucket.date, "tenant": bucket.tenant_id, "env": bucket.environment, "lo": lo, "hi": hi}
-        )
+        params = {"date": bucket.date, "tenant": bucket.tenant_id, "env": bucket.environment, "lo": lo, "hi": hi}
+        await conn.execute(_RECOMPUTE, params)
+        await conn.execute(_MODEL_DAY_DELETE, params)
+        await conn.execute(_MODEL_DAY_INSERT, params)
 
     async def run_pending(self, max_buckets: int = 100) -> list[Bucket]:
         """Claim and recompute marked buckets, one transaction each; safe with many workers."""
@@ -168,8 +187,15 @@ class UsageQueries:
         self._db = self._plane.pool  # the control plane: API keys
         self._cold = cold
 
-    async def usage(self, tenant_id: str, f: UsageFilter, group_by: str | None) -> list[dict[str, Any]]:
-        """Rows grouped by ``group_by`` (a key of GROUP_COLUMNS), or one total row for None."""
+    async def usage(
+        self, tenant_id: str, f: UsageFilter, group_by: str | None, max_groups: int = 0
+    ) -> list[dict[str, Any]]:
+        """Rows grouped by ``group_by`` (a key of GROUP_COLUMNS), or one total row for None.
+
+        ``max_groups``: only the busiest that many (most requests first); every row then carries
+        ``group_count``, the number of groups before the cut.  Returning 31 of 10k key groups is
+        what keeps a big tenant's by-key chart cheap: the rows, not the sums, cost the time.
+        """
         where: list[sql.Composable] = [sql.SQL("date >= %s AND date <= %s AND environment = %s")]
         params: list[Any] = [f.start, f.end, f.environment]
         for column, value in (("api_key_id", f.api_key_id), ("model_id", f.model_id), ("end_user_id", f.end_user_id)):
@@ -177,11 +203,30 @@ class UsageQueries:
                 where.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
                 params.append(value)
         group = GROUP_COLUMNS[group_by] if group_by else sql.SQL("''")
-        query = sql.SQL("SELECT {g} AS grp, {sums} FROM usage_daily WHERE {w} GROUP BY 1 ORDER BY 1").format(
-            g=group, sums=_SUMS, w=sql.SQL(" AND ").join(where)
-        )
+        # Without a key or end-user dimension the per-model day sums answer the same question from
+        # a few rows a day instead of one per key (300k a month for a tenant with 10k keys).
+        by_key = group_by in ("api_key", "end_user") or f.api_key_id or f.end_user_id
+        table = sql.Identifier("usage_daily" if by_key else "usage_daily_model")
+        w = sql.SQL(" AND ").join(where)
+        query = sql.SQL("SELECT {g} AS grp, {sums} FROM {t} WHERE {w} GROUP BY 1 ORDER BY 1")
         async with self._plane.tenant_tx(tenant_id) as conn:
-            return list(await (await conn.execute(query, params)).fetchall())
+            if max_groups <= 0:
+                return list(await (await conn.execute(query.format(g=group, sums=_SUMS, t=table, w=w), params)).fetchall())
+            # Two steps: rank the groups by one integer sum (cheap), then take every sum — the
+            # NUMERIC money sums are what cost — for the chosen few only (an index range each).
+            rank = sql.SQL(
+                "SELECT {g} AS grp, count(*) OVER () AS group_count FROM {t} WHERE {w} "
+                "GROUP BY 1 ORDER BY sum(request_count) DESC, 1 LIMIT {n}"
+            ).format(g=group, t=table, w=w, n=sql.Literal(max_groups))
+            top = list(await (await conn.execute(rank, params)).fetchall())
+            if not top:
+                return []
+            chosen = sql.SQL(" AND ").join([w, sql.SQL("{g} = ANY(%s)").format(g=group)])
+            rows = await (
+                await conn.execute(query.format(g=group, sums=_SUMS, t=table, w=chosen), [*params, [r["grp"] for r in top]])
+            ).fetchall()
+        count = int(top[0]["group_count"])
+        return sorted(({**r, "group_count": count} for r in rows), key=lambda r: (-int(r["request_count"]), r["grp"]))
 
     async def key_exists(self, tenant_id: str, key_id: str) -> dict[str, Any] | None:
         async with self._db.tenant_tx(tenant_id) as conn:

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arelay/admin/v1/audit.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x12\n\nactor_type\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x13\n\x0bresource_id\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nip_address\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"w\n\x16ListAuditEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\"^\n\x17ListAuditEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.relay.admin.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8f\x01\n\x0f\x41uditLogService\x12|\n\x0fListAuditEvents\x12&.relay.admin.v1.ListAuditEventsRequest\x1a\'.relay.admin.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-eventsB;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arelay/admin/v1/audit.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x91\x02\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x10\n\x08\x61\x63tor_id\x18\x03 \x01(\t\x12\x12\n\nactor_type\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x15\n\rresource_type\x18\x06 \x01(\t\x12\x13\n\x0bresource_id\x18\x07 \x01(\t\x12)\n\x08metadata\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x12\n\nip_address\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nrequest_id\x18\x0b \x01(\t\"\x8c\x01\n\x16ListAuditEventsRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\x13\n\x0bresource_id\x18\x05 \x01(\t\x12\x13\n\x0b\x61ll_tenants\x18\x06 \x01(\x08\"^\n\x17ListAuditEventsResponse\x12*\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1a.relay.admin.v1.AuditEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\x8f\x01\n\x0f\x41uditLogService\x12|\n\x0fListAuditEvents\x12&.relay.admin.v1.ListAuditEventsRequest\x1a\'.relay.admin.v1.ListAuditEventsResponse\"\x18\x82\xd3\xe4\x93\x02\x12\x12\x10/v1/audit-eventsB;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,10 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITLOGSERVICE'].methods_by_name['ListAuditEvents']._serialized_options = b'\202\323\344\223\002\022\022\020/v1/audit-events'
   _globals['_AUDITEVENT']._serialized_start=140
   _globals['_AUDITEVENT']._serialized_end=413
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=415
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=534
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=536
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=630
-  _globals['_AUDITLOGSERVICE']._serialized_start=633
-  _globals['_AUDITLOGSERVICE']._serialized_end=776
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=416
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=556
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=558
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=652
+  _globals['_AUDITLOGSERVICE']._serialized_start=655
+  _globals['_AUDITLOGSERVICE']._serialized_end=798
 # @@protoc_insertion_point(module_scope)

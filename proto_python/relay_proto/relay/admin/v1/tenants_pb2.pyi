@@ -349,3 +349,83 @@ class DeleteFeatureOverrideResponse(_message.Message):
     FEATURE_FIELD_NUMBER: _ClassVar[int]
     feature: TenantFeature
     def __init__(self, feature: _Optional[_Union[TenantFeature, _Mapping]] = ...) -> None: ...
+
+class UpdateMemberRoleRequest(_message.Message):
+    __slots__ = ("tenant_id", "user_id", "role", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    user_id: str
+    role: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., user_id: _Optional[str] = ..., role: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpdateMemberRoleResponse(_message.Message):
+    __slots__ = ("member",)
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    member: Member
+    def __init__(self, member: _Optional[_Union[Member, _Mapping]] = ...) -> None: ...
+
+class AccountMembership(_message.Message):
+    __slots__ = ("user_id", "tenant_id", "tenant_slug", "tenant_name", "tenant_status", "role", "permissions")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    TENANT_SLUG_FIELD_NUMBER: _ClassVar[int]
+    TENANT_NAME_FIELD_NUMBER: _ClassVar[int]
+    TENANT_STATUS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSIONS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    tenant_id: str
+    tenant_slug: str
+    tenant_name: str
+    tenant_status: TenantStatus
+    role: str
+    permissions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., tenant_slug: _Optional[str] = ..., tenant_name: _Optional[str] = ..., tenant_status: _Optional[_Union[TenantStatus, str]] = ..., role: _Optional[str] = ..., permissions: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListAccountMembershipsRequest(_message.Message):
+    __slots__ = ("email",)
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    def __init__(self, email: _Optional[str] = ...) -> None: ...
+
+class ListAccountMembershipsResponse(_message.Message):
+    __slots__ = ("memberships",)
+    MEMBERSHIPS_FIELD_NUMBER: _ClassVar[int]
+    memberships: _containers.RepeatedCompositeFieldContainer[AccountMembership]
+    def __init__(self, memberships: _Optional[_Iterable[_Union[AccountMembership, _Mapping]]] = ...) -> None: ...
+
+class RecordSignInRequest(_message.Message):
+    __slots__ = ("email", "outcome", "ip_address")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    outcome: str
+    ip_address: str
+    def __init__(self, email: _Optional[str] = ..., outcome: _Optional[str] = ..., ip_address: _Optional[str] = ...) -> None: ...
+
+class RecordSignInResponse(_message.Message):
+    __slots__ = ("event_count",)
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    event_count: int
+    def __init__(self, event_count: _Optional[int] = ...) -> None: ...
+
+class SendTestWebhookRequest(_message.Message):
+    __slots__ = ("tenant_id", "request_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class SendTestWebhookResponse(_message.Message):
+    __slots__ = ("event_id", "url")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    url: str
+    def __init__(self, event_id: _Optional[str] = ..., url: _Optional[str] = ...) -> None: ...

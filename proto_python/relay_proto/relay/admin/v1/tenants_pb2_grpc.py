@@ -86,6 +86,26 @@ class TenantServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
                 _registered_method=True)
+        self.SendTestWebhook = channel.unary_unary(
+                '/relay.admin.v1.TenantService/SendTestWebhook',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.FromString,
+                _registered_method=True)
+        self.UpdateMemberRole = channel.unary_unary(
+                '/relay.admin.v1.TenantService/UpdateMemberRole',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleResponse.FromString,
+                _registered_method=True)
+        self.ListAccountMemberships = channel.unary_unary(
+                '/relay.admin.v1.TenantService/ListAccountMemberships',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsResponse.FromString,
+                _registered_method=True)
+        self.RecordSignIn = channel.unary_unary(
+                '/relay.admin.v1.TenantService/RecordSignIn',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.FromString,
+                _registered_method=True)
         self.ListTenantFeatures = channel.unary_unary(
                 '/relay.admin.v1.TenantService/ListTenantFeatures',
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesRequest.SerializeToString,
@@ -180,6 +200,40 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendTestWebhook(self, request, context):
+        """Send a test event to the tenant's webhook URL: it is signed and delivered
+        (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateMemberRole(self, request, context):
+        """Change a member's role; nobody grants or takes away permissions they do
+        not hold, and the last owner keeps the owner role.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountMemberships(self, request, context):
+        """The tenants an email is an active member of, with each role's
+        permissions now (platform operators only: the web console signs people
+        in with it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordSignIn(self, request, context):
+        """Record a web console sign-in attempt (succeeded, failed or locked) in
+        the audit log of every tenant the email belongs to, or as a platform
+        event when it belongs to none (platform operators only).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTenantFeatures(self, request, context):
         """The tenant's effective feature flags: plan defaults and overrides.
         """
@@ -255,6 +309,26 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.RemoveMember,
                     request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.SerializeToString,
+            ),
+            'SendTestWebhook': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestWebhook,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.SerializeToString,
+            ),
+            'UpdateMemberRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateMemberRole,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleResponse.SerializeToString,
+            ),
+            'ListAccountMemberships': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountMemberships,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsResponse.SerializeToString,
+            ),
+            'RecordSignIn': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordSignIn,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.SerializeToString,
             ),
             'ListTenantFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenantFeatures,
@@ -544,6 +618,114 @@ class TenantService:
             '/relay.admin.v1.TenantService/RemoveMember',
             relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_tenants__pb2.RemoveMemberResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestWebhook(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/SendTestWebhook',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.SendTestWebhookResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateMemberRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/UpdateMemberRole',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.UpdateMemberRoleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountMemberships(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/ListAccountMemberships',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.ListAccountMembershipsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordSignIn(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/RecordSignIn',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,7 +63,7 @@ class UsageRow(_message.Message):
     def __init__(self, group: _Optional[str] = ..., request_count: _Optional[int] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., cache_hits: _Optional[int] = ..., error_count: _Optional[int] = ..., cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., total_tokens: _Optional[int] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., provider_cost: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...
 
 class QueryUsageRequest(_message.Message):
-    __slots__ = ("tenant_id", "start_date", "end_date", "group_by", "environment", "api_key_id", "model_id", "end_user_id")
+    __slots__ = ("tenant_id", "start_date", "end_date", "group_by", "environment", "api_key_id", "model_id", "end_user_id", "max_groups")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     START_DATE_FIELD_NUMBER: _ClassVar[int]
     END_DATE_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class QueryUsageRequest(_message.Message):
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     END_USER_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_GROUPS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     start_date: _date_pb2.Date
     end_date: _date_pb2.Date
@@ -80,15 +81,18 @@ class QueryUsageRequest(_message.Message):
     api_key_id: str
     model_id: str
     end_user_id: str
-    def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., end_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., group_by: _Optional[_Union[UsageGroupBy, str]] = ..., environment: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., end_user_id: _Optional[str] = ...) -> None: ...
+    max_groups: int
+    def __init__(self, tenant_id: _Optional[str] = ..., start_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., end_date: _Optional[_Union[_date_pb2.Date, _Mapping]] = ..., group_by: _Optional[_Union[UsageGroupBy, str]] = ..., environment: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., end_user_id: _Optional[str] = ..., max_groups: _Optional[int] = ...) -> None: ...
 
 class QueryUsageResponse(_message.Message):
-    __slots__ = ("rows", "total")
+    __slots__ = ("rows", "total", "group_count")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GROUP_COUNT_FIELD_NUMBER: _ClassVar[int]
     rows: _containers.RepeatedCompositeFieldContainer[UsageRow]
     total: UsageRow
-    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ...) -> None: ...
+    group_count: int
+    def __init__(self, rows: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., group_count: _Optional[int] = ...) -> None: ...
 
 class GetApiKeyUsageRequest(_message.Message):
     __slots__ = ("tenant_id", "key_id", "start_date", "end_date")
@@ -119,7 +123,7 @@ class GetApiKeyUsageResponse(_message.Message):
     def __init__(self, days: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., cap_spent: _Optional[_Union[Money, _Mapping]] = ..., cap_remaining: _Optional[_Union[Money, _Mapping]] = ..., cap_window: _Optional[str] = ..., cap: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("id", "api_key_id", "model_id", "provider_id", "request_type", "stream", "input_tokens", "output_tokens", "total_cost", "status", "error_code", "http_status", "latency_ms", "ttft_ms", "cache_hit", "end_user_id", "create_time", "environment", "requested_model", "cache_read_tokens", "cache_write_tokens", "input_cost", "output_cost", "relay_revenue", "markup_rate", "error_message", "attempts", "usage_source")
+    __slots__ = ("id", "api_key_id", "model_id", "provider_id", "request_type", "stream", "input_tokens", "output_tokens", "total_cost", "status", "error_code", "http_status", "latency_ms", "ttft_ms", "cache_hit", "end_user_id", "create_time", "environment", "requested_model", "cache_read_tokens", "cache_write_tokens", "input_cost", "output_cost", "relay_revenue", "markup_rate", "error_message", "attempts", "usage_source", "door", "cache_kind")
     ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +152,8 @@ class RequestRecord(_message.Message):
     ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     USAGE_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    DOOR_FIELD_NUMBER: _ClassVar[int]
+    CACHE_KIND_FIELD_NUMBER: _ClassVar[int]
     id: str
     api_key_id: str
     model_id: str
@@ -176,10 +182,12 @@ class RequestRecord(_message.Message):
     error_message: str
     attempts: int
     usage_source: str
-    def __init__(self, id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., request_type: _Optional[str] = ..., stream: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_cost: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ..., http_status: _Optional[int] = ..., latency_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., end_user_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., environment: _Optional[str] = ..., requested_model: _Optional[str] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., input_cost: _Optional[_Union[Money, _Mapping]] = ..., output_cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., markup_rate: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., usage_source: _Optional[str] = ...) -> None: ...
+    door: str
+    cache_kind: str
+    def __init__(self, id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., request_type: _Optional[str] = ..., stream: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_cost: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ..., http_status: _Optional[int] = ..., latency_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., end_user_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., environment: _Optional[str] = ..., requested_model: _Optional[str] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., input_cost: _Optional[_Union[Money, _Mapping]] = ..., output_cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., markup_rate: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., usage_source: _Optional[str] = ..., door: _Optional[str] = ..., cache_kind: _Optional[str] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
-    __slots__ = ("tenant_id", "page_size", "page_token", "api_key_id", "model_id", "status", "start_time", "end_time", "end_user_id", "environment")
+    __slots__ = ("tenant_id", "page_size", "page_token", "api_key_id", "model_id", "status", "start_time", "end_time", "end_user_id", "environment", "request_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +198,7 @@ class ListRequestsRequest(_message.Message):
     END_TIME_FIELD_NUMBER: _ClassVar[int]
     END_USER_ID_FIELD_NUMBER: _ClassVar[int]
     ENVIRONMENT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     page_size: int
     page_token: str
@@ -200,7 +209,8 @@ class ListRequestsRequest(_message.Message):
     end_time: _timestamp_pb2.Timestamp
     end_user_id: str
     environment: str
-    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_user_id: _Optional[str] = ..., environment: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., status: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_user_id: _Optional[str] = ..., environment: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class ListRequestsResponse(_message.Message):
     __slots__ = ("requests", "next_page_token")

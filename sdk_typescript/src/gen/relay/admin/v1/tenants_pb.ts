@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file relay/admin/v1/tenants.proto.
  */
 export const file_relay_admin_v1_tenants: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWxheS9hZG1pbi92MS90ZW5hbnRzLnByb3RvEg5yZWxheS5hZG1pbi52MSKTBAoGVGVuYW50EhAKAmlkGAEgASgJQgTiQQEDEgwKBHNsdWcYAiABKAkSDAoEbmFtZRgDIAEoCRIMCgRwbGFuGAQgASgJEjIKBnN0YXR1cxgFIAEoDjIcLnJlbGF5LmFkbWluLnYxLlRlbmFudFN0YXR1c0IE4kEBAxI1CgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2RlbGV0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI4Cg50cmlhbF9lbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNgoIbWV0YWRhdGEYCiADKAsyJC5yZWxheS5hZG1pbi52MS5UZW5hbnQuTWV0YWRhdGFFbnRyeRI8ChJzdGF0dXNfY2hhbmdlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUoECAsQDFINc2lsb19kYXRhYmFzZSLEAgoTQ3JlYXRlVGVuYW50UmVxdWVzdBISCgRzbHVnGAEgASgJQgTiQQECEhIKBG5hbWUYAiABKAlCBOJBAQISGQoLb3duZXJfZW1haWwYAyABKAlCBOJBAQISDAoEcGxhbhgEIAEoCRJDCghtZXRhZGF0YRgFIAMoCzIxLnJlbGF5LmFkbWluLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRISCgpyZXF1ZXN0X2lkGAYgASgJEj0KFWZpcnN0X2tleV9lbnZpcm9ubWVudBgHIAEoDjIeLnJlbGF5LmFkbWluLnYxLktleUVudmlyb25tZW50Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUoECAgQCVINc2lsb19kYXRhYmFzZSKNAQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USJgoGdGVuYW50GAEgASgLMhYucmVsYXkuYWRtaW4udjEuVGVuYW50EhUKDW93bmVyX3VzZXJfaWQYAiABKAkSGAoQZmlyc3RfYXBpX2tleV9pZBgDIAEoCRIcChRmaXJzdF9hcGlfa2V5X3NlY3JldBgEIAEoCSIrChBHZXRUZW5hbnRSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAiI7ChFHZXRUZW5hbnRSZXNwb25zZRImCgZ0ZW5hbnQYASABKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQiaQoSTGlzdFRlbmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiwKBnN0YXR1cxgDIAEoDjIcLnJlbGF5LmFkbWluLnYxLlRlbmFudFN0YXR1cyJXChNMaXN0VGVuYW50c1Jlc3BvbnNlEicKB3RlbmFudHMYASADKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIogBChNVcGRhdGVUZW5hbnRSZXF1ZXN0EiwKBnRlbmFudBgBIAEoCzIWLnJlbGF5LmFkbWluLnYxLlRlbmFudEIE4kEBAhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSI+ChRVcGRhdGVUZW5hbnRSZXNwb25zZRImCgZ0ZW5hbnQYASABKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQiigEKF1RyYW5zaXRpb25UZW5hbnRSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAhIyCgZzdGF0dXMYAiABKA4yHC5yZWxheS5hZG1pbi52MS5UZW5hbnRTdGF0dXNCBOJBAQISDgoGcmVhc29uGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiQgoYVHJhbnNpdGlvblRlbmFudFJlc3BvbnNlEiYKBnRlbmFudBgBIAEoCzIWLnJlbGF5LmFkbWluLnYxLlRlbmFudCIxChZHZXRUZW5hbnRDb25maWdSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAiKNAQoXR2V0VGVuYW50Q29uZmlnUmVzcG9uc2USQwoGY29uZmlnGAEgAygLMjMucmVsYXkuYWRtaW4udjEuR2V0VGVuYW50Q29uZmlnUmVzcG9uc2UuQ29uZmlnRW50cnkaLQoLQ29uZmlnRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK+AQoZVXBkYXRlVGVuYW50Q29uZmlnUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISRQoGY29uZmlnGAIgAygLMjUucmVsYXkuYWRtaW4udjEuVXBkYXRlVGVuYW50Q29uZmlnUmVxdWVzdC5Db25maWdFbnRyeRISCgpyZXF1ZXN0X2lkGAMgASgJGi0KC0NvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikwEKGlVwZGF0ZVRlbmFudENvbmZpZ1Jlc3BvbnNlEkYKBmNvbmZpZxgBIAMoCzI2LnJlbGF5LmFkbWluLnYxLlVwZGF0ZVRlbmFudENvbmZpZ1Jlc3BvbnNlLkNvbmZpZ0VudHJ5Gi0KC0NvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEisAEKBk1lbWJlchIVCgd1c2VyX2lkGAEgASgJQgTiQQEDEhcKCXRlbmFudF9pZBgCIAEoCUIE4kEBAxINCgVlbWFpbBgDIAEoCRIMCgRuYW1lGAQgASgJEgwKBHJvbGUYBSABKAkSFAoGc3RhdHVzGAYgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJUChJMaXN0TWVtYmVyc1JlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlcKE0xpc3RNZW1iZXJzUmVzcG9uc2USJwoHbWVtYmVycxgBIAMoCzIWLnJlbGF5LmFkbWluLnYxLk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkidgoQQWRkTWVtYmVyUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISEwoFZW1haWwYAiABKAlCBOJBAQISDAoEbmFtZRgDIAEoCRISCgRyb2xlGAQgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYBSABKAkiOwoRQWRkTWVtYmVyUmVzcG9uc2USJgoGbWVtYmVyGAEgASgLMhYucmVsYXkuYWRtaW4udjEuTWVtYmVyIlkKE1JlbW92ZU1lbWJlclJlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECEhUKB3VzZXJfaWQYAiABKAlCBOJBAQISEgoKcmVxdWVzdF9pZBgDIAEoCSI+ChRSZW1vdmVNZW1iZXJSZXNwb25zZRImCgZtZW1iZXIYASABKAsyFi5yZWxheS5hZG1pbi52MS5NZW1iZXIiggEKDVRlbmFudEZlYXR1cmUSDwoHZmVhdHVyZRgBIAEoCRIPCgdlbmFibGVkGAIgASgIEg4KBnNvdXJjZRgDIAEoCRIOCgZyZWFzb24YBCABKAkSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjQKGUxpc3RUZW5hbnRGZWF0dXJlc1JlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECIk0KGkxpc3RUZW5hbnRGZWF0dXJlc1Jlc3BvbnNlEi8KCGZlYXR1cmVzGAEgAygLMh0ucmVsYXkuYWRtaW4udjEuVGVuYW50RmVhdHVyZSKxAQoZU2V0RmVhdHVyZU92ZXJyaWRlUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISFQoHZmVhdHVyZRgCIAEoCUIE4kEBAhIPCgdlbmFibGVkGAMgASgIEg4KBnJlYXNvbhgEIAEoCRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgGIAEoCSJMChpTZXRGZWF0dXJlT3ZlcnJpZGVSZXNwb25zZRIuCgdmZWF0dXJlGAEgASgLMh0ucmVsYXkuYWRtaW4udjEuVGVuYW50RmVhdHVyZSJiChxEZWxldGVGZWF0dXJlT3ZlcnJpZGVSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAhIVCgdmZWF0dXJlGAIgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYAyABKAkiTwodRGVsZXRlRmVhdHVyZU92ZXJyaWRlUmVzcG9uc2USLgoHZmVhdHVyZRgBIAEoCzIdLnJlbGF5LmFkbWluLnYxLlRlbmFudEZlYXR1cmUq0wEKDFRlbmFudFN0YXR1cxIdChlURU5BTlRfU1RBVFVTX1VOU1BFQ0lGSUVEEAASHgoaVEVOQU5UX1NUQVRVU19QUk9WSVNJT05JTkcQARIXChNURU5BTlRfU1RBVFVTX1RSSUFMEAISGAoUVEVOQU5UX1NUQVRVU19BQ1RJVkUQAxIbChdURU5BTlRfU1RBVFVTX1NVU1BFTkRFRBAEEhkKFVRFTkFOVF9TVEFUVVNfRVhQSVJFRBAFEhkKFVRFTkFOVF9TVEFUVVNfREVMRVRFRBAGMpoOCg1UZW5hbnRTZXJ2aWNlEnEKDENyZWF0ZVRlbmFudBIjLnJlbGF5LmFkbWluLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJC5yZWxheS5hZG1pbi52MS5DcmVhdGVUZW5hbnRSZXNwb25zZSIWgtPkkwIQIgsvdjEvdGVuYW50czoBKhJxCglHZXRUZW5hbnQSIC5yZWxheS5hZG1pbi52MS5HZXRUZW5hbnRSZXF1ZXN0GiEucmVsYXkuYWRtaW4udjEuR2V0VGVuYW50UmVzcG9uc2UiH4LT5JMCGRIXL3YxL3RlbmFudHMve3RlbmFudF9pZH0SawoLTGlzdFRlbmFudHMSIi5yZWxheS5hZG1pbi52MS5MaXN0VGVuYW50c1JlcXVlc3QaIy5yZWxheS5hZG1pbi52MS5MaXN0VGVuYW50c1Jlc3BvbnNlIhOC0+STAg0SCy92MS90ZW5hbnRzEoIBCgxVcGRhdGVUZW5hbnQSIy5yZWxheS5hZG1pbi52MS5VcGRhdGVUZW5hbnRSZXF1ZXN0GiQucmVsYXkuYWRtaW4udjEuVXBkYXRlVGVuYW50UmVzcG9uc2UiJ4LT5JMCITIXL3YxL3RlbmFudHMve3RlbmFudC5pZH06BnRlbmFudBKUAQoQVHJhbnNpdGlvblRlbmFudBInLnJlbGF5LmFkbWluLnYxLlRyYW5zaXRpb25UZW5hbnRSZXF1ZXN0GigucmVsYXkuYWRtaW4udjEuVHJhbnNpdGlvblRlbmFudFJlc3BvbnNlIi2C0+STAiciIi92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9OnRyYW5zaXRpb246ASoSigEKD0dldFRlbmFudENvbmZpZxImLnJlbGF5LmFkbWluLnYxLkdldFRlbmFudENvbmZpZ1JlcXVlc3QaJy5yZWxheS5hZG1pbi52MS5HZXRUZW5hbnRDb25maWdSZXNwb25zZSImgtPkkwIgEh4vdjEvdGVuYW50cy97dGVuYW50X2lkfS9jb25maWcSlgEKElVwZGF0ZVRlbmFudENvbmZpZxIpLnJlbGF5LmFkbWluLnYxLlVwZGF0ZVRlbmFudENvbmZpZ1JlcXVlc3QaKi5yZWxheS5hZG1pbi52MS5VcGRhdGVUZW5hbnRDb25maWdSZXNwb25zZSIpgtPkkwIjMh4vdjEvdGVuYW50cy97dGVuYW50X2lkfS9jb25maWc6ASoSfwoLTGlzdE1lbWJlcnMSIi5yZWxheS5hZG1pbi52MS5MaXN0TWVtYmVyc1JlcXVlc3QaIy5yZWxheS5hZG1pbi52MS5MaXN0TWVtYmVyc1Jlc3BvbnNlIieC0+STAiESHy92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L21lbWJlcnMSfAoJQWRkTWVtYmVyEiAucmVsYXkuYWRtaW4udjEuQWRkTWVtYmVyUmVxdWVzdBohLnJlbGF5LmFkbWluLnYxLkFkZE1lbWJlclJlc3BvbnNlIiqC0+STAiQiHy92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L21lbWJlcnM6ASoSjAEKDFJlbW92ZU1lbWJlchIjLnJlbGF5LmFkbWluLnYxLlJlbW92ZU1lbWJlclJlcXVlc3QaJC5yZWxheS5hZG1pbi52MS5SZW1vdmVNZW1iZXJSZXNwb25zZSIxgtPkkwIrKikvdjEvdGVuYW50cy97dGVuYW50X2lkfS9tZW1iZXJzL3t1c2VyX2lkfRKVAQoSTGlzdFRlbmFudEZlYXR1cmVzEikucmVsYXkuYWRtaW4udjEuTGlzdFRlbmFudEZlYXR1cmVzUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLkxpc3RUZW5hbnRGZWF0dXJlc1Jlc3BvbnNlIiiC0+STAiISIC92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L2ZlYXR1cmVzEqIBChJTZXRGZWF0dXJlT3ZlcnJpZGUSKS5yZWxheS5hZG1pbi52MS5TZXRGZWF0dXJlT3ZlcnJpZGVSZXF1ZXN0GioucmVsYXkuYWRtaW4udjEuU2V0RmVhdHVyZU92ZXJyaWRlUmVzcG9uc2UiNYLT5JMCLxoqL3YxL3RlbmFudHMve3RlbmFudF9pZH0vZmVhdHVyZXMve2ZlYXR1cmV9OgEqEqgBChVEZWxldGVGZWF0dXJlT3ZlcnJpZGUSLC5yZWxheS5hZG1pbi52MS5EZWxldGVGZWF0dXJlT3ZlcnJpZGVSZXF1ZXN0Gi0ucmVsYXkuYWRtaW4udjEuRGVsZXRlRmVhdHVyZU92ZXJyaWRlUmVzcG9uc2UiMoLT5JMCLCoqL3YxL3RlbmFudHMve3RlbmFudF9pZH0vZmVhdHVyZXMve2ZlYXR1cmV9QjtaOWdpdGh1Yi5jb20vcmVsYXktZ2F0ZXdheS9yZWxheS9nZW4vcmVsYXkvYWRtaW4vdjE7YWRtaW52MWIGcHJvdG8z", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_relay_admin_v1_api_keys]);
+  fileDesc("ChxyZWxheS9hZG1pbi92MS90ZW5hbnRzLnByb3RvEg5yZWxheS5hZG1pbi52MSKTBAoGVGVuYW50EhAKAmlkGAEgASgJQgTiQQEDEgwKBHNsdWcYAiABKAkSDAoEbmFtZRgDIAEoCRIMCgRwbGFuGAQgASgJEjIKBnN0YXR1cxgFIAEoDjIcLnJlbGF5LmFkbWluLnYxLlRlbmFudFN0YXR1c0IE4kEBAxI1CgtjcmVhdGVfdGltZRgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNQoLdXBkYXRlX3RpbWUYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDEjUKC2RlbGV0ZV90aW1lGAggASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAxI4Cg50cmlhbF9lbmRfdGltZRgJIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBCBOJBAQMSNgoIbWV0YWRhdGEYCiADKAsyJC5yZWxheS5hZG1pbi52MS5UZW5hbnQuTWV0YWRhdGFFbnRyeRI8ChJzdGF0dXNfY2hhbmdlX3RpbWUYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wQgTiQQEDGi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUoECAsQDFINc2lsb19kYXRhYmFzZSLEAgoTQ3JlYXRlVGVuYW50UmVxdWVzdBISCgRzbHVnGAEgASgJQgTiQQECEhIKBG5hbWUYAiABKAlCBOJBAQISGQoLb3duZXJfZW1haWwYAyABKAlCBOJBAQISDAoEcGxhbhgEIAEoCRJDCghtZXRhZGF0YRgFIAMoCzIxLnJlbGF5LmFkbWluLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QuTWV0YWRhdGFFbnRyeRISCgpyZXF1ZXN0X2lkGAYgASgJEj0KFWZpcnN0X2tleV9lbnZpcm9ubWVudBgHIAEoDjIeLnJlbGF5LmFkbWluLnYxLktleUVudmlyb25tZW50Gi8KDU1ldGFkYXRhRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUoECAgQCVINc2lsb19kYXRhYmFzZSKNAQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USJgoGdGVuYW50GAEgASgLMhYucmVsYXkuYWRtaW4udjEuVGVuYW50EhUKDW93bmVyX3VzZXJfaWQYAiABKAkSGAoQZmlyc3RfYXBpX2tleV9pZBgDIAEoCRIcChRmaXJzdF9hcGlfa2V5X3NlY3JldBgEIAEoCSIrChBHZXRUZW5hbnRSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAiI7ChFHZXRUZW5hbnRSZXNwb25zZRImCgZ0ZW5hbnQYASABKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQiaQoSTGlzdFRlbmFudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEiwKBnN0YXR1cxgDIAEoDjIcLnJlbGF5LmFkbWluLnYxLlRlbmFudFN0YXR1cyJXChNMaXN0VGVuYW50c1Jlc3BvbnNlEicKB3RlbmFudHMYASADKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIogBChNVcGRhdGVUZW5hbnRSZXF1ZXN0EiwKBnRlbmFudBgBIAEoCzIWLnJlbGF5LmFkbWluLnYxLlRlbmFudEIE4kEBAhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSI+ChRVcGRhdGVUZW5hbnRSZXNwb25zZRImCgZ0ZW5hbnQYASABKAsyFi5yZWxheS5hZG1pbi52MS5UZW5hbnQiigEKF1RyYW5zaXRpb25UZW5hbnRSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAhIyCgZzdGF0dXMYAiABKA4yHC5yZWxheS5hZG1pbi52MS5UZW5hbnRTdGF0dXNCBOJBAQISDgoGcmVhc29uGAMgASgJEhIKCnJlcXVlc3RfaWQYBCABKAkiQgoYVHJhbnNpdGlvblRlbmFudFJlc3BvbnNlEiYKBnRlbmFudBgBIAEoCzIWLnJlbGF5LmFkbWluLnYxLlRlbmFudCIxChZHZXRUZW5hbnRDb25maWdSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAiKNAQoXR2V0VGVuYW50Q29uZmlnUmVzcG9uc2USQwoGY29uZmlnGAEgAygLMjMucmVsYXkuYWRtaW4udjEuR2V0VGVuYW50Q29uZmlnUmVzcG9uc2UuQ29uZmlnRW50cnkaLQoLQ29uZmlnRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASK+AQoZVXBkYXRlVGVuYW50Q29uZmlnUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISRQoGY29uZmlnGAIgAygLMjUucmVsYXkuYWRtaW4udjEuVXBkYXRlVGVuYW50Q29uZmlnUmVxdWVzdC5Db25maWdFbnRyeRISCgpyZXF1ZXN0X2lkGAMgASgJGi0KC0NvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEikwEKGlVwZGF0ZVRlbmFudENvbmZpZ1Jlc3BvbnNlEkYKBmNvbmZpZxgBIAMoCzI2LnJlbGF5LmFkbWluLnYxLlVwZGF0ZVRlbmFudENvbmZpZ1Jlc3BvbnNlLkNvbmZpZ0VudHJ5Gi0KC0NvbmZpZ0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEisAEKBk1lbWJlchIVCgd1c2VyX2lkGAEgASgJQgTiQQEDEhcKCXRlbmFudF9pZBgCIAEoCUIE4kEBAxINCgVlbWFpbBgDIAEoCRIMCgRuYW1lGAQgASgJEgwKBHJvbGUYBSABKAkSFAoGc3RhdHVzGAYgASgJQgTiQQEDEjUKC2NyZWF0ZV90aW1lGAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEIE4kEBAyJUChJMaXN0TWVtYmVyc1JlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECEhEKCXBhZ2Vfc2l6ZRgCIAEoBRISCgpwYWdlX3Rva2VuGAMgASgJIlcKE0xpc3RNZW1iZXJzUmVzcG9uc2USJwoHbWVtYmVycxgBIAMoCzIWLnJlbGF5LmFkbWluLnYxLk1lbWJlchIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkidgoQQWRkTWVtYmVyUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISEwoFZW1haWwYAiABKAlCBOJBAQISDAoEbmFtZRgDIAEoCRISCgRyb2xlGAQgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYBSABKAkiOwoRQWRkTWVtYmVyUmVzcG9uc2USJgoGbWVtYmVyGAEgASgLMhYucmVsYXkuYWRtaW4udjEuTWVtYmVyIlkKE1JlbW92ZU1lbWJlclJlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECEhUKB3VzZXJfaWQYAiABKAlCBOJBAQISEgoKcmVxdWVzdF9pZBgDIAEoCSI+ChRSZW1vdmVNZW1iZXJSZXNwb25zZRImCgZtZW1iZXIYASABKAsyFi5yZWxheS5hZG1pbi52MS5NZW1iZXIiggEKDVRlbmFudEZlYXR1cmUSDwoHZmVhdHVyZRgBIAEoCRIPCgdlbmFibGVkGAIgASgIEg4KBnNvdXJjZRgDIAEoCRIOCgZyZWFzb24YBCABKAkSLwoLZXhwaXJlX3RpbWUYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjQKGUxpc3RUZW5hbnRGZWF0dXJlc1JlcXVlc3QSFwoJdGVuYW50X2lkGAEgASgJQgTiQQECIk0KGkxpc3RUZW5hbnRGZWF0dXJlc1Jlc3BvbnNlEi8KCGZlYXR1cmVzGAEgAygLMh0ucmVsYXkuYWRtaW4udjEuVGVuYW50RmVhdHVyZSKxAQoZU2V0RmVhdHVyZU92ZXJyaWRlUmVxdWVzdBIXCgl0ZW5hbnRfaWQYASABKAlCBOJBAQISFQoHZmVhdHVyZRgCIAEoCUIE4kEBAhIPCgdlbmFibGVkGAMgASgIEg4KBnJlYXNvbhgEIAEoCRIvCgtleHBpcmVfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEgoKcmVxdWVzdF9pZBgGIAEoCSJMChpTZXRGZWF0dXJlT3ZlcnJpZGVSZXNwb25zZRIuCgdmZWF0dXJlGAEgASgLMh0ucmVsYXkuYWRtaW4udjEuVGVuYW50RmVhdHVyZSJiChxEZWxldGVGZWF0dXJlT3ZlcnJpZGVSZXF1ZXN0EhcKCXRlbmFudF9pZBgBIAEoCUIE4kEBAhIVCgdmZWF0dXJlGAIgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYAyABKAkiTwodRGVsZXRlRmVhdHVyZU92ZXJyaWRlUmVzcG9uc2USLgoHZmVhdHVyZRgBIAEoCzIdLnJlbGF5LmFkbWluLnYxLlRlbmFudEZlYXR1cmUiawoXVXBkYXRlTWVtYmVyUm9sZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhUKB3VzZXJfaWQYAiABKAlCBOJBAQISEgoEcm9sZRgDIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAQgASgJIkIKGFVwZGF0ZU1lbWJlclJvbGVSZXNwb25zZRImCgZtZW1iZXIYASABKAsyFi5yZWxheS5hZG1pbi52MS5NZW1iZXIiuQEKEUFjY291bnRNZW1iZXJzaGlwEg8KB3VzZXJfaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEhMKC3RlbmFudF9zbHVnGAMgASgJEhMKC3RlbmFudF9uYW1lGAQgASgJEjMKDXRlbmFudF9zdGF0dXMYBSABKA4yHC5yZWxheS5hZG1pbi52MS5UZW5hbnRTdGF0dXMSDAoEcm9sZRgGIAEoCRITCgtwZXJtaXNzaW9ucxgHIAMoCSI0Ch1MaXN0QWNjb3VudE1lbWJlcnNoaXBzUmVxdWVzdBITCgVlbWFpbBgBIAEoCUIE4kEBAiJYCh5MaXN0QWNjb3VudE1lbWJlcnNoaXBzUmVzcG9uc2USNgoLbWVtYmVyc2hpcHMYASADKAsyIS5yZWxheS5hZG1pbi52MS5BY2NvdW50TWVtYmVyc2hpcCJVChNSZWNvcmRTaWduSW5SZXF1ZXN0EhMKBWVtYWlsGAEgASgJQgTiQQECEhUKB291dGNvbWUYAiABKAlCBOJBAQISEgoKaXBfYWRkcmVzcxgDIAEoCSIrChRSZWNvcmRTaWduSW5SZXNwb25zZRITCgtldmVudF9jb3VudBgBIAEoBSI/ChZTZW5kVGVzdFdlYmhvb2tSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRISCgpyZXF1ZXN0X2lkGAIgASgJIjgKF1NlbmRUZXN0V2ViaG9va1Jlc3BvbnNlEhAKCGV2ZW50X2lkGAEgASgJEgsKA3VybBgCIAEoCSrTAQoMVGVuYW50U3RhdHVzEh0KGVRFTkFOVF9TVEFUVVNfVU5TUEVDSUZJRUQQABIeChpURU5BTlRfU1RBVFVTX1BST1ZJU0lPTklORxABEhcKE1RFTkFOVF9TVEFUVVNfVFJJQUwQAhIYChRURU5BTlRfU1RBVFVTX0FDVElWRRADEhsKF1RFTkFOVF9TVEFUVVNfU1VTUEVOREVEEAQSGQoVVEVOQU5UX1NUQVRVU19FWFBJUkVEEAUSGQoVVEVOQU5UX1NUQVRVU19ERUxFVEVEEAYy5RIKDVRlbmFudFNlcnZpY2UScQoMQ3JlYXRlVGVuYW50EiMucmVsYXkuYWRtaW4udjEuQ3JlYXRlVGVuYW50UmVxdWVzdBokLnJlbGF5LmFkbWluLnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlIhaC0+STAhAiCy92MS90ZW5hbnRzOgEqEnEKCUdldFRlbmFudBIgLnJlbGF5LmFkbWluLnYxLkdldFRlbmFudFJlcXVlc3QaIS5yZWxheS5hZG1pbi52MS5HZXRUZW5hbnRSZXNwb25zZSIfgtPkkwIZEhcvdjEvdGVuYW50cy97dGVuYW50X2lkfRJrCgtMaXN0VGVuYW50cxIiLnJlbGF5LmFkbWluLnYxLkxpc3RUZW5hbnRzUmVxdWVzdBojLnJlbGF5LmFkbWluLnYxLkxpc3RUZW5hbnRzUmVzcG9uc2UiE4LT5JMCDRILL3YxL3RlbmFudHMSggEKDFVwZGF0ZVRlbmFudBIjLnJlbGF5LmFkbWluLnYxLlVwZGF0ZVRlbmFudFJlcXVlc3QaJC5yZWxheS5hZG1pbi52MS5VcGRhdGVUZW5hbnRSZXNwb25zZSIngtPkkwIhMhcvdjEvdGVuYW50cy97dGVuYW50LmlkfToGdGVuYW50EpQBChBUcmFuc2l0aW9uVGVuYW50EicucmVsYXkuYWRtaW4udjEuVHJhbnNpdGlvblRlbmFudFJlcXVlc3QaKC5yZWxheS5hZG1pbi52MS5UcmFuc2l0aW9uVGVuYW50UmVzcG9uc2UiLYLT5JMCJyIiL3YxL3RlbmFudHMve3RlbmFudF9pZH06dHJhbnNpdGlvbjoBKhKKAQoPR2V0VGVuYW50Q29uZmlnEiYucmVsYXkuYWRtaW4udjEuR2V0VGVuYW50Q29uZmlnUmVxdWVzdBonLnJlbGF5LmFkbWluLnYxLkdldFRlbmFudENvbmZpZ1Jlc3BvbnNlIiaC0+STAiASHi92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L2NvbmZpZxKWAQoSVXBkYXRlVGVuYW50Q29uZmlnEikucmVsYXkuYWRtaW4udjEuVXBkYXRlVGVuYW50Q29uZmlnUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLlVwZGF0ZVRlbmFudENvbmZpZ1Jlc3BvbnNlIimC0+STAiMyHi92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L2NvbmZpZzoBKhJ/CgtMaXN0TWVtYmVycxIiLnJlbGF5LmFkbWluLnYxLkxpc3RNZW1iZXJzUmVxdWVzdBojLnJlbGF5LmFkbWluLnYxLkxpc3RNZW1iZXJzUmVzcG9uc2UiJ4LT5JMCIRIfL3YxL3RlbmFudHMve3RlbmFudF9pZH0vbWVtYmVycxJ8CglBZGRNZW1iZXISIC5yZWxheS5hZG1pbi52MS5BZGRNZW1iZXJSZXF1ZXN0GiEucmVsYXkuYWRtaW4udjEuQWRkTWVtYmVyUmVzcG9uc2UiKoLT5JMCJCIfL3YxL3RlbmFudHMve3RlbmFudF9pZH0vbWVtYmVyczoBKhKMAQoMUmVtb3ZlTWVtYmVyEiMucmVsYXkuYWRtaW4udjEuUmVtb3ZlTWVtYmVyUmVxdWVzdBokLnJlbGF5LmFkbWluLnYxLlJlbW92ZU1lbWJlclJlc3BvbnNlIjGC0+STAisqKS92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L21lbWJlcnMve3VzZXJfaWR9EpMBCg9TZW5kVGVzdFdlYmhvb2sSJi5yZWxheS5hZG1pbi52MS5TZW5kVGVzdFdlYmhvb2tSZXF1ZXN0GicucmVsYXkuYWRtaW4udjEuU2VuZFRlc3RXZWJob29rUmVzcG9uc2UiL4LT5JMCKSIkL3YxL3RlbmFudHMve3RlbmFudF9pZH0vd2ViaG9vazp0ZXN0OgEqEqMBChBVcGRhdGVNZW1iZXJSb2xlEicucmVsYXkuYWRtaW4udjEuVXBkYXRlTWVtYmVyUm9sZVJlcXVlc3QaKC5yZWxheS5hZG1pbi52MS5VcGRhdGVNZW1iZXJSb2xlUmVzcG9uc2UiPILT5JMCNiIxL3YxL3RlbmFudHMve3RlbmFudF9pZH0vbWVtYmVycy97dXNlcl9pZH06c2V0Um9sZToBKhKYAQoWTGlzdEFjY291bnRNZW1iZXJzaGlwcxItLnJlbGF5LmFkbWluLnYxLkxpc3RBY2NvdW50TWVtYmVyc2hpcHNSZXF1ZXN0Gi4ucmVsYXkuYWRtaW4udjEuTGlzdEFjY291bnRNZW1iZXJzaGlwc1Jlc3BvbnNlIh+C0+STAhkSFy92MS9hY2NvdW50LW1lbWJlcnNoaXBzEnIKDFJlY29yZFNpZ25JbhIjLnJlbGF5LmFkbWluLnYxLlJlY29yZFNpZ25JblJlcXVlc3QaJC5yZWxheS5hZG1pbi52MS5SZWNvcmRTaWduSW5SZXNwb25zZSIXgtPkkwIRIgwvdjEvc2lnbi1pbnM6ASoSlQEKEkxpc3RUZW5hbnRGZWF0dXJlcxIpLnJlbGF5LmFkbWluLnYxLkxpc3RUZW5hbnRGZWF0dXJlc1JlcXVlc3QaKi5yZWxheS5hZG1pbi52MS5MaXN0VGVuYW50RmVhdHVyZXNSZXNwb25zZSIogtPkkwIiEiAvdjEvdGVuYW50cy97dGVuYW50X2lkfS9mZWF0dXJlcxKiAQoSU2V0RmVhdHVyZU92ZXJyaWRlEikucmVsYXkuYWRtaW4udjEuU2V0RmVhdHVyZU92ZXJyaWRlUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLlNldEZlYXR1cmVPdmVycmlkZVJlc3BvbnNlIjWC0+STAi8aKi92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L2ZlYXR1cmVzL3tmZWF0dXJlfToBKhKoAQoVRGVsZXRlRmVhdHVyZU92ZXJyaWRlEiwucmVsYXkuYWRtaW4udjEuRGVsZXRlRmVhdHVyZU92ZXJyaWRlUmVxdWVzdBotLnJlbGF5LmFkbWluLnYxLkRlbGV0ZUZlYXR1cmVPdmVycmlkZVJlc3BvbnNlIjKC0+STAiwqKi92MS90ZW5hbnRzL3t0ZW5hbnRfaWR9L2ZlYXR1cmVzL3tmZWF0dXJlfUI7WjlnaXRodWIuY29tL3JlbGF5LWdhdGV3YXkvcmVsYXkvZ2VuL3JlbGF5L2FkbWluL3YxO2FkbWludjFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp, file_relay_admin_v1_api_keys]);
 
 /**
  * A tenant: one customer organisation.
@@ -866,6 +866,260 @@ export const DeleteFeatureOverrideResponseSchema: GenMessage<DeleteFeatureOverri
   messageDesc(file_relay_admin_v1_tenants, 28);
 
 /**
+ * Request of UpdateMemberRole.
+ *
+ * @generated from message relay.admin.v1.UpdateMemberRoleRequest
+ */
+export type UpdateMemberRoleRequest = Message<"relay.admin.v1.UpdateMemberRoleRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string user_id = 2;
+   */
+  userId: string;
+
+  /**
+   * owner | admin | developer | viewer
+   *
+   * @generated from field: string role = 3;
+   */
+  role: string;
+
+  /**
+   * Idempotency key: a retry with the same value does not act twice.
+   *
+   * @generated from field: string request_id = 4;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateMemberRoleRequest.
+ * Use `create(UpdateMemberRoleRequestSchema)` to create a new message.
+ */
+export const UpdateMemberRoleRequestSchema: GenMessage<UpdateMemberRoleRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 29);
+
+/**
+ * Response of UpdateMemberRole.
+ *
+ * @generated from message relay.admin.v1.UpdateMemberRoleResponse
+ */
+export type UpdateMemberRoleResponse = Message<"relay.admin.v1.UpdateMemberRoleResponse"> & {
+  /**
+   * @generated from field: relay.admin.v1.Member member = 1;
+   */
+  member?: Member | undefined;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateMemberRoleResponse.
+ * Use `create(UpdateMemberRoleResponseSchema)` to create a new message.
+ */
+export const UpdateMemberRoleResponseSchema: GenMessage<UpdateMemberRoleResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 30);
+
+/**
+ * One tenant an email belongs to, as the web console needs it.
+ *
+ * @generated from message relay.admin.v1.AccountMembership
+ */
+export type AccountMembership = Message<"relay.admin.v1.AccountMembership"> & {
+  /**
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string tenant_slug = 3;
+   */
+  tenantSlug: string;
+
+  /**
+   * @generated from field: string tenant_name = 4;
+   */
+  tenantName: string;
+
+  /**
+   * @generated from field: relay.admin.v1.TenantStatus tenant_status = 5;
+   */
+  tenantStatus: TenantStatus;
+
+  /**
+   * @generated from field: string role = 6;
+   */
+  role: string;
+
+  /**
+   * The role's permissions now, e.g. api_keys:create.
+   *
+   * @generated from field: repeated string permissions = 7;
+   */
+  permissions: string[];
+};
+
+/**
+ * Describes the message relay.admin.v1.AccountMembership.
+ * Use `create(AccountMembershipSchema)` to create a new message.
+ */
+export const AccountMembershipSchema: GenMessage<AccountMembership> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 31);
+
+/**
+ * Request of ListAccountMemberships.
+ *
+ * @generated from message relay.admin.v1.ListAccountMembershipsRequest
+ */
+export type ListAccountMembershipsRequest = Message<"relay.admin.v1.ListAccountMembershipsRequest"> & {
+  /**
+   * @generated from field: string email = 1;
+   */
+  email: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.ListAccountMembershipsRequest.
+ * Use `create(ListAccountMembershipsRequestSchema)` to create a new message.
+ */
+export const ListAccountMembershipsRequestSchema: GenMessage<ListAccountMembershipsRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 32);
+
+/**
+ * Response of ListAccountMemberships.
+ *
+ * @generated from message relay.admin.v1.ListAccountMembershipsResponse
+ */
+export type ListAccountMembershipsResponse = Message<"relay.admin.v1.ListAccountMembershipsResponse"> & {
+  /**
+   * @generated from field: repeated relay.admin.v1.AccountMembership memberships = 1;
+   */
+  memberships: AccountMembership[];
+};
+
+/**
+ * Describes the message relay.admin.v1.ListAccountMembershipsResponse.
+ * Use `create(ListAccountMembershipsResponseSchema)` to create a new message.
+ */
+export const ListAccountMembershipsResponseSchema: GenMessage<ListAccountMembershipsResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 33);
+
+/**
+ * Request of RecordSignIn.
+ *
+ * @generated from message relay.admin.v1.RecordSignInRequest
+ */
+export type RecordSignInRequest = Message<"relay.admin.v1.RecordSignInRequest"> & {
+  /**
+   * @generated from field: string email = 1;
+   */
+  email: string;
+
+  /**
+   * succeeded | failed | locked
+   *
+   * @generated from field: string outcome = 2;
+   */
+  outcome: string;
+
+  /**
+   * The browser's address, as the console saw it.
+   *
+   * @generated from field: string ip_address = 3;
+   */
+  ipAddress: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.RecordSignInRequest.
+ * Use `create(RecordSignInRequestSchema)` to create a new message.
+ */
+export const RecordSignInRequestSchema: GenMessage<RecordSignInRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 34);
+
+/**
+ * Response of RecordSignIn.
+ *
+ * @generated from message relay.admin.v1.RecordSignInResponse
+ */
+export type RecordSignInResponse = Message<"relay.admin.v1.RecordSignInResponse"> & {
+  /**
+   * How many audit events were written (one per tenant, or one platform event).
+   *
+   * @generated from field: int32 event_count = 1;
+   */
+  eventCount: number;
+};
+
+/**
+ * Describes the message relay.admin.v1.RecordSignInResponse.
+ * Use `create(RecordSignInResponseSchema)` to create a new message.
+ */
+export const RecordSignInResponseSchema: GenMessage<RecordSignInResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 35);
+
+/**
+ * Request of SendTestWebhook.
+ *
+ * @generated from message relay.admin.v1.SendTestWebhookRequest
+ */
+export type SendTestWebhookRequest = Message<"relay.admin.v1.SendTestWebhookRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * Idempotency key: a retry with the same value sends one event.
+   *
+   * @generated from field: string request_id = 2;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.SendTestWebhookRequest.
+ * Use `create(SendTestWebhookRequestSchema)` to create a new message.
+ */
+export const SendTestWebhookRequestSchema: GenMessage<SendTestWebhookRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 36);
+
+/**
+ * Response of SendTestWebhook.
+ *
+ * @generated from message relay.admin.v1.SendTestWebhookResponse
+ */
+export type SendTestWebhookResponse = Message<"relay.admin.v1.SendTestWebhookResponse"> & {
+  /**
+   * The event's id (its deliveries carry it).
+   *
+   * @generated from field: string event_id = 1;
+   */
+  eventId: string;
+
+  /**
+   * Where it is being delivered.
+   *
+   * @generated from field: string url = 2;
+   */
+  url: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.SendTestWebhookResponse.
+ * Use `create(SendTestWebhookResponseSchema)` to create a new message.
+ */
+export const SendTestWebhookResponseSchema: GenMessage<SendTestWebhookResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_tenants, 37);
+
+/**
  * Lifecycle states of a tenant.
  *
  * @generated from enum relay.admin.v1.TenantStatus
@@ -1021,6 +1275,52 @@ export const TenantService: GenService<{
     methodKind: "unary";
     input: typeof RemoveMemberRequestSchema;
     output: typeof RemoveMemberResponseSchema;
+  },
+  /**
+   * Send a test event to the tenant's webhook URL: it is signed and delivered
+   * (with retries) like every tenant event; 409 (no_webhook_url) when no URL is set.
+   *
+   * @generated from rpc relay.admin.v1.TenantService.SendTestWebhook
+   */
+  sendTestWebhook: {
+    methodKind: "unary";
+    input: typeof SendTestWebhookRequestSchema;
+    output: typeof SendTestWebhookResponseSchema;
+  },
+  /**
+   * Change a member's role; nobody grants or takes away permissions they do
+   * not hold, and the last owner keeps the owner role.
+   *
+   * @generated from rpc relay.admin.v1.TenantService.UpdateMemberRole
+   */
+  updateMemberRole: {
+    methodKind: "unary";
+    input: typeof UpdateMemberRoleRequestSchema;
+    output: typeof UpdateMemberRoleResponseSchema;
+  },
+  /**
+   * The tenants an email is an active member of, with each role's
+   * permissions now (platform operators only: the web console signs people
+   * in with it).
+   *
+   * @generated from rpc relay.admin.v1.TenantService.ListAccountMemberships
+   */
+  listAccountMemberships: {
+    methodKind: "unary";
+    input: typeof ListAccountMembershipsRequestSchema;
+    output: typeof ListAccountMembershipsResponseSchema;
+  },
+  /**
+   * Record a web console sign-in attempt (succeeded, failed or locked) in
+   * the audit log of every tenant the email belongs to, or as a platform
+   * event when it belongs to none (platform operators only).
+   *
+   * @generated from rpc relay.admin.v1.TenantService.RecordSignIn
+   */
+  recordSignIn: {
+    methodKind: "unary";
+    input: typeof RecordSignInRequestSchema;
+    output: typeof RecordSignInResponseSchema;
   },
   /**
    * The tenant's effective feature flags: plan defaults and overrides.
