@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -99,11 +100,16 @@ def assert_well_formed(response: Any, what: str) -> None:
 
 def test_schemathesis_finds_no_5xx_on_any_operation(fuzz_stack: RelayStack) -> None:
     root = _root(fuzz_stack)
-    schema = schemathesis.openapi.from_dict(httpx.get(root + "/v1/openapi.json", timeout=30).json())
+    document = httpx.get(root + "/v1/openapi.json", timeout=30).json()
+    schema = schemathesis.openapi.from_dict(document)
     results = list(schema.get_all_operations())
     operations = [r.ok() for r in results if type(r).__name__ == "Ok"]
     # Path templates with a dotted field ({tenant.id}) are beyond schemathesis; all others run.
-    assert len(operations) >= 40 and len(results) - len(operations) <= 3
+    dotted = sum(
+        1 for path, item in document["paths"].items() if re.search(r"\{[^}]*\.[^}]*\}", path)
+        for method in item if method in ("get", "put", "post", "patch", "delete")
+    )  # fmt: skip
+    assert len(operations) >= 40 and len(results) - len(operations) <= dotted
     started = time.monotonic()
     calls = 0
     with requests.Session() as session:

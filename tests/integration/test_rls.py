@@ -71,6 +71,9 @@ ROWS: dict[str, RowFn] = {
     "usage_daily": lambda t, n: {
         "tenant_id": t, "date": TODAY - timedelta(days=n), "model_id": "gpt-4o", "api_key_id": f"key_{t}_0",
     },
+    "usage_daily_model": lambda t, n: {
+        "tenant_id": t, "environment": "live", "date": TODAY - timedelta(days=n), "model_id": "gpt-4o",
+    },
     "usage_rollup_pending": lambda t, n: {"tenant_id": t, "date": TODAY - timedelta(days=n)},
     "request_archive_files": lambda t, n: {
         "partition_name": f"requests_y2025m0{n + 1}", "month": date(2025, n + 1, 1), "tenant_id": t,

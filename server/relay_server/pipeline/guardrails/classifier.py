@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
 
-import aiohttp
-
+from relay_server.address_policy import check_host
 from relay_server.domain.guardrails import Classifier
-from relay_server.webhook_destinations import GuardedResolver, check_host
+
+if TYPE_CHECKING:
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,11 @@ class ClassifierClient:
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        # aiohttp (≈ 10 MB) is loaded with the first classifier call, not at worker start.
+        import aiohttp  # noqa: PLC0415
+
+        from relay_server.webhook_destinations import GuardedResolver  # noqa: PLC0415 (imports aiohttp)
+
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(resolver=GuardedResolver(allow_private=self._allow_private), limit=64)
             self._session = aiohttp.ClientSession(connector=connector)
