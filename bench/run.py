@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=1_000_000, help="at most this many requests per measurement")
     p.add_argument("--workers", type=int, default=1, help="server worker processes (default 1, as `make up`)")
     p.add_argument("--concurrency", type=_int_list, default=[1, 32], help="comma-separated (default 1,32)")
-    p.add_argument("--scenarios", default="chat,chat-alias,stream,embeddings", help="subset of chat,chat-alias,stream,embeddings")
+    p.add_argument("--scenarios", default="chat,chat-alias,stream,embeddings", help="subset of chat,chat-alias,chat-guarded,stream,stream-guarded,embeddings")
     p.add_argument("--scale", type=_int_list, default=list(range(1, cores + 1)) if cores > 1 else [],
                    help=f"worker counts for the scaling rows (default 1..{cores}); --no-scale to skip")  # fmt: skip
     p.add_argument("--no-scale", action="store_true")

@@ -34,6 +34,7 @@ class Scenario:
     path: str
     body: dict[str, Any]
     stream: bool = False
+    guarded: bool = False  # sent with the seeded key that has every guardrail on
 
     @property
     def body_bytes(self) -> bytes:
@@ -58,6 +59,17 @@ SCENARIOS = (
     # The same request through a virtual model (bench/seed.py: `bench-fast`, lowest-latency, one target):
     # beside `chat`, the routing cost of an alias against a plain model.
     Scenario("chat-alias", "/chat/completions", {"model": "bench-fast", "messages": _MESSAGES, "max_tokens": 64}),
+    # `chat` and `stream` with every local guardrail on (bench/seed.py GUARDED_POLICY): beside
+    # them, what guardrails cost end to end (input scans at admission, output redaction per chunk).
+    Scenario("chat-guarded", "/chat/completions", {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 64},
+             guarded=True),
+    Scenario(
+        "stream-guarded",
+        "/chat/completions",
+        {"model": "gpt-4o-mini", "messages": _MESSAGES, "max_tokens": 20, "stream": True,
+         "stream_options": {"include_usage": True}},
+        stream=True, guarded=True,
+    ),
     Scenario(
         "embeddings",
         "/embeddings",
@@ -261,10 +273,11 @@ def detect_mode(stack: BenchStack, scenario: Scenario) -> Mode:
     """Live when a live-key request reaches the mock and succeeds; else test; else broken."""
     assert stack.seeded is not None
     before = mock_stats(stack).get("/v1" + scenario.path, 0)
-    status, body = _probe(stack, scenario, stack.seeded.live_key, {})
+    live = stack.seeded.guarded_key if scenario.guarded else stack.seeded.live_key
+    status, body = _probe(stack, scenario, live, {})
     reached = mock_stats(stack).get("/v1" + scenario.path, 0) > before
     if status == 200 and reached and (not scenario.stream or b"data: [DONE]" in body):
-        return Mode("live", stack.seeded.live_key, "live key → Envoy → workers → mock upstream")
+        return Mode("live", live, "live key → Envoy → workers → mock upstream")
     why = f"live key answered {status}: {body[:200].decode(errors='replace')}" if status != 200 else (
         "live key answered 200 but the mock saw no request"
     )

@@ -30,12 +30,21 @@ SPEND_CAP_MICROS = 10**12
 # Per-key limits far above anything two cores can drive.
 KEY_LIMITS = {"rpm": 100_000_000, "tpm": 100_000_000_000}
 UPSTREAM_SECRET = "sk-bench-mock-upstream-0000"
+# Every input and output check that runs locally (no classifier: it would measure the hook's server).
+GUARDED_POLICY = {
+    "input": {"max_input_tokens": 8000, "max_messages": 50, "max_characters": 100000, "max_tools": 16},
+    "pii": {"email": "redact", "phone": "redact", "credit_card": "redact", "iban": "redact", "national_id": "redact",
+            "secret": "redact", "ip": "redact", "scope": ["input", "output"]},
+    "deny": {"patterns": ["(?i)project\\s+falcon"], "action": "block"},
+    "injection": "block",
+}
 
 
 @dataclass
 class Seeded:
     live_key: str = field(repr=False)
     test_key: str = field(repr=False)
+    guarded_key: str = field(repr=False)  # a live key with every guardrail on (the `*-guarded` scenarios)
     credential: str  # "sealed" | "placeholder"
     notes: list[str] = field(default_factory=list)
 
@@ -48,6 +57,7 @@ def new_master_key() -> str:
 def seed(owner_dsn: str, mock_base_url: str, master_key: str) -> Seeded:
     live = mint_key("live")
     test = mint_key("test")
+    guarded = mint_key("live")
     with psycopg.connect(owner_dsn, autocommit=False) as conn:
         conn.execute(
             """INSERT INTO tenants (id, slug, name, plan, status)
@@ -64,16 +74,22 @@ def seed(owner_dsn: str, mock_base_url: str, master_key: str) -> Seeded:
                    VALUES (%s, %s, %s, -1, %s, 'bench: unlimited')""",
                 (f"qo_bench_{resource}", TENANT_ID, resource, window),
             )
-        for key, environment in ((live, "live"), (test, "test")):
+        for key, environment, key_id in ((live, "live", "key_bench_live"), (test, "test", "key_bench_test"),
+                                         (guarded, "live", "key_bench_guarded")):
             conn.execute(
                 """INSERT INTO api_keys (id, tenant_id, name, key_prefix, key_hash, key_hint, environment, scope,
                                          rate_limit_overrides, spend_cap_micros, spend_cap_window, created_by)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, 'inference', %s, %s, 'monthly', %s)""",
                 (
-                    f"key_bench_{environment}", TENANT_ID, f"bench {environment}", key.key_prefix, key.key_hash,
+                    key_id, TENANT_ID, f"bench {key_id}", key.key_prefix, key.key_hash,
                     key.key_hint, environment, json.dumps(KEY_LIMITS), SPEND_CAP_MICROS, USER_ID,
                 ),
             )  # fmt: skip
+        # Guardrails (docs/guardrails.md) on for one key only: the other keys keep the off path.
+        conn.execute(
+            "INSERT INTO tenant_config (tenant_id, key, value) VALUES (%s, 'guardrails', %s)",
+            (TENANT_ID, json.dumps({"keys": {"key_bench_guarded": GUARDED_POLICY}})),
+        )
         # Every OpenAI-wire provider goes to the mock; only `openai` gets a key.
         conn.execute("UPDATE providers SET base_url = %s WHERE id = 'openai'", (mock_base_url,))
         # The `chat-alias` scenario's virtual model (docs/routing.md): the heaviest strategy's path
@@ -83,7 +99,7 @@ def seed(owner_dsn: str, mock_base_url: str, master_key: str) -> Seeded:
                VALUES ('vm_bench', NULL, 'bench-fast', 'lowest-latency', '[{"model": "gpt-4o-mini"}]')
                ON CONFLICT DO NOTHING"""
         )
-    seeded = Seeded(live.secret, test.secret, "placeholder")
+    seeded = Seeded(live.secret, test.secret, guarded.secret, "placeholder")
     try:
         asyncio.run(_seal_credential(owner_dsn, master_key, mock_base_url))
         seeded.credential = "sealed"

@@ -264,3 +264,29 @@ def test_the_cli_manages_virtual_models_and_budget_routes(routed: Routed) -> Non
     assert _relay(routed.stack, "routing", "vm-delete", "cli-fast").returncode == 0
     assert _relay(routed.stack, "routing", "region-set", "mistral", "eu-central").stdout.split() == [
         "PROVIDER", "REGION", "mistral", "eu-central"]  # fmt: skip
+
+
+def test_a_virtual_model_is_a_name_every_model_endpoint_knows(routed: Routed) -> None:
+    """Listed and retrievable on both doors, countable, and served on the Responses door."""
+    assert routed.put_vm("listed", {"strategy": "priority", "targets": [{"model": MINI}, {"model": LLAMA}]}).status_code == 200
+    client = routed.openai()
+
+    def listed() -> bool:
+        return "listed" in {m.id for m in client.models.list()}
+
+    wait_for(listed, "the virtual model in GET /v1/models")
+    assert client.models.retrieve("listed").id == "listed"
+    claude = routed.anthropic()
+    assert "listed" in {m.id for m in claude.models.list()}
+    assert claude.models.retrieve("listed").id == "listed"
+
+    counted = claude.messages.count_tokens(model="listed", messages=MESSAGES)
+    assert counted.input_tokens > 0
+
+    response = client.responses.create(model="listed", input="Tell me about gateways.")
+    assert response.output_text
+
+    routed.admin.delete("/v1/routing/virtual-models/listed")
+    wait_for(lambda: not listed(), "the deleted virtual model gone from GET /v1/models")
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("listed")

@@ -25,7 +25,7 @@ from relay_server.api.openai_wire import decode_body
 from relay_server.domain.request import new_request_id
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.inference import InferencePipeline
-from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.model_names import ModelNames
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.providers.anthropic_openai.to_openai_request import openai_request
 
@@ -40,7 +40,7 @@ def decode(raw: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
 
 class AnthropicServicer(anthropic_service_pb2_grpc.AnthropicServiceServicer):
     def __init__(
-        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog, *, observability: Any = None
+        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: ModelNames, *, observability: Any = None
     ) -> None:
         self._pipeline = pipeline
         self._auth = authenticator

@@ -29,7 +29,7 @@ from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.inference import Admitted, InferencePipeline
-from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.model_names import ModelNames
 from relay_server.pipeline.session import Item
 from relay_server.pipeline.steps.authenticate import Authenticator
 
@@ -48,7 +48,7 @@ def _model(entry: CatalogEntry) -> models_pb2.Model:
 
 class OpenAIServicer(openai_service_pb2_grpc.OpenAIServiceServicer):
     def __init__(
-        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog, *, observability: Any = None
+        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: ModelNames, *, observability: Any = None
     ) -> None:
         self._pipeline = pipeline
         self._auth = authenticator

@@ -39,7 +39,7 @@ from relay_server.domain.request import Principal, new_request_id
 from relay_server.ids import new_id
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.inference import Admitted, InferencePipeline
-from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.model_names import ModelNames
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
 from relay_server.responses.service import ResponseStore
@@ -51,7 +51,7 @@ DOOR = "responses"
 
 class ResponsesServicer(responses_pb2_grpc.ResponsesServiceServicer):
     def __init__(
-        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: Catalog, store: ResponseStore,
+        self, pipeline: InferencePipeline, authenticator: Authenticator, catalog: ModelNames, store: ResponseStore,
         *, observability: Any = None,
     ) -> None:  # fmt: skip
         self._pipeline = pipeline

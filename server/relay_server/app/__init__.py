@@ -61,6 +61,7 @@ from relay_server.pipeline.guardrails.policy import GuardrailSource
 from relay_server.pipeline.guardrails.step import Guardrails
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.model_names import ModelNames
 from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.responses.service import (
@@ -210,18 +211,19 @@ def start_observability(app: App) -> None:
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     """Register every servicer; returns the fully-qualified service names."""
+    models = ModelNames(app.catalog, app.routing.virtual)  # what the model lists show: catalog + virtual models
     openai_service_pb2_grpc.add_OpenAIServiceServicer_to_server(
-        OpenAIServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
+        OpenAIServicer(app.pipeline, app.authenticator, models, observability=app.observability), server
     )
     inference_service_pb2_grpc.add_InferenceServiceServicer_to_server(
         InferenceServicer(app.pipeline, observability=app.observability), server
     )
     anthropic_service_pb2_grpc.add_AnthropicServiceServicer_to_server(
-        AnthropicServicer(app.pipeline, app.authenticator, app.catalog, observability=app.observability), server
+        AnthropicServicer(app.pipeline, app.authenticator, models, observability=app.observability), server
     )
     if app.responses is not None:
         responses_pb2_grpc.add_ResponsesServiceServicer_to_server(
-            ResponsesServicer(app.pipeline, app.authenticator, app.catalog, app.responses, observability=app.observability), server
+            ResponsesServicer(app.pipeline, app.authenticator, models, app.responses, observability=app.observability), server
         )
     catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(

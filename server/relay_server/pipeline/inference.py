@@ -174,7 +174,7 @@ class InferencePipeline:
     ) -> TokenCount:
         """A request's input tokens, counted by a provider of its model when one can, else estimated."""
         return await count_input_tokens(
-            self._auth, self._catalog, self._router, body, metadata, request_id, door=door, native_body=native_body
+            self._auth, self._resolver, self._router, body, metadata, request_id, door=door, native_body=native_body
         )
 
     def session(self, admitted: Admitted) -> StreamSession:

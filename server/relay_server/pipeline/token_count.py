@@ -20,7 +20,7 @@ from typing import Any
 
 from relay_server.domain.request import RequestContext
 from relay_server.errors import RelayError
-from relay_server.pipeline.routing.catalog import Catalog
+from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.routing.route import AttemptResult, Router
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.usage_estimate import estimate_input_tokens
@@ -36,24 +36,25 @@ class TokenCount:
 
 
 async def count_input_tokens(
-    auth: Authenticator, catalog: Catalog, router: Router, body: Mapping[str, Any], metadata: Mapping[str, str],
+    auth: Authenticator, resolver: ModelResolver, router: Router, body: Mapping[str, Any], metadata: Mapping[str, str],
     request_id: str, *, door: str, native_body: Mapping[str, Any] | None,
 ) -> TokenCount:
     principal = await auth.authenticate(metadata)
-    entry = catalog.resolve(str(body.get("model") or ""), principal, "chat")
+    ctx = RequestContext(request_id=request_id, kind="chat", body=body, metadata=metadata, door=door, native_body=native_body)
+    ctx.principal = principal
+    entry = resolver.resolve(ctx, str(body.get("model") or ""))  # a virtual model plans from its targets
     estimate = TokenCount(estimate_input_tokens("chat", body, entry.relay_name), exact=False)
     if principal.is_test:
         return estimate
-    ctx = RequestContext(request_id=request_id, kind="chat", body=body, metadata=metadata, door=door, native_body=native_body)
-    ctx.principal, ctx.model = principal, entry.relay_name
+    ctx.model = entry.relay_name
     try:
         attempts = await router.plan(ctx, entry)
     except RelayError:
         return estimate
     for attempt in attempts:
         counter = getattr(attempt.provider, "count_tokens", None)
-        if counter is None or (attempt.entry is not None and attempt.entry.model_id != entry.model_id):
-            continue  # a fallback model's count would not be this model's
+        if counter is None or (ctx.virtual is None and attempt.entry is not None and attempt.entry.model_id != entry.model_id):
+            continue  # a fallback model's count would not be this model's (a virtual model's: its chosen target's)
         ticket = await attempt.gate.open() if attempt.gate is not None else None
         if attempt.gate is not None and ticket is None:
             continue
