@@ -100,9 +100,13 @@ async def test_200_concurrent_capped_requests_over_both_nodes_settle_within_the_
     tenant = make_tenant(topology.db.owner_dsn)
     key = make_key(topology.db.owner_dsn, tenant, cap_micros=cap, cap_window="daily")
     before = [_access_lines(topology, i) for i in range(2)]
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)  # new connections: round robin per request
+    # Half on each node's own Envoy: the invariant is about two nodes sharing one cap, whatever the
+    # front Envoy's health checks make of a loaded machine (its balancing: the node-kill test).
+    limits = httpx.Limits(max_connections=200)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
-        answers = await asyncio.wait_for(asyncio.gather(*(_chat(http, topology.base_url, key) for _ in range(200))), 120)
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(_chat(http, _node_url(topology, i % 2), key) for i in range(200))), 120
+        )
     statuses = Counter(a.status_code for a in answers)
     # On a loaded machine a Redis call can miss its 250 ms deadline: the cap then fails closed (503).
     assert set(statuses) <= {200, 402, 503}, statuses
@@ -188,10 +192,13 @@ async def test_a_redis_master_killed_under_load(topology: RelayCluster) -> None:
     assert {a.headers.get("x-request-id") for a in answers if a.status_code == 200} <= set(ids)
     billed = sum(r[3] or 0 for r in rows if r[1] == "success")
     assert billed <= cap
-    # The cap's running total on the promoted master is what the request log billed: nothing settled twice.
+    # The cap's running total on the promoted master never exceeds what the request log billed
+    # (nothing settled twice). It may fall short by the requests in flight when the master died:
+    # a settle sent to the dead master, or one not yet replicated, is lost (docs/operations-cluster.md);
+    # the request log stays the truth.
     with sync_redis.RedisCluster(host="127.0.0.1", port=_master_for(topology, tenant_key(tenant, "x"))) as r:
         spent = r.hget(cap_keys(tenant, "key", key.key_id, datetime.now(UTC).strftime("d%Y%m%d"))[0], "spent")
-    assert spent is not None and int(spent) == billed, (int(spent or 0), billed)
+    assert spent is not None and billed - 6 * unit <= int(spent) <= billed, (int(spent or 0), billed, unit)
 
 
 def _wait_promoted(cluster: RelayCluster, tenant: str, old: int) -> None:
