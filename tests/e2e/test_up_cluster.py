@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,6 @@ from relay_server.stack import read_env_file
 from relay_server.stack.cluster_up import NODES
 from relay_server.stack.pgbouncer import pgbouncer_available
 from relay_server.stack.processes import pid_alive, port_open
-from relay_server.stack.redis_cluster import free_cluster_ports
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -28,11 +28,21 @@ pytestmark = [
 
 
 def _free_run(n: int) -> int:
-    """A base port with the ``n`` ports from it free (the nodes take the ports after the front's)."""
-    for base in free_cluster_ports(8):
-        if base + n < 65535 and not any(port_open("127.0.0.1", base + i) for i in range(n + 1)):
+    """A base port with the ``n`` ports from it free (the nodes take the ports after the front's).
+
+    Below the kernel's ephemeral range: a port picked free there can be taken by any outgoing
+    connection (the cluster's own, made while it starts) before the server binds it.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        base = random.randrange(10_000, max(10_001, low - n - 1))
+        if _taken.isdisjoint(range(base, base + n + 1)) and not any(port_open("127.0.0.1", base + i) for i in range(n + 1)):
+            _taken.update(range(base, base + n + 1))
             return base
     raise AssertionError("no run of free ports")
+
+
+_taken: set[int] = set()
 
 
 def _stack(command: str, state: Path, ports: dict[str, int]) -> subprocess.CompletedProcess[str]:
