@@ -68,6 +68,9 @@ def render_front_config(
                     "connect_timeout": "1s",
                     "lb_policy": "ROUND_ROBIN",
                     "load_assignment": {"cluster_name": "gateways", "endpoints": [{"lb_endpoints": endpoints}]},
+                    # Envoy allows 3 concurrent retries per cluster by default: a burst landing on a
+                    # node that just died would get 503 for every retry past the third.
+                    "circuit_breakers": {"thresholds": [{"max_retries": 1024}]},
                     "health_checks": [
                         {
                             "timeout": "1s",
