@@ -149,6 +149,50 @@ def across_runs(per_run: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, A
     return out
 
 
+def floor_targets(peer_rows: Sequence[Row], floor_rows: Sequence[Row], runs: int) -> list[dict[str, Any]]:
+    """Could *any* gateway of Relay's architecture meet each target?  The floor
+    (``bench/floor_gateway.py``: Relay's Envoy, grpc.aio and upstream client, no
+    pipeline) judged by the same targets against the peer of the same run.  A
+    target the floor misses cannot be met by adding Relay's steps on top of it."""
+    per_run: list[list[dict[str, Any]]] = []
+    for run in range(1, runs + 1):
+        def pick(rows: Sequence[Row], scenario: str, c: int, run: int = run) -> Row | None:
+            return next((r for r in rows if r["scenario"] == scenario and r["concurrency"] == c
+                         and r.get("run", 1) == run), None)  # fmt: skip
+
+        verdicts: list[dict[str, Any]] = []
+        chats: list[tuple[int, Row, Row]] = []
+        for c in (1, 32):
+            f, p = pick(floor_rows, "chat", c), pick(peer_rows, "chat", c)
+            if f and p:
+                chats.append((c, f, p))
+        if chats:
+            ratios = [_div(f["cpu_ms_per_request"], p["cpu_ms_per_request"]) for _, f, p in chats]
+            parts = [f"c={c}: {f['cpu_ms_per_request']} vs {p['cpu_ms_per_request']} ms = {_r(q)}x"
+                     for (c, f, p), q in zip(chats, ratios)]  # fmt: skip
+            met = None if None in ratios else all(q <= CPU_RATIO_MAX for q in ratios if q is not None)
+            verdicts.append(_verdict(f"floor: CPU per chat request <= {CPU_RATIO_MAX}x the peer's", "; ".join(parts), met))
+        f1, p1 = pick(floor_rows, "chat", 1), pick(peer_rows, "chat", 1)
+        if f1 and p1:
+            a, b = f1.get("added_p50_ms"), p1.get("added_p50_ms")
+            verdicts.append(_verdict("floor: added latency p50 at c=1 <= the peer's", f"+{a} vs +{b} ms",
+                                     None if a is None or b is None else a <= b))  # fmt: skip
+        f32 = pick(floor_rows, "stream", 32)
+        if f32:
+            q = f32.get("throughput_ratio")
+            verdicts.append(_verdict(f"floor: streaming throughput at c=32 >= {STREAM_RATIO_MIN}x direct", f"{q}x",
+                                     None if q is None else q >= STREAM_RATIO_MIN))  # fmt: skip
+        fs1, ps1 = pick(floor_rows, "stream", 1), pick(peer_rows, "stream", 1)
+        if fs1 and ps1:
+            t, tp = fs1.get("ttft_overhead_p50_ms"), ps1.get("ttft_overhead_p50_ms")
+            q = _div(t, tp)
+            met = None if t is None or q is None else (t <= TTFT_MAX_MS and q <= TTFT_PEER_RATIO_MAX)
+            verdicts.append(_verdict(f"floor: TTFT overhead p50 at c=1 <= {TTFT_MAX_MS} ms and <= {TTFT_PEER_RATIO_MAX}x the peer's",
+                                     f"+{t} vs +{tp} ms = {_r(q)}x", met))  # fmt: skip
+        per_run.append(verdicts)
+    return across_runs(per_run)
+
+
 def _f(value: Any, fmt: str = "{:.2f}") -> str:
     return "-" if value is None else fmt.format(value)
 

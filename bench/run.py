@@ -32,6 +32,7 @@ for _p in (_REPO / "proto_python", _REPO / "sdk_python", _REPO / "server", _REPO
 
 from bench import (
     compare,
+    floor_gateway,
     nodes,
     peers,
     pinning,
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peers", action="store_true",
                    help="also run Portkey's gateway (npm, installed into bench/.cache/peers) against the same mock, "
                         "interleaved, and judge Relay by ratios to it")  # fmt: skip
+    p.add_argument("--floor", action="store_true",
+                   help="also run the architecture's floor (bench/floor_gateway.py: Relay's Envoy + grpc.aio + "
+                        "upstream client, no pipeline) and judge each target against it")  # fmt: skip
     p.add_argument("--repeat", type=int, default=1, metavar="N",
                    help="measure every scenario N times in turn (direct, Relay, peer each time); the peer "
                         "targets then say in how many runs they were met")  # fmt: skip
@@ -157,6 +161,8 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
     peer_rows: list[report.Row] = []
     broken = scenarios.Mode("broken", "")
     peer = _start_peer(stack, chosen) if args.peers else None
+    floor = _start_floor(stack, args) if args.floor else None
+    floor_rows: list[report.Row] = []
     baseline = scenarios.idle_baseline(stack)
     print("idle CPU ms/s (subtracted from every run): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in baseline.items()))
     bounds = {"requests": args.requests, "duration_s": args.duration, "use_wrk": use_wrk, "baseline": baseline}
@@ -184,8 +190,15 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
                     other = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, peer=peer,
                                               **bounds)  # fmt: skip
                     peer_rows.append({**compare.peer_row(scenario.name, c, peer.name, other, direct), "run": run})
-    if peer is not None:
-        peer.stop()
+                if floor is not None and scenario.path == "/chat/completions":
+                    print(f"run  {tag}{scenario.name:10} c={c:<3} floor ...", flush=True)
+                    low = scenarios.measure(stack, scenario, relay=False, mode=None, concurrency=c, peer=floor,
+                                            **bounds)  # fmt: skip
+                    floor_rows.append({**compare.peer_row(scenario.name, c, "floor", low, direct), "run": run})
+    for running in (peer, floor):
+        if running is not None:
+            running.stop()
+    floor_verdicts = compare.floor_targets(peer_rows, floor_rows, args.repeat) if floor_rows else []
     stage_tables = _stages(stack, chosen, modes, args, use_wrk, baseline) if args.stages else {}
     profile_json = (
         _profile(stack, modes, args, use_wrk) if args.profile and modes.get("chat", broken).name != "broken" else None
@@ -207,6 +220,9 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
         print(compare.table(comparisons))
         print("\ntargets (relative to the peer, same run):")
         print(report.verdict_lines(peer_verdicts))
+    if floor_verdicts:
+        print("\nthe architecture's floor against the same targets (bench/floor_gateway.py, same run):")
+        print(report.verdict_lines(floor_verdicts))
     print("\nabsolute targets (secondary: they move with the machine):" if comparisons else "\ntargets:")
     print(report.verdict_lines(verdicts))
     notes = _notes(stack, modes, use_wrk)
@@ -221,6 +237,7 @@ def _bench(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str,
         "two_nodes": two_nodes,
         "targets": verdicts,
         "peers": _peer_json(peer, peer_rows, comparisons, peer_verdicts),
+        "floor": {"rows": floor_rows, "targets": floor_verdicts} if floor_rows else None,
         "stages": {title: table_rows for title, (table_rows, _) in stage_tables.items()} or None,
         "profile": profile_json,
         "notes": notes,
@@ -254,6 +271,18 @@ def _start_peer(stack: BenchStack, chosen: list[scenarios.Scenario]) -> peers.Pe
         spec = scenarios.spec_for(stack, scenario, relay=False, mode=None, peer=peer)
         drive(spec, concurrency=8, requests=peers.WARMUP_REQUESTS, duration_s=peers.WARMUP_S)
     return peer
+
+
+def _start_floor(stack: BenchStack, args: argparse.Namespace) -> peers.Peer | None:
+    """The floor gateway on free ports, pointed at the stack's mock, warmed up like Relay (1 s per run)."""
+    try:
+        floor = floor_gateway.start_floor(stack.mock_url, stack.root, args.envoy_concurrency)
+    except RuntimeError as exc:
+        print(f"floor: skipped: {exc}", file=sys.stderr)
+        return None
+    stack.on_stop(floor.stop)
+    print(f"floor gateway :{floor.port} -> mock {stack.mock_url}")
+    return floor
 
 
 def _stages(stack: BenchStack, chosen: list[scenarios.Scenario], modes: dict[str, scenarios.Mode],
