@@ -363,3 +363,43 @@ def test_side_by_side_pairs_rows_of_the_same_run() -> None:
                             Measurement(direct, {}))  # fmt: skip
     pairs = compare.side_by_side(relay, [{**peer, "run": 2}, {**peer, "run": 1}])
     assert [(p["run"], p["cpu_relay_ms"]) for p in pairs] == [(2, 1.2), (1, 1.0)]
+
+
+def _peer(scenario: str, c: int, run: int = 1, **values: Any) -> dict[str, Any]:
+    return {"scenario": scenario, "concurrency": c, "run": run, **values}
+
+
+def test_floor_targets_judge_the_floor_against_the_peer_of_the_same_run() -> None:
+    peer = [_peer("chat", 1, cpu_ms_per_request=1.0, added_p50_ms=1.0), _peer("chat", 32, cpu_ms_per_request=1.0),
+            _peer("stream", 1, ttft_overhead_p50_ms=20.0)]  # fmt: skip
+    floor = [_peer("chat", 1, cpu_ms_per_request=0.6, added_p50_ms=0.8), _peer("chat", 32, cpu_ms_per_request=0.8),
+             _peer("stream", 32, throughput_ratio=0.97), _peer("stream", 1, ttft_overhead_p50_ms=1.2)]  # fmt: skip
+    met = {v["target"].split(":")[1].strip().split(" ")[0]: v["met"] for v in compare.floor_targets(peer, floor, 1)}
+    # 0.8x is met at its bound; TTFT misses the absolute 1 ms although it is 0.06x the peer's.
+    assert met == {"CPU": True, "added": True, "streaming": True, "TTFT": False}
+    slower = [{**r, "cpu_ms_per_request": 0.9} if r["scenario"] == "chat" and r["concurrency"] == 32 else r for r in floor]
+    assert compare.floor_targets(peer, slower, 1)[0]["met"] is False
+    # Over runs: met only if met in every run; rows of another run are not mixed in.
+    two = compare.floor_targets([*peer, *[{**r, "run": 2} for r in peer]],
+                                [*floor, *[{**r, "run": 2} for r in slower]], 2)  # fmt: skip
+    assert two[0]["met"] is False and two[0]["note"] == "met in 1 of 2 runs"
+    assert compare.floor_targets(peer, [], 1) == []
+
+
+@pytest.mark.asyncio
+async def test_floor_gateway_passes_the_upstream_bytes_through_envoy(mock_port: int, tmp_path: Any) -> None:
+    from bench import floor_gateway
+
+    gateway = floor_gateway.start_floor(f"http://127.0.0.1:{mock_port}/v1", tmp_path, 1)
+    try:
+        for body in (CHAT, STREAM):
+            direct = await _call(mock_port, "/v1/chat/completions", body)
+            through = await _call(gateway.port, "/v1/chat/completions", body, **{"Content-Type": "application/json"})
+            assert through[0] == 200
+            if body is CHAT:
+                assert orjson.loads(through[1])["choices"] == orjson.loads(direct[1])["choices"]
+            else:
+                assert _events(through[1])[-1] == b"[DONE]" and len(_events(through[1])) == len(_events(direct[1]))
+    finally:
+        gateway.stop()
+    assert gateway.proc.poll() is not None
