@@ -20,10 +20,14 @@ from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.policy_bus import PolicyBus
 
-__all__ = ["PLANS", "PlanAdmin", "PlanRecord"]
+__all__ = ["PLANS", "PlanAdmin", "PlanRecord", "quota_window"]
 
 MAX_LIMIT = 10**15
 _CHANGES = [("plan", "")]
+
+
+def quota_window(resource: str) -> str:
+    return WINDOWS.get(resource, "")
 
 
 def _bad(param: str, message: str) -> RelayError:
@@ -91,8 +95,8 @@ class PlanAdmin:
                     await store.remove_quota(conn, plan, resource)
                 else:
                     await store.set_quota(conn, plan, resource, limit)
-            for feature, (_, enabled) in feature_changes.items():
-                await store.set_feature(conn, plan, feature, enabled)
+            for feature in feature_changes:
+                await store.set_feature(conn, plan, feature, features[feature])
             await call.audit(
                 conn, None, "plan.updated", resource_type="plan", resource_id=plan,
                 metadata={"quotas": quota_changes, "features": feature_changes},
