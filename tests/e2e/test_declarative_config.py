@@ -249,3 +249,5 @@ def test_the_example_file_parses_with_its_secrets_from_the_environment() -> None
     assert "sk-a" not in repr(desired)
     assert {m.relay_name for m in desired.models} == {"gpt-4o-mini", "claude-sonnet"}
     assert [t.slug for t in desired.tenants] == ["acme"]
+    assert {p.provider_id: p.values for p in desired.providers} == {"openai": {"priority": 10}, "mistral": {"status": "disabled"}}
+    assert [(p.name, p.quotas["rpm"]) for p in desired.plans] == [("starter", 600)]
