@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from relay_server.domain.policy import PLANS as PLAN_NAMES
+from relay_server.domain.policy import RESOURCES as QUOTA_RESOURCES
+
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MODEL_FIELDS = {
     "provider": "provider_id", "provider_name": "provider_name", "display_name": "display_name", "kind": "kind",
@@ -35,8 +38,6 @@ _ROUTE_KEYS = {"provider", "provider_name", "priority", "status"}
 _TENANT_KEYS = {"name", "owner_email", "plan", "metadata", "config", "features"}
 # A provider's operator settings, beside its credentials (UpdateProvider's fields).
 PROVIDER_SETTINGS = ("name", "base_url", "priority", "region", "status")
-PLAN_NAMES = ("free", "starter", "pro", "enterprise")
-QUOTA_RESOURCES = ("rpm", "tpm", "requests_per_day")
 
 
 class SpecError(ValueError):

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from relay_server.domain.policy import PLANS, RESOURCES
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.storage.postgres import plans as store
-from relay_server.storage.postgres.plans import PLANS, WINDOWS, PlanRecord
+from relay_server.storage.postgres.plans import PlanRecord
 from relay_server.storage.postgres.pool import Database
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.policy_bus import PolicyBus
@@ -27,7 +28,7 @@ _CHANGES = [("plan", "")]
 
 
 def quota_window(resource: str) -> str:
-    return WINDOWS.get(resource, "")
+    return RESOURCES.get(resource, "")
 
 
 def _bad(param: str, message: str) -> RelayError:
@@ -45,9 +46,9 @@ def _plan_name(name: str) -> str:
 
 def _quotas(set_quotas: Mapping[str, int], remove: Sequence[str]) -> tuple[dict[str, int], set[str]]:
     for resource in [*set_quotas, *remove]:
-        if resource not in WINDOWS:
+        if resource not in RESOURCES:
             raise _bad("set_quotas" if resource in set_quotas else "remove_quotas",
-                       f"Unknown quota resource `{resource}` (resources: {', '.join(WINDOWS)}).")  # fmt: skip
+                       f"Unknown quota resource `{resource}` (resources: {', '.join(RESOURCES)}).")  # fmt: skip
     both = set(set_quotas) & set(remove)
     if both:
         raise _bad("remove_quotas", f"`{sorted(both)[0]}` is both set and removed.")

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from relay_server.domain.policy import PLANS, RESOURCES
 from relay_server.storage.postgres.pool import Conn
-
-PLANS = ("free", "starter", "pro", "enterprise")
-# Each resource has one window: the limits step reads rpm and tpm per minute, requests per day.
-WINDOWS = {"rpm": "per_minute", "tpm": "per_minute", "requests_per_day": "per_day"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +46,7 @@ async def set_quota(conn: Conn, plan: str, resource: str, limit: int) -> None:
     await conn.execute(
         """INSERT INTO quota_definitions (plan, resource, limit_value, time_window) VALUES (%s, %s, %s, %s)
            ON CONFLICT (plan, resource, time_window) DO UPDATE SET limit_value = EXCLUDED.limit_value""",
-        (plan, resource, limit, WINDOWS[resource]),
+        (plan, resource, limit, RESOURCES[resource]),
     )
 
 
