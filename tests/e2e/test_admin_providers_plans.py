@@ -252,3 +252,31 @@ def test_bad_plan_updates_are_refused_and_only_operators_see_plans(gw: Gateway) 
         free = next(p for p in stub.ListPlans(plans_pb2.ListPlansRequest(), metadata=gw.op(), timeout=30).plans if p.name == "free")
     assert not free.features["sso"] and {q.resource: q.limit for q in free.quotas}["rpm"] == 60
     assert gw.audit("plan", "free") == []
+
+
+def test_a_plans_allowed_models_apply_at_once_to_keys_already_cached(gw: Gateway) -> None:
+    tenant = make_tenant(gw.db.owner_dsn, plan="free")
+    key = make_key(gw.db.owner_dsn, tenant)
+    client = openai.OpenAI(base_url=gw.stack.base_url, api_key=key.secret, max_retries=0, timeout=30)
+    hi = [{"role": "user", "content": "hi"}]
+    for _ in range(4):  # the key's record is now cached (in each worker and in Redis)
+        assert client.chat.completions.create(model="gpt-4o", messages=hi).choices
+    try:
+        r = gw.admin.patch("/v1/plans/free", json={"allowed_models": {"models": ["gpt-4o-mini", "claude-3-5-haiku"]}})
+        assert r.status_code == 200, r.text
+        assert r.json()["plan"]["allowed_models"] == ["claude-3-5-haiku-20241022", "gpt-4o-mini"]  # ids, sorted
+        for _ in range(4):  # whichever worker answers
+            with pytest.raises(openai.NotFoundError):
+                client.chat.completions.create(model="gpt-4o", messages=hi)
+            assert client.chat.completions.create(model="gpt-4o-mini", messages=hi).choices
+        r = gw.admin.patch("/v1/plans/free", json={"allowed_models": {"models": ["no-such-model"]}})
+        assert r.status_code == 400 and "no-such-model" in error_of(r)["message"]
+    finally:
+        r = gw.admin.patch("/v1/plans/free", json={"allowed_models": {"models": []}})
+        assert r.status_code == 200 and r.json()["plan"].get("allowed_models", []) == [], r.text
+    for _ in range(4):
+        assert client.chat.completions.create(model="gpt-4o", messages=hi).choices
+    actions = gw.audit("plan", "free")
+    assert [a for a, _ in actions] == ["plan.updated", "plan.updated"]
+    assert actions[0][1]["allowed_models"][0] == [] and "gpt-4o-mini" in actions[0][1]["allowed_models"][1]
+    assert actions[1][1]["allowed_models"][1] == []

@@ -777,7 +777,8 @@ class PlanServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
-        """Set or remove quotas and set feature values of one plan.
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
 
         Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
         """
@@ -2001,7 +2002,8 @@ class AsyncPlanServiceClient:
         extra_metadata: Metadata | None = None,
         **fields: Any,
     ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
-        """Set or remove quotas and set feature values of one plan.
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
 
         Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
         """

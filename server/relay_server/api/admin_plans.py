@@ -12,7 +12,7 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import handle
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.tenancy.calls import Call
-from relay_server.tenancy.plan_admin import PlanAdmin, PlanRecord, quota_window
+from relay_server.tenancy.plan_admin import PlanAdmin, PlanChange, PlanRecord, quota_window
 
 SERVICE = plans_pb2.DESCRIPTOR.services_by_name["PlanService"].full_name
 
@@ -42,7 +42,9 @@ class PlanServicer(plans_pb2_grpc.PlanServiceServicer):
                 if quota.resource in quotas:
                     raise RelayError(ErrorKind.BAD_REQUEST, f"`{quota.resource}` is set twice.", param="set_quotas")
                 quotas[quota.resource] = quota.limit
-            plan = await self._admin.update(call, request.name, quotas, list(request.remove_quotas), dict(request.features))
+            models = list(request.allowed_models.models) if request.HasField("allowed_models") else None
+            change = PlanChange(quotas, list(request.remove_quotas), dict(request.features), models)
+            plan = await self._admin.update(call, request.name, change)
             return plans_pb2.UpdatePlanResponse(plan=plan_message(plan))
 
         return await handle(context, self._auth, run, idempotency_key=request.request_id)

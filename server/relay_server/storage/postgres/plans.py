@@ -54,6 +54,28 @@ async def remove_quota(conn: Conn, plan: str, resource: str) -> None:
     await conn.execute("DELETE FROM quota_definitions WHERE plan = %s AND resource = %s", (plan, resource))
 
 
+async def model_ids(conn: Conn, names: list[str]) -> dict[str, str]:
+    """Catalog model id by each of ``names`` that is a model's id or relay name."""
+    cur = await conn.execute("SELECT id, relay_name FROM models WHERE id = ANY(%(n)s) OR relay_name = ANY(%(n)s)", {"n": names})
+    found: dict[str, str] = {}
+    for r in await cur.fetchall():
+        found[r["id"]] = r["id"]
+        found.setdefault(r["relay_name"], r["id"])
+    return found
+
+
+async def set_models(conn: Conn, plan: str, ids: tuple[str, ...]) -> None:
+    await conn.execute("DELETE FROM plan_models WHERE plan = %s", (plan,))
+    if ids:
+        await conn.execute("INSERT INTO plan_models (plan, model_id) SELECT %s, unnest(%s::text[])", (plan, list(ids)))
+
+
+async def key_hashes_on_plan(conn: Conn, plan: str) -> list[str]:
+    """Every API key of the plan's tenants: their cached records carry the plan's allowed models."""
+    cur = await conn.execute("SELECT k.key_hash FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE t.plan = %s", (plan,))
+    return [r["key_hash"] for r in await cur.fetchall()]
+
+
 async def set_feature(conn: Conn, plan: str, feature: str, enabled: bool) -> None:
     await conn.execute(
         """INSERT INTO plan_features (plan, feature, enabled) VALUES (%s, %s, %s)

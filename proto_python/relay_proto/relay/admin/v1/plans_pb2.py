@@ -26,7 +26,7 @@ from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arelay/admin/v1/plans.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"M\n\tPlanQuota\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x19\n\x0btime_window\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"\xbe\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06quotas\x18\x02 \x03(\x0b\x32\x19.relay.admin.v1.PlanQuota\x12\x34\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\".relay.admin.v1.Plan.FeaturesEntry\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x12\n\x10ListPlansRequest\"8\n\x11ListPlansResponse\x12#\n\x05plans\x18\x01 \x03(\x0b\x32\x14.relay.admin.v1.Plan\"\xf5\x01\n\x11UpdatePlanRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\nset_quotas\x18\x02 \x03(\x0b\x32\x19.relay.admin.v1.PlanQuota\x12\x15\n\rremove_quotas\x18\x03 \x03(\t\x12\x41\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32/.relay.admin.v1.UpdatePlanRequest.FeaturesEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"8\n\x12UpdatePlanResponse\x12\"\n\x04plan\x18\x01 \x01(\x0b\x32\x14.relay.admin.v1.Plan2\xe4\x01\n\x0bPlanService\x12\x63\n\tListPlans\x12 .relay.admin.v1.ListPlansRequest\x1a!.relay.admin.v1.ListPlansResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/plans\x12p\n\nUpdatePlan\x12!.relay.admin.v1.UpdatePlanRequest\x1a\".relay.admin.v1.UpdatePlanResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x32\x10/v1/plans/{name}:\x01*B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1arelay/admin/v1/plans.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\"M\n\tPlanQuota\x12\x16\n\x08resource\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x19\n\x0btime_window\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\"\xbe\x01\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x06quotas\x18\x02 \x03(\x0b\x32\x19.relay.admin.v1.PlanQuota\x12\x34\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32\".relay.admin.v1.Plan.FeaturesEntry\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x12\n\x10ListPlansRequest\"8\n\x11ListPlansResponse\x12#\n\x05plans\x18\x01 \x03(\x0b\x32\x14.relay.admin.v1.Plan\"\xa9\x02\n\x11UpdatePlanRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12-\n\nset_quotas\x18\x02 \x03(\x0b\x32\x19.relay.admin.v1.PlanQuota\x12\x15\n\rremove_quotas\x18\x03 \x03(\t\x12\x41\n\x08\x66\x65\x61tures\x18\x04 \x03(\x0b\x32/.relay.admin.v1.UpdatePlanRequest.FeaturesEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x32\n\x0e\x61llowed_models\x18\x06 \x01(\x0b\x32\x1a.relay.admin.v1.PlanModels\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08:\x02\x38\x01\"\x1c\n\nPlanModels\x12\x0e\n\x06models\x18\x01 \x03(\t\"8\n\x12UpdatePlanResponse\x12\"\n\x04plan\x18\x01 \x01(\x0b\x32\x14.relay.admin.v1.Plan2\xe4\x01\n\x0bPlanService\x12\x63\n\tListPlans\x12 .relay.admin.v1.ListPlansRequest\x1a!.relay.admin.v1.ListPlansResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/plans\x12p\n\nUpdatePlan\x12!.relay.admin.v1.UpdatePlanRequest\x1a\".relay.admin.v1.UpdatePlanResponse\"\x1b\x82\xd3\xe4\x93\x02\x15\x32\x10/v1/plans/{name}:\x01*B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,11 +59,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTPLANSRESPONSE']._serialized_start=401
   _globals['_LISTPLANSRESPONSE']._serialized_end=457
   _globals['_UPDATEPLANREQUEST']._serialized_start=460
-  _globals['_UPDATEPLANREQUEST']._serialized_end=705
+  _globals['_UPDATEPLANREQUEST']._serialized_end=757
   _globals['_UPDATEPLANREQUEST_FEATURESENTRY']._serialized_start=332
   _globals['_UPDATEPLANREQUEST_FEATURESENTRY']._serialized_end=379
-  _globals['_UPDATEPLANRESPONSE']._serialized_start=707
-  _globals['_UPDATEPLANRESPONSE']._serialized_end=763
-  _globals['_PLANSERVICE']._serialized_start=766
-  _globals['_PLANSERVICE']._serialized_end=994
+  _globals['_PLANMODELS']._serialized_start=759
+  _globals['_PLANMODELS']._serialized_end=787
+  _globals['_UPDATEPLANRESPONSE']._serialized_start=789
+  _globals['_UPDATEPLANRESPONSE']._serialized_end=845
+  _globals['_PLANSERVICE']._serialized_start=848
+  _globals['_PLANSERVICE']._serialized_end=1076
 # @@protoc_insertion_point(module_scope)

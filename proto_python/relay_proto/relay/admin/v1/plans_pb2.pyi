@@ -48,7 +48,7 @@ class ListPlansResponse(_message.Message):
     def __init__(self, plans: _Optional[_Iterable[_Union[Plan, _Mapping]]] = ...) -> None: ...
 
 class UpdatePlanRequest(_message.Message):
-    __slots__ = ("name", "set_quotas", "remove_quotas", "features", "request_id")
+    __slots__ = ("name", "set_quotas", "remove_quotas", "features", "request_id", "allowed_models")
     class FeaturesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,12 +61,20 @@ class UpdatePlanRequest(_message.Message):
     REMOVE_QUOTAS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_MODELS_FIELD_NUMBER: _ClassVar[int]
     name: str
     set_quotas: _containers.RepeatedCompositeFieldContainer[PlanQuota]
     remove_quotas: _containers.RepeatedScalarFieldContainer[str]
     features: _containers.ScalarMap[str, bool]
     request_id: str
-    def __init__(self, name: _Optional[str] = ..., set_quotas: _Optional[_Iterable[_Union[PlanQuota, _Mapping]]] = ..., remove_quotas: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, bool]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    allowed_models: PlanModels
+    def __init__(self, name: _Optional[str] = ..., set_quotas: _Optional[_Iterable[_Union[PlanQuota, _Mapping]]] = ..., remove_quotas: _Optional[_Iterable[str]] = ..., features: _Optional[_Mapping[str, bool]] = ..., request_id: _Optional[str] = ..., allowed_models: _Optional[_Union[PlanModels, _Mapping]] = ...) -> None: ...
+
+class PlanModels(_message.Message):
+    __slots__ = ("models",)
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdatePlanResponse(_message.Message):
     __slots__ = ("plan",)

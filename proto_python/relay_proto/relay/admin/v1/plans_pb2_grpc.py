@@ -65,7 +65,8 @@ class PlanServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdatePlan(self, request, context):
-        """Set or remove quotas and set feature values of one plan.
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

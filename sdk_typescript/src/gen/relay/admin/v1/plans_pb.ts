@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file relay/admin/v1/plans.proto.
  */
 export const file_relay_admin_v1_plans: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZWxheS9hZG1pbi92MS9wbGFucy5wcm90bxIOcmVsYXkuYWRtaW4udjEiTQoJUGxhblF1b3RhEhYKCHJlc291cmNlGAEgASgJQgTiQQECEg0KBWxpbWl0GAIgASgDEhkKC3RpbWVfd2luZG93GAMgASgJQgTiQQEDIr4BCgRQbGFuEgwKBG5hbWUYASABKAkSKQoGcXVvdGFzGAIgAygLMhkucmVsYXkuYWRtaW4udjEuUGxhblF1b3RhEjQKCGZlYXR1cmVzGAMgAygLMiIucmVsYXkuYWRtaW4udjEuUGxhbi5GZWF0dXJlc0VudHJ5EhYKDmFsbG93ZWRfbW9kZWxzGAQgAygJGi8KDUZlYXR1cmVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ASISChBMaXN0UGxhbnNSZXF1ZXN0IjgKEUxpc3RQbGFuc1Jlc3BvbnNlEiMKBXBsYW5zGAEgAygLMhQucmVsYXkuYWRtaW4udjEuUGxhbiL1AQoRVXBkYXRlUGxhblJlcXVlc3QSEgoEbmFtZRgBIAEoCUIE4kEBAhItCgpzZXRfcXVvdGFzGAIgAygLMhkucmVsYXkuYWRtaW4udjEuUGxhblF1b3RhEhUKDXJlbW92ZV9xdW90YXMYAyADKAkSQQoIZmVhdHVyZXMYBCADKAsyLy5yZWxheS5hZG1pbi52MS5VcGRhdGVQbGFuUmVxdWVzdC5GZWF0dXJlc0VudHJ5EhIKCnJlcXVlc3RfaWQYBSABKAkaLwoNRmVhdHVyZXNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAg6AjgBIjgKElVwZGF0ZVBsYW5SZXNwb25zZRIiCgRwbGFuGAEgASgLMhQucmVsYXkuYWRtaW4udjEuUGxhbjLkAQoLUGxhblNlcnZpY2USYwoJTGlzdFBsYW5zEiAucmVsYXkuYWRtaW4udjEuTGlzdFBsYW5zUmVxdWVzdBohLnJlbGF5LmFkbWluLnYxLkxpc3RQbGFuc1Jlc3BvbnNlIhGC0+STAgsSCS92MS9wbGFucxJwCgpVcGRhdGVQbGFuEiEucmVsYXkuYWRtaW4udjEuVXBkYXRlUGxhblJlcXVlc3QaIi5yZWxheS5hZG1pbi52MS5VcGRhdGVQbGFuUmVzcG9uc2UiG4LT5JMCFTIQL3YxL3BsYW5zL3tuYW1lfToBKkI7WjlnaXRodWIuY29tL3JlbGF5LWdhdGV3YXkvcmVsYXkvZ2VuL3JlbGF5L2FkbWluL3YxO2FkbWludjFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior]);
+  fileDesc("ChpyZWxheS9hZG1pbi92MS9wbGFucy5wcm90bxIOcmVsYXkuYWRtaW4udjEiTQoJUGxhblF1b3RhEhYKCHJlc291cmNlGAEgASgJQgTiQQECEg0KBWxpbWl0GAIgASgDEhkKC3RpbWVfd2luZG93GAMgASgJQgTiQQEDIr4BCgRQbGFuEgwKBG5hbWUYASABKAkSKQoGcXVvdGFzGAIgAygLMhkucmVsYXkuYWRtaW4udjEuUGxhblF1b3RhEjQKCGZlYXR1cmVzGAMgAygLMiIucmVsYXkuYWRtaW4udjEuUGxhbi5GZWF0dXJlc0VudHJ5EhYKDmFsbG93ZWRfbW9kZWxzGAQgAygJGi8KDUZlYXR1cmVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ASISChBMaXN0UGxhbnNSZXF1ZXN0IjgKEUxpc3RQbGFuc1Jlc3BvbnNlEiMKBXBsYW5zGAEgAygLMhQucmVsYXkuYWRtaW4udjEuUGxhbiKpAgoRVXBkYXRlUGxhblJlcXVlc3QSEgoEbmFtZRgBIAEoCUIE4kEBAhItCgpzZXRfcXVvdGFzGAIgAygLMhkucmVsYXkuYWRtaW4udjEuUGxhblF1b3RhEhUKDXJlbW92ZV9xdW90YXMYAyADKAkSQQoIZmVhdHVyZXMYBCADKAsyLy5yZWxheS5hZG1pbi52MS5VcGRhdGVQbGFuUmVxdWVzdC5GZWF0dXJlc0VudHJ5EhIKCnJlcXVlc3RfaWQYBSABKAkSMgoOYWxsb3dlZF9tb2RlbHMYBiABKAsyGi5yZWxheS5hZG1pbi52MS5QbGFuTW9kZWxzGi8KDUZlYXR1cmVzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgIOgI4ASIcCgpQbGFuTW9kZWxzEg4KBm1vZGVscxgBIAMoCSI4ChJVcGRhdGVQbGFuUmVzcG9uc2USIgoEcGxhbhgBIAEoCzIULnJlbGF5LmFkbWluLnYxLlBsYW4y5AEKC1BsYW5TZXJ2aWNlEmMKCUxpc3RQbGFucxIgLnJlbGF5LmFkbWluLnYxLkxpc3RQbGFuc1JlcXVlc3QaIS5yZWxheS5hZG1pbi52MS5MaXN0UGxhbnNSZXNwb25zZSIRgtPkkwILEgkvdjEvcGxhbnMScAoKVXBkYXRlUGxhbhIhLnJlbGF5LmFkbWluLnYxLlVwZGF0ZVBsYW5SZXF1ZXN0GiIucmVsYXkuYWRtaW4udjEuVXBkYXRlUGxhblJlc3BvbnNlIhuC0+STAhUyEC92MS9wbGFucy97bmFtZX06ASpCO1o5Z2l0aHViLmNvbS9yZWxheS1nYXRld2F5L3JlbGF5L2dlbi9yZWxheS9hZG1pbi92MTthZG1pbnYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior]);
 
 /**
  * One quota of a plan.
@@ -163,6 +163,13 @@ export type UpdatePlanRequest = Message<"relay.admin.v1.UpdatePlanRequest"> & {
    * @generated from field: string request_id = 5;
    */
   requestId: string;
+
+  /**
+   * When given, replaces the plan's allowed models (an empty list: every model).
+   *
+   * @generated from field: relay.admin.v1.PlanModels allowed_models = 6;
+   */
+  allowedModels?: PlanModels | undefined;
 };
 
 /**
@@ -171,6 +178,27 @@ export type UpdatePlanRequest = Message<"relay.admin.v1.UpdatePlanRequest"> & {
  */
 export const UpdatePlanRequestSchema: GenMessage<UpdatePlanRequest> = /*@__PURE__*/
   messageDesc(file_relay_admin_v1_plans, 4);
+
+/**
+ * The catalog models a plan may call.
+ *
+ * @generated from message relay.admin.v1.PlanModels
+ */
+export type PlanModels = Message<"relay.admin.v1.PlanModels"> & {
+  /**
+   * Catalog model ids or relay names.
+   *
+   * @generated from field: repeated string models = 1;
+   */
+  models: string[];
+};
+
+/**
+ * Describes the message relay.admin.v1.PlanModels.
+ * Use `create(PlanModelsSchema)` to create a new message.
+ */
+export const PlanModelsSchema: GenMessage<PlanModels> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_plans, 5);
 
 /**
  * Response of UpdatePlan.
@@ -189,7 +217,7 @@ export type UpdatePlanResponse = Message<"relay.admin.v1.UpdatePlanResponse"> & 
  * Use `create(UpdatePlanResponseSchema)` to create a new message.
  */
 export const UpdatePlanResponseSchema: GenMessage<UpdatePlanResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_plans, 5);
+  messageDesc(file_relay_admin_v1_plans, 6);
 
 /**
  * The four plans (free, starter, pro, enterprise): their quotas, features and
@@ -211,7 +239,8 @@ export const PlanService: GenService<{
     output: typeof ListPlansResponseSchema;
   },
   /**
-   * Set or remove quotas and set feature values of one plan.
+   * Set or remove quotas, set feature values and replace the allowed models
+   * of one plan.
    *
    * @generated from rpc relay.admin.v1.PlanService.UpdatePlan
    */
