@@ -198,6 +198,7 @@ plans:
   starter:
     quotas: {rpm: 450, requests_per_day: unlimited, tpm: null}
     features: {webhooks: false, semantic_cache: true}
+    allowed_models: [gpt-4o-mini, claude-3-5-haiku]
 """
 
 
@@ -211,6 +212,7 @@ def test_provider_settings_and_plans_converge(stack: RelayStack, tmp_path: Path)
     assert "~ plan starter" in before.stdout and "quotas.rpm: 500 -> 450" in before.stdout
     assert "quotas.tpm: 400000 -> (no quota)" in before.stdout and "quotas.requests_per_day: 50000 -> unlimited" in before.stdout
     assert "features.webhooks: True -> False" in before.stdout and "features.semantic_cache: False -> True" in before.stdout
+    assert "allowed_models: (every model) -> ['claude-3-5-haiku-20241022', 'gpt-4o-mini']" in before.stdout
 
     applied = relay_cli(stack, "apply", "-f", str(path))
     assert applied.returncode == 0 and "3 change(s) applied" in applied.stdout, applied.stdout + applied.stderr
@@ -228,11 +230,14 @@ def test_provider_settings_and_plans_converge(stack: RelayStack, tmp_path: Path)
             plans_pb2.ListPlansRequest(), metadata=_meta(stack), timeout=30).plans}  # fmt: skip
         assert {q.resource: q.limit for q in plans["starter"].quotas} == {"rpm": 450, "requests_per_day": -1}
         assert plans["starter"].features["semantic_cache"] and not plans["starter"].features["webhooks"]
+        assert list(plans["starter"].allowed_models) == ["claude-3-5-haiku-20241022", "gpt-4o-mini"]
 
-    # Enabling again is one change; an unknown feature or provider is refused before anything changes.
-    path.write_text(PLATFORM.replace("status: disabled", "status: active"))
+    # Enabling again is one change, and so is lifting the model restriction (an empty list: every model);
+    # an unknown feature or provider is refused before anything changes.
+    path.write_text(PLATFORM.replace("status: disabled", "status: active").replace("[gpt-4o-mini, claude-3-5-haiku]", "[]"))
     enable = relay_cli(stack, "apply", "-f", str(path))
-    assert enable.returncode == 0 and "1 change(s) applied" in enable.stdout, enable.stdout + enable.stderr
+    assert enable.returncode == 0 and "2 change(s) applied" in enable.stdout, enable.stdout + enable.stderr
+    assert "allowed_models: ['claude-3-5-haiku-20241022', 'gpt-4o-mini'] -> (every model)" in enable.stdout
     path.write_text(PLATFORM.replace("webhooks: false", "teleport: true"))
     unknown = relay_cli(stack, "diff", "-f", str(path))
     assert unknown.returncode == 2 and "plans.starter.features: unknown feature(s) teleport" in unknown.stderr

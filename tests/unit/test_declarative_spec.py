@@ -43,6 +43,7 @@ def test_secret_comes_from_the_environment_and_never_shows() -> None:
         ({"plans": {"free": {"quotas": {"rpm": -5}}}}, "plans.free.quotas.rpm (or unlimited, or null for no quota) must be"),
         ({"plans": {"free": {"quotas": {"rpm": "lots"}}}}, "plans.free.quotas.rpm (or unlimited"),
         ({"plans": {"free": {"features": {"sso": "yes"}}}}, "plans.free.features.sso must be true or false"),
+        ({"plans": {"free": {"allowed_models": "gpt-4o"}}}, "plans.free.allowed_models must be a list"),
     ],
 )
 def test_bad_documents_are_refused_with_the_place(document: dict[str, object], message: str) -> None:
@@ -90,10 +91,12 @@ def test_provider_settings_and_plans_keep_only_what_the_file_gives() -> None:
             "openai": {"credentials": [{"secret": "${K}"}]},
         },
         "plans": {"starter": {"quotas": {"rpm": 450, "tpm": "unlimited", "requests_per_day": None}, "features": {"webhooks": False}},
-                  "pro": {"quotas": {"rpm": -1}}},
+                  "pro": {"quotas": {"rpm": -1}, "allowed_models": ["gpt-4o", "gpt-4o-mini", "gpt-4o"]},
+                  "free": {"allowed_models": None}},
     }, {"K": "sk-k", "HOST": "proxy.internal"})  # fmt: skip
     [groq] = desired.providers  # credentials alone are no settings to converge
     assert (groq.provider_id, groq.values) == ("groq", {"priority": 7, "status": "disabled", "base_url": "http://proxy.internal/v1", "region": ""})
-    starter, pro = desired.plans
+    starter, pro, free = desired.plans
     assert (starter.name, starter.quotas, starter.features) == ("starter", {"rpm": 450, "tpm": -1, "requests_per_day": None}, {"webhooks": False})
-    assert (pro.quotas, pro.features) == ({"rpm": -1}, {})
+    assert (pro.quotas, pro.features, pro.allowed_models) == ({"rpm": -1}, {}, ["gpt-4o", "gpt-4o-mini"])
+    assert (starter.allowed_models, free.allowed_models) == (None, [])  # absent: not managed; null: every model

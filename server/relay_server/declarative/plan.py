@@ -83,7 +83,7 @@ def plan(admin: Admin, desired: Desired, *, wait_timeout: float = 60.0) -> list[
     models = {m.relay_name: m for m in admin.pages(admin.catalog.ListCatalogModels,
                                                    catalog_pb2.ListCatalogModelsRequest(page_size=100), "models")}  # fmt: skip
     changes += [c for want in desired.models if (c := _model(admin, want, models.get(want.relay_name)))]
-    changes += plan_changes(admin, desired.plans, Change)
+    changes += plan_changes(admin, desired.plans, {m.relay_name: m.id for m in models.values()}, Change)
     tenants = {t.slug: t for t in admin.pages(admin.tenants.ListTenants, tenants_pb2.ListTenantsRequest(page_size=100), "tenants")
                if t.status != _DELETED}  # fmt: skip
     for want in desired.tenants:

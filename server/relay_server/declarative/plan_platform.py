@@ -45,8 +45,12 @@ def _same(name: str, value: Any, have: Any) -> bool:
     return bool(getattr(have, name) == value)
 
 
-def plan_changes(admin: Any, desired: list[PlanSpec], change: MakeChange[C]) -> list[C]:
-    """One ``~ plan`` change per plan whose quotas or features differ."""
+def plan_changes(admin: Any, desired: list[PlanSpec], model_ids: dict[str, str], change: MakeChange[C]) -> list[C]:
+    """One ``~ plan`` change per plan whose quotas, features or allowed models differ.
+
+    ``model_ids``: catalog id by relay name (the server stores ids; a name it does not
+    know yet is a model this apply creates, whose id is its name).
+    """
     if not desired:
         return []
     plans = {p.name: p for p in admin(admin.plans.ListPlans, plans_pb2.ListPlansRequest()).plans}
@@ -61,17 +65,29 @@ def plan_changes(admin: Any, desired: list[PlanSpec], change: MakeChange[C]) -> 
             raise ValueError(f"plans.{want.name}.features: unknown feature(s) {', '.join(unknown)} "
                              f"(features: {', '.join(sorted(have.features))})")  # fmt: skip
         features = {f: v for f, v in want.features.items() if have.features[f] != v}
-        if not set_quotas and not removed and not features:
+        models = None
+        if want.allowed_models is not None:
+            wanted = sorted({model_ids.get(m, m) for m in want.allowed_models})
+            models = wanted if wanted != sorted(have.allowed_models) else None
+        if not set_quotas and not removed and not features and models is None:
             continue
         lines = [f"quotas.{r}: {_limit(quotas.get(r))} -> {_limit(v)}" for r, v in sorted(set_quotas.items())]
         lines += [f"quotas.{r}: {_limit(quotas[r])} -> (no quota)" for r in removed]
         lines += [f"features.{f}: {have.features[f]} -> {v}" for f, v in sorted(features.items())]
+        if models is not None:
+            lines.append(f"allowed_models: {_models(list(have.allowed_models))} -> {_models(models)}")
         request = plans_pb2.UpdatePlanRequest(
             name=want.name, remove_quotas=removed, features=features,
             set_quotas=[plans_pb2.PlanQuota(resource=r, limit=v) for r, v in sorted(set_quotas.items())],
         )  # fmt: skip
+        if models is not None:
+            request.allowed_models.models.extend(models)
         out.append(change("~", f"plan {want.name}", lines, partial(admin, admin.plans.UpdatePlan, request)))
     return out
+
+
+def _models(ids: list[str]) -> str:
+    return repr(sorted(ids)) if ids else "(every model)"
 
 
 def _limit(value: int | None) -> str:

@@ -102,6 +102,7 @@ class PlanSpec:
     name: str
     quotas: dict[str, int | None]  # resource → limit (-1: unlimited; None: no quota)
     features: dict[str, bool]
+    allowed_models: list[str] | None = None  # None: not managed; []: every model
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ def parse(document: Any, env: Mapping[str, str]) -> Desired:
         if settings:
             desired.providers.append(ProviderSettings(str(provider_id), settings))
     for name, raw in _map(root.get("plans") or {}, "plans").items():
-        desired.plans.append(_plan(str(name), raw))
+        desired.plans.append(_plan(str(name), raw, env))
     for relay_name, raw in _map(root.get("models") or {}, "models").items():
         desired.models.append(_model(str(relay_name), raw, env))
     for slug, raw in _map(root.get("tenants") or {}, "tenants").items():
@@ -200,12 +201,12 @@ def _provider_settings(item: dict[Any, Any], where: str, env: Mapping[str, str])
     return values
 
 
-def _plan(name: str, raw: Any) -> PlanSpec:
+def _plan(name: str, raw: Any, env: Mapping[str, str]) -> PlanSpec:
     where = f"plans.{name}"
     if name not in PLAN_NAMES:
         raise SpecError(f"{where}: unknown plan (plans: {', '.join(PLAN_NAMES)})")
     item = _map(raw, where)
-    _keys(item, {"quotas", "features"}, where)
+    _keys(item, {"quotas", "features", "allowed_models"}, where)
     quotas: dict[str, int | None] = {}
     for resource, limit in _map(item.get("quotas") or {}, f"{where}.quotas").items():
         at = f"{where}.quotas.{resource}"
@@ -222,7 +223,11 @@ def _plan(name: str, raw: Any) -> PlanSpec:
         if not isinstance(enabled, bool):
             raise SpecError(f"{where}.features.{feature} must be true or false")
         features[str(feature)] = enabled
-    return PlanSpec(name, quotas, features)
+    models = None
+    if "allowed_models" in item:
+        at = f"{where}.allowed_models"
+        models = sorted({_text(m, at, env) for m in _list(item["allowed_models"] or [], at)})
+    return PlanSpec(name, quotas, features, models)
 
 
 def _model(relay_name: str, raw: Any, env: Mapping[str, str]) -> Model:
