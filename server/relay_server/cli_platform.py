@@ -1,5 +1,5 @@
 """``relay providers …`` and ``relay plans …``: the providers' operator settings
-and the plans' quotas and features (platform operators).
+and the plans' quotas, features and allowed models (platform operators).
 
 Same conventions as ``relay tenants``: ``RELAY_GRPC_ADDR`` and ``RELAY_ADMIN_TOKEN``
 (or ``--addr`` / ``--token``), a table or ``--json``, the server's error and exit 1.
@@ -8,6 +8,7 @@ Same conventions as ``relay tenants``: ``RELAY_GRPC_ADDR`` and ``RELAY_ADMIN_TOK
     relay providers update groq --priority 5 --status disabled
     relay plans list
     relay plans update starter --quota rpm=600 --quota requests_per_day=unlimited --remove-quota tpm --feature webhooks=on
+    relay plans update free --models gpt-4o-mini,claude-3-5-haiku     (--all-models lifts the restriction)
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quota", action="append", default=[], help="resource=limit (rpm, tpm, requests_per_day; limit or unlimited)")
     p.add_argument("--remove-quota", action="append", default=[], help="a resource the plan stops limiting")
     p.add_argument("--feature", action="append", default=[], help="feature=on|off, repeatable")
+    models = p.add_mutually_exclusive_group()
+    models.add_argument("--models", help="the only catalog models the plan may call, comma-separated (replaces the list)")
+    models.add_argument("--all-models", action="store_true", help="lift the plan's model restriction")
 
 
 def _quota(text: str, pb: Any) -> Any:
@@ -103,6 +107,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         name=args.name, set_quotas=[_quota(q, plans_pb2) for q in args.quota], remove_quotas=args.remove_quota,
                         features=dict(_feature(f) for f in args.feature),
                     )  # fmt: skip
+                    if args.models is not None or args.all_models:
+                        update.allowed_models.SetInParent()  # given: replaces the list (empty: every model)
+                        update.allowed_models.models.extend(m.strip() for m in (args.models or "").split(",") if m.strip())
                     response = stub.UpdatePlan(update, metadata=metadata, timeout=30)
                     rows = [_plan_row(response.plan)]
         except grpc.RpcError as exc:

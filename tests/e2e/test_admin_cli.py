@@ -130,11 +130,13 @@ def test_providers_and_plans_commands_change_and_restore(relay: RelayStack) -> N
     assert plans.returncode == 0 and plans.stdout.splitlines()[0].split() == ["PLAN", "QUOTAS", "FEATURES", "MODELS"]
     assert any(line.startswith("enterprise") and "requests_per_day=unlimited" in line for line in plans.stdout.splitlines())
     try:
-        plan = _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000001", "--feature", "sso=off")["plan"]
+        plan = _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000001", "--feature", "sso=off",
+                     "--models", "gpt-4o-mini, gpt-4o")["plan"]  # fmt: skip
         assert {q["resource"]: q["limit"] for q in plan["quotas"]}["tpm"] == "10000001"  # int64: a JSON string
-        assert plan["features"]["sso"] is False
+        assert plan["features"]["sso"] is False and plan["allowed_models"] == ["gpt-4o", "gpt-4o-mini"]
     finally:
-        _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000000", "--feature", "sso=on")
+        restored_plan = _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000000", "--feature", "sso=on", "--all-models")
+    assert restored_plan["plan"].get("allowed_models", []) == [] and restored_plan["plan"]["features"]["sso"] is True
     refused = _relay(relay, "plans", "update", "gold", "--feature", "sso=on")
     assert refused.returncode == 1 and "NOT_FOUND" in refused.stderr and "Unknown plan `gold`" in refused.stderr
     bad = _relay(relay, "providers", "update", "mistral", "--base-url", "not a url")
