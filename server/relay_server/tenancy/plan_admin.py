@@ -1,5 +1,5 @@
 """The plans' definitions as admin operations: list the four plans, and set
-or remove a plan's quotas and set its features.
+or remove a plan's quotas, set its features and replace its allowed models.
 
 Platform operators only (plans are global).  Each change is validated here,
 written with its audit row in one transaction, then published on the policy
@@ -27,6 +27,7 @@ from relay_server.tenancy.policy_bus import PolicyBus
 __all__ = ["PLANS", "PlanAdmin", "PlanChange", "PlanRecord", "quota_window"]
 
 MAX_LIMIT = 10**15
+MAX_MODELS = 1000
 _PLAN_CHANGED = [("plan", "")]
 
 
@@ -130,6 +131,8 @@ class PlanAdmin:
 async def _model_ids(conn: Conn, names: Sequence[str]) -> tuple[str, ...]:
     """The catalog ids of ``names`` (ids or relay names), sorted; an unknown one is a 400."""
     wanted = [n.strip() for n in names]
+    if len(wanted) > MAX_MODELS:
+        raise _bad("allowed_models", f"At most {MAX_MODELS} allowed models.")
     found = await store.model_ids(conn, wanted)
     unknown = [n for n in wanted if n not in found]
     if unknown:
