@@ -12,6 +12,7 @@ import relay_proto.relay.admin.v1.api_keys_pb2 as relay_admin_v1_api_keys_pb2
 import relay_proto.relay.admin.v1.audit_pb2 as relay_admin_v1_audit_pb2
 import relay_proto.relay.admin.v1.catalog_pb2 as relay_admin_v1_catalog_pb2
 import relay_proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_pb2
+import relay_proto.relay.admin.v1.plans_pb2 as relay_admin_v1_plans_pb2
 import relay_proto.relay.admin.v1.routing_pb2 as relay_admin_v1_routing_pb2
 import relay_proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
 import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
@@ -78,6 +79,12 @@ _MODEL_CATALOG_SERVICE__LIST_PROVIDERS = MethodSpec(
     relay_admin_v1_catalog_pb2.ListProvidersResponse,
     admin=True,
 )
+_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/UpdateProvider",
+    relay_admin_v1_catalog_pb2.UpdateProviderRequest,
+    relay_admin_v1_catalog_pb2.UpdateProviderResponse,
+    admin=True,
+)
 _MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL = MethodSpec(
     "/relay.admin.v1.ModelCatalogService/UpsertCatalogModel",
     relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest,
@@ -112,6 +119,18 @@ _PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL = MethodSpec(
     "/relay.admin.v1.ProviderCredentialService/DisableProviderCredential",
     relay_admin_v1_credentials_pb2.DisableProviderCredentialRequest,
     relay_admin_v1_credentials_pb2.DisableProviderCredentialResponse,
+    admin=True,
+)
+_PLAN_SERVICE__LIST_PLANS = MethodSpec(
+    "/relay.admin.v1.PlanService/ListPlans",
+    relay_admin_v1_plans_pb2.ListPlansRequest,
+    relay_admin_v1_plans_pb2.ListPlansResponse,
+    admin=True,
+)
+_PLAN_SERVICE__UPDATE_PLAN = MethodSpec(
+    "/relay.admin.v1.PlanService/UpdatePlan",
+    relay_admin_v1_plans_pb2.UpdatePlanRequest,
+    relay_admin_v1_plans_pb2.UpdatePlanResponse,
     admin=True,
 )
 _ROUTING_SERVICE__LIST_VIRTUAL_MODELS = MethodSpec(
@@ -584,6 +603,25 @@ class ModelCatalogServiceClient:
         """
         return self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDERS, request, fields, timeout, extra_metadata)
 
+    def update_provider(
+        self,
+        request: relay_admin_v1_catalog_pb2.UpdateProviderRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.UpdateProviderResponse:
+        """Change a provider's operator settings (platform operators only): name,
+        base_url, priority, region and status (active | disabled).  Only the
+        fields named in update_mask change; an empty mask changes the fields
+        given (non-empty strings, a non-zero priority).  A disabled provider is
+        not routed to; enabling it hands its status back to the health monitor.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/UpdateProvider``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
+
     def upsert_catalog_model(
         self,
         request: relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest | Mapping[str, Any] | None = None,
@@ -701,6 +739,50 @@ class ProviderCredentialServiceClient:
         Unary ``/relay.admin.v1.ProviderCredentialService/DisableProviderCredential``.
         """
         return self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
+
+
+class PlanServiceClient:
+    """Sync client of ``relay.admin.v1.PlanService``.
+
+    The four plans (free, starter, pro, enterprise): their quotas, features and
+    allowed models.  Platform operators only.  Every change is audited and
+    applies on every worker at once (no restart): the next request of a tenant
+    on the plan is limited by the new quotas.
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def list_plans(
+        self,
+        request: relay_admin_v1_plans_pb2.ListPlansRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.ListPlansResponse:
+        """List every plan with its quotas, features and allowed models.
+
+        Unary ``/relay.admin.v1.PlanService/ListPlans``.
+        """
+        return self._invoker.unary(_PLAN_SERVICE__LIST_PLANS, request, fields, timeout, extra_metadata)
+
+    def update_plan(
+        self,
+        request: relay_admin_v1_plans_pb2.UpdatePlanRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
+
+        Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
+        """
+        return self._invoker.unary(_PLAN_SERVICE__UPDATE_PLAN, request, fields, timeout, extra_metadata)
 
 
 class RoutingServiceClient:
@@ -1746,6 +1828,25 @@ class AsyncModelCatalogServiceClient:
         """
         return await self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDERS, request, fields, timeout, extra_metadata)
 
+    async def update_provider(
+        self,
+        request: relay_admin_v1_catalog_pb2.UpdateProviderRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.UpdateProviderResponse:
+        """Change a provider's operator settings (platform operators only): name,
+        base_url, priority, region and status (active | disabled).  Only the
+        fields named in update_mask change; an empty mask changes the fields
+        given (non-empty strings, a non-zero priority).  A disabled provider is
+        not routed to; enabling it hands its status back to the health monitor.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/UpdateProvider``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
+
     async def upsert_catalog_model(
         self,
         request: relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest | Mapping[str, Any] | None = None,
@@ -1863,6 +1964,50 @@ class AsyncProviderCredentialServiceClient:
         Unary ``/relay.admin.v1.ProviderCredentialService/DisableProviderCredential``.
         """
         return await self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
+
+
+class AsyncPlanServiceClient:
+    """Async (grpc.aio) client of ``relay.admin.v1.PlanService``.
+
+    The four plans (free, starter, pro, enterprise): their quotas, features and
+    allowed models.  Platform operators only.  Every change is audited and
+    applies on every worker at once (no restart): the next request of a tenant
+    on the plan is limited by the new quotas.
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def list_plans(
+        self,
+        request: relay_admin_v1_plans_pb2.ListPlansRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.ListPlansResponse:
+        """List every plan with its quotas, features and allowed models.
+
+        Unary ``/relay.admin.v1.PlanService/ListPlans``.
+        """
+        return await self._invoker.unary(_PLAN_SERVICE__LIST_PLANS, request, fields, timeout, extra_metadata)
+
+    async def update_plan(
+        self,
+        request: relay_admin_v1_plans_pb2.UpdatePlanRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
+
+        Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
+        """
+        return await self._invoker.unary(_PLAN_SERVICE__UPDATE_PLAN, request, fields, timeout, extra_metadata)
 
 
 class AsyncRoutingServiceClient:
@@ -2711,6 +2856,7 @@ class SyncServices:
     audit_log: AuditLogServiceClient
     model_catalog: ModelCatalogServiceClient
     provider_credentials: ProviderCredentialServiceClient
+    plans: PlanServiceClient
     routing: RoutingServiceClient
     tenants: TenantServiceClient
     usage: UsageServiceClient
@@ -2724,6 +2870,7 @@ class SyncServices:
         self.audit_log = AuditLogServiceClient(invoker)
         self.model_catalog = ModelCatalogServiceClient(invoker)
         self.provider_credentials = ProviderCredentialServiceClient(invoker)
+        self.plans = PlanServiceClient(invoker)
         self.routing = RoutingServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
@@ -2740,6 +2887,7 @@ class AsyncServices:
     audit_log: AsyncAuditLogServiceClient
     model_catalog: AsyncModelCatalogServiceClient
     provider_credentials: AsyncProviderCredentialServiceClient
+    plans: AsyncPlanServiceClient
     routing: AsyncRoutingServiceClient
     tenants: AsyncTenantServiceClient
     usage: AsyncUsageServiceClient
@@ -2753,6 +2901,7 @@ class AsyncServices:
         self.audit_log = AsyncAuditLogServiceClient(invoker)
         self.model_catalog = AsyncModelCatalogServiceClient(invoker)
         self.provider_credentials = AsyncProviderCredentialServiceClient(invoker)
+        self.plans = AsyncPlanServiceClient(invoker)
         self.routing = AsyncRoutingServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
@@ -2768,6 +2917,7 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.AuditLogService": "audit_log",
     "relay.admin.v1.ModelCatalogService": "model_catalog",
     "relay.admin.v1.ProviderCredentialService": "provider_credentials",
+    "relay.admin.v1.PlanService": "plans",
     "relay.admin.v1.RoutingService": "routing",
     "relay.admin.v1.TenantService": "tenants",
     "relay.admin.v1.UsageService": "usage",

@@ -1,6 +1,7 @@
 """relay.admin.v1.ModelCatalogService: proto <-> ``catalog.admin.CatalogAdmin``.
 
 REST through Envoy: ``GET /v1/catalog/models``, ``GET /v1/catalog/providers``,
+``PATCH /v1/catalog/providers/{id}`` (``catalog.provider_admin.ProviderAdmin``),
 ``PUT /v1/catalog/models/{relay_name}`` and ``DELETE /v1/catalog/models/{relay_name}``.
 """
 
@@ -13,6 +14,7 @@ from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import handle
 from relay_server.api.pagination import page
 from relay_server.catalog.admin import CatalogAdmin, ModelDraft, ModelRecord, ProviderState, RouteSpec, parse_price
+from relay_server.catalog.provider_admin import ProviderAdmin
 from relay_server.tenancy.calls import Call
 
 
@@ -91,10 +93,19 @@ def draft(model: catalog_pb2.CatalogModel) -> ModelDraft:
     )  # fmt: skip
 
 
+def provider_mask(provider: catalog_pb2.Provider, paths: list[str]) -> list[str]:
+    """The update mask, or (none given) the fields the message sets: non-empty strings, a non-zero priority."""
+    if paths:
+        return paths
+    given = [f for f in ("name", "base_url", "region", "status") if getattr(provider, f).strip()]
+    return given + (["priority"] if provider.priority else [])
+
+
 class ModelCatalogServicer(catalog_pb2_grpc.ModelCatalogServiceServicer):
-    def __init__(self, auth: AdminAuthenticator, admin: CatalogAdmin) -> None:
+    def __init__(self, auth: AdminAuthenticator, admin: CatalogAdmin, providers: ProviderAdmin) -> None:
         self._auth = auth
         self._admin = admin
+        self._providers = providers
 
     async def ListCatalogModels(self, request, context):  # noqa: N802 (gRPC naming)
         async def run(call: Call) -> catalog_pb2.ListCatalogModelsResponse:
@@ -109,6 +120,16 @@ class ModelCatalogServicer(catalog_pb2_grpc.ModelCatalogServiceServicer):
             return catalog_pb2.ListProvidersResponse(providers=[provider_message(p) for p in await self._admin.list_providers(call)])
 
         return await handle(context, self._auth, run)
+
+    async def UpdateProvider(self, request, context):  # noqa: N802
+        p = request.provider
+
+        async def run(call: Call) -> catalog_pb2.UpdateProviderResponse:
+            values = {"name": p.name, "base_url": p.base_url, "priority": p.priority, "region": p.region, "status": p.status}
+            row = await self._providers.update(call, p.id, values, provider_mask(p, list(request.update_mask.paths)))
+            return catalog_pb2.UpdateProviderResponse(provider=provider_message(await self._admin.provider_state(row)))
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
 
     async def UpsertCatalogModel(self, request, context):  # noqa: N802
         async def run(call: Call) -> catalog_pb2.UpsertCatalogModelResponse:

@@ -123,6 +123,22 @@ class ListProvidersResponse(_message.Message):
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ...) -> None: ...
 
+class UpdateProviderRequest(_message.Message):
+    __slots__ = ("provider", "update_mask", "request_id")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    provider: Provider
+    update_mask: _field_mask_pb2.FieldMask
+    request_id: str
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpdateProviderResponse(_message.Message):
+    __slots__ = ("provider",)
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    provider: Provider
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ...) -> None: ...
+
 class UpsertCatalogModelRequest(_message.Message):
     __slots__ = ("model", "request_id", "update_mask")
     MODEL_FIELD_NUMBER: _ClassVar[int]

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file relay/admin/v1/catalog.proto.
  */
 export const file_relay_admin_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSKDBAoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJEg8KB2FsaWFzZXMYDyADKAkSKgoGcm91dGVzGBAgAygLMhoucmVsYXkuYWRtaW4udjEuTW9kZWxSb3V0ZRIeChZjYWNoZV9yZWFkX2Nvc3RfcGVyXzFtGBEgASgJEh8KF2NhY2hlX3dyaXRlX2Nvc3RfcGVyXzFtGBIgASgJEhwKFGVtYmVkZGluZ19kaW1lbnNpb25zGBMgASgFEhwKFHN1cHBvcnRzX2pzb25fc2NoZW1hGBQgASgIImoKCk1vZGVsUm91dGUSEwoLcHJvdmlkZXJfaWQYASABKAkSFQoNcHJvdmlkZXJfbmFtZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZzdGF0dXMYBCABKAkSDgoGcmVnaW9uGAUgASgJIvMBCghQcm92aWRlchIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA2FwaRgDIAEoCRIQCghiYXNlX3VybBgEIAEoCRIOCgZzdGF0dXMYBSABKAkSEAoIcHJpb3JpdHkYBiABKAUSFQoNY2lyY3VpdF9zdGF0ZRgHIAEoCRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgIIAEoBRIXCg9yZWNlbnRfcmVxdWVzdHMYCSABKAUSFwoPcmVjZW50X2ZhaWx1cmVzGAogASgFEhUKDXJlY2VudF9wOTVfbXMYCyABKAUSDgoGcmVnaW9uGAwgASgJIlYKGExpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRITCgtwcm92aWRlcl9pZBgDIAEoCSJiChlMaXN0Q2F0YWxvZ01vZGVsc1Jlc3BvbnNlEiwKBm1vZGVscxgBIAMoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLnJlbGF5LmFkbWluLnYxLlByb3ZpZGVyIpMBChlVcHNlcnRDYXRhbG9nTW9kZWxSZXF1ZXN0EjEKBW1vZGVsGAEgASgLMhwucmVsYXkuYWRtaW4udjEuQ2F0YWxvZ01vZGVsQgTiQQECEhIKCnJlcXVlc3RfaWQYAiABKAkSLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkkKGlVwc2VydENhdGFsb2dNb2RlbFJlc3BvbnNlEisKBW1vZGVsGAEgASgLMhwucmVsYXkuYWRtaW4udjEuQ2F0YWxvZ01vZGVsIkkKGURlbGV0ZUNhdGFsb2dNb2RlbFJlcXVlc3QSGAoKcmVsYXlfbmFtZRgBIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAIgASgJIhwKGkRlbGV0ZUNhdGFsb2dNb2RlbFJlc3BvbnNlMtQEChNNb2RlbENhdGFsb2dTZXJ2aWNlEoQBChFMaXN0Q2F0YWxvZ01vZGVscxIoLnJlbGF5LmFkbWluLnYxLkxpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBopLnJlbGF5LmFkbWluLnYxLkxpc3RDYXRhbG9nTW9kZWxzUmVzcG9uc2UiGoLT5JMCFBISL3YxL2NhdGFsb2cvbW9kZWxzEnsKDUxpc3RQcm92aWRlcnMSJC5yZWxheS5hZG1pbi52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBolLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZSIdgtPkkwIXEhUvdjEvY2F0YWxvZy9wcm92aWRlcnMSoQEKElVwc2VydENhdGFsb2dNb2RlbBIpLnJlbGF5LmFkbWluLnYxLlVwc2VydENhdGFsb2dNb2RlbFJlcXVlc3QaKi5yZWxheS5hZG1pbi52MS5VcHNlcnRDYXRhbG9nTW9kZWxSZXNwb25zZSI0gtPkkwIuGiUvdjEvY2F0YWxvZy9tb2RlbHMve21vZGVsLnJlbGF5X25hbWV9OgVtb2RlbBKUAQoSRGVsZXRlQ2F0YWxvZ01vZGVsEikucmVsYXkuYWRtaW4udjEuRGVsZXRlQ2F0YWxvZ01vZGVsUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLkRlbGV0ZUNhdGFsb2dNb2RlbFJlc3BvbnNlIieC0+STAiEqHy92MS9jYXRhbG9nL21vZGVscy97cmVsYXlfbmFtZX1CO1o5Z2l0aHViLmNvbS9yZWxheS1nYXRld2F5L3JlbGF5L2dlbi9yZWxheS9hZG1pbi92MTthZG1pbnYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask]);
+  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSKDBAoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJEg8KB2FsaWFzZXMYDyADKAkSKgoGcm91dGVzGBAgAygLMhoucmVsYXkuYWRtaW4udjEuTW9kZWxSb3V0ZRIeChZjYWNoZV9yZWFkX2Nvc3RfcGVyXzFtGBEgASgJEh8KF2NhY2hlX3dyaXRlX2Nvc3RfcGVyXzFtGBIgASgJEhwKFGVtYmVkZGluZ19kaW1lbnNpb25zGBMgASgFEhwKFHN1cHBvcnRzX2pzb25fc2NoZW1hGBQgASgIImoKCk1vZGVsUm91dGUSEwoLcHJvdmlkZXJfaWQYASABKAkSFQoNcHJvdmlkZXJfbmFtZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZzdGF0dXMYBCABKAkSDgoGcmVnaW9uGAUgASgJIvMBCghQcm92aWRlchIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA2FwaRgDIAEoCRIQCghiYXNlX3VybBgEIAEoCRIOCgZzdGF0dXMYBSABKAkSEAoIcHJpb3JpdHkYBiABKAUSFQoNY2lyY3VpdF9zdGF0ZRgHIAEoCRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgIIAEoBRIXCg9yZWNlbnRfcmVxdWVzdHMYCSABKAUSFwoPcmVjZW50X2ZhaWx1cmVzGAogASgFEhUKDXJlY2VudF9wOTVfbXMYCyABKAUSDgoGcmVnaW9uGAwgASgJIlYKGExpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRITCgtwcm92aWRlcl9pZBgDIAEoCSJiChlMaXN0Q2F0YWxvZ01vZGVsc1Jlc3BvbnNlEiwKBm1vZGVscxgBIAMoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLnJlbGF5LmFkbWluLnYxLlByb3ZpZGVyIo4BChVVcGRhdGVQcm92aWRlclJlcXVlc3QSMAoIcHJvdmlkZXIYASABKAsyGC5yZWxheS5hZG1pbi52MS5Qcm92aWRlckIE4kEBAhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSJEChZVcGRhdGVQcm92aWRlclJlc3BvbnNlEioKCHByb3ZpZGVyGAEgASgLMhgucmVsYXkuYWRtaW4udjEuUHJvdmlkZXIikwEKGVVwc2VydENhdGFsb2dNb2RlbFJlcXVlc3QSMQoFbW9kZWwYASABKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWxCBOJBAQISEgoKcmVxdWVzdF9pZBgCIAEoCRIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siSQoaVXBzZXJ0Q2F0YWxvZ01vZGVsUmVzcG9uc2USKwoFbW9kZWwYASABKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWwiSQoZRGVsZXRlQ2F0YWxvZ01vZGVsUmVxdWVzdBIYCgpyZWxheV9uYW1lGAEgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYAiABKAkiHAoaRGVsZXRlQ2F0YWxvZ01vZGVsUmVzcG9uc2Uy7QUKE01vZGVsQ2F0YWxvZ1NlcnZpY2UShAEKEUxpc3RDYXRhbG9nTW9kZWxzEigucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXF1ZXN0GikucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXNwb25zZSIagtPkkwIUEhIvdjEvY2F0YWxvZy9tb2RlbHMSewoNTGlzdFByb3ZpZGVycxIkLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiUucmVsYXkuYWRtaW4udjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlIh2C0+STAhcSFS92MS9jYXRhbG9nL3Byb3ZpZGVycxKWAQoOVXBkYXRlUHJvdmlkZXISJS5yZWxheS5hZG1pbi52MS5VcGRhdGVQcm92aWRlclJlcXVlc3QaJi5yZWxheS5hZG1pbi52MS5VcGRhdGVQcm92aWRlclJlc3BvbnNlIjWC0+STAi8yIy92MS9jYXRhbG9nL3Byb3ZpZGVycy97cHJvdmlkZXIuaWR9Oghwcm92aWRlchKhAQoSVXBzZXJ0Q2F0YWxvZ01vZGVsEikucmVsYXkuYWRtaW4udjEuVXBzZXJ0Q2F0YWxvZ01vZGVsUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLlVwc2VydENhdGFsb2dNb2RlbFJlc3BvbnNlIjSC0+STAi4aJS92MS9jYXRhbG9nL21vZGVscy97bW9kZWwucmVsYXlfbmFtZX06BW1vZGVsEpQBChJEZWxldGVDYXRhbG9nTW9kZWwSKS5yZWxheS5hZG1pbi52MS5EZWxldGVDYXRhbG9nTW9kZWxSZXF1ZXN0GioucmVsYXkuYWRtaW4udjEuRGVsZXRlQ2F0YWxvZ01vZGVsUmVzcG9uc2UiJ4LT5JMCISofL3YxL2NhdGFsb2cvbW9kZWxzL3tyZWxheV9uYW1lfUI7WjlnaXRodWIuY29tL3JlbGF5LWdhdGV3YXkvcmVsYXkvZ2VuL3JlbGF5L2FkbWluL3YxO2FkbWludjFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask]);
 
 /**
  * A model of the catalog.
@@ -227,13 +227,16 @@ export type Provider = Message<"relay.admin.v1.Provider"> & {
   baseUrl: string;
 
   /**
-   * active | degraded | down | disabled
+   * active | degraded | down | disabled.  Operators set active or disabled;
+   * the health monitor moves an enabled provider between active, degraded and down.
    *
    * @generated from field: string status = 5;
    */
   status: string;
 
   /**
+   * Lower is tried first.
+   *
    * @generated from field: int32 priority = 6;
    */
   priority: number;
@@ -372,6 +375,58 @@ export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*
   messageDesc(file_relay_admin_v1_catalog, 6);
 
 /**
+ * Request of UpdateProvider.
+ *
+ * @generated from message relay.admin.v1.UpdateProviderRequest
+ */
+export type UpdateProviderRequest = Message<"relay.admin.v1.UpdateProviderRequest"> & {
+  /**
+   * provider.id names the provider; the other fields are the new values.
+   *
+   * @generated from field: relay.admin.v1.Provider provider = 1;
+   */
+  provider?: Provider | undefined;
+
+  /**
+   * name | base_url | priority | region | status
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateProviderRequest.
+ * Use `create(UpdateProviderRequestSchema)` to create a new message.
+ */
+export const UpdateProviderRequestSchema: GenMessage<UpdateProviderRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 7);
+
+/**
+ * Response of UpdateProvider.
+ *
+ * @generated from message relay.admin.v1.UpdateProviderResponse
+ */
+export type UpdateProviderResponse = Message<"relay.admin.v1.UpdateProviderResponse"> & {
+  /**
+   * @generated from field: relay.admin.v1.Provider provider = 1;
+   */
+  provider?: Provider | undefined;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateProviderResponse.
+ * Use `create(UpdateProviderResponseSchema)` to create a new message.
+ */
+export const UpdateProviderResponseSchema: GenMessage<UpdateProviderResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 8);
+
+/**
  * Request of UpsertCatalogModel.
  *
  * @generated from message relay.admin.v1.UpsertCatalogModelRequest
@@ -401,7 +456,7 @@ export type UpsertCatalogModelRequest = Message<"relay.admin.v1.UpsertCatalogMod
  * Use `create(UpsertCatalogModelRequestSchema)` to create a new message.
  */
 export const UpsertCatalogModelRequestSchema: GenMessage<UpsertCatalogModelRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 7);
+  messageDesc(file_relay_admin_v1_catalog, 9);
 
 /**
  * Response of UpsertCatalogModel.
@@ -420,7 +475,7 @@ export type UpsertCatalogModelResponse = Message<"relay.admin.v1.UpsertCatalogMo
  * Use `create(UpsertCatalogModelResponseSchema)` to create a new message.
  */
 export const UpsertCatalogModelResponseSchema: GenMessage<UpsertCatalogModelResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 8);
+  messageDesc(file_relay_admin_v1_catalog, 10);
 
 /**
  * Request of DeleteCatalogModel.
@@ -446,7 +501,7 @@ export type DeleteCatalogModelRequest = Message<"relay.admin.v1.DeleteCatalogMod
  * Use `create(DeleteCatalogModelRequestSchema)` to create a new message.
  */
 export const DeleteCatalogModelRequestSchema: GenMessage<DeleteCatalogModelRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 9);
+  messageDesc(file_relay_admin_v1_catalog, 11);
 
 /**
  * Response of DeleteCatalogModel.
@@ -461,7 +516,7 @@ export type DeleteCatalogModelResponse = Message<"relay.admin.v1.DeleteCatalogMo
  * Use `create(DeleteCatalogModelResponseSchema)` to create a new message.
  */
 export const DeleteCatalogModelResponseSchema: GenMessage<DeleteCatalogModelResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 10);
+  messageDesc(file_relay_admin_v1_catalog, 12);
 
 /**
  * The model catalog and the providers behind it.  Every change is audited and
@@ -490,6 +545,20 @@ export const ModelCatalogService: GenService<{
     methodKind: "unary";
     input: typeof ListProvidersRequestSchema;
     output: typeof ListProvidersResponseSchema;
+  },
+  /**
+   * Change a provider's operator settings (platform operators only): name,
+   * base_url, priority, region and status (active | disabled).  Only the
+   * fields named in update_mask change; an empty mask changes the fields
+   * given (non-empty strings, a non-zero priority).  A disabled provider is
+   * not routed to; enabling it hands its status back to the health monitor.
+   *
+   * @generated from rpc relay.admin.v1.ModelCatalogService.UpdateProvider
+   */
+  updateProvider: {
+    methodKind: "unary";
+    input: typeof UpdateProviderRequestSchema;
+    output: typeof UpdateProviderResponseSchema;
   },
   /**
    * Create or update a catalog model: prices, limits, status (active |
