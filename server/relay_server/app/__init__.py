@@ -206,7 +206,7 @@ def start_observability(app: App) -> None:
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
         policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
-    app.observability.start(sources, PostgresProviderStore(app.db))
+    app.observability.start(sources, PostgresProviderStore(app.db), app.routing.events)
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
