@@ -52,6 +52,7 @@ from relay_server.app.silos import build_data_plane
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.provider_events import ProviderEventReader
 from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
@@ -227,7 +228,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         )
     catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(
-        ModelCatalogServicer(admin_authenticator(app), catalog_admin), server
+        ModelCatalogServicer(admin_authenticator(app), catalog_admin, ProviderEventReader(app.db)), server
     )
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),

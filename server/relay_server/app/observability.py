@@ -20,8 +20,8 @@ from relay_server.domain.metered import RequestRecorder
 from relay_server.observability.anomaly import AnomalyDetector, AnomalyWatcher, StatusStore
 from relay_server.observability.exposition import MetricsServer, is_multiprocess, merged_registry
 from relay_server.observability.metrics import RelayMetrics
-from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.observability.process_metrics import add_runtime_collectors
+from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.observability.recorder import ObservingRecorder
 from relay_server.observability.sampler import Sampler, Sources
 from relay_server.observability.tracing import Tracing, build_tracing
