@@ -140,7 +140,7 @@ def test_an_open_circuit_is_listed_through_the_api_and_on_the_page(
         assert minted.status_code == 200, minted.text
     client = openai.OpenAI(base_url=stack.base_url, api_key=minted.json()["secret"], max_retries=0, timeout=30)
     upstream.fake.inject(*[Fault(status=500)] * 20)
-    for _ in range(3):  # each fails (retried once on the same provider): the second failure opens the circuit
+    for _ in range(3):  # every attempt fails: the second failure opens the circuit, the rest are refused
         with pytest.raises(openai.APIStatusError):
             client.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}])
 
