@@ -23,8 +23,10 @@ import httpx
 import openai
 import psycopg
 import pytest
+import redis
 
 from relay_server.stack.redis import RedisHandle
+from relay_server.storage.redis.health import circuit_key
 from relay_server.tenancy.rbac import ACTING_OPERATOR_HEADER
 from tests.e2e.admin_helpers import rest, wait_for
 from tests.e2e.dashboard_support import PASSWORD, ConsoleWatch, artifacts_dir, browser, chromium_path, relay_cli, shoot
@@ -139,6 +141,9 @@ def test_an_open_circuit_is_listed_through_the_api_and_on_the_page(
             "name": "circuit e2e", "environment": "KEY_ENVIRONMENT_LIVE", "scope": "KEY_SCOPE_INFERENCE"}})  # fmt: skip
         assert minted.status_code == 200, minted.text
     client = openai.OpenAI(base_url=stack.base_url, api_key=minted.json()["secret"], max_retries=0, timeout=30)
+    # The session's Redis is shared with other tests' breakers: start from a closed circuit with no failures.
+    with redis.Redis.from_url(stack.redis_url) as shared:
+        shared.delete(circuit_key("openai"))
     upstream.fake.inject(*[Fault(status=500)] * 20)
     for _ in range(3):  # every attempt fails: the second failure opens the circuit, the rest are refused
         with pytest.raises(openai.APIStatusError):
