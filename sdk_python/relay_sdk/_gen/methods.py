@@ -85,6 +85,12 @@ _MODEL_CATALOG_SERVICE__UPDATE_PROVIDER = MethodSpec(
     relay_admin_v1_catalog_pb2.UpdateProviderResponse,
     admin=True,
 )
+_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/ListProviderEvents",
+    relay_admin_v1_catalog_pb2.ListProviderEventsRequest,
+    relay_admin_v1_catalog_pb2.ListProviderEventsResponse,
+    admin=True,
+)
 _MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL = MethodSpec(
     "/relay.admin.v1.ModelCatalogService/UpsertCatalogModel",
     relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest,
@@ -257,6 +263,12 @@ _TENANT_SERVICE__RECORD_SIGN_IN = MethodSpec(
     "/relay.admin.v1.TenantService/RecordSignIn",
     relay_admin_v1_tenants_pb2.RecordSignInRequest,
     relay_admin_v1_tenants_pb2.RecordSignInResponse,
+    admin=True,
+)
+_TENANT_SERVICE__RECORD_PASSWORD_CHANGE = MethodSpec(
+    "/relay.admin.v1.TenantService/RecordPasswordChange",
+    relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest,
+    relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse,
     admin=True,
 )
 _TENANT_SERVICE__LIST_TENANT_FEATURES = MethodSpec(
@@ -621,6 +633,35 @@ class ModelCatalogServiceClient:
         Unary ``/relay.admin.v1.ModelCatalogService/UpdateProvider``.
         """
         return self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
+
+    def list_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.ListProviderEventsResponse:
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, request, fields, timeout, extra_metadata)
+
+    def iter_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_catalog_pb2.ProviderEvent, relay_admin_v1_catalog_pb2.ListProviderEventsResponse]:
+        """Every ``events`` item of ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``, fetching pages lazily."""
+        return self._invoker.pager(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, "events", request, fields, timeout, extra_metadata)
 
     def upsert_catalog_model(
         self,
@@ -1161,6 +1202,24 @@ class TenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RecordSignIn``.
         """
         return self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
+
+    def record_password_change(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse:
+        """Record a web console password change (a password set through an
+        invitation link, or reset through a reset link) in the audit log of
+        every tenant the email belongs to, or as a platform event when it
+        belongs to none (platform operators only).  Never the password or link.
+
+        Unary ``/relay.admin.v1.TenantService/RecordPasswordChange``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__RECORD_PASSWORD_CHANGE, request, fields, timeout, extra_metadata)
 
     def list_tenant_features(
         self,
@@ -1847,6 +1906,35 @@ class AsyncModelCatalogServiceClient:
         """
         return await self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
 
+    async def list_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.ListProviderEventsResponse:
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, request, fields, timeout, extra_metadata)
+
+    def iter_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_catalog_pb2.ProviderEvent, relay_admin_v1_catalog_pb2.ListProviderEventsResponse]:
+        """Every ``events`` item of ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``, fetching pages lazily."""
+        return self._invoker.pager(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, "events", request, fields, timeout, extra_metadata)
+
     async def upsert_catalog_model(
         self,
         request: relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest | Mapping[str, Any] | None = None,
@@ -2386,6 +2474,24 @@ class AsyncTenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/RecordSignIn``.
         """
         return await self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
+
+    async def record_password_change(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse:
+        """Record a web console password change (a password set through an
+        invitation link, or reset through a reset link) in the audit log of
+        every tenant the email belongs to, or as a platform event when it
+        belongs to none (platform operators only).  Never the password or link.
+
+        Unary ``/relay.admin.v1.TenantService/RecordPasswordChange``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__RECORD_PASSWORD_CHANGE, request, fields, timeout, extra_metadata)
 
     async def list_tenant_features(
         self,

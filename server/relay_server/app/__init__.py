@@ -54,6 +54,7 @@ from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
 from relay_server.catalog.provider_admin import ProviderAdmin
+from relay_server.catalog.provider_events import ProviderEventReader
 from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
@@ -209,7 +210,7 @@ def start_observability(app: App) -> None:
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
         policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
-    app.observability.start(sources, PostgresProviderStore(app.db))
+    app.observability.start(sources, PostgresProviderStore(app.db), app.routing.events)
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
@@ -230,7 +231,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         )
     catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(
-        ModelCatalogServicer(admin_authenticator(app), catalog_admin, ProviderAdmin(app.db, app.catalog_sync)), server
+        ModelCatalogServicer(
+            admin_authenticator(app), catalog_admin, ProviderAdmin(app.db, app.catalog_sync), ProviderEventReader(app.db)
+        ),
+        server,
     )
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),

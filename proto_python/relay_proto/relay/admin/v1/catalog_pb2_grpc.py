@@ -52,6 +52,11 @@ class ModelCatalogServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.FromString,
                 _registered_method=True)
+        self.ListProviderEvents = channel.unary_unary(
+                '/relay.admin.v1.ModelCatalogService/ListProviderEvents',
+                request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.FromString,
+                _registered_method=True)
         self.UpsertCatalogModel = channel.unary_unary(
                 '/relay.admin.v1.ModelCatalogService/UpsertCatalogModel',
                 request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelRequest.SerializeToString,
@@ -95,6 +100,15 @@ class ModelCatalogServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListProviderEvents(self, request, context):
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def UpsertCatalogModel(self, request, context):
         """Create or update a catalog model: prices, limits, status (active |
         deprecated | disabled), aliases and extra provider routes (platform
@@ -130,6 +144,11 @@ def add_ModelCatalogServiceServicer_to_server(servicer, server):
                     servicer.UpdateProvider,
                     request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.SerializeToString,
+            ),
+            'ListProviderEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviderEvents,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.SerializeToString,
             ),
             'UpsertCatalogModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertCatalogModel,
@@ -226,6 +245,33 @@ class ModelCatalogService:
             '/relay.admin.v1.ModelCatalogService/UpdateProvider',
             relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviderEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.ModelCatalogService/ListProviderEvents',
+            relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
