@@ -133,17 +133,26 @@ def _audit(stack: RelayStack, tenant_id: str, action: str) -> list[dict[str, Any
         return list(r.json().get("events", []))
 
 
+@pytest.fixture
+def closed_openai_circuit(stack: RelayStack) -> Iterator[None]:
+    """The session's Redis is shared with other tests' breakers: start from a closed circuit with no
+    failures, and leave one behind, so later tests routing to openai are not refused by this one's."""
+    with redis.Redis.from_url(stack.redis_url) as shared:
+        shared.delete(circuit_key("openai"))
+        try:
+            yield
+        finally:
+            shared.delete(circuit_key("openai"))
+
+
 def test_an_open_circuit_is_listed_through_the_api_and_on_the_page(
-    stack: RelayStack, upstream: FakeUpstream, tmp_path: Path
+    stack: RelayStack, upstream: FakeUpstream, tmp_path: Path, closed_openai_circuit: None
 ) -> None:
     with rest(stack, stack.admin_token) as admin:
         minted = admin.post("/v1/keys", json={"tenant_id": "ten_demo", "api_key": {
             "name": "circuit e2e", "environment": "KEY_ENVIRONMENT_LIVE", "scope": "KEY_SCOPE_INFERENCE"}})  # fmt: skip
         assert minted.status_code == 200, minted.text
     client = openai.OpenAI(base_url=stack.base_url, api_key=minted.json()["secret"], max_retries=0, timeout=30)
-    # The session's Redis is shared with other tests' breakers: start from a closed circuit with no failures.
-    with redis.Redis.from_url(stack.redis_url) as shared:
-        shared.delete(circuit_key("openai"))
     upstream.fake.inject(*[Fault(status=500)] * 20)
     for _ in range(3):  # every attempt fails: the second failure opens the circuit, the rest are refused
         with pytest.raises(openai.APIStatusError):
