@@ -5,4 +5,5 @@ export * from "./catalog_pb.js";
 export * from "./credentials_pb.js";
 export * from "./routing_pb.js";
 export * from "./tenants_pb.js";
+export * from "./threads_pb.js";
 export * from "./usage_pb.js";
