@@ -131,7 +131,7 @@ def test_threads_guardrails_and_child_keys_in_the_console(stack: RelayStack, tmp
         parent.locator("summary", has_text="Add a child key").click()
         parent.get_by_label("Child name").fill("customer 7")
         parent.get_by_label("Child end user id").fill("user_7")
-        parent.get_by_label("Child requests per minute").fill("30")
+        parent.get_by_label("Child's rate limit").fill("30")
         parent.get_by_role("button", name="Create a child key of reseller").click()
         owner.wait_for_load_state()
         assert owner.locator("#page-error").count() == 0, owner.locator("main").inner_text()
@@ -160,6 +160,16 @@ def test_threads_guardrails_and_child_keys_in_the_console(stack: RelayStack, tmp
         assert "customer seven" in owner.locator("#audit tbody tr").first.inner_text()
         owner.goto(_url(stack, "/audit?action=api_key.created"))
         assert f"parent_key_id: {mgmt_id}" in owner.locator("#audit tbody tr", has_text="customer 7").inner_text()
+
+    # The admin API behind the pages: REST through Envoy; an API key of the tenant may not browse.
+    with rest(stack, stack.admin_token) as admin:
+        listed = admin.get("/v1/tenant-threads", params={"tenant_id": other_tid}).json()["threads"]
+        assert [t["id"] for t in listed] == [theirs["id"]] and listed[0]["message_count"] == 2
+        messages = admin.get(f"/v1/tenant-threads/{ours['id']}/messages", params={"tenant_id": tid, "page_size": 1}).json()
+        assert [m["text"] for m in messages["messages"]] == ["Why is my invoice higher this month?"] and messages["next_page_token"]
+        assert admin.get(f"/v1/tenant-threads/{theirs['id']}/messages", params={"tenant_id": tid}).status_code == 404
+    with rest(stack, secret) as tenant_key:
+        assert tenant_key.get("/v1/tenant-threads").status_code in (401, 403)
 
     assert all(p.stat().st_size > 1000 for p in shots) and len(shots) == 8
     assert watch.errors == []
