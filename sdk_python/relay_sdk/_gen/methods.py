@@ -15,6 +15,7 @@ import relay_proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_
 import relay_proto.relay.admin.v1.plans_pb2 as relay_admin_v1_plans_pb2
 import relay_proto.relay.admin.v1.routing_pb2 as relay_admin_v1_routing_pb2
 import relay_proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
+import relay_proto.relay.admin.v1.threads_pb2 as relay_admin_v1_threads_pb2
 import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
 import relay_proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
 import relay_proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
@@ -287,6 +288,18 @@ _TENANT_SERVICE__DELETE_FEATURE_OVERRIDE = MethodSpec(
     "/relay.admin.v1.TenantService/DeleteFeatureOverride",
     relay_admin_v1_tenants_pb2.DeleteFeatureOverrideRequest,
     relay_admin_v1_tenants_pb2.DeleteFeatureOverrideResponse,
+    admin=True,
+)
+_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS = MethodSpec(
+    "/relay.admin.v1.ThreadBrowserService/ListTenantThreads",
+    relay_admin_v1_threads_pb2.ListTenantThreadsRequest,
+    relay_admin_v1_threads_pb2.ListTenantThreadsResponse,
+    admin=True,
+)
+_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES = MethodSpec(
+    "/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages",
+    relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest,
+    relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse,
     admin=True,
 )
 _USAGE_SERVICE__QUERY_USAGE = MethodSpec(
@@ -1267,6 +1280,75 @@ class TenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/DeleteFeatureOverride``.
         """
         return self._invoker.unary(_TENANT_SERVICE__DELETE_FEATURE_OVERRIDE, request, fields, timeout, extra_metadata)
+
+
+class ThreadBrowserServiceClient:
+    """Sync client of ``relay.admin.v1.ThreadBrowserService``.
+
+    A read-only view of a tenant's threads for dashboard users (`threads:read`)
+    and platform operators (any tenant, named by `tenant_id`). The thread API
+    itself (relay.v1.ThreadService) is for API keys; this service lets the
+    people who run a tenant see what its keys stored. Deleted threads are not
+    listed.
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def list_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadsResponse:
+        """The tenant's threads, newest first, cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``.
+        """
+        return self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_threads_pb2.TenantThread, relay_admin_v1_threads_pb2.ListTenantThreadsResponse]:
+        """Every ``threads`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, "threads", request, fields, timeout, extra_metadata)
+
+    def list_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse:
+        """Every message of one thread (tool messages included) in `seq` order,
+        cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``.
+        """
+        return self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_threads_pb2.TenantThreadMessage, relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse]:
+        """Every ``messages`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, "messages", request, fields, timeout, extra_metadata)
 
 
 class UsageServiceClient:
@@ -2541,6 +2623,75 @@ class AsyncTenantServiceClient:
         return await self._invoker.unary(_TENANT_SERVICE__DELETE_FEATURE_OVERRIDE, request, fields, timeout, extra_metadata)
 
 
+class AsyncThreadBrowserServiceClient:
+    """Async (grpc.aio) client of ``relay.admin.v1.ThreadBrowserService``.
+
+    A read-only view of a tenant's threads for dashboard users (`threads:read`)
+    and platform operators (any tenant, named by `tenant_id`). The thread API
+    itself (relay.v1.ThreadService) is for API keys; this service lets the
+    people who run a tenant see what its keys stored. Deleted threads are not
+    listed.
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def list_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadsResponse:
+        """The tenant's threads, newest first, cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``.
+        """
+        return await self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_threads_pb2.TenantThread, relay_admin_v1_threads_pb2.ListTenantThreadsResponse]:
+        """Every ``threads`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, "threads", request, fields, timeout, extra_metadata)
+
+    async def list_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse:
+        """Every message of one thread (tool messages included) in `seq` order,
+        cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``.
+        """
+        return await self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_threads_pb2.TenantThreadMessage, relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse]:
+        """Every ``messages`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, "messages", request, fields, timeout, extra_metadata)
+
+
 class AsyncUsageServiceClient:
     """Async (grpc.aio) client of ``relay.admin.v1.UsageService``.
 
@@ -2965,6 +3116,7 @@ class SyncServices:
     plans: PlanServiceClient
     routing: RoutingServiceClient
     tenants: TenantServiceClient
+    thread_browser: ThreadBrowserServiceClient
     usage: UsageServiceClient
     health: HealthServiceClient
     inference: InferenceServiceClient
@@ -2979,6 +3131,7 @@ class SyncServices:
         self.plans = PlanServiceClient(invoker)
         self.routing = RoutingServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
+        self.thread_browser = ThreadBrowserServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
         self.health = HealthServiceClient(invoker)
         self.inference = InferenceServiceClient(invoker)
@@ -2996,6 +3149,7 @@ class AsyncServices:
     plans: AsyncPlanServiceClient
     routing: AsyncRoutingServiceClient
     tenants: AsyncTenantServiceClient
+    thread_browser: AsyncThreadBrowserServiceClient
     usage: AsyncUsageServiceClient
     health: AsyncHealthServiceClient
     inference: AsyncInferenceServiceClient
@@ -3010,6 +3164,7 @@ class AsyncServices:
         self.plans = AsyncPlanServiceClient(invoker)
         self.routing = AsyncRoutingServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
+        self.thread_browser = AsyncThreadBrowserServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
         self.health = AsyncHealthServiceClient(invoker)
         self.inference = AsyncInferenceServiceClient(invoker)
@@ -3026,6 +3181,7 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.PlanService": "plans",
     "relay.admin.v1.RoutingService": "routing",
     "relay.admin.v1.TenantService": "tenants",
+    "relay.admin.v1.ThreadBrowserService": "thread_browser",
     "relay.admin.v1.UsageService": "usage",
     "relay.v1.HealthService": "health",
     "relay.v1.InferenceService": "inference",

@@ -6,4 +6,5 @@ export * from "./credentials_pb.js";
 export * from "./plans_pb.js";
 export * from "./routing_pb.js";
 export * from "./tenants_pb.js";
+export * from "./threads_pb.js";
 export * from "./usage_pb.js";
