@@ -12,55 +12,26 @@ The URL chooses the deployment (``REDIS_URL``):
   Redis Cluster; any reachable node is a seed, the rest is discovered with
   ``CLUSTER SLOTS``.  Credentials go before the first host
   (``redis+cluster://user:secret@h1:p1,h2:p2``).
+* ``redis+sentinel://host:26379,host:26379/<master-name>[/db]`` (``rediss+sentinel://``
+  for TLS) — a master and replicas watched by Redis Sentinel: connections ask the
+  sentinels for the current master, and after a failover the next connection goes
+  to the promoted replica (a reply of ``READONLY`` from a demoted master drops the
+  connection the same way).
+
+The URL forms are parsed in ``urls.py``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import cast
-from urllib.parse import unquote
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 
-CLUSTER_SCHEMES = {"redis+cluster": False, "rediss+cluster": True}
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterUrl:
-    seeds: tuple[tuple[str, int], ...]
-    tls: bool = False
-    username: str | None = None
-    password: str | None = None
-
-
-def is_cluster_url(url: str) -> bool:
-    return url.split("://", 1)[0].lower() in CLUSTER_SCHEMES
-
-
-def parse_cluster_url(url: str) -> ClusterUrl:
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() not in CLUSTER_SCHEMES:
-        raise ValueError(f"not a Redis Cluster URL (scheme {scheme!r})")
-    netloc = rest.split("/", 1)[0].split("?", 1)[0]
-    userinfo, _, hosts = netloc.rpartition("@")
-    username = password = None
-    if userinfo:
-        user, _, secret = userinfo.partition(":")
-        username, password = (unquote(user) or None), (unquote(secret) if secret else None)
-    seeds: list[tuple[str, int]] = []
-    for item in hosts.split(","):
-        host, _, port = item.strip().rpartition(":")
-        if not item.strip():
-            continue
-        if not host:  # "h1" without a port
-            host, port = item.strip(), "6379"
-        seeds.append((host.strip("[]"), int(port)))
-    if not seeds:
-        raise ValueError("a Redis Cluster URL needs at least one host:port")
-    return ClusterUrl(tuple(seeds), CLUSTER_SCHEMES[scheme.lower()], username, password)
+from relay_server.storage.redis.urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
 
 
 def _cluster(url: str, *, socket_timeout: float | None, connect_timeout: float, max_connections: int) -> RedisCluster:
@@ -81,7 +52,51 @@ def _cluster(url: str, *, socket_timeout: float | None, connect_timeout: float, 
     )
 
 
+class SentinelMaster(aioredis.Redis):
+    """The client of a Sentinel-watched master: closing it closes its sentinel connections too."""
+
+    sentinel: Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        try:
+            await super().aclose(close_connection_pool)
+        finally:
+            if self.sentinel is not None:
+                await self.sentinel.aclose()
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Connections to whichever server the sentinels name master; a burst waits for a free one."""
+
+
+def _sentinel_master(url: str, *, connect_timeout: float, blocking: bool, **options: Any) -> aioredis.Redis:
+    target = parse_sentinel_url(url)
+    sentinel = Sentinel(
+        list(target.sentinels),
+        # The sentinels are asked without credentials (docs/operations-cluster.md), within the connect timeout.
+        sentinel_kwargs={
+            "socket_timeout": connect_timeout,
+            "socket_connect_timeout": connect_timeout,
+            "ssl": target.tls,
+        },
+    )
+    client = sentinel.master_for(
+        target.master,
+        redis_class=SentinelMaster,
+        connection_pool_class=_BlockingSentinelPool if blocking else SentinelConnectionPool,
+        db=target.db, username=target.username, password=target.password, ssl=target.tls,
+        socket_connect_timeout=connect_timeout, decode_responses=False, **options,
+    )  # fmt: skip
+    client.sentinel = sentinel
+    return cast(aioredis.Redis, client)
+
+
 def create_redis(url: str, *, timeout_s: float = 0.25, max_connections: int = 64) -> aioredis.Redis:
+    if is_sentinel_url(url):
+        return _sentinel_master(
+            url, connect_timeout=timeout_s, blocking=True, socket_timeout=timeout_s, max_connections=max_connections,
+            timeout=timeout_s, health_check_interval=15, retry_on_timeout=False,
+        )  # fmt: skip
     if is_cluster_url(url):
         # RedisCluster serves the command surface Relay uses (commands, pipelines, scripts,
         # publish); it is typed as the single-node client everywhere so callers stay one shape.
@@ -113,6 +128,8 @@ def create_subscriber(url: str) -> aioredis.Redis:
     """
     if is_cluster_url(url):
         return cast(aioredis.Redis, _cluster(url, socket_timeout=None, connect_timeout=1.0, max_connections=4))
+    if is_sentinel_url(url):
+        return _sentinel_master(url, connect_timeout=1.0, blocking=False, socket_timeout=None, health_check_interval=10)
     return aioredis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=None, health_check_interval=10)
 
 
