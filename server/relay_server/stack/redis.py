@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis as redis_client
+from redis.sentinel import Sentinel
 
 from relay_server.stack import processes
+from relay_server.stack.redact import redact
+from relay_server.storage.redis.urls import is_sentinel_url, parse_sentinel_url
 
 
 def find_redis_server() -> Path:
@@ -131,7 +134,9 @@ def start_redis_argv(
 
 
 def ping(url: str) -> bool:
-    """True when the Redis at ``url`` answers PING."""
+    """True when the Redis at ``url`` answers PING (for a Sentinel URL: the master the sentinels name)."""
+    if is_sentinel_url(url):
+        return _ping_sentinel_master(url)
     client = redis_client.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
     try:
         return bool(client.ping())
@@ -141,6 +146,23 @@ def ping(url: str) -> bool:
         client.close()
 
 
+def _ping_sentinel_master(url: str) -> bool:
+    target = parse_sentinel_url(url)
+    timeouts = {"socket_connect_timeout": 0.5, "socket_timeout": 1.0}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={**timeouts, "ssl": target.tls})
+    client = sentinel.master_for(
+        target.master, db=target.db, username=target.username, password=target.password, ssl=target.tls, **timeouts
+    )
+    try:
+        return bool(client.ping())
+    except redis_client.RedisError:
+        return False
+    finally:
+        client.close()
+        for asked in sentinel.sentinels:
+            asked.close()
+
+
 def wait_for_redis(url: str, timeout: float = 15.0) -> None:
     """Wait until the Redis at ``url`` (ours or an external one) answers PING."""
-    processes.wait_until(lambda: ping(url), timeout=timeout, what=f"redis at {url}")
+    processes.wait_until(lambda: ping(url), timeout=timeout, what=f"redis at {redact(url)}")

@@ -128,3 +128,17 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     if not db_text.isdigit():
         raise ValueError(f"the database of a Redis Sentinel URL is a number, not {db_text!r}")
     return SentinelUrl(sentinels, unquote(parts[0]), int(db_text), SENTINEL_SCHEMES[scheme], *_credentials(userinfo))
+
+
+def check_redis_url(url: str) -> None:
+    """Raise ``ValueError`` saying what is wrong with a ``REDIS_URL`` (before anything connects)."""
+    scheme = _scheme(url)
+    if scheme in SENTINEL_SCHEMES:
+        parse_sentinel_url(url)
+    elif scheme in CLUSTER_SCHEMES:
+        parse_cluster_url(url)
+    elif scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"unsupported Redis URL scheme {scheme!r}: use redis://, rediss://, unix://, "
+            f"redis+cluster://h1:p1,h2:p2 or {SENTINEL_FORM}"
+        )
