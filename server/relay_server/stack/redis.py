@@ -14,6 +14,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis as redis_client
 from redis.sentinel import Sentinel
@@ -109,8 +110,10 @@ def start_redis_argv(
     pid_path: Path | None = None,
     log_path: Path | None = None,
     timeout: float = 15.0,
+    password: str | None = None,
 ) -> RedisHandle:
-    """``start_redis`` with its command line given (cluster nodes add their own options)."""
+    """``start_redis`` with its command line given (cluster, replica and sentinel nodes add their own
+    options; ``password``: the one the command line sets, so the readiness PING can log in)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "redis.log"
     if processes.port_open("127.0.0.1", port):
@@ -124,7 +127,8 @@ def start_redis_argv(
         with log_path.open("ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
         pid = proc.pid
-    handle = RedisHandle(url=f"redis://127.0.0.1:{port}/0", port=port, pid=pid, _proc=proc, _pid_path=pid_path)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    handle = RedisHandle(url=f"redis://{auth}127.0.0.1:{port}/0", port=port, pid=pid, _proc=proc, _pid_path=pid_path)
     try:
         processes.wait_until(lambda: ping(handle.url), timeout=timeout, what="redis", pid=pid, log_path=log_path)
     except BaseException:

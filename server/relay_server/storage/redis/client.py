@@ -23,6 +23,8 @@ The URL forms are parsed in ``urls.py``.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -30,8 +32,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
 
-from relay_server.storage.redis.urls import is_cluster_url, is_sentinel_url, parse_cluster_url, parse_sentinel_url
+from relay_server.storage.redis.urls import (
+    RECHECK_S,
+    is_cluster_url,
+    is_sentinel_url,
+    parse_cluster_url,
+    parse_sentinel_url,
+)
 
 
 def _cluster(url: str, *, socket_timeout: float | None, connect_timeout: float, max_connections: int) -> RedisCluster:
@@ -65,8 +74,30 @@ class SentinelMaster(aioredis.Redis):
                 await self.sentinel.aclose()
 
 
-class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
-    """Connections to whichever server the sentinels name master; a burst waits for a free one."""
+class _RecheckingSentinelPool(SentinelConnectionPool):
+    """Connections to whichever server the sentinels name master, asked again every ``RECHECK_S``.
+
+    redis-py asks the sentinels only when it opens a connection; after ``SENTINEL FAILOVER`` the
+    old master keeps serving (split) until Sentinel demotes it, up to ~10 s later.  So at most
+    once a second a connection handed out asks the sentinels, and one still bound to an address
+    they no longer name is reconnected to the new master before it is used.
+    """
+
+    _recheck_at = 0.0
+
+    async def ensure_connection(self, connection: Any) -> None:
+        now = time.monotonic()
+        if self.is_master and now >= self._recheck_at:
+            self._recheck_at = now + RECHECK_S
+            with contextlib.suppress(RedisError):  # the sentinels unreachable: keep the connection we have
+                await self.get_master_address()  # a change also drops the idle connections
+        if connection.is_connected and (connection.host, connection.port) != self.master_address:
+            await connection.disconnect()
+        await super().ensure_connection(connection)
+
+
+class _BlockingSentinelPool(_RecheckingSentinelPool, aioredis.BlockingConnectionPool):
+    """``_RecheckingSentinelPool`` where a burst waits for a free connection instead of failing."""
 
 
 def _sentinel_master(url: str, *, connect_timeout: float, blocking: bool, **options: Any) -> aioredis.Redis:
@@ -83,7 +114,7 @@ def _sentinel_master(url: str, *, connect_timeout: float, blocking: bool, **opti
     client = sentinel.master_for(
         target.master,
         redis_class=SentinelMaster,
-        connection_pool_class=_BlockingSentinelPool if blocking else SentinelConnectionPool,
+        connection_pool_class=_BlockingSentinelPool if blocking else _RecheckingSentinelPool,
         db=target.db, username=target.username, password=target.password, ssl=target.tls,
         socket_connect_timeout=connect_timeout, decode_responses=False, **options,
     )  # fmt: skip

@@ -7,8 +7,10 @@ so a dead sentinel costs one refused connection, once.  Commands then go over on
 ``RedisWire`` to that address, which checks ``ROLE`` when it connects: a server the sentinels
 still name but that was already demoted is refused, never written to.
 
-The master is asked for again whenever the connection has to be (re)made, and after a reply
-that says the server is not the master any more:
+The master is asked for again whenever the connection has to be (re)made, at most every
+``RECHECK_S`` in the background while all is well (after ``SENTINEL FAILOVER`` the old master
+keeps answering as a master until Sentinel demotes it, up to ~10 s later: a new address moves
+the wire at once), and after a reply that says the server is not the master any more:
 
 * A failure to connect (the master is dead, or is now a replica) happens before any command
   left, so the sentinels are asked again and the connection is tried once more; if that
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,7 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay_server.detached import fresh_task
-from relay_server.storage.redis.urls import Addr, SentinelUrl, parse_sentinel_url
+from relay_server.storage.redis.urls import RECHECK_S, Addr, SentinelUrl, parse_sentinel_url
 from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, is_noscript
 
 _NOT_MASTER = ("READONLY", "LOADING")
@@ -64,6 +67,7 @@ class SentinelWire:
         self._master_addr: Addr | None = None
         self._stale = True
         self._resolving: asyncio.Future[None] | None = None
+        self._recheck_at = 0.0
         self._closed = False
 
     @classmethod
@@ -86,6 +90,7 @@ class SentinelWire:
     async def batch(self, commands: Sequence[Command]) -> list[Any]:
         if not commands:
             return []
+        self._recheck()
         wire = await self._connected_master()
         replies = await self._send(wire, commands)
         again = [i for i, reply in enumerate(replies) if not_master(reply)]
@@ -143,6 +148,14 @@ class SentinelWire:
                     raise
         raise AssertionError("unreachable")
 
+    def _recheck(self) -> None:
+        """At most every ``RECHECK_S``, ask the sentinels in the background (the caller does not wait):
+        after ``SENTINEL FAILOVER`` the old master answers as a master until Sentinel demotes it."""
+        if self._resolving is None and time.monotonic() >= self._recheck_at:
+            self._recheck_at = time.monotonic() + RECHECK_S
+            self._resolving = fresh_task(self._ask_sentinels())
+            self._resolving.add_done_callback(self._resolved)
+
     async def _resolve(self) -> None:
         # Concurrent callers share one round of questions, run outside any caller's context.
         if self._resolving is None:
@@ -171,6 +184,7 @@ class SentinelWire:
             self._sentinels.insert(0, addr)
             self._use((_text(reply[0]), int(reply[1])))
             self._stale = False
+            self._recheck_at = time.monotonic() + RECHECK_S
             return
         raise RedisConnectionError(f"no Redis Sentinel named the master {name!r}: " + "; ".join(problems))
 

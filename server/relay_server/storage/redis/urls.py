@@ -24,6 +24,9 @@ SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
 SENTINEL_PORT = 26379
 SENTINEL_FORM = "redis+sentinel://[user:secret@]host:26379,host:26379/<master-name>[/db]"
 Addr = tuple[str, int]
+# How often a Sentinel client asks the sentinels again while its connection looks healthy: after
+# ``SENTINEL FAILOVER`` the old master answers as a master until Sentinel demotes it (up to ~10 s).
+RECHECK_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
