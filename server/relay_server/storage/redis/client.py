@@ -170,6 +170,23 @@ async def ready(client: aioredis.Redis) -> None:
         await client.initialize()
 
 
+async def master_moved(client: aioredis.Redis) -> bool:
+    """True when ``client`` follows a Sentinel-watched master and the sentinels now name another one.
+
+    A pub/sub subscription lives on one connection, which nothing else moves: after
+    ``SENTINEL FAILOVER`` it would stay on the old master, which publishes nothing until Sentinel
+    demotes it.  The subscriber asks this every ``RECHECK_S`` and resubscribes when it is True.
+    """
+    pool = client.connection_pool
+    if not isinstance(pool, SentinelConnectionPool) or pool.master_address is None:
+        return False
+    try:
+        named = await pool.sentinel_manager.discover_master(pool.service_name)
+    except RedisError:
+        return False  # the sentinels unreachable: the subscription stays where it is
+    return bool(named != pool.master_address)
+
+
 async def publish(client: aioredis.Redis, channel: str, message: bytes) -> int:
     """PUBLISH; the count of subscribers that got it.
 
