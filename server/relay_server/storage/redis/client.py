@@ -64,14 +64,14 @@ def _cluster(url: str, *, socket_timeout: float | None, connect_timeout: float, 
 class SentinelMaster(aioredis.Redis):
     """The client of a Sentinel-watched master: closing it closes its sentinel connections too."""
 
-    sentinel: Sentinel | None = None
+    sentinel_manager: Sentinel | None = None
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         try:
             await super().aclose(close_connection_pool)
         finally:
-            if self.sentinel is not None:
-                await self.sentinel.aclose()
+            if self.sentinel_manager is not None:
+                await self.sentinel_manager.aclose()
 
 
 class _RecheckingSentinelPool(SentinelConnectionPool):
@@ -118,7 +118,7 @@ def _sentinel_master(url: str, *, connect_timeout: float, blocking: bool, **opti
         db=target.db, username=target.username, password=target.password, ssl=target.tls,
         socket_connect_timeout=connect_timeout, decode_responses=False, **options,
     )  # fmt: skip
-    client.sentinel = sentinel
+    client.sentinel_manager = sentinel
     return cast(aioredis.Redis, client)
 
 
