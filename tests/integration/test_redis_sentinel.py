@@ -37,6 +37,7 @@ from relay_server.storage.redis.sentinel_wire import SentinelWire
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
 from relay_server.storage.redis.subscriber import listen_forever
 from relay_server.storage.redis.urls import check_redis_url, parse_sentinel_url
+from relay_server.storage.redis.wire import Endpoint, RedisWire
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -129,6 +130,27 @@ async def _until(what: str, attempt, timeout: float = FOLLOW_S):  # noqa: ANN001
             await asyncio.sleep(0.05)
 
 
+async def test_a_readonly_reply_is_sent_again_to_the_master_once(
+    topology: RedisSentinelHandle, clients: tuple[SentinelWire, Redis]
+) -> None:
+    """A connection still open to a server that is a replica now (demoted while connected) answers
+    READONLY: the command did not run, so the wire asks the sentinels and sends it to the master, once."""
+    wire, _ = clients
+    master = topology.master_port()
+    replica = next(n.port for n in topology.data if n.port != master)
+    key = tenant_key("t-readonly", "n")
+    assert await wire.execute("INCR", key) == 1
+    stale = RedisWire(Endpoint(port=replica, password=PASSWORD))  # no ROLE check: made "before the demotion"
+    wire._master, wire._master_addr = stale, ("127.0.0.1", replica)  # noqa: SLF001 (simulating the demotion)
+    wire._recheck_at = float("inf")  # noqa: SLF001 (no background check: the READONLY path alone)
+    assert await wire.execute("INCR", key) == 2  # refused by the replica, run on the master
+    assert wire.master_addr == ("127.0.0.1", master)
+    with topology.client(master) as direct:
+        assert direct.get(key) == b"2"  # run exactly once
+    ok, refused = await wire.batch([["GET", key], ["SET", tenant_key("t-readonly", "m"), "1"]])
+    assert (ok, refused) == (b"2", b"OK")
+
+
 async def test_both_clients_work_through_sentinel_and_follow_a_failover(
     topology: RedisSentinelHandle, clients: tuple[SentinelWire, Redis], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -142,6 +164,7 @@ async def test_both_clients_work_through_sentinel_and_follow_a_failover(
 
     got: list[bytes | str] = []
     subscribed = asyncio.Event()
+    stop = asyncio.Event()  # ends the writer below; not Task.cancel(): Python 3.11's wait_for can swallow one
 
     async def receive(message: bytes | str) -> None:
         got.append(message)
@@ -161,7 +184,7 @@ async def test_both_clients_work_through_sentinel_and_follow_a_failover(
 
         async def write_forever() -> None:
             nonlocal attempts
-            while True:
+            while not stop.is_set():
                 attempts += 1
                 try:
                     await asyncio.wait_for(wire.execute("INCR", key), 1.0)
@@ -181,8 +204,8 @@ async def test_both_clients_work_through_sentinel_and_follow_a_failover(
             return status
 
         assert await _until("the wire on the new master", on_new_master) == str(AdmitReply.ADMITTED)
-        writer.cancel()
-        await asyncio.gather(writer, return_exceptions=True)
+        stop.set()
+        await asyncio.wait_for(writer, 5)
         with topology.client(second) as direct:
             assert 0 < int(direct.get(key) or 0) <= attempts  # never more increments than calls
 
@@ -202,6 +225,7 @@ async def test_both_clients_work_through_sentinel_and_follow_a_failover(
 
         assert await _until("a message published after the failover", delivered_after)
     finally:
+        stop.set()
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
     assert all(PASSWORD not in r.getMessage() and PASSWORD not in str(r.__dict__) for r in caplog.records)
