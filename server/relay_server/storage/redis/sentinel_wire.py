@@ -189,6 +189,8 @@ class SentinelWire:
         raise RedisConnectionError(f"no Redis Sentinel named the master {name!r}: " + "; ".join(problems))
 
     def _use(self, addr: Addr) -> None:
+        if self._closed:  # closed while the sentinels were asked: open nothing new
+            raise RedisConnectionError("Redis connection closed by Relay")
         if addr == self._master_addr and self._master is not None:
             return
         old, t = self._master, self._target
@@ -202,6 +204,8 @@ class SentinelWire:
     def _sentinel(self, addr: Addr) -> RedisWire:
         wire = self._asking.get(addr)
         if wire is None:
+            if self._closed:
+                raise RedisConnectionError("Redis connection closed by Relay")
             wire = self._asking[addr] = RedisWire(
                 Endpoint(host=addr[0], port=addr[1], tls=self._target.tls), timeout_s=self._timeout_s
             )
