@@ -25,6 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay_server.settings import Settings
 from relay_server.stack import StackPaths
+from relay_server.stack import redis as stack_redis
 from relay_server.stack.processes import wait_until
 from relay_server.stack.redact import redact
 from relay_server.stack.redis_cluster import free_cluster_ports
@@ -35,6 +36,7 @@ from relay_server.storage.redis.cluster_wire import create_wire
 from relay_server.storage.redis.limits import AdmitReply, CapArg, RedisAdmission, WindowArg, noisy_key, window_key
 from relay_server.storage.redis.sentinel_wire import SentinelWire
 from relay_server.storage.redis.spend import RedisSpend, cap_keys
+from relay_server.storage.redis.stream_buffer import create_stream_redis
 from relay_server.storage.redis.subscriber import listen_forever
 from relay_server.storage.redis.urls import check_redis_url, parse_sentinel_url
 from relay_server.storage.redis.wire import Endpoint, RedisWire
@@ -128,6 +130,20 @@ async def _until(what: str, attempt, timeout: float = FOLLOW_S):  # noqa: ANN001
             assert PASSWORD not in str(exc)
             assert loop.time() < deadline, f"{what}: still failing after {timeout} s: {type(exc).__name__}: {exc}"
             await asyncio.sleep(0.05)
+
+
+async def test_stream_reads_and_the_stack_ping_go_through_the_sentinels(topology: RedisSentinelHandle) -> None:
+    streams = create_stream_redis(topology.url, block_ms=200)
+    try:
+        key = tenant_key("t-stream", "thread_stream", "m1")
+        await streams.xadd(key, {b"e": b"one"}, id="0-1")
+        [[_, [(entry_id, fields)]]] = await streams.xread({key: "0-0"}, block=200)
+        assert (entry_id, fields) == (b"0-1", {b"e": b"one"})
+    finally:
+        await streams.aclose()
+    assert stack_redis.ping(topology.url)  # what `make up` waits on for an external REDIS_URL
+    assert not stack_redis.ping(topology.url.replace(PASSWORD, "wrong"))
+    assert not stack_redis.ping(topology.url.replace("/relay", "/no-such-master"))
 
 
 async def test_a_readonly_reply_is_sent_again_to_the_master_once(
