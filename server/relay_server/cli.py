@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     from relay_server import cli_routing  # noqa: PLC0415
 
     cli_routing.register(sub)  # relay routing …
+    from relay_server import cli_platform  # noqa: PLC0415
+
+    cli_platform.register(sub)  # relay providers … / relay plans …
     from relay_server import cli_requests  # noqa: PLC0415
 
     cli_requests.register(sub)  # relay requests export …
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_requests.run(args, settings)
     if args.command == "routing":
         return cli_routing.run(args, settings)
+    if args.command in ("providers", "plans"):
+        return cli_platform.run(args, settings)
     return _seed_demo(args, settings)
 
 

@@ -131,6 +131,7 @@ class Settings:
     circuit_cooldown_s: float = 30.0  # an open circuit lets one probe request through after this
     health_monitor: bool = True  # probe providers and record health events from this process
     health_probe_interval_s: float = 15.0
+    provider_events_retention_days: int = 30  # circuit, burst, anomaly and status events are kept this long
     # Upstream HTTP (docs/providers.md): "native" (Relay's own client) or "aiohttp" (library-backed).
     upstream_http: str = "native"
     # Egress proxy: HTTPS_PROXY for https upstreams (CONNECT tunnel), HTTP_PROXY for http ones,

@@ -109,3 +109,35 @@ def test_guardrails_command_sets_validates_shows_and_clears(relay: RelayStack) -
     assert refused.returncode != 0 and "block, redact or flag" in refused.stderr + refused.stdout
     assert _relay(relay, "tenants", "guardrails", tid, "--clear").returncode == 0
     assert json.loads(_relay(relay, "tenants", "guardrails", tid).stdout) == {}
+
+
+def test_providers_and_plans_commands_change_and_restore(relay: RelayStack) -> None:
+    # The session's shared stack: every change is undone, so other tests see the seeded values.
+    table = _relay(relay, "providers", "list")
+    assert table.returncode == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split() == ["ID", "NAME", "API", "STATUS", "PRIORITY", "REGION", "CIRCUIT", "BASE", "URL"]
+    assert any(row.split()[:5] == ["mistral", "Mistral", "mistral", "active", "30"] for row in rows)
+    try:
+        changed = _json(relay, "providers", "update", "mistral", "--priority", "31", "--status", "disabled", "--region", "eu-west")
+        assert (changed["provider"]["priority"], changed["provider"]["status"], changed["provider"]["region"]) == (31, "disabled", "eu-west")
+        assert _json(relay, "providers", "update", "mistral", "--status", "active")["provider"]["status"] == "active"
+    finally:
+        restored = _json(relay, "providers", "update", "mistral", "--priority", "30", "--status", "active", "--region", "")
+    assert (restored["provider"]["priority"], restored["provider"].get("region", "")) == (30, "")
+
+    plans = _relay(relay, "plans", "list")
+    assert plans.returncode == 0 and plans.stdout.splitlines()[0].split() == ["PLAN", "QUOTAS", "FEATURES", "MODELS"]
+    assert any(line.startswith("enterprise") and "requests_per_day=unlimited" in line for line in plans.stdout.splitlines())
+    try:
+        plan = _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000001", "--feature", "sso=off",
+                     "--models", "gpt-4o-mini, gpt-4o")["plan"]  # fmt: skip
+        assert {q["resource"]: q["limit"] for q in plan["quotas"]}["tpm"] == "10000001"  # int64: a JSON string
+        assert plan["features"]["sso"] is False and plan["allowed_models"] == ["gpt-4o", "gpt-4o-mini"]
+    finally:
+        restored_plan = _json(relay, "plans", "update", "enterprise", "--quota", "tpm=10000000", "--feature", "sso=on", "--all-models")
+    assert restored_plan["plan"].get("allowed_models", []) == [] and restored_plan["plan"]["features"]["sso"] is True
+    refused = _relay(relay, "plans", "update", "gold", "--feature", "sso=on")
+    assert refused.returncode == 1 and "NOT_FOUND" in refused.stderr and "Unknown plan `gold`" in refused.stderr
+    bad = _relay(relay, "providers", "update", "mistral", "--base-url", "not a url")
+    assert bad.returncode == 1 and "INVALID_ARGUMENT" in bad.stderr

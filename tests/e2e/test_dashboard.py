@@ -111,7 +111,7 @@ def test_console_story(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
 
         # Create a test-environment key: the secret is shown once, with a copy button.
         owner.goto(_url(stack, "/keys"))
-        owner.get_by_label("Name").fill("console key")
+        owner.get_by_label("Name", exact=True).fill("console key")
         owner.get_by_label("Environment").select_option("test")
         owner.get_by_role("button", name="Create key").click()
         owner.wait_for_load_state()

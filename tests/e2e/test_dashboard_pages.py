@@ -199,7 +199,7 @@ def test_console_pages(stack: RelayStack, tenant: dict[str, Any], tmp_path: Path
 
         # A key with its own limits, spend cap and expiry; a malformed limit is named, nothing is created.
         owner.goto(_url(stack, "/keys"))
-        owner.get_by_label("Name").fill("capped key")
+        owner.get_by_label("Name", exact=True).fill("capped key")
         owner.get_by_label("Requests per minute (empty: the plan's)").fill("60")
         owner.get_by_label("Spend cap in USD (empty: none)").fill("5")
         owner.get_by_label("Spend cap window", exact=True).select_option("daily")

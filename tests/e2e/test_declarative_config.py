@@ -19,6 +19,8 @@ from relay_proto.relay.admin.v1 import (
     catalog_pb2_grpc,
     credentials_pb2,
     credentials_pb2_grpc,
+    plans_pb2,
+    plans_pb2_grpc,
     tenants_pb2,
     tenants_pb2_grpc,
 )
@@ -184,6 +186,66 @@ def test_bad_files_and_missing_secrets_fail_cleanly_without_changing_anything(st
     assert "never-co" not in {t.slug for t in tenants}
 
 
+PLATFORM = """
+providers:
+  groq:
+    priority: 7
+    status: disabled
+    region: eu-west
+  mistral:
+    base_url: http://127.0.0.1:9/v1
+plans:
+  starter:
+    quotas: {rpm: 450, requests_per_day: unlimited, tpm: null}
+    features: {webhooks: false, semantic_cache: true}
+    allowed_models: [gpt-4o-mini, claude-3-5-haiku]
+"""
+
+
+def test_provider_settings_and_plans_converge(stack: RelayStack, tmp_path: Path) -> None:
+    path = tmp_path / "relay.yaml"
+    path.write_text(PLATFORM)
+    before = relay_cli(stack, "diff", "-f", str(path))
+    assert before.returncode == 1, before.stderr
+    assert "~ provider groq" in before.stdout and "priority: 40 -> 7" in before.stdout and "status: 'active' -> 'disabled'" in before.stdout
+    assert "~ provider mistral" in before.stdout and "base_url: 'https://api.mistral.ai/v1' -> 'http://127.0.0.1:9/v1'" in before.stdout
+    assert "~ plan starter" in before.stdout and "quotas.rpm: 500 -> 450" in before.stdout
+    assert "quotas.tpm: 400000 -> (no quota)" in before.stdout and "quotas.requests_per_day: 50000 -> unlimited" in before.stdout
+    assert "features.webhooks: True -> False" in before.stdout and "features.semantic_cache: False -> True" in before.stdout
+    assert "allowed_models: (every model) -> ['claude-3-5-haiku-20241022', 'gpt-4o-mini']" in before.stdout
+
+    applied = relay_cli(stack, "apply", "-f", str(path))
+    assert applied.returncode == 0 and "3 change(s) applied" in applied.stdout, applied.stdout + applied.stderr
+    again = relay_cli(stack, "apply", "-f", str(path))
+    assert (again.returncode, again.stdout.strip()) == (0, "no changes"), again.stdout + again.stderr
+    after = relay_cli(stack, "diff", "-f", str(path))
+    assert (after.returncode, after.stdout) == (0, ""), after.stdout + after.stderr
+
+    with grpc.insecure_channel(stack.grpc_addr) as channel:
+        providers = {p.id: p for p in catalog_pb2_grpc.ModelCatalogServiceStub(channel).ListProviders(
+            catalog_pb2.ListProvidersRequest(), metadata=_meta(stack), timeout=30).providers}  # fmt: skip
+        assert (providers["groq"].priority, providers["groq"].status, providers["groq"].region) == (7, "disabled", "eu-west")
+        assert providers["mistral"].base_url == "http://127.0.0.1:9/v1" and providers["mistral"].priority == 30
+        plans = {p.name: p for p in plans_pb2_grpc.PlanServiceStub(channel).ListPlans(
+            plans_pb2.ListPlansRequest(), metadata=_meta(stack), timeout=30).plans}  # fmt: skip
+        assert {q.resource: q.limit for q in plans["starter"].quotas} == {"rpm": 450, "requests_per_day": -1}
+        assert plans["starter"].features["semantic_cache"] and not plans["starter"].features["webhooks"]
+        assert list(plans["starter"].allowed_models) == ["claude-3-5-haiku-20241022", "gpt-4o-mini"]
+
+    # Enabling again is one change, and so is lifting the model restriction (an empty list: every model);
+    # an unknown feature or provider is refused before anything changes.
+    path.write_text(PLATFORM.replace("status: disabled", "status: active").replace("[gpt-4o-mini, claude-3-5-haiku]", "[]"))
+    enable = relay_cli(stack, "apply", "-f", str(path))
+    assert enable.returncode == 0 and "2 change(s) applied" in enable.stdout, enable.stdout + enable.stderr
+    assert "allowed_models: ['claude-3-5-haiku-20241022', 'gpt-4o-mini'] -> (every model)" in enable.stdout
+    path.write_text(PLATFORM.replace("webhooks: false", "teleport: true"))
+    unknown = relay_cli(stack, "diff", "-f", str(path))
+    assert unknown.returncode == 2 and "plans.starter.features: unknown feature(s) teleport" in unknown.stderr
+    path.write_text("providers:\n  nope:\n    priority: 1\n")
+    missing = relay_cli(stack, "diff", "-f", str(path))
+    assert missing.returncode == 2 and "providers.nope: no such provider" in missing.stderr
+
+
 def test_the_example_file_parses_with_its_secrets_from_the_environment() -> None:
     from relay_server.declarative.spec import load
 
@@ -192,3 +254,5 @@ def test_the_example_file_parses_with_its_secrets_from_the_environment() -> None
     assert "sk-a" not in repr(desired)
     assert {m.relay_name for m in desired.models} == {"gpt-4o-mini", "claude-sonnet"}
     assert [t.slug for t in desired.tenants] == ["acme"]
+    assert {p.provider_id: p.values for p in desired.providers} == {"openai": {"priority": 10}, "mistral": {"status": "disabled"}}
+    assert [(p.name, p.quotas["rpm"]) for p in desired.plans] == [("starter", 600)]

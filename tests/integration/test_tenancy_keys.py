@@ -237,3 +237,43 @@ async def test_last_used_is_written_in_batches(t, database: Database) -> None:
     assert t.last_used.pending == 1
     assert await t.last_used.flush() == 1
     assert (await t.keys.get(operator(), tid, row.id)).last_used_at is not None
+
+
+def _as_member(tenant_id: str, user_id: str, permissions: frozenset[str]) -> Call:
+    return Call(AdminPrincipal("user", user_id, tenant_id, permissions, role="developer"), "req_m", "198.51.100.9")
+
+
+@pytest.mark.asyncio
+async def test_people_mint_child_keys_of_a_management_key_under_the_same_rule(t, database: Database) -> None:
+    acme, other = await signup(t, "acme"), await signup(t, "other")
+    member = _as_member(acme.tenant.id, acme.owner_user_id, frozenset({"api_keys:create", "api_keys:read"}))
+    # acme's first key is its test management key: the child inherits its environment.
+    child, secret = await t.keys.create(member, "", KeyRequest(name="for user_7", end_user_id="user_7", parent_key_id=acme.first_key_id))
+    assert (child.parent_key_id, child.environment, child.scope, child.created_by) == (acme.first_key_id, "test", "inference", acme.owner_user_id)
+    assert secret.startswith("rly_test_sk_")
+    # The parent manages it as one of its own children.
+    master = _as_key(acme.tenant.id, acme.first_key_id)
+    assert child.id in [k.id for k in await t.keys.list(master, "", status=None, end_user_id=None, after=None, limit=50)]
+    [created] = [e for e in await _audit(database, acme.tenant.id, "api_key.created") if e["resource_id"] == child.id]
+    assert (created["actor_type"], created["actor_id"], created["metadata"]["parent_key_id"]) == ("user", acme.owner_user_id, acme.first_key_id)
+
+    inference, _ = await t.keys.create(operator(), acme.tenant.id, KeyRequest(name="plain", environment="test"))
+    refusals = [
+        (KeyRequest(name="x", parent_key_id=inference.id), ErrorKind.BAD_REQUEST, "parent_key_id"),  # not a management key
+        (KeyRequest(name="x", parent_key_id=other.first_key_id), ErrorKind.NOT_FOUND, "parent_key_id"),  # another tenant's
+        (KeyRequest(name="x", parent_key_id=acme.first_key_id, environment="live"), ErrorKind.BAD_REQUEST, "api_key.environment"),
+        (KeyRequest(name="x", parent_key_id=acme.first_key_id, scope="management"), ErrorKind.BAD_REQUEST, "api_key.scope"),
+    ]
+    before = len(await _audit(database, acme.tenant.id, "api_key.created"))
+    for request_, kind, param in refusals:
+        error = await _fails(t.keys.create(member, "", request_))
+        assert (error.kind, error.param) == (kind, param), request_
+    assert len(await _audit(database, acme.tenant.id, "api_key.created")) == before  # nothing was made
+    # A management key names no other parent; without api_keys:create nobody mints.
+    refused = await _fails(t.keys.create(master, "", KeyRequest(name="x", parent_key_id=inference.id)))
+    assert refused.kind is ErrorKind.PERMISSION_DENIED
+    reader = _as_member(acme.tenant.id, acme.owner_user_id, frozenset({"api_keys:read"}))
+    assert (await _fails(t.keys.create(reader, "", KeyRequest(name="x", parent_key_id=acme.first_key_id)))).kind is ErrorKind.PERMISSION_DENIED
+    # A revoked parent gets no new children.
+    await t.keys.revoke(operator(), acme.tenant.id, acme.first_key_id)
+    assert (await _fails(t.keys.create(member, "", KeyRequest(name="x", parent_key_id=acme.first_key_id)))).code == "key_not_active"

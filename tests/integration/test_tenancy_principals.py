@@ -13,7 +13,7 @@ from relay_server.tenancy import tokens
 from relay_server.tenancy.calls import Call
 from relay_server.tenancy.keys import KeyRequest
 from relay_server.tenancy.members import MemberPermissions
-from relay_server.tenancy.rbac import SYSTEM_ROLES
+from relay_server.tenancy.rbac import ACTING_OPERATOR_HEADER, SYSTEM_ROLES
 from tests.support.tenancy import JWT_SECRET, operator, signup, tenancy_for
 
 ADMIN = "operator-token-for-tests"
@@ -103,3 +103,53 @@ async def test_dashboard_tokens_are_refused_when_no_secret_is_configured(databas
         auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret="")
         err = await _fails(auth.resolve(_md(_jwt(s.tenant.id, s.owner_user_id))))
         assert err.kind is ErrorKind.INVALID_API_KEY and "not enabled" in err.message
+
+
+@pytest.mark.asyncio
+async def test_an_operator_acting_from_the_console_is_the_audited_actor(database: Database) -> None:
+    async with tenancy_for(database, None) as t:
+        s = await signup(t, "acme")
+        auth = AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database), jwt_secret=JWT_SECRET)
+        acting = {**_md(ADMIN), ACTING_OPERATOR_HEADER: "Ops@Relay.test"}
+        principal = await auth.resolve(acting)
+        assert principal.is_platform and principal.actor_id == "ops@relay.test"
+        assert auth.authenticate(acting).actor_id == "ops@relay.test"
+        assert (await auth.resolve(_md(ADMIN))).actor_id == "platform_admin", "the bare token is still the platform admin"
+
+        await t.tenants.transition(Call(principal, "req_console"), s.tenant.id, "active", "payment added")
+        newest, *earlier = await t.audit.events(s.tenant.id, after=None, limit=10, action="tenant.status_changed")
+        assert (newest.actor_type, newest.actor_id, newest.metadata.get("to")) == ("platform_admin", "ops@relay.test", "active")
+        assert all(row.actor_id != "ops@relay.test" for row in earlier)
+
+        # Forged: the header with any other credential is refused, never trusted.
+        for token in (s.first_key_secret, _jwt(s.tenant.id, s.owner_user_id), "not-a-credential"):
+            err = await _fails(auth.resolve({**_md(token), ACTING_OPERATOR_HEADER: "ops@relay.test"}))
+            assert err.kind is ErrorKind.PERMISSION_DENIED and ACTING_OPERATOR_HEADER in err.message
+        with pytest.raises(RelayError) as refused:
+            auth.authenticate({**_md(s.first_key_secret), ACTING_OPERATOR_HEADER: "ops@relay.test"})
+        assert refused.value.kind is ErrorKind.INVALID_API_KEY
+        # With the admin token, a value that is not an email is a clear 400.
+        assert (await _fails(auth.resolve({**_md(ADMIN), ACTING_OPERATOR_HEADER: "root; drop"}))).kind is ErrorKind.BAD_REQUEST
+
+
+@pytest.mark.asyncio
+async def test_console_password_changes_are_audited_in_each_tenant_of_the_account(database: Database) -> None:
+    async with tenancy_for(database, None) as t:
+        first = await signup(t, "acme", owner_email="pat@people.test")
+        second = await signup(t, "bolt", owner_email="pat@people.test")
+        assert await t.accounts.record_password_change(operator(), "PAT@people.test", "set", "198.51.100.4") == 2
+        assert await t.accounts.record_password_change(operator(), "pat@people.test", "reset", "") == 2
+        for tenant_id in (first.tenant.id, second.tenant.id):
+            rows = await t.audit.events(tenant_id, after=None, limit=20)
+            changes = [r for r in rows if r.action.startswith("dashboard.password_")]
+            assert [r.action for r in changes] == ["dashboard.password_reset", "dashboard.password_set"]
+            assert all(r.actor_type == "user" and r.resource_id == "pat@people.test" for r in changes)
+            assert changes[1].ip_address == "198.51.100.4"
+            assert set(changes[0].metadata) == {"email"}, "never the password or the link"
+        # An email of no tenant: one platform event.
+        assert await t.accounts.record_password_change(operator(), "ops@relay.test", "reset", "") == 1
+        err = await _fails(t.accounts.record_password_change(operator(), "pat@people.test", "guessed", ""))
+        assert err.kind is ErrorKind.BAD_REQUEST and err.param == "change"
+        member = Call(await AdminAuthenticator(ADMIN, keys=t.authenticator, members=MemberPermissions(database),
+                                               jwt_secret=JWT_SECRET).resolve(_md(_jwt(first.tenant.id, first.owner_user_id))), "r")  # fmt: skip
+        assert (await _fails(t.accounts.record_password_change(member, "pat@people.test", "set", ""))).kind is ErrorKind.PERMISSION_DENIED

@@ -32,7 +32,18 @@ def test_secret_comes_from_the_environment_and_never_shows() -> None:
         ({"models": {"m": {"routes": [{"priority": 1}]}}}, "models.m.routes[0].provider is required"),
         ({"tenants": {"t": {"config": {"webhook_url": "${NOPE}"}}}}, "tenants.t.config.webhook_url: the environment variable NOPE"),
         ({"tenants": {"t": {"features": {"byok": "on"}}}}, "tenants.t.features.byok must be true or false"),
-        ({"plans": {}}, "the file: unknown key(s) plans"),
+        ({"plan": {}}, "the file: unknown key(s) plan"),
+        ({"providers": {"openai": {"weight": 3}}}, "providers.openai: unknown key(s) weight"),
+        ({"providers": {"openai": {"status": "down"}}}, "providers.openai.status must be active or disabled"),
+        ({"providers": {"openai": {"priority": -1}}}, "providers.openai.priority must be a whole number"),
+        ({"providers": {"openai": {"base_url": ["x"]}}}, "providers.openai.base_url must be a string"),
+        ({"plans": {"gold": {}}}, "plans.gold: unknown plan"),
+        ({"plans": {"free": {"limits": {}}}}, "plans.free: unknown key(s) limits"),
+        ({"plans": {"free": {"quotas": {"rph": 5}}}}, "plans.free.quotas.rph: unknown quota"),
+        ({"plans": {"free": {"quotas": {"rpm": -5}}}}, "plans.free.quotas.rpm (or unlimited, or null for no quota) must be"),
+        ({"plans": {"free": {"quotas": {"rpm": "lots"}}}}, "plans.free.quotas.rpm (or unlimited"),
+        ({"plans": {"free": {"features": {"sso": "yes"}}}}, "plans.free.features.sso must be true or false"),
+        ({"plans": {"free": {"allowed_models": "gpt-4o"}}}, "plans.free.allowed_models must be a list"),
     ],
 )
 def test_bad_documents_are_refused_with_the_place(document: dict[str, object], message: str) -> None:
@@ -71,3 +82,21 @@ def test_tenant_values_become_text_and_env_references_resolve() -> None:
                      {"HOOK": "https://hooks.example/x"}).tenants  # fmt: skip
     assert tenant.config == {"cache_nondeterministic": "true", "spend_cap_usd": "25", "webhook_url": "https://hooks.example/x"}
     assert (tenant.name, tenant.metadata, tenant.plan) == (None, None, "pro")
+
+
+def test_provider_settings_and_plans_keep_only_what_the_file_gives() -> None:
+    desired = parse({
+        "providers": {
+            "groq": {"priority": 7, "status": "disabled", "base_url": "http://${HOST}/v1", "region": None},
+            "openai": {"credentials": [{"secret": "${K}"}]},
+        },
+        "plans": {"starter": {"quotas": {"rpm": 450, "tpm": "unlimited", "requests_per_day": None}, "features": {"webhooks": False}},
+                  "pro": {"quotas": {"rpm": -1}, "allowed_models": ["gpt-4o", "gpt-4o-mini", "gpt-4o"]},
+                  "free": {"allowed_models": None}},
+    }, {"K": "sk-k", "HOST": "proxy.internal"})  # fmt: skip
+    [groq] = desired.providers  # credentials alone are no settings to converge
+    assert (groq.provider_id, groq.values) == ("groq", {"priority": 7, "status": "disabled", "base_url": "http://proxy.internal/v1", "region": ""})
+    starter, pro, free = desired.plans
+    assert (starter.name, starter.quotas, starter.features) == ("starter", {"rpm": 450, "tpm": -1, "requests_per_day": None}, {"webhooks": False})
+    assert (pro.quotas, pro.features, pro.allowed_models) == ({"rpm": -1}, {}, ["gpt-4o", "gpt-4o-mini"])
+    assert (starter.allowed_models, free.allowed_models) == (None, [])  # absent: not managed; null: every model

@@ -12,8 +12,10 @@ import relay_proto.relay.admin.v1.api_keys_pb2 as relay_admin_v1_api_keys_pb2
 import relay_proto.relay.admin.v1.audit_pb2 as relay_admin_v1_audit_pb2
 import relay_proto.relay.admin.v1.catalog_pb2 as relay_admin_v1_catalog_pb2
 import relay_proto.relay.admin.v1.credentials_pb2 as relay_admin_v1_credentials_pb2
+import relay_proto.relay.admin.v1.plans_pb2 as relay_admin_v1_plans_pb2
 import relay_proto.relay.admin.v1.routing_pb2 as relay_admin_v1_routing_pb2
 import relay_proto.relay.admin.v1.tenants_pb2 as relay_admin_v1_tenants_pb2
+import relay_proto.relay.admin.v1.threads_pb2 as relay_admin_v1_threads_pb2
 import relay_proto.relay.admin.v1.usage_pb2 as relay_admin_v1_usage_pb2
 import relay_proto.relay.v1.chat_pb2 as relay_v1_chat_pb2
 import relay_proto.relay.v1.completions_pb2 as relay_v1_completions_pb2
@@ -78,6 +80,18 @@ _MODEL_CATALOG_SERVICE__LIST_PROVIDERS = MethodSpec(
     relay_admin_v1_catalog_pb2.ListProvidersResponse,
     admin=True,
 )
+_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/UpdateProvider",
+    relay_admin_v1_catalog_pb2.UpdateProviderRequest,
+    relay_admin_v1_catalog_pb2.UpdateProviderResponse,
+    admin=True,
+)
+_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS = MethodSpec(
+    "/relay.admin.v1.ModelCatalogService/ListProviderEvents",
+    relay_admin_v1_catalog_pb2.ListProviderEventsRequest,
+    relay_admin_v1_catalog_pb2.ListProviderEventsResponse,
+    admin=True,
+)
 _MODEL_CATALOG_SERVICE__UPSERT_CATALOG_MODEL = MethodSpec(
     "/relay.admin.v1.ModelCatalogService/UpsertCatalogModel",
     relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest,
@@ -112,6 +126,18 @@ _PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL = MethodSpec(
     "/relay.admin.v1.ProviderCredentialService/DisableProviderCredential",
     relay_admin_v1_credentials_pb2.DisableProviderCredentialRequest,
     relay_admin_v1_credentials_pb2.DisableProviderCredentialResponse,
+    admin=True,
+)
+_PLAN_SERVICE__LIST_PLANS = MethodSpec(
+    "/relay.admin.v1.PlanService/ListPlans",
+    relay_admin_v1_plans_pb2.ListPlansRequest,
+    relay_admin_v1_plans_pb2.ListPlansResponse,
+    admin=True,
+)
+_PLAN_SERVICE__UPDATE_PLAN = MethodSpec(
+    "/relay.admin.v1.PlanService/UpdatePlan",
+    relay_admin_v1_plans_pb2.UpdatePlanRequest,
+    relay_admin_v1_plans_pb2.UpdatePlanResponse,
     admin=True,
 )
 _ROUTING_SERVICE__LIST_VIRTUAL_MODELS = MethodSpec(
@@ -240,6 +266,12 @@ _TENANT_SERVICE__RECORD_SIGN_IN = MethodSpec(
     relay_admin_v1_tenants_pb2.RecordSignInResponse,
     admin=True,
 )
+_TENANT_SERVICE__RECORD_PASSWORD_CHANGE = MethodSpec(
+    "/relay.admin.v1.TenantService/RecordPasswordChange",
+    relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest,
+    relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse,
+    admin=True,
+)
 _TENANT_SERVICE__LIST_TENANT_FEATURES = MethodSpec(
     "/relay.admin.v1.TenantService/ListTenantFeatures",
     relay_admin_v1_tenants_pb2.ListTenantFeaturesRequest,
@@ -256,6 +288,18 @@ _TENANT_SERVICE__DELETE_FEATURE_OVERRIDE = MethodSpec(
     "/relay.admin.v1.TenantService/DeleteFeatureOverride",
     relay_admin_v1_tenants_pb2.DeleteFeatureOverrideRequest,
     relay_admin_v1_tenants_pb2.DeleteFeatureOverrideResponse,
+    admin=True,
+)
+_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS = MethodSpec(
+    "/relay.admin.v1.ThreadBrowserService/ListTenantThreads",
+    relay_admin_v1_threads_pb2.ListTenantThreadsRequest,
+    relay_admin_v1_threads_pb2.ListTenantThreadsResponse,
+    admin=True,
+)
+_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES = MethodSpec(
+    "/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages",
+    relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest,
+    relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse,
     admin=True,
 )
 _USAGE_SERVICE__QUERY_USAGE = MethodSpec(
@@ -584,6 +628,54 @@ class ModelCatalogServiceClient:
         """
         return self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDERS, request, fields, timeout, extra_metadata)
 
+    def update_provider(
+        self,
+        request: relay_admin_v1_catalog_pb2.UpdateProviderRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.UpdateProviderResponse:
+        """Change a provider's operator settings (platform operators only): name,
+        base_url, priority, region and status (active | disabled).  Only the
+        fields named in update_mask change; an empty mask changes the fields
+        given (non-empty strings, a non-zero priority).  A disabled provider is
+        not routed to; enabling it hands its status back to the health monitor.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/UpdateProvider``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
+
+    def list_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.ListProviderEventsResponse:
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``.
+        """
+        return self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, request, fields, timeout, extra_metadata)
+
+    def iter_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_catalog_pb2.ProviderEvent, relay_admin_v1_catalog_pb2.ListProviderEventsResponse]:
+        """Every ``events`` item of ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``, fetching pages lazily."""
+        return self._invoker.pager(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, "events", request, fields, timeout, extra_metadata)
+
     def upsert_catalog_model(
         self,
         request: relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest | Mapping[str, Any] | None = None,
@@ -701,6 +793,50 @@ class ProviderCredentialServiceClient:
         Unary ``/relay.admin.v1.ProviderCredentialService/DisableProviderCredential``.
         """
         return self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
+
+
+class PlanServiceClient:
+    """Sync client of ``relay.admin.v1.PlanService``.
+
+    The four plans (free, starter, pro, enterprise): their quotas, features and
+    allowed models.  Platform operators only.  Every change is audited and
+    applies on every worker at once (no restart): the next request of a tenant
+    on the plan is limited by the new quotas.
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def list_plans(
+        self,
+        request: relay_admin_v1_plans_pb2.ListPlansRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.ListPlansResponse:
+        """List every plan with its quotas, features and allowed models.
+
+        Unary ``/relay.admin.v1.PlanService/ListPlans``.
+        """
+        return self._invoker.unary(_PLAN_SERVICE__LIST_PLANS, request, fields, timeout, extra_metadata)
+
+    def update_plan(
+        self,
+        request: relay_admin_v1_plans_pb2.UpdatePlanRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
+
+        Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
+        """
+        return self._invoker.unary(_PLAN_SERVICE__UPDATE_PLAN, request, fields, timeout, extra_metadata)
 
 
 class RoutingServiceClient:
@@ -1080,6 +1216,24 @@ class TenantServiceClient:
         """
         return self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
 
+    def record_password_change(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse:
+        """Record a web console password change (a password set through an
+        invitation link, or reset through a reset link) in the audit log of
+        every tenant the email belongs to, or as a platform event when it
+        belongs to none (platform operators only).  Never the password or link.
+
+        Unary ``/relay.admin.v1.TenantService/RecordPasswordChange``.
+        """
+        return self._invoker.unary(_TENANT_SERVICE__RECORD_PASSWORD_CHANGE, request, fields, timeout, extra_metadata)
+
     def list_tenant_features(
         self,
         request: relay_admin_v1_tenants_pb2.ListTenantFeaturesRequest | Mapping[str, Any] | None = None,
@@ -1126,6 +1280,75 @@ class TenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/DeleteFeatureOverride``.
         """
         return self._invoker.unary(_TENANT_SERVICE__DELETE_FEATURE_OVERRIDE, request, fields, timeout, extra_metadata)
+
+
+class ThreadBrowserServiceClient:
+    """Sync client of ``relay.admin.v1.ThreadBrowserService``.
+
+    A read-only view of a tenant's threads for dashboard users (`threads:read`)
+    and platform operators (any tenant, named by `tenant_id`). The thread API
+    itself (relay.v1.ThreadService) is for API keys; this service lets the
+    people who run a tenant see what its keys stored. Deleted threads are not
+    listed.
+    """
+
+    def __init__(self, invoker: SyncInvoker) -> None:
+        self._invoker = invoker
+
+    def list_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadsResponse:
+        """The tenant's threads, newest first, cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``.
+        """
+        return self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_threads_pb2.TenantThread, relay_admin_v1_threads_pb2.ListTenantThreadsResponse]:
+        """Every ``threads`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, "threads", request, fields, timeout, extra_metadata)
+
+    def list_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse:
+        """Every message of one thread (tool messages included) in `seq` order,
+        cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``.
+        """
+        return self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> Pager[relay_admin_v1_threads_pb2.TenantThreadMessage, relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse]:
+        """Every ``messages`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, "messages", request, fields, timeout, extra_metadata)
 
 
 class UsageServiceClient:
@@ -1746,6 +1969,54 @@ class AsyncModelCatalogServiceClient:
         """
         return await self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDERS, request, fields, timeout, extra_metadata)
 
+    async def update_provider(
+        self,
+        request: relay_admin_v1_catalog_pb2.UpdateProviderRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.UpdateProviderResponse:
+        """Change a provider's operator settings (platform operators only): name,
+        base_url, priority, region and status (active | disabled).  Only the
+        fields named in update_mask change; an empty mask changes the fields
+        given (non-empty strings, a non-zero priority).  A disabled provider is
+        not routed to; enabling it hands its status back to the health monitor.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/UpdateProvider``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__UPDATE_PROVIDER, request, fields, timeout, extra_metadata)
+
+    async def list_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_catalog_pb2.ListProviderEventsResponse:
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
+
+        Unary ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``.
+        """
+        return await self._invoker.unary(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, request, fields, timeout, extra_metadata)
+
+    def iter_provider_events(
+        self,
+        request: relay_admin_v1_catalog_pb2.ListProviderEventsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_catalog_pb2.ProviderEvent, relay_admin_v1_catalog_pb2.ListProviderEventsResponse]:
+        """Every ``events`` item of ``/relay.admin.v1.ModelCatalogService/ListProviderEvents``, fetching pages lazily."""
+        return self._invoker.pager(_MODEL_CATALOG_SERVICE__LIST_PROVIDER_EVENTS, "events", request, fields, timeout, extra_metadata)
+
     async def upsert_catalog_model(
         self,
         request: relay_admin_v1_catalog_pb2.UpsertCatalogModelRequest | Mapping[str, Any] | None = None,
@@ -1863,6 +2134,50 @@ class AsyncProviderCredentialServiceClient:
         Unary ``/relay.admin.v1.ProviderCredentialService/DisableProviderCredential``.
         """
         return await self._invoker.unary(_PROVIDER_CREDENTIAL_SERVICE__DISABLE_PROVIDER_CREDENTIAL, request, fields, timeout, extra_metadata)
+
+
+class AsyncPlanServiceClient:
+    """Async (grpc.aio) client of ``relay.admin.v1.PlanService``.
+
+    The four plans (free, starter, pro, enterprise): their quotas, features and
+    allowed models.  Platform operators only.  Every change is audited and
+    applies on every worker at once (no restart): the next request of a tenant
+    on the plan is limited by the new quotas.
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def list_plans(
+        self,
+        request: relay_admin_v1_plans_pb2.ListPlansRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.ListPlansResponse:
+        """List every plan with its quotas, features and allowed models.
+
+        Unary ``/relay.admin.v1.PlanService/ListPlans``.
+        """
+        return await self._invoker.unary(_PLAN_SERVICE__LIST_PLANS, request, fields, timeout, extra_metadata)
+
+    async def update_plan(
+        self,
+        request: relay_admin_v1_plans_pb2.UpdatePlanRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_plans_pb2.UpdatePlanResponse:
+        """Set or remove quotas, set feature values and replace the allowed models
+        of one plan.
+
+        Unary ``/relay.admin.v1.PlanService/UpdatePlan``.
+        """
+        return await self._invoker.unary(_PLAN_SERVICE__UPDATE_PLAN, request, fields, timeout, extra_metadata)
 
 
 class AsyncRoutingServiceClient:
@@ -2242,6 +2557,24 @@ class AsyncTenantServiceClient:
         """
         return await self._invoker.unary(_TENANT_SERVICE__RECORD_SIGN_IN, request, fields, timeout, extra_metadata)
 
+    async def record_password_change(
+        self,
+        request: relay_admin_v1_tenants_pb2.RecordPasswordChangeRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_tenants_pb2.RecordPasswordChangeResponse:
+        """Record a web console password change (a password set through an
+        invitation link, or reset through a reset link) in the audit log of
+        every tenant the email belongs to, or as a platform event when it
+        belongs to none (platform operators only).  Never the password or link.
+
+        Unary ``/relay.admin.v1.TenantService/RecordPasswordChange``.
+        """
+        return await self._invoker.unary(_TENANT_SERVICE__RECORD_PASSWORD_CHANGE, request, fields, timeout, extra_metadata)
+
     async def list_tenant_features(
         self,
         request: relay_admin_v1_tenants_pb2.ListTenantFeaturesRequest | Mapping[str, Any] | None = None,
@@ -2288,6 +2621,75 @@ class AsyncTenantServiceClient:
         Unary ``/relay.admin.v1.TenantService/DeleteFeatureOverride``.
         """
         return await self._invoker.unary(_TENANT_SERVICE__DELETE_FEATURE_OVERRIDE, request, fields, timeout, extra_metadata)
+
+
+class AsyncThreadBrowserServiceClient:
+    """Async (grpc.aio) client of ``relay.admin.v1.ThreadBrowserService``.
+
+    A read-only view of a tenant's threads for dashboard users (`threads:read`)
+    and platform operators (any tenant, named by `tenant_id`). The thread API
+    itself (relay.v1.ThreadService) is for API keys; this service lets the
+    people who run a tenant see what its keys stored. Deleted threads are not
+    listed.
+    """
+
+    def __init__(self, invoker: AsyncInvoker) -> None:
+        self._invoker = invoker
+
+    async def list_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadsResponse:
+        """The tenant's threads, newest first, cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``.
+        """
+        return await self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_threads(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadsRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_threads_pb2.TenantThread, relay_admin_v1_threads_pb2.ListTenantThreadsResponse]:
+        """Every ``threads`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreads``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREADS, "threads", request, fields, timeout, extra_metadata)
+
+    async def list_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse:
+        """Every message of one thread (tool messages included) in `seq` order,
+        cursor-paginated.
+
+        Unary ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``.
+        """
+        return await self._invoker.unary(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, request, fields, timeout, extra_metadata)
+
+    def iter_tenant_thread_messages(
+        self,
+        request: relay_admin_v1_threads_pb2.ListTenantThreadMessagesRequest | Mapping[str, Any] | None = None,
+        /,
+        *,
+        timeout: float | None = None,
+        extra_metadata: Metadata | None = None,
+        **fields: Any,
+    ) -> AsyncPager[relay_admin_v1_threads_pb2.TenantThreadMessage, relay_admin_v1_threads_pb2.ListTenantThreadMessagesResponse]:
+        """Every ``messages`` item of ``/relay.admin.v1.ThreadBrowserService/ListTenantThreadMessages``, fetching pages lazily."""
+        return self._invoker.pager(_THREAD_BROWSER_SERVICE__LIST_TENANT_THREAD_MESSAGES, "messages", request, fields, timeout, extra_metadata)
 
 
 class AsyncUsageServiceClient:
@@ -2711,8 +3113,10 @@ class SyncServices:
     audit_log: AuditLogServiceClient
     model_catalog: ModelCatalogServiceClient
     provider_credentials: ProviderCredentialServiceClient
+    plans: PlanServiceClient
     routing: RoutingServiceClient
     tenants: TenantServiceClient
+    thread_browser: ThreadBrowserServiceClient
     usage: UsageServiceClient
     health: HealthServiceClient
     inference: InferenceServiceClient
@@ -2724,8 +3128,10 @@ class SyncServices:
         self.audit_log = AuditLogServiceClient(invoker)
         self.model_catalog = ModelCatalogServiceClient(invoker)
         self.provider_credentials = ProviderCredentialServiceClient(invoker)
+        self.plans = PlanServiceClient(invoker)
         self.routing = RoutingServiceClient(invoker)
         self.tenants = TenantServiceClient(invoker)
+        self.thread_browser = ThreadBrowserServiceClient(invoker)
         self.usage = UsageServiceClient(invoker)
         self.health = HealthServiceClient(invoker)
         self.inference = InferenceServiceClient(invoker)
@@ -2740,8 +3146,10 @@ class AsyncServices:
     audit_log: AsyncAuditLogServiceClient
     model_catalog: AsyncModelCatalogServiceClient
     provider_credentials: AsyncProviderCredentialServiceClient
+    plans: AsyncPlanServiceClient
     routing: AsyncRoutingServiceClient
     tenants: AsyncTenantServiceClient
+    thread_browser: AsyncThreadBrowserServiceClient
     usage: AsyncUsageServiceClient
     health: AsyncHealthServiceClient
     inference: AsyncInferenceServiceClient
@@ -2753,8 +3161,10 @@ class AsyncServices:
         self.audit_log = AsyncAuditLogServiceClient(invoker)
         self.model_catalog = AsyncModelCatalogServiceClient(invoker)
         self.provider_credentials = AsyncProviderCredentialServiceClient(invoker)
+        self.plans = AsyncPlanServiceClient(invoker)
         self.routing = AsyncRoutingServiceClient(invoker)
         self.tenants = AsyncTenantServiceClient(invoker)
+        self.thread_browser = AsyncThreadBrowserServiceClient(invoker)
         self.usage = AsyncUsageServiceClient(invoker)
         self.health = AsyncHealthServiceClient(invoker)
         self.inference = AsyncInferenceServiceClient(invoker)
@@ -2768,8 +3178,10 @@ SERVICE_ATTRIBUTES: dict[str, str] = {
     "relay.admin.v1.AuditLogService": "audit_log",
     "relay.admin.v1.ModelCatalogService": "model_catalog",
     "relay.admin.v1.ProviderCredentialService": "provider_credentials",
+    "relay.admin.v1.PlanService": "plans",
     "relay.admin.v1.RoutingService": "routing",
     "relay.admin.v1.TenantService": "tenants",
+    "relay.admin.v1.ThreadBrowserService": "thread_browser",
     "relay.admin.v1.UsageService": "usage",
     "relay.v1.HealthService": "health",
     "relay.v1.InferenceService": "inference",

@@ -53,6 +53,7 @@ class ApiKeyServicer(api_keys_pb2_grpc.ApiKeyServiceServicer):
                 spend_cap_amount=key.spend_cap.amount_usd,
                 spend_cap_window=m.spend_window_name(key.spend_cap.window),
                 expires_at=from_timestamp(key, "expire_time"),
+                parent_key_id=request.parent_key_id,
             )
             row, secret = await self._keys.create(call, request.tenant_id, spec)
             return api_keys_pb2.CreateApiKeyResponse(api_key=m.key_message(row), secret=secret)

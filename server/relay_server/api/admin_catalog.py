@@ -1,6 +1,8 @@
 """relay.admin.v1.ModelCatalogService: proto <-> ``catalog.admin.CatalogAdmin``.
 
 REST through Envoy: ``GET /v1/catalog/models``, ``GET /v1/catalog/providers``,
+``PATCH /v1/catalog/providers/{id}`` (``catalog.provider_admin.ProviderAdmin``),
+``GET /v1/catalog/provider-events``,
 ``PUT /v1/catalog/models/{relay_name}`` and ``DELETE /v1/catalog/models/{relay_name}``.
 """
 
@@ -10,9 +12,12 @@ from typing import Any
 
 from relay_proto.relay.admin.v1 import catalog_pb2, catalog_pb2_grpc
 from relay_server.api.admin_principal import AdminAuthenticator
-from relay_server.api.admin_support import handle
+from relay_server.api.admin_support import decode_cursor, from_timestamp, handle, limit, paged, timestamp
 from relay_server.api.pagination import page
 from relay_server.catalog.admin import CatalogAdmin, ModelDraft, ModelRecord, ProviderState, RouteSpec, parse_price
+from relay_server.catalog.provider_admin import ProviderAdmin
+from relay_server.catalog.provider_events import ProviderEventReader
+from relay_server.domain.provider_events import ProviderEventRow
 from relay_server.tenancy.calls import Call
 
 
@@ -59,6 +64,14 @@ def provider_message(state: ProviderState) -> catalog_pb2.Provider:
     )  # fmt: skip
 
 
+def event_message(row: ProviderEventRow) -> catalog_pb2.ProviderEvent:
+    return catalog_pb2.ProviderEvent(
+        id=row.id, provider_id=row.provider_id, kind=row.kind, status=row.status or "", message=row.message or "",
+        error_rate="" if row.error_rate is None else format(row.error_rate, "g"), p95_ms=row.p95_ms or 0,
+        create_time=timestamp(row.created_at),
+    )  # fmt: skip
+
+
 def draft(model: catalog_pb2.CatalogModel) -> ModelDraft:
     """The message as a draft: absent (empty / 0) optional fields become None."""
     return ModelDraft(
@@ -91,10 +104,22 @@ def draft(model: catalog_pb2.CatalogModel) -> ModelDraft:
     )  # fmt: skip
 
 
+def provider_mask(provider: catalog_pb2.Provider, paths: list[str]) -> list[str]:
+    """The update mask, or (none given) the fields the message sets: non-empty strings, a non-zero priority."""
+    if paths:
+        return paths
+    given = [f for f in ("name", "base_url", "region", "status") if getattr(provider, f).strip()]
+    return given + (["priority"] if provider.priority else [])
+
+
 class ModelCatalogServicer(catalog_pb2_grpc.ModelCatalogServiceServicer):
-    def __init__(self, auth: AdminAuthenticator, admin: CatalogAdmin) -> None:
+    def __init__(
+        self, auth: AdminAuthenticator, admin: CatalogAdmin, providers: ProviderAdmin, events: ProviderEventReader
+    ) -> None:
         self._auth = auth
         self._admin = admin
+        self._providers = providers
+        self._events = events
 
     async def ListCatalogModels(self, request, context):  # noqa: N802 (gRPC naming)
         async def run(call: Call) -> catalog_pb2.ListCatalogModelsResponse:
@@ -107,6 +132,28 @@ class ModelCatalogServicer(catalog_pb2_grpc.ModelCatalogServiceServicer):
     async def ListProviders(self, request, context):  # noqa: N802
         async def run(call: Call) -> catalog_pb2.ListProvidersResponse:
             return catalog_pb2.ListProvidersResponse(providers=[provider_message(p) for p in await self._admin.list_providers(call)])
+
+        return await handle(context, self._auth, run)
+
+    async def UpdateProvider(self, request, context):  # noqa: N802
+        p = request.provider
+
+        async def run(call: Call) -> catalog_pb2.UpdateProviderResponse:
+            values = {"name": p.name, "base_url": p.base_url, "priority": p.priority, "region": p.region, "status": p.status}
+            row = await self._providers.update(call, p.id, values, provider_mask(p, list(request.update_mask.paths)))
+            return catalog_pb2.UpdateProviderResponse(provider=provider_message(await self._admin.provider_state(row)))
+
+        return await handle(context, self._auth, run, idempotency_key=request.request_id)
+
+    async def ListProviderEvents(self, request, context):  # noqa: N802
+        async def run(call: Call) -> catalog_pb2.ListProviderEventsResponse:
+            rows = await self._events.events(
+                call, provider_id=request.provider_id, kind=request.kind, since=from_timestamp(request, "start_time"),
+                until=from_timestamp(request, "end_time"), after=decode_cursor(request.page_token),
+                limit=limit(request.page_size),
+            )  # fmt: skip
+            rows, token = paged(rows, request.page_size, lambda r: (r.created_at, r.id))
+            return catalog_pb2.ListProviderEventsResponse(events=[event_message(r) for r in rows], next_page_token=token)
 
         return await handle(context, self._auth, run)
 

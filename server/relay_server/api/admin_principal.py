@@ -2,7 +2,12 @@
 
 Three kinds of caller, told apart by the bearer token:
 
-* the platform operator token (``admin_token``): every tenant;
+* the platform operator token (``admin_token``): every tenant; with an
+  ``x-relay-acting-operator`` value (the web console's operator account, an
+  email) its calls are audited as that operator instead of the bare token.
+  The value is trusted only alongside the admin token, whose holder may act
+  as any operator anyway; with any other credential it is refused (403), so
+  a forged one can never dress a tenant's call up as an operator's;
 * a management API key (``rly_…``, scope ``management``): child keys of its
   own tenant, nothing else; an inference key is refused here;
 * a dashboard JWT (HS256, ``jwt_secret``): a user of one tenant, with the
@@ -18,12 +23,14 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Protocol
 
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.pipeline.steps.authenticate import Authenticator, bearer_token
 from relay_server.tenancy import tokens
-from relay_server.tenancy.rbac import MANAGEMENT_KEY_PERMISSIONS, PLATFORM, AdminPrincipal
+from relay_server.tenancy.rbac import ACTING_OPERATOR_HEADER, MANAGEMENT_KEY_PERMISSIONS, PLATFORM, AdminPrincipal
+from relay_server.tenancy.tenants import EMAIL_PATTERN
 
 __all__ = ["AdminAuthenticator", "AdminPrincipal"]
 
@@ -57,17 +64,33 @@ class AdminAuthenticator:
         # An unset admin token disables operator access instead of accepting "".
         return bool(self._token) and hmac.compare_digest(token.encode(), self._token)
 
+    def _platform(self, metadata: Mapping[str, str]) -> AdminPrincipal:
+        """The platform principal, as the acting console operator when the call names one."""
+        acting = metadata.get(ACTING_OPERATOR_HEADER, "").strip().lower()
+        if not acting:
+            return PLATFORM
+        if len(acting) > 320 or not EMAIL_PATTERN.match(acting):
+            raise RelayError(ErrorKind.BAD_REQUEST, f"{ACTING_OPERATOR_HEADER} must be an operator's email.")
+        return replace(PLATFORM, actor_id=acting)
+
+    def _refuse_acting_operator(self, metadata: Mapping[str, str]) -> None:
+        if ACTING_OPERATOR_HEADER in metadata:
+            raise RelayError(
+                ErrorKind.PERMISSION_DENIED, f"{ACTING_OPERATOR_HEADER} is accepted only with the platform admin token."
+            )
+
     def authenticate(self, metadata: Mapping[str, str]) -> AdminPrincipal:
         """Platform operators only (the catalog and other operator-only services)."""
         if self._is_operator(bearer_token(metadata)):
-            return PLATFORM
+            return self._platform(metadata)
         raise RelayError(ErrorKind.INVALID_API_KEY, "The admin credential is not valid.")
 
     async def resolve(self, metadata: Mapping[str, str]) -> AdminPrincipal:
         """Any admin principal: operator, management key or dashboard user."""
         token = bearer_token(metadata)
         if self._is_operator(token):
-            return PLATFORM
+            return self._platform(metadata)
+        self._refuse_acting_operator(metadata)
         if token.startswith("rly_") and self._keys is not None:
             principal = await self._keys.authenticate(metadata)
             if principal.scope != "management":

@@ -1,5 +1,5 @@
 """Registers the tenancy admin services (TenantService, ApiKeyService,
-AuditLogService) on a server; ``relay_server.app`` calls ``register_admin_services``."""
+AuditLogService, ThreadBrowserService) on a server; ``relay_server.app`` calls ``register_admin_services``."""
 
 from __future__ import annotations
 
@@ -14,17 +14,20 @@ from relay_proto.relay.admin.v1 import (
     audit_pb2_grpc,
     tenants_pb2,
     tenants_pb2_grpc,
+    threads_pb2,
 )
 from relay_server.api.admin_api_keys import ApiKeyServicer
 from relay_server.api.admin_audit import AuditLogServicer
 from relay_server.api.admin_principal import AdminAuthenticator
 from relay_server.api.admin_support import parse_proxies
 from relay_server.api.admin_tenants import TenantServicer
+from relay_server.api.admin_threads import register_thread_browser
 
 SERVICES = (
     tenants_pb2.DESCRIPTOR.services_by_name["TenantService"].full_name,
     api_keys_pb2.DESCRIPTOR.services_by_name["ApiKeyService"].full_name,
     audit_pb2.DESCRIPTOR.services_by_name["AuditLogService"].full_name,
+    threads_pb2.DESCRIPTOR.services_by_name["ThreadBrowserService"].full_name,
 )
 
 
@@ -41,7 +44,7 @@ def admin_authenticator(app: Any) -> AdminAuthenticator:
 
 
 def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
-    """Add the three services; returns their fully-qualified names (for reflection and health)."""
+    """Add the four services; returns their fully-qualified names (for reflection and health)."""
     tenancy = app.tenancy
     auth = admin_authenticator(app)
     tenants_pb2_grpc.add_TenantServiceServicer_to_server(
@@ -50,4 +53,5 @@ def register_admin_services(server: grpc.aio.Server, app: Any) -> list[str]:
     )
     api_keys_pb2_grpc.add_ApiKeyServiceServicer_to_server(ApiKeyServicer(auth, tenancy.keys), server)
     audit_pb2_grpc.add_AuditLogServiceServicer_to_server(AuditLogServicer(auth, tenancy.audit), server)
+    register_thread_browser(server, auth, tenancy.thread_browser)
     return list(SERVICES)

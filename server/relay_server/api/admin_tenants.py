@@ -166,6 +166,13 @@ class TenantServicer(tenants_pb2_grpc.TenantServiceServicer):
 
         return await handle(context, self._auth, run)
 
+    async def RecordPasswordChange(self, request, context):  # noqa: N802
+        async def run(call: Call) -> pb.RecordPasswordChangeResponse:
+            count = await self._accounts.record_password_change(call, request.email, request.change, request.ip_address)
+            return pb.RecordPasswordChangeResponse(event_count=count)
+
+        return await handle(context, self._auth, run)
+
     async def ListTenantFeatures(self, request, context):  # noqa: N802
         async def run(call: Call) -> pb.ListTenantFeaturesResponse:
             states = await self._settings.features(call, request.tenant_id)

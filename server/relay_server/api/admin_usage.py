@@ -299,11 +299,26 @@ def _record(r: dict[str, Any]) -> usage_pb2.RequestRecord:
         usage_source=str(metadata.get("usage_source") or "") if isinstance(metadata, dict) else "",
         door=r.get("door") or "",
         cache_kind=r.get("cache_kind") or "",
+        guardrails=_guardrails(r.get("guardrails")),
     )
     created = _ts(r["created_at"])
     if created is not None:
         record.create_time.CopyFrom(created)
     return record
+
+
+def _guardrails(entries: Any) -> list[usage_pb2.GuardrailDecision]:
+    """The request log's ``guardrails`` entries (NULL: no decision); a malformed entry is skipped, not fatal."""
+    if not isinstance(entries, list):
+        return []
+    return [
+        usage_pb2.GuardrailDecision(
+            guardrail=str(e.get("guardrail") or ""), stage=str(e.get("stage") or ""),
+            action=str(e.get("action") or ""), count=int(e.get("count") or 0),
+        )
+        for e in entries
+        if isinstance(e, dict)
+    ]
 
 
 def _period(p: dict[str, Any]) -> usage_pb2.BillingPeriod:

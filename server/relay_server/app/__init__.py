@@ -32,6 +32,7 @@ from relay_proto.relay.v1 import (
 )
 from relay_server.api.admin_catalog import ModelCatalogServicer
 from relay_server.api.admin_credentials import register_credential_service
+from relay_server.api.admin_plans import register_plan_service
 from relay_server.api.admin_registry import admin_authenticator, register_admin_services
 from relay_server.api.admin_routing import register_routing_service
 from relay_server.api.admin_usage import register_usage_service
@@ -52,6 +53,8 @@ from relay_server.app.silos import build_data_plane
 from relay_server.app.tenancy import Tenancy, build_tenancy
 from relay_server.app.threads import Conversations, build_conversations
 from relay_server.catalog.admin import CatalogAdmin
+from relay_server.catalog.provider_admin import ProviderAdmin
+from relay_server.catalog.provider_events import ProviderEventReader
 from relay_server.catalog.routing_admin import RoutingAdmin
 from relay_server.catalog.sync import CatalogSync
 from relay_server.observability.admin_spans import admin_interceptors
@@ -77,6 +80,7 @@ from relay_server.storage.postgres.silos import DataPlane
 from relay_server.storage.redis.client import create_redis, create_subscriber
 from relay_server.storage.redis.cluster_wire import create_wire
 from relay_server.storage.redis.wire import Wire
+from relay_server.tenancy.plan_admin import PlanAdmin
 from relay_server.workers.runner import Periodic
 
 log = logging.getLogger(__name__)
@@ -206,7 +210,7 @@ def start_observability(app: App) -> None:
         health=app.routing.health, provider_ids=lambda: [p.id for p in app.routing.directory.routable_providers()],
         policy_caches=app.tenancy.invalidator.caches,
     )  # fmt: skip
-    app.observability.start(sources, PostgresProviderStore(app.db))
+    app.observability.start(sources, PostgresProviderStore(app.db), app.routing.events)
 
 
 def add_services(server: grpc.aio.Server, app: App) -> list[str]:
@@ -227,7 +231,10 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
         )
     catalog_admin = CatalogAdmin(app.db, app.catalog_sync, app.routing.health)
     catalog_pb2_grpc.add_ModelCatalogServiceServicer_to_server(
-        ModelCatalogServicer(admin_authenticator(app), catalog_admin), server
+        ModelCatalogServicer(
+            admin_authenticator(app), catalog_admin, ProviderAdmin(app.db, app.catalog_sync), ProviderEventReader(app.db)
+        ),
+        server,
     )
     names = [
         _service_name(openai_service_pb2, "OpenAIService"),
@@ -238,6 +245,7 @@ def add_services(server: grpc.aio.Server, app: App) -> list[str]:
     if app.responses is not None:
         names.append(_service_name(responses_pb2, "ResponsesService"))
     names.append(register_routing_service(server, admin_authenticator(app), RoutingAdmin(app.db, app.catalog_sync)))
+    names.append(register_plan_service(server, admin_authenticator(app), PlanAdmin(app.db, app.tenancy.invalidator)))
     names.extend(register_admin_services(server, app))
     names.append(register_usage_service(server, app))
     names.append(register_credential_service(server, app))

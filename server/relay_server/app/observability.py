@@ -21,6 +21,7 @@ from relay_server.observability.anomaly import AnomalyDetector, AnomalyWatcher, 
 from relay_server.observability.exposition import MetricsServer, is_multiprocess, merged_registry
 from relay_server.observability.metrics import RelayMetrics
 from relay_server.observability.process_metrics import add_runtime_collectors
+from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.observability.recorder import ObservingRecorder
 from relay_server.observability.sampler import Sampler, Sources
 from relay_server.observability.tracing import Tracing, build_tracing
@@ -42,10 +43,10 @@ class Observability:
     def recorder(self, inner: RequestRecorder) -> ObservingRecorder:
         return ObservingRecorder(inner, self.metrics)
 
-    def start(self, sources: Sources, statuses: StatusStore | None = None) -> None:
+    def start(self, sources: Sources, statuses: StatusStore | None = None, events: ProviderEventLog | None = None) -> None:
         """Start sampling (and serving /metrics, unless a supervisor does it for this worker)."""
         settings = self.settings
-        self.sampler = Sampler(self.metrics, sources, AnomalyWatcher(self.detector, statuses, self.metrics))
+        self.sampler = Sampler(self.metrics, sources, AnomalyWatcher(self.detector, statuses, self.metrics, events))
         self._task = asyncio.get_running_loop().create_task(self.sampler.run(settings.metrics_sample_s), name="metrics-sampler")
         if settings.metrics_port:
             registry = merged_registry() if is_multiprocess() else self.registry

@@ -2,20 +2,23 @@
 
 ``relay_server.app`` calls ``build_routing`` once: it opens the shared outbound HTTP
 client, loads the provider directory, and returns the live ``Router`` plus
-the credential vault the admin API uses; the health monitor and (when the
-keyring holds retired master keys) the re-wrap job are registered on the
-process's ``BackgroundRunner``.  ``stop`` closes what ``build_routing`` opened.
+the credential vault the admin API uses; the health monitor, the provider
+event log's flush loop and retention sweep, and (when the keyring holds
+retired master keys) the re-wrap job are registered on the process's
+``BackgroundRunner``.  ``stop`` closes what ``build_routing`` opened.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from redis.asyncio import Redis
 
 from relay_server.crypto.keyring import Keyring
 from relay_server.observability.anomaly import AnomalyAwareStatuses, AnomalyDetector
+from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.pipeline.routing.candidates import CandidatePlanner, OutboundGuard
 from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.credential_cache import CredentialCache
@@ -29,6 +32,7 @@ from relay_server.providers.upstream_http import UpstreamHttp, build_upstream_ht
 from relay_server.settings import Settings
 from relay_server.storage.postgres.credentials import PostgresCredentialSource
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.provider_events import PostgresProviderEvents
 from relay_server.storage.postgres.providers import PostgresProviderStore
 from relay_server.storage.postgres.virtual_models import PostgresVirtualModelStore
 from relay_server.storage.redis.health import RedisHealthStore
@@ -53,9 +57,11 @@ class Routing:
     keyring: Keyring | None
     virtual: VirtualModels
     latency: RouteLatency
+    events: ProviderEventLog
 
     async def stop(self) -> None:
         await self.health.close()  # the attempt samples still buffered
+        await self.events.close()  # and the provider events
         await self.latency.close()
         await self.virtual.stop()
         await self.directory.stop()
@@ -89,9 +95,12 @@ async def build_routing(
     latency = RouteLatency(RedisRouteLatency(redis) if redis is not None else None)
     source = PostgresCredentialSource(db)
     credentials = CredentialCache(source.routable, ttl_s=settings.credential_cache_ttl_s)
+    event_store = PostgresProviderEvents(db)
+    events = ProviderEventLog(event_store)
     health = HealthTracker(
         RedisHealthStore(redis) if redis is not None else None,
         CircuitPolicy(settings.circuit_failure_threshold, settings.circuit_cooldown_s),
+        events=events,
     )
     planner = CandidatePlanner(
         catalog, directory, credentials, health,
@@ -106,11 +115,18 @@ async def build_routing(
     statuses = PostgresProviderStore(db)
     monitor = HealthMonitor(
         directory, health, statuses if anomalies is None else AnomalyAwareStatuses(statuses, anomalies),
-        source.pooled, keyring, interval_s=settings.health_probe_interval_s,
+        source.pooled, keyring, interval_s=settings.health_probe_interval_s, events=events,
     )  # fmt: skip
     if runner is not None:
+        runner.add_loop("provider-events", events.run)
+        retention = timedelta(days=settings.provider_events_retention_days)
+
+        async def purge_events() -> int:
+            return await event_store.purge(datetime.now(UTC) - retention)
+
+        runner.add_periodic(Periodic("provider-events-retention", 3600.0, purge_events))
         if settings.health_monitor:
             runner.add_periodic(Periodic("provider-health", settings.health_probe_interval_s, monitor.tick))
         if keyring is not None and keyring.retired_ids:
             runner.add_loop("credential-rotation", lambda: rotate_in_background(db, keyring))
-    return Routing(router, vault, client, directory, credentials, health, monitor, keyring, virtual, latency)
+    return Routing(router, vault, client, directory, credentials, health, monitor, keyring, virtual, latency, events)

@@ -34,6 +34,7 @@ from relay_server.tenancy.placement import PlacementReader
 from relay_server.tenancy.policy_bus import LEGACY_PURGE_JOB, PURGE_JOB, PolicyBus
 from relay_server.tenancy.tenant_settings import TenantSettingsAdmin
 from relay_server.tenancy.tenants import PROVISION_JOB, TenantAdmin
+from relay_server.tenancy.thread_browser import ThreadBrowser
 from relay_server.tenancy.usage import UsageReports
 from relay_server.tenancy.webhook_test import WebhookTester
 from relay_server.workers.lifecycle import LifecycleJobs
@@ -58,6 +59,7 @@ class Tenancy:
     accounts: AccountAdmin
     webhook_test: WebhookTester
     tenant_settings: TenantSettingsAdmin
+    thread_browser: ThreadBrowser
     lifecycle_jobs: LifecycleJobs
     runner: BackgroundRunner
 
@@ -142,6 +144,7 @@ def build_tenancy(
         accounts=AccountAdmin(db),
         webhook_test=WebhookTester(db),
         tenant_settings=TenantSettingsAdmin(db, invalidator, model_exists=model_exists),
+        thread_browser=ThreadBrowser(db),
         lifecycle_jobs=lifecycle_jobs,
         runner=runner,
     )

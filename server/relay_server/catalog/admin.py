@@ -169,6 +169,11 @@ class CatalogAdmin:
             out.append(ProviderState(row, circuit, state.failures, await self._health.window(row.id)))
         return out
 
+    async def provider_state(self, row: ProviderRow) -> ProviderState:
+        """One provider as ``list_providers`` shows it."""
+        circuit, state = (await self._health.circuits([row.id]))[row.id]
+        return ProviderState(row, circuit, state.failures, await self._health.window(row.id))
+
     async def upsert(self, call: Call, draft: ModelDraft, mask: Iterable[str] = ()) -> tuple[ModelRecord, bool]:
         """Create or update; returns the stored model and whether it was created."""
         call.principal.require_platform("change the model catalog")

@@ -20,6 +20,7 @@ from relay_server.dashboard import (
     request_pages,
     settings_pages,
     tenant_pages,
+    thread_pages,
 )
 from relay_server.dashboard.accounts import Accounts, open_pool
 from relay_server.dashboard.middleware import session_middleware
@@ -47,6 +48,7 @@ def build_app(dsn: str, api_config: ApiConfig) -> web.Application:
     app.add_routes(tenant_pages.routes)
     app.add_routes(operator_pages.routes)
     app.add_routes(request_pages.routes)
+    app.add_routes(thread_pages.routes)
     app.add_routes(billing_pages.routes)
     app.add_routes(member_pages.routes)
     app.add_routes(audit_pages.routes)

@@ -111,9 +111,11 @@ async def _set_password_page(request: web.Request, kind: str, title: str) -> web
         problem = "The two passwords differ."
     if problem:
         return render_presign(request, "set_password.html", 400, title=title, token=token, email=email, error=problem)
-    if await accounts.redeem_token(kind, token, password) is None:
+    redeemed = await accounts.redeem_token(kind, token, password)
+    if redeemed is None:
         return render_presign(request, "set_password.html", 410, title=title, token="", email="",
                               error="This link was used already.")
+    await request.app[API].record_password_change(redeemed, "set" if kind == "invitation" else "reset", client_ip(request))
     raise see_other(f"{BASE}/signin")
 
 

@@ -1,17 +1,22 @@
 """Operator pages about the platform itself: providers and their routes with live health and
-circuit state (``ListProviders``, ``ListCatalogModels``), the model catalog with prices, and
-noisy-neighbour events across tenants (``ListAuditEvents`` with ``all_tenants``).
+circuit state (``ListProviders``, ``ListCatalogModels``), each provider's health events
+(``ListProviderEvents``: circuit transitions, failure bursts, anomalies, status changes), the
+model catalog with prices, and noisy-neighbour events across tenants (``ListAuditEvents`` with
+``all_tenants``).
 
 Read-only: changing the catalog stays with the API and the CLI, where it is reviewed.
-Calls carry the platform admin token held by this process; only operators get here.
+Calls carry the platform admin token held by this process, as the signed-in operator; only
+operators get here.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
+from google.protobuf import timestamp_pb2
 
 from relay_server.dashboard.audit_pages import _details
 from relay_server.dashboard.operator_pages import _require_operator
@@ -24,14 +29,19 @@ CATALOG_PAGE = 100
 HEALTH_REFRESH_MS = 15_000
 # The events an operator watches; the first is the default.
 EVENT_ACTIONS = ("tenant.rate_limits_tightened", "tenant.status_changed", "dashboard.sign_in_locked")
+PROVIDER_EVENT_KINDS = {
+    "circuit_opened": "circuit opened", "circuit_half_open": "circuit half-open", "circuit_closed": "circuit closed",
+    "failure_burst": "failure burst", "anomaly": "anomaly", "status_changed": "status change",
+}  # fmt: skip
+# How far back the provider events page looks; the first is the default.  The table keeps 30 days.
+SINCE_HOURS = {"24": "last 24 hours", "1": "last hour", "168": "last 7 days", "720": "last 30 days"}
 
 
 @routes.get(f"{BASE}/operator/providers")
 async def providers(request: web.Request) -> web.StreamResponse:
     """Every provider's health now, and which models each one serves (its routes)."""
-    _require_operator(request)
+    auth = _require_operator(request)
     api = request.app[API]
-    auth = api.operator_auth()
     error, status = "", 200
     rows: list[Any] = []
     routes_of: dict[str, list[tuple[str, str, str]]] = {}
@@ -66,14 +76,14 @@ async def _every_model(client: Any, auth: dict[str, str], max_pages: int = 20) -
 
 @routes.get(f"{BASE}/operator/catalog")
 async def catalog(request: web.Request) -> web.StreamResponse:
-    _require_operator(request)
+    auth = _require_operator(request)
     api = request.app[API]
     provider = request.query.get("provider_id", "").strip()
     error, status, models, next_token = "", 200, [], ""
     try:
         reply = await api.client.model_catalog.list_catalog_models(
             page_size=CATALOG_PAGE, page_token=request.query.get("page_token", ""), provider_id=provider,
-            extra_metadata=api.operator_auth(),
+            extra_metadata=auth,
         )
         models, next_token = list(reply.models), reply.next_page_token
     except ApiError as exc:
@@ -84,7 +94,7 @@ async def catalog(request: web.Request) -> web.StreamResponse:
 
 @routes.get(f"{BASE}/operator/events")
 async def events(request: web.Request) -> web.StreamResponse:
-    _require_operator(request)
+    auth = _require_operator(request)
     api = request.app[API]
     action = request.query.get("action", EVENT_ACTIONS[0])
     if action not in EVENT_ACTIONS:
@@ -93,10 +103,36 @@ async def events(request: web.Request) -> web.StreamResponse:
     try:
         reply = await api.client.audit_log.list_audit_events(
             all_tenants=True, action=action, page_size=PAGE_SIZE, page_token=request.query.get("page_token", ""),
-            extra_metadata=api.operator_auth(),
+            extra_metadata=auth,
         )
         rows, next_token = list(reply.events), reply.next_page_token
     except ApiError as exc:
         error, status = api_error_message(exc), _status(exc)
     return render(request, "operator_events.html", status, events=rows, action=action, actions=EVENT_ACTIONS,
                   next_page_token=next_token, error=error, ts=ts, details=_details)
+
+
+@routes.get(f"{BASE}/operator/provider-events")
+async def provider_events(request: web.Request) -> web.StreamResponse:
+    """Circuit transitions, failure bursts, anomalies and status changes, newest first."""
+    auth = _require_operator(request)
+    api = request.app[API]
+    provider = request.query.get("provider_id", "").strip()
+    kind = request.query.get("kind", "")
+    kind = kind if kind in PROVIDER_EVENT_KINDS else ""
+    since = request.query.get("since", "")
+    since = since if since in SINCE_HOURS else next(iter(SINCE_HOURS))
+    start = timestamp_pb2.Timestamp()
+    start.FromDatetime(datetime.now(UTC) - timedelta(hours=int(since)))
+    error, status, rows, next_token = "", 200, [], ""
+    try:
+        reply = await api.client.model_catalog.list_provider_events(
+            provider_id=provider, kind=kind, start_time=start, page_size=PAGE_SIZE,
+            page_token=request.query.get("page_token", ""), extra_metadata=auth,
+        )
+        rows, next_token = list(reply.events), reply.next_page_token
+    except ApiError as exc:
+        error, status = api_error_message(exc), _status(exc)
+    return render(request, "operator_provider_events.html", status, events=rows, provider=provider, kind=kind,
+                  kinds=PROVIDER_EVENT_KINDS, since=since, since_choices=SINCE_HOURS, next_page_token=next_token,
+                  error=error, ts=ts)

@@ -4,7 +4,11 @@ A member's calls carry a short-lived HS256 dashboard JWT minted for this
 request from the session's membership, so the server's RBAC (token
 permissions intersected with the database's) decides every call.  An
 operator's calls carry the platform admin token, which only this process
-holds: operators sign in with their own password and never see it.
+holds (operators sign in with their own password and never see it), plus
+``x-relay-acting-operator`` with the operator's email, so the audit log
+names the person, not the token.  The console's own platform-side calls
+(memberships, sign-in and password-change records) are made for nobody in
+particular and carry the token alone.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from relay_sdk import AsyncRelay
 from relay_sdk import RelayError as ApiError
 from relay_server.dashboard.accounts import Membership
 from relay_server.tenancy import tokens
+from relay_server.tenancy.rbac import ACTING_OPERATOR_HEADER
 
 JWT_TTL_S = 300
 log = logging.getLogger("relay.dashboard")
@@ -48,8 +53,12 @@ class RelayApi:
         )
         return {"authorization": f"Bearer {token}"}
 
-    def operator_auth(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.config.admin_token}"}
+    def operator_auth(self, acting: str | None = None) -> dict[str, str]:
+        """The admin token; with ``acting``, the operator (console account email) the call is made for."""
+        auth = {"authorization": f"Bearer {self.config.admin_token}"}
+        if acting:
+            auth[ACTING_OPERATOR_HEADER] = acting
+        return auth
 
     async def memberships(self, email: str) -> list[Membership]:
         """The tenants this email is an active member of, with its role's permissions now."""
@@ -72,6 +81,16 @@ class RelayApi:
             )
         except ApiError as exc:
             log.warning("could not audit a %s sign-in: %s", outcome, exc.message)
+
+    async def record_password_change(self, email: str, change: str, ip_address: str) -> None:
+        """Audit a password set (``set``: an invitation) or reset (``reset``); like sign-ins, a failure
+        to record is logged and does not undo the change."""
+        try:
+            await self.client.tenants.record_password_change(
+                email=email, change=change, ip_address=ip_address, extra_metadata=self.operator_auth()
+            )
+        except ApiError as exc:
+            log.warning("could not audit a password %s: %s", change, exc.message)
 
     async def close(self) -> None:
         await self.client.close()

@@ -185,6 +185,42 @@ async def edit_key_limits(request: web.Request) -> web.StreamResponse:
     return await _keys_page(request, member, notice=f"Limits of “{reply.api_key.name}” saved.")
 
 
+@routes.post(r"/dashboard/keys/{key_id}/children")
+async def create_child_key(request: web.Request) -> web.StreamResponse:
+    """Mint a child of a management key; the server applies the rule for children (inference, the parent's environment)."""
+    member = _member(request)
+    form = await request.post()
+    models = [m.strip() for m in str(form.get("allowed_models", "")).split(",") if m.strip()]
+    key = api_keys_pb2.ApiKey(name=str(form.get("name", "")).strip(), allowed_models=models,
+                              end_user_id=str(form.get("end_user_id", "")).strip())
+    try:
+        key_limits(key, form)
+    except ValueError as exc:
+        return await _keys_page(request, member, 400, error=str(exc))
+    try:
+        reply = await request.app[API].client.api_keys.create_api_key(
+            api_key=key, parent_key_id=request.match_info["key_id"], **_auth(request, member)
+        )
+    except ApiError as exc:
+        return await _keys_page(request, member, _status(exc), error=api_error_message(exc))
+    return await _keys_page(request, member, 201, created={"key": reply.api_key, "secret": reply.secret,
+                                                           "verb": "created", "grace": ""})
+
+
+@routes.post(r"/dashboard/keys/{key_id}/name")
+async def rename_key(request: web.Request) -> web.StreamResponse:
+    member = _member(request)
+    form = await request.post()
+    key = api_keys_pb2.ApiKey(id=request.match_info["key_id"], name=str(form.get("name", "")).strip())
+    try:
+        reply = await request.app[API].client.api_keys.update_api_key(
+            api_key=key, update_mask=field_mask_pb2.FieldMask(paths=["name"]), **_auth(request, member)
+        )
+    except ApiError as exc:
+        return await _keys_page(request, member, _status(exc), error=api_error_message(exc))
+    return await _keys_page(request, member, notice=f"The key is now named “{reply.api_key.name}”.")
+
+
 @routes.post(r"/dashboard/keys/{key_id}/revoke")
 async def revoke_key(request: web.Request) -> web.StreamResponse:
     member = _member(request)

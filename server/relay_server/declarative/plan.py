@@ -21,9 +21,11 @@ from relay_proto.relay.admin.v1 import (
     catalog_pb2_grpc,
     credentials_pb2,
     credentials_pb2_grpc,
+    plans_pb2_grpc,
     tenants_pb2,
     tenants_pb2_grpc,
 )
+from relay_server.declarative.plan_platform import plan_changes, provider_changes
 from relay_server.declarative.spec import PRICES, Credential, Desired, Model, Tenant
 from relay_server.errors import RelayError
 from relay_server.tenancy.config_values import validate_entry
@@ -52,6 +54,7 @@ class Admin:
         self.catalog = catalog_pb2_grpc.ModelCatalogServiceStub(channel)
         self.credentials = credentials_pb2_grpc.ProviderCredentialServiceStub(channel)
         self.tenants = tenants_pb2_grpc.TenantServiceStub(channel)
+        self.plans = plans_pb2_grpc.PlanServiceStub(channel)
         self._kw: dict[str, Any] = {"metadata": (("authorization", f"Bearer {token}"),), "timeout": timeout}
 
     def __call__(self, method: Callable[..., Any], request: Any) -> Any:
@@ -68,11 +71,11 @@ class Admin:
 
 def plan(admin: Admin, desired: Desired, *, wait_timeout: float = 60.0) -> list[Change]:
     """The changes that make the server match ``desired``, in the order they must run."""
-    providers = {p.id for p in admin(admin.catalog.ListProviders, catalog_pb2.ListProvidersRequest()).providers}
-    for credential in desired.credentials:
-        if credential.provider_id not in providers:
-            raise ValueError(f"providers.{credential.provider_id}: no such provider (known: {', '.join(sorted(providers))})")
-    changes: list[Change] = []
+    providers = {p.id: p for p in admin(admin.catalog.ListProviders, catalog_pb2.ListProvidersRequest()).providers}
+    for provider_id in [c.provider_id for c in desired.credentials] + [p.provider_id for p in desired.providers]:
+        if provider_id not in providers:
+            raise ValueError(f"providers.{provider_id}: no such provider (known: {', '.join(sorted(providers))})")
+    changes: list[Change] = provider_changes(admin, desired.providers, providers, Change)
     pooled = [c for c in admin.pages(admin.credentials.ListProviderCredentials,
                                      credentials_pb2.ListProviderCredentialsRequest(page_size=100), "credentials")
               if c.status != "disabled"]  # fmt: skip
@@ -80,6 +83,7 @@ def plan(admin: Admin, desired: Desired, *, wait_timeout: float = 60.0) -> list[
     models = {m.relay_name: m for m in admin.pages(admin.catalog.ListCatalogModels,
                                                    catalog_pb2.ListCatalogModelsRequest(page_size=100), "models")}  # fmt: skip
     changes += [c for want in desired.models if (c := _model(admin, want, models.get(want.relay_name)))]
+    changes += plan_changes(admin, desired.plans, {m.relay_name: m.id for m in models.values()}, Change)
     tenants = {t.slug: t for t in admin.pages(admin.tenants.ListTenants, tenants_pb2.ListTenantsRequest(page_size=100), "tenants")
                if t.status != _DELETED}  # fmt: skip
     for want in desired.tenants:

@@ -17,6 +17,9 @@ from typing import Any
 
 import yaml
 
+from relay_server.domain.policy import PLANS as PLAN_NAMES
+from relay_server.domain.policy import RESOURCES as QUOTA_RESOURCES
+
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MODEL_FIELDS = {
     "provider": "provider_id", "provider_name": "provider_name", "display_name": "display_name", "kind": "kind",
@@ -33,6 +36,8 @@ BOOLS = {"supports_streaming", "supports_functions", "supports_vision"}
 _CREDENTIAL_KEYS = {"name", "secret", "base_url", "rpm_limit", "tpm_limit", "priority"}
 _ROUTE_KEYS = {"provider", "provider_name", "priority", "status"}
 _TENANT_KEYS = {"name", "owner_email", "plan", "metadata", "config", "features"}
+# A provider's operator settings, beside its credentials (UpdateProvider's fields).
+PROVIDER_SETTINGS = ("name", "base_url", "priority", "region", "status")
 
 
 class SpecError(ValueError):
@@ -86,10 +91,27 @@ class Tenant:
 
 
 @dataclass(frozen=True)
+class ProviderSettings:
+    provider_id: str
+    # field name → value, only the fields the file gives (the update mask).
+    values: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    name: str
+    quotas: dict[str, int | None]  # resource → limit (-1: unlimited; None: no quota)
+    features: dict[str, bool]
+    allowed_models: list[str] | None = None  # None: not managed; []: every model
+
+
+@dataclass(frozen=True)
 class Desired:
     credentials: list[Credential] = field(default_factory=list)
     models: list[Model] = field(default_factory=list)
     tenants: list[Tenant] = field(default_factory=list)
+    providers: list[ProviderSettings] = field(default_factory=list)
+    plans: list[PlanSpec] = field(default_factory=list)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -119,14 +141,19 @@ def load(path: Path, env: Mapping[str, str] | None = None) -> Desired:
 
 def parse(document: Any, env: Mapping[str, str]) -> Desired:
     root = _map(document, "the file")
-    _keys(root, {"providers", "models", "tenants"}, "the file")
+    _keys(root, {"providers", "models", "tenants", "plans"}, "the file")
     desired = Desired()
     for provider_id, provider in _map(root.get("providers") or {}, "providers").items():
         where = f"providers.{provider_id}"
-        _keys(_map(provider, where), {"credentials"}, where)
+        _keys(_map(provider, where), {"credentials", *PROVIDER_SETTINGS}, where)
         names: set[str] = set()
         for i, raw in enumerate(_list(provider.get("credentials") or [], f"{where}.credentials")):
             desired.credentials.append(_credential(str(provider_id), raw, f"{where}.credentials[{i}]", env, names))
+        settings = _provider_settings(provider, where, env)
+        if settings:
+            desired.providers.append(ProviderSettings(str(provider_id), settings))
+    for name, raw in _map(root.get("plans") or {}, "plans").items():
+        desired.plans.append(_plan(str(name), raw, env))
     for relay_name, raw in _map(root.get("models") or {}, "models").items():
         desired.models.append(_model(str(relay_name), raw, env))
     for slug, raw in _map(root.get("tenants") or {}, "tenants").items():
@@ -154,6 +181,53 @@ def _credential(provider_id: str, raw: Any, where: str, env: Mapping[str, str], 
         tpm_limit=_int(item.get("tpm_limit", 0), f"{where}.tpm_limit"),
         priority=_int(item.get("priority", 0), f"{where}.priority"),
     )  # fmt: skip
+
+
+def _provider_settings(item: dict[Any, Any], where: str, env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in PROVIDER_SETTINGS:
+        if key not in item:
+            continue
+        at = f"{where}.{key}"
+        if key == "priority":
+            values[key] = _int(item[key], at)
+        elif key == "status":
+            status = _text(item[key], at, env)
+            if status not in ("active", "disabled"):
+                raise SpecError(f"{at} must be active or disabled (got {status!r})")
+            values[key] = status
+        else:
+            values[key] = "" if item[key] is None else _text(item[key], at, env)
+    return values
+
+
+def _plan(name: str, raw: Any, env: Mapping[str, str]) -> PlanSpec:
+    where = f"plans.{name}"
+    if name not in PLAN_NAMES:
+        raise SpecError(f"{where}: unknown plan (plans: {', '.join(PLAN_NAMES)})")
+    item = _map(raw, where)
+    _keys(item, {"quotas", "features", "allowed_models"}, where)
+    quotas: dict[str, int | None] = {}
+    for resource, limit in _map(item.get("quotas") or {}, f"{where}.quotas").items():
+        at = f"{where}.quotas.{resource}"
+        if resource not in QUOTA_RESOURCES:
+            raise SpecError(f"{at}: unknown quota (quotas: {', '.join(QUOTA_RESOURCES)})")
+        if limit is None:
+            quotas[resource] = None  # no quota: the plan does not limit it
+        elif limit == "unlimited" or (limit == -1 and not isinstance(limit, bool)):
+            quotas[resource] = -1
+        else:
+            quotas[resource] = _int(limit, f"{at} (or unlimited, or null for no quota)")
+    features: dict[str, bool] = {}
+    for feature, enabled in _map(item.get("features") or {}, f"{where}.features").items():
+        if not isinstance(enabled, bool):
+            raise SpecError(f"{where}.features.{feature} must be true or false")
+        features[str(feature)] = enabled
+    models = None
+    if "allowed_models" in item:
+        at = f"{where}.allowed_models"
+        models = sorted({_text(m, at, env) for m in _list(item["allowed_models"] or [], at)})
+    return PlanSpec(name, quotas, features, models)
 
 
 def _model(relay_name: str, raw: Any, env: Mapping[str, str]) -> Model:

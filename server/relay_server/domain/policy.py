@@ -11,7 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+# Each resource has one window.
 RESOURCES: dict[str, str] = {"rpm": "per_minute", "tpm": "per_minute", "requests_per_day": "per_day"}
+# The plans: a fixed set (the CHECK constraints of tenants.plan and the plan tables).
+PLANS = ("free", "starter", "pro", "enterprise")
 # Short names accepted in api_keys.rate_limit_overrides.
 _KEY_OVERRIDE_NAMES = {"rpm": "rpm", "tpm": "tpm", "rpd": "requests_per_day", "requests_per_day": "requests_per_day"}
 

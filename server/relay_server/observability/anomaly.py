@@ -16,7 +16,8 @@ perfectly flat baseline does not turn noise into an incident, and a window
 needs ``min_samples`` attempts to count at all.
 
 This module only detects; ``AnomalyWatcher`` turns a starting anomaly into a
-metric, a log line and a ``provider_health_events`` row (through the health
+metric, a log line, an ``anomaly`` provider event (through the buffered
+``ProviderEventLog``) and a status change to degraded (through the health
 monitor's ``StatusStore``), and ``AnomalyAwareStatuses`` lets the monitor's own
 verdicts respect an anomaly that is still active.
 """
@@ -30,6 +31,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
+
+from relay_server.observability.provider_events import ProviderEventLog
 
 log = logging.getLogger(__name__)
 
@@ -205,8 +208,12 @@ class AnomalyAwareStatuses:
 class AnomalyWatcher:
     """Checks the detector; a starting anomaly is counted, logged and recorded as a health event."""
 
-    def __init__(self, detector: AnomalyDetector, statuses: StatusStore | None, metrics: Any = None) -> None:
+    def __init__(
+        self, detector: AnomalyDetector, statuses: StatusStore | None, metrics: Any = None,
+        events: ProviderEventLog | None = None,
+    ) -> None:  # fmt: skip
         self._detector = detector
+        self._events = events
         self._statuses = statuses
         self._metrics = metrics
         self._active: set[tuple[str, Signal]] = set()
@@ -234,6 +241,11 @@ class AnomalyWatcher:
         return started
 
     async def _record(self, anomaly: Anomaly) -> None:
+        if self._events is not None:
+            # Each worker detects on its own traffic: the event store keeps one row per provider and signal.
+            self._events.note(
+                anomaly.provider_id, "anomaly", anomaly.message, error_rate=anomaly.error_rate, signal=anomaly.signal
+            )
         if self._statuses is None:
             return
         try:

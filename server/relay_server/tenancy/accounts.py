@@ -1,10 +1,11 @@
 """The web console's platform-side needs: which tenants an email belongs to,
-and a record of every sign-in attempt in those tenants' audit logs.
+and a record of every sign-in attempt and password change in those tenants'
+audit logs.
 
 Both cross tenants, so both are for platform operators only (the console
 holds the admin token; no tenant credential can ask about another email).
-A sign-in is audited as the member who signed in (actor ``user``), in every
-tenant that member belongs to, so each tenant's owners see attempts on
+A sign-in or a password change is audited as the member concerned (actor
+``user``), in every tenant that member belongs to, so each tenant's owners see attempts on
 their people; an email that belongs to no tenant (an operator, a typo, a
 guess) is recorded once as a platform event.
 """
@@ -21,6 +22,8 @@ from relay_server.tenancy.calls import Call
 from relay_server.tenancy.tenants import EMAIL_PATTERN
 
 SIGN_IN_OUTCOMES = ("succeeded", "failed", "locked")
+# How a console password changed: set through an invitation link, or reset through a reset link.
+PASSWORD_CHANGES = {"set": "dashboard.password_set", "reset": "dashboard.password_reset"}
 _MAX_EMAIL = 320
 
 
@@ -46,9 +49,20 @@ class AccountAdmin:
         email = _email(email)
         if outcome not in SIGN_IN_OUTCOMES:
             raise RelayError(ErrorKind.BAD_REQUEST, f"outcome must be one of {', '.join(SIGN_IN_OUTCOMES)}.", param="outcome")
+        return await self._record(call, email, f"dashboard.sign_in_{outcome}", ip_address)
+
+    async def record_password_change(self, call: Call, email: str, change: str, ip_address: str) -> int:
+        """Write the password change's audit rows (never the password or the link); returns how many."""
+        call.principal.require_platform("record password changes")
+        email = _email(email)
+        action = PASSWORD_CHANGES.get(change.strip())
+        if action is None:
+            raise RelayError(ErrorKind.BAD_REQUEST, f"change must be one of {', '.join(PASSWORD_CHANGES)}.", param="change")
+        return await self._record(call, email, action, ip_address)
+
+    async def _record(self, call: Call, email: str, action: str, ip_address: str) -> int:
         # A malformed email is still an attempt worth recording, but never echoed into a tenant's log.
         known = EMAIL_PATTERN.match(email) is not None
-        action = f"dashboard.sign_in_{outcome}"
         async with self._db.system_tx() as conn:
             rows = await store.memberships_by_email(conn, email) if known else []
             for row in rows:

@@ -35,6 +35,8 @@ class KeyRequest:
     spend_cap_amount: str = ""
     spend_cap_window: str | None = None
     expires_at: datetime | None = None
+    # A child of this management key (people and operators); a management key's keys are its own children.
+    parent_key_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +102,19 @@ class ApiKeyService:
         """The new key and its secret (shown once; "" for a retried request)."""
         call.principal.require("api_keys:create")
         tenant_id = call.principal.tenant_scope(tenant)
-        spec = self._spec(call, request)
-        minted = mint_key(spec.environment)
+        parent_id = request.parent_key_id.strip()
+        if call.principal.is_management_key and parent_id in (call.principal.actor_id, ""):
+            parent_id = ""  # its keys are its children anyway (_spec)
+        elif call.principal.is_management_key:
+            raise RelayError(ErrorKind.PERMISSION_DENIED, "A management key mints children of its own only.", param="parent_key_id")
         async with self._db.tenant_tx(tenant_id) as conn:
             await self._tenant(conn, tenant_id, writing=True)
             replay = await call.replay_of(conn, "api_key.created", tenant_id)
             if replay is not None and replay.resource_id:
                 return self._visible(call, await store.get_key(conn, tenant_id, replay.resource_id), replay.resource_id), ""
+            parent = await self._parent(conn, tenant_id, parent_id) if parent_id else None
+            spec = self._spec(call, request, parent)
+            minted = mint_key(spec.environment)
             row = await store.insert_key(
                 conn, key_id=new_id("key"), tenant_id=tenant_id, spec=spec,
                 key_hash=minted.key_hash, key_prefix=minted.key_prefix, key_hint=minted.key_hint,
@@ -185,25 +193,31 @@ class ApiKeyService:
 
     # --- rules -------------------------------------------------------------------------
 
-    def _spec(self, call: Call, request: KeyRequest) -> NewKey:
+    def _spec(self, call: Call, request: KeyRequest, parent_row: ApiKeyRow | None = None) -> NewKey:
+        """The new key's row.  A child — minted by its management key, or by a person naming the
+        parent — follows one rule either way: an inference key of the parent's environment."""
         principal = call.principal
-        environment = request.environment or principal.environment or "live"
+        parent_environment = parent_row.environment if parent_row is not None else principal.environment
+        environment = request.environment or parent_environment or "live"
         scope = request.scope or "inference"
         if environment not in rules.ENVIRONMENTS:
             raise RelayError(ErrorKind.BAD_REQUEST, "environment must be live or test.", param="api_key.environment")
         if scope not in rules.SCOPES:
             raise RelayError(ErrorKind.BAD_REQUEST, "scope must be inference or management.", param="api_key.scope")
         parent = created_by = created_by_key = None
-        if principal.is_management_key:
+        if principal.is_management_key or parent_row is not None:
+            refuse = ErrorKind.PERMISSION_DENIED if parent_row is None else ErrorKind.BAD_REQUEST
             if scope != "inference":
-                raise RelayError(ErrorKind.PERMISSION_DENIED, "A management key can mint inference keys only.", param="api_key.scope")
-            if environment != principal.environment:
+                raise RelayError(refuse, "A management key can mint inference keys only.", param="api_key.scope")
+            if environment != parent_environment:
                 raise RelayError(
-                    ErrorKind.PERMISSION_DENIED,
-                    f"A {principal.environment} management key can only mint {principal.environment} keys.",
+                    refuse,
+                    f"A {parent_environment} management key can only mint {parent_environment} keys.",
                     param="api_key.environment",
                 )
-            parent = created_by_key = principal.actor_id
+            parent = parent_row.id if parent_row is not None else principal.actor_id
+        if principal.is_management_key:
+            created_by_key = principal.actor_id
         elif principal.kind == "user":
             created_by = principal.actor_id
         cap, window = rules.spend_cap(request.spend_cap_amount, request.spend_cap_window)
@@ -235,6 +249,19 @@ class ApiKeyService:
         if "spend_cap" in patch.fields:
             changes["spend_cap_micros"], changes["spend_cap_window"] = rules.spend_cap(patch.spend_cap_amount, patch.spend_cap_window)
         return changes
+
+    @staticmethod
+    async def _parent(conn: Conn, tenant_id: str, key_id: str) -> ApiKeyRow:
+        """The management key a person mints a child of: of this tenant, and active."""
+        row = await store.get_key(conn, tenant_id, key_id)
+        if row is None:
+            raise RelayError(ErrorKind.NOT_FOUND, f"No API key `{key_id}` in this tenant.", param="parent_key_id")
+        if row.scope != "management":
+            raise RelayError(ErrorKind.BAD_REQUEST, f"`{key_id}` is not a management key: only those have child keys.", param="parent_key_id")
+        if row.status != "active":
+            raise RelayError(ErrorKind.FAILED_PRECONDITION, f"The API key `{key_id}` is {row.status}: it cannot get new child keys.",
+                             code="key_not_active", param="parent_key_id")  # fmt: skip
+        return row
 
     @staticmethod
     def _visible(call: Call, row: ApiKeyRow | None, key_id: str) -> ApiKeyRow:

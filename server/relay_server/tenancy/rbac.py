@@ -89,3 +89,8 @@ class AdminPrincipal:
 
 
 PLATFORM = AdminPrincipal(kind="platform_admin", actor_id="platform_admin", permissions=ALL_PERMISSIONS)
+
+# The web console's operator calls carry the platform admin token plus this metadata: the email
+# of the console account acting, which the audit log records as the actor.  Trusted only
+# alongside the admin token (api/admin_principal.py); refused with any other credential.
+ACTING_OPERATOR_HEADER = "x-relay-acting-operator"

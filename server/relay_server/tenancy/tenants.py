@@ -20,6 +20,7 @@ from typing import Any
 from psycopg.errors import UniqueViolation
 
 from relay_server.domain.keys import mint_key
+from relay_server.domain.policy import PLANS
 from relay_server.domain.tenants import TenantRow
 from relay_server.errors import ErrorKind, RelayError
 from relay_server.ids import new_id
@@ -31,7 +32,6 @@ from relay_server.tenancy.calls import Call
 from relay_server.tenancy.lifecycle import Lifecycle
 from relay_server.tenancy.policy_bus import PolicyBus
 
-PLANS = ("free", "starter", "pro", "enterprise")
 PROVISION_JOB = "provision_tenant"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 EMAIL_PATTERN = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")

@@ -12,7 +12,10 @@ Redis is down — the write below is idempotent) does, per provider:
    when the circuit is open or half-open or the error rate is high,
    ``healthy`` otherwise;
 3. on a change, ``providers.status`` and a ``provider_health_events`` row,
-   written together (``PostgresProviderStore.record_status``).
+   written together (``PostgresProviderStore.record_status``);
+4. a failure burst (the 5-minute error rate reaching ``degraded_error_rate``
+   over at least ``min_samples`` attempts) noted once when it starts, in the
+   provider event log (``events``), whatever the status verdict.
 
 Providers without a pooled key are judged on traffic alone (BYOK-only
 providers are not probed with a tenant's key: that would spend their quota).
@@ -33,11 +36,13 @@ from relay_server.crypto.envelope import DecryptionError, open_sealed
 from relay_server.crypto.keyring import Keyring
 from relay_server.domain.provider import Credential
 from relay_server.errors import RelayError
+from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.pipeline.routing.failover import outcome_of
 from relay_server.pipeline.routing.health import HealthTracker
 from relay_server.pipeline.routing.provider_directory import ProviderDirectory
 from relay_server.storage.postgres.credentials import RoutableCredential
 from relay_server.storage.postgres.providers import ProviderRow
+from relay_server.storage.redis.health import WindowStats
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +79,10 @@ class HealthMonitor:
         degraded_error_rate: float = 0.5,
         min_samples: int = 5,
         owner: str | None = None,
+        events: ProviderEventLog | None = None,
     ) -> None:
+        self._events = events
+        self._bursting: set[str] = set()  # providers whose current failure burst was already noted
         self._directory = directory
         self._health = health
         self._statuses = statuses
@@ -128,11 +136,27 @@ class HealthMonitor:
         await self._health.record(provider.id, "success", int((time.monotonic() - started) * 1000))
         return True, None
 
+    def _note_burst(self, provider_id: str, stats: WindowStats) -> None:
+        rate = stats.error_rate
+        if rate is None or stats.attempts < self._min_samples or rate < self._degraded_error_rate:
+            self._bursting.discard(provider_id)
+            return
+        if provider_id in self._bursting:
+            return
+        self._bursting.add(provider_id)
+        if self._events is not None:
+            self._events.note(
+                provider_id, "failure_burst",
+                f"{stats.errors} of {stats.attempts} attempts failed over 5 minutes ({rate:.0%})",
+                error_rate=rate, p95_ms=stats.p95_ms,
+            )  # fmt: skip
+
     async def _check(self, provider: ProviderRow, cred: RoutableCredential | None) -> Verdict:
         ok, message = await self._probe(provider, cred)
         circuit = (await self._health.availability([provider.id]))[provider.id]
         stats = await self._health.window(provider.id)
         rate = stats.error_rate
+        self._note_burst(provider.id, stats)
         if circuit != "closed":
             health = "down" if ok is False else "degraded"
             message = message or f"circuit {circuit.replace('_', '-')}"

@@ -10,6 +10,10 @@ and recovers.
 State lives in Redis, shared by every worker.  When Redis fails the tracker
 carries on with in-process state (same rules, this worker only) and says so
 in the log, once per minute: routing must not stop because Redis did.
+
+Every transition is also noted in the provider event log (``events``: opened,
+half-open when a probe lease is taken, closed, and opened again when the probe
+fails): an in-memory append, flushed to Postgres off the request path.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from typing import Literal
 
 from redis.exceptions import RedisError
 
+from relay_server.domain.provider_events import EventKind
+from relay_server.observability.provider_events import ProviderEventLog
 from relay_server.storage.redis.health import (
     LATENCY_BOUNDS_MS,
     WINDOW_S,
@@ -89,15 +95,16 @@ class LocalHealth:
         self._circuits[provider_id] = CircuitState("closed", 0, 0)
         return Transition("closed", 0, 0, s.state == "open")
 
-    def probe(self, provider_id: str) -> bool:
+    def probe(self, provider_id: str) -> tuple[bool, bool]:
+        """(allowed, took the half-open probe lease)."""
         s = self.state(provider_id)
         now = self._now_ms()
         if availability(s, now) == "closed":
-            return True
+            return True, False
         if availability(s, now) == "open":
-            return False
+            return False, False
         self._circuits[provider_id] = CircuitState(s.state, s.failures, s.open_until_ms, now + self._policy.cooldown_ms)
-        return True
+        return True, True
 
     def release(self, provider_id: str) -> None:
         s = self.state(provider_id)
@@ -130,8 +137,12 @@ class HealthTracker:
         *,
         clock: Callable[[], float] = time.time,
         flush_s: float = 1.0,
+        events: ProviderEventLog | None = None,
     ) -> None:
         self._store = store
+        self._events = events
+        # Providers whose half-open probe lease this worker holds: a failure then re-opens the circuit.
+        self._probing: set[str] = set()
         self.policy = policy or CircuitPolicy()
         self._clock = clock
         self._local = LocalHealth(self.policy, clock)
@@ -163,7 +174,11 @@ class HealthTracker:
             self._degraded(exc)
             return None
 
-    def _note(self, provider_id: str, reply: list) -> Transition:
+    def _note(self, provider_id: str, kind: EventKind, message: str) -> None:
+        if self._events is not None:
+            self._events.note(provider_id, kind, message)
+
+    def _from_reply(self, provider_id: str, reply: list) -> Transition:
         state, failures, open_until, changed = reply
         transition = Transition(
             state.decode() if isinstance(state, bytes) else str(state), int(failures), int(open_until), bool(int(changed))
@@ -218,10 +233,16 @@ class HealthTracker:
         """May a request go to this provider now?  (Takes the half-open probe lease if needed.)"""
         reply = await self._op(provider_id, "probe")
         if reply is None:
-            return self._local.probe(provider_id)
-        return bool(int(reply[0]))
+            allowed, half_open = self._local.probe(provider_id)
+        else:
+            allowed, half_open = bool(int(reply[0])), len(reply) > 1 and bool(int(reply[1]))
+        if half_open:
+            self._probing.add(provider_id)
+            self._note(provider_id, "circuit_half_open", "cool-down over: one probe request let through")
+        return allowed
 
     async def release_probe(self, provider_id: str) -> None:
+        self._probing.discard(provider_id)
         if await self._op(provider_id, "release") is None:
             self._local.release(provider_id)
 
@@ -240,7 +261,11 @@ class HealthTracker:
                 self._seen.pop(provider_id, None)  # unknown in Redis now: send the next success
                 transition = self._local.failure(provider_id) if outcome == "failure" else self._local.success(provider_id)
             else:
-                transition = self._note(provider_id, reply)
+                transition = self._from_reply(provider_id, reply)
+            probed = provider_id in self._probing
+            self._probing.discard(provider_id)
+            if transition.changed or (probed and transition.state == "open"):
+                self._note_transition(provider_id, transition, probed)
             if transition.changed:
                 log.warning(
                     "provider circuit %s", "opened" if transition.state == "open" else "closed",
@@ -252,6 +277,14 @@ class HealthTracker:
         if latency_ms is not None:
             self._record_attempt(provider_id, outcome != "failure", latency_ms)
         return transition
+
+    def _note_transition(self, provider_id: str, transition: Transition, probed: bool) -> None:
+        if transition.state == "closed":
+            self._note(provider_id, "circuit_closed", "the half-open probe succeeded" if probed else "an attempt succeeded")
+        elif probed:
+            self._note(provider_id, "circuit_opened", "the half-open probe failed: open again for a fresh cool-down")
+        else:
+            self._note(provider_id, "circuit_opened", f"{transition.failures} consecutive failures")
 
     def _quiet(self, provider_id: str) -> bool:
         seen = self._seen.get(provider_id)

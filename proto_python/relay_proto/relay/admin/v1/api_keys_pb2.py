@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drelay/admin/v1/api_keys.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\nRateLimits\x12\x0b\n\x03rpm\x18\x01 \x01(\x05\x12\x0b\n\x03tpm\x18\x02 \x01(\x05\x12\x18\n\x10requests_per_day\x18\x03 \x01(\x05\"N\n\x08SpendCap\x12\x12\n\namount_usd\x18\x01 \x01(\t\x12.\n\x06window\x18\x02 \x01(\x0e\x32\x1e.relay.admin.v1.SpendCapWindow\"\x8d\x06\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x18\n\nkey_prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08key_hint\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x0b\x65nvironment\x18\x06 \x01(\x0e\x32\x1e.relay.admin.v1.KeyEnvironmentB\x04\xe2\x41\x01\x05\x12-\n\x05scope\x18\x07 \x01(\x0e\x32\x18.relay.admin.v1.KeyScopeB\x04\xe2\x41\x01\x05\x12/\n\x06status\x18\x08 \x01(\x0e\x32\x19.relay.admin.v1.KeyStatusB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65nd_user_id\x18\t \x01(\tB\x04\xe2\x41\x01\x05\x12\x1b\n\rparent_key_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x0e\x61llowed_models\x18\x0b \x03(\t\x12/\n\x0brate_limits\x18\x0c \x01(\x0b\x32\x1a.relay.admin.v1.RateLimits\x12+\n\tspend_cap\x18\r \x01(\x0b\x32\x18.relay.admin.v1.SpendCap\x12/\n\x0b\x65xpire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0elast_used_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1f\n\x11rotated_to_key_id\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11grace_expire_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_by\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03\"k\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.relay.admin.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x8e\x01\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.relay.admin.v1.KeyStatus\x12\x13\n\x0b\x65nd_user_id\x18\x05 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x10GetApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x11GetApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"\x9c\x01\n\x13UpdateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.relay.admin.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"?\n\x14UpdateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"R\n\x13RevokeApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"p\n\x13RotateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x14grace_period_seconds\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8b\x01\n\x14RotateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12:\n\x16old_secret_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*e\n\x0eKeyEnvironment\x12\x1f\n\x1bKEY_ENVIRONMENT_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_ENVIRONMENT_LIVE\x10\x01\x12\x18\n\x14KEY_ENVIRONMENT_TEST\x10\x02*X\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SCOPE_INFERENCE\x10\x01\x12\x18\n\x14KEY_SCOPE_MANAGEMENT\x10\x02*n\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03*\x88\x01\n\x0eSpendCapWindow\x12 \n\x1cSPEND_CAP_WINDOW_UNSPECIFIED\x10\x00\x12\x1a\n\x16SPEND_CAP_WINDOW_DAILY\x10\x01\x12\x1c\n\x18SPEND_CAP_WINDOW_MONTHLY\x10\x02\x12\x1a\n\x16SPEND_CAP_WINDOW_TOTAL\x10\x03\x32\xda\x05\n\rApiKeyService\x12n\n\x0c\x43reateApiKey\x12#.relay.admin.v1.CreateApiKeyRequest\x1a$.relay.admin.v1.CreateApiKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12h\n\x0bListApiKeys\x12\".relay.admin.v1.ListApiKeysRequest\x1a#.relay.admin.v1.ListApiKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12k\n\tGetApiKey\x12 .relay.admin.v1.GetApiKeyRequest\x1a!.relay.admin.v1.GetApiKeyResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12\x81\x01\n\x0cUpdateApiKey\x12#.relay.admin.v1.UpdateApiKeyRequest\x1a$.relay.admin.v1.UpdateApiKeyResponse\"&\x82\xd3\xe4\x93\x02 2\x15/v1/keys/{api_key.id}:\x07\x61pi_key\x12~\n\x0cRevokeApiKey\x12#.relay.admin.v1.RevokeApiKeyRequest\x1a$.relay.admin.v1.RevokeApiKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:revoke:\x01*\x12~\n\x0cRotateApiKey\x12#.relay.admin.v1.RotateApiKeyRequest\x1a$.relay.admin.v1.RotateApiKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drelay/admin/v1/api_keys.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\nRateLimits\x12\x0b\n\x03rpm\x18\x01 \x01(\x05\x12\x0b\n\x03tpm\x18\x02 \x01(\x05\x12\x18\n\x10requests_per_day\x18\x03 \x01(\x05\"N\n\x08SpendCap\x12\x12\n\namount_usd\x18\x01 \x01(\t\x12.\n\x06window\x18\x02 \x01(\x0e\x32\x1e.relay.admin.v1.SpendCapWindow\"\x8d\x06\n\x06\x41piKey\x12\x10\n\x02id\x18\x01 \x01(\tB\x04\xe2\x41\x01\x03\x12\x17\n\ttenant_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x03\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x18\n\nkey_prefix\x18\x04 \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x08key_hint\x18\x05 \x01(\tB\x04\xe2\x41\x01\x03\x12\x39\n\x0b\x65nvironment\x18\x06 \x01(\x0e\x32\x1e.relay.admin.v1.KeyEnvironmentB\x04\xe2\x41\x01\x05\x12-\n\x05scope\x18\x07 \x01(\x0e\x32\x18.relay.admin.v1.KeyScopeB\x04\xe2\x41\x01\x05\x12/\n\x06status\x18\x08 \x01(\x0e\x32\x19.relay.admin.v1.KeyStatusB\x04\xe2\x41\x01\x03\x12\x19\n\x0b\x65nd_user_id\x18\t \x01(\tB\x04\xe2\x41\x01\x05\x12\x1b\n\rparent_key_id\x18\n \x01(\tB\x04\xe2\x41\x01\x03\x12\x16\n\x0e\x61llowed_models\x18\x0b \x03(\t\x12/\n\x0brate_limits\x18\x0c \x01(\x0b\x32\x1a.relay.admin.v1.RateLimits\x12+\n\tspend_cap\x18\r \x01(\x0b\x32\x18.relay.admin.v1.SpendCap\x12/\n\x0b\x65xpire_time\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x38\n\x0elast_used_time\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0b\x63reate_time\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x35\n\x0brevoke_time\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x1f\n\x11rotated_to_key_id\x18\x12 \x01(\tB\x04\xe2\x41\x01\x03\x12;\n\x11grace_expire_time\x18\x13 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x18\n\ncreated_by\x18\x14 \x01(\tB\x04\xe2\x41\x01\x03\"\x82\x01\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.relay.admin.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x15\n\rparent_key_id\x18\x04 \x01(\t\"O\n\x14\x43reateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"\x8e\x01\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12)\n\x06status\x18\x04 \x01(\x0e\x32\x19.relay.admin.v1.KeyStatus\x12\x13\n\x0b\x65nd_user_id\x18\x05 \x01(\t\"X\n\x13ListApiKeysResponse\x12(\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\";\n\x10GetApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\"<\n\x11GetApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"\x9c\x01\n\x13UpdateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12-\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x16.relay.admin.v1.ApiKeyB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"?\n\x14UpdateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"R\n\x13RevokeApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"?\n\x14RevokeApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\"p\n\x13RotateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x14\n\x06key_id\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x1c\n\x14grace_period_seconds\x18\x03 \x01(\x05\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x8b\x01\n\x14RotateApiKeyResponse\x12\'\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x16.relay.admin.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\x12:\n\x16old_secret_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*e\n\x0eKeyEnvironment\x12\x1f\n\x1bKEY_ENVIRONMENT_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_ENVIRONMENT_LIVE\x10\x01\x12\x18\n\x14KEY_ENVIRONMENT_TEST\x10\x02*X\n\x08KeyScope\x12\x19\n\x15KEY_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13KEY_SCOPE_INFERENCE\x10\x01\x12\x18\n\x14KEY_SCOPE_MANAGEMENT\x10\x02*n\n\tKeyStatus\x12\x1a\n\x16KEY_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11KEY_STATUS_ACTIVE\x10\x01\x12\x16\n\x12KEY_STATUS_REVOKED\x10\x02\x12\x16\n\x12KEY_STATUS_EXPIRED\x10\x03*\x88\x01\n\x0eSpendCapWindow\x12 \n\x1cSPEND_CAP_WINDOW_UNSPECIFIED\x10\x00\x12\x1a\n\x16SPEND_CAP_WINDOW_DAILY\x10\x01\x12\x1c\n\x18SPEND_CAP_WINDOW_MONTHLY\x10\x02\x12\x1a\n\x16SPEND_CAP_WINDOW_TOTAL\x10\x03\x32\xda\x05\n\rApiKeyService\x12n\n\x0c\x43reateApiKey\x12#.relay.admin.v1.CreateApiKeyRequest\x1a$.relay.admin.v1.CreateApiKeyResponse\"\x13\x82\xd3\xe4\x93\x02\r\"\x08/v1/keys:\x01*\x12h\n\x0bListApiKeys\x12\".relay.admin.v1.ListApiKeysRequest\x1a#.relay.admin.v1.ListApiKeysResponse\"\x10\x82\xd3\xe4\x93\x02\n\x12\x08/v1/keys\x12k\n\tGetApiKey\x12 .relay.admin.v1.GetApiKeyRequest\x1a!.relay.admin.v1.GetApiKeyResponse\"\x19\x82\xd3\xe4\x93\x02\x13\x12\x11/v1/keys/{key_id}\x12\x81\x01\n\x0cUpdateApiKey\x12#.relay.admin.v1.UpdateApiKeyRequest\x1a$.relay.admin.v1.UpdateApiKeyResponse\"&\x82\xd3\xe4\x93\x02 2\x15/v1/keys/{api_key.id}:\x07\x61pi_key\x12~\n\x0cRevokeApiKey\x12#.relay.admin.v1.RevokeApiKeyRequest\x1a$.relay.admin.v1.RevokeApiKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:revoke:\x01*\x12~\n\x0cRotateApiKey\x12#.relay.admin.v1.RotateApiKeyRequest\x1a$.relay.admin.v1.RotateApiKeyResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/keys/{key_id}:rotate:\x01*B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -88,44 +88,44 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APIKEYSERVICE'].methods_by_name['RevokeApiKey']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/keys/{key_id}:revoke:\001*'
   _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKey']._loaded_options = None
   _globals['_APIKEYSERVICE'].methods_by_name['RotateApiKey']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/keys/{key_id}:rotate:\001*'
-  _globals['_KEYENVIRONMENT']._serialized_start=2286
-  _globals['_KEYENVIRONMENT']._serialized_end=2387
-  _globals['_KEYSCOPE']._serialized_start=2389
-  _globals['_KEYSCOPE']._serialized_end=2477
-  _globals['_KEYSTATUS']._serialized_start=2479
-  _globals['_KEYSTATUS']._serialized_end=2589
-  _globals['_SPENDCAPWINDOW']._serialized_start=2592
-  _globals['_SPENDCAPWINDOW']._serialized_end=2728
+  _globals['_KEYENVIRONMENT']._serialized_start=2310
+  _globals['_KEYENVIRONMENT']._serialized_end=2411
+  _globals['_KEYSCOPE']._serialized_start=2413
+  _globals['_KEYSCOPE']._serialized_end=2501
+  _globals['_KEYSTATUS']._serialized_start=2503
+  _globals['_KEYSTATUS']._serialized_end=2613
+  _globals['_SPENDCAPWINDOW']._serialized_start=2616
+  _globals['_SPENDCAPWINDOW']._serialized_end=2752
   _globals['_RATELIMITS']._serialized_start=179
   _globals['_RATELIMITS']._serialized_end=243
   _globals['_SPENDCAP']._serialized_start=245
   _globals['_SPENDCAP']._serialized_end=323
   _globals['_APIKEY']._serialized_start=326
   _globals['_APIKEY']._serialized_end=1107
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1109
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1216
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1218
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1297
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1300
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1442
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1444
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1532
-  _globals['_GETAPIKEYREQUEST']._serialized_start=1534
-  _globals['_GETAPIKEYREQUEST']._serialized_end=1593
-  _globals['_GETAPIKEYRESPONSE']._serialized_start=1595
-  _globals['_GETAPIKEYRESPONSE']._serialized_end=1655
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1658
-  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1814
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1816
-  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1879
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1881
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1963
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1965
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2028
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=2030
-  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=2142
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=2145
-  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2284
-  _globals['_APIKEYSERVICE']._serialized_start=2731
-  _globals['_APIKEYSERVICE']._serialized_end=3461
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=1110
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=1240
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=1242
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=1321
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=1324
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=1466
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=1468
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=1556
+  _globals['_GETAPIKEYREQUEST']._serialized_start=1558
+  _globals['_GETAPIKEYREQUEST']._serialized_end=1617
+  _globals['_GETAPIKEYRESPONSE']._serialized_start=1619
+  _globals['_GETAPIKEYRESPONSE']._serialized_end=1679
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_start=1682
+  _globals['_UPDATEAPIKEYREQUEST']._serialized_end=1838
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_start=1840
+  _globals['_UPDATEAPIKEYRESPONSE']._serialized_end=1903
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=1905
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=1987
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=1989
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=2052
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_start=2054
+  _globals['_ROTATEAPIKEYREQUEST']._serialized_end=2166
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_start=2169
+  _globals['_ROTATEAPIKEYRESPONSE']._serialized_end=2308
+  _globals['_APIKEYSERVICE']._serialized_start=2755
+  _globals['_APIKEYSERVICE']._serialized_end=3485
 # @@protoc_insertion_point(module_scope)

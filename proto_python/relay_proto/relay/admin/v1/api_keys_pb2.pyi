@@ -116,14 +116,16 @@ class ApiKey(_message.Message):
     def __init__(self, id: _Optional[str] = ..., tenant_id: _Optional[str] = ..., name: _Optional[str] = ..., key_prefix: _Optional[str] = ..., key_hint: _Optional[str] = ..., environment: _Optional[_Union[KeyEnvironment, str]] = ..., scope: _Optional[_Union[KeyScope, str]] = ..., status: _Optional[_Union[KeyStatus, str]] = ..., end_user_id: _Optional[str] = ..., parent_key_id: _Optional[str] = ..., allowed_models: _Optional[_Iterable[str]] = ..., rate_limits: _Optional[_Union[RateLimits, _Mapping]] = ..., spend_cap: _Optional[_Union[SpendCap, _Mapping]] = ..., expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoke_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., rotated_to_key_id: _Optional[str] = ..., grace_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("tenant_id", "api_key", "request_id")
+    __slots__ = ("tenant_id", "api_key", "request_id", "parent_key_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     api_key: ApiKey
     request_id: str
-    def __init__(self, tenant_id: _Optional[str] = ..., api_key: _Optional[_Union[ApiKey, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    parent_key_id: str
+    def __init__(self, tenant_id: _Optional[str] = ..., api_key: _Optional[_Union[ApiKey, _Mapping]] = ..., request_id: _Optional[str] = ..., parent_key_id: _Optional[str] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("api_key", "secret")

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crelay/admin/v1/catalog.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\"\x83\x04\n\x0c\x43\x61talogModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x12\n\nrelay_name\x18\x03 \x01(\t\x12\x15\n\rprovider_name\x18\x04 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x19\n\x11input_cost_per_1m\x18\x07 \x01(\t\x12\x1a\n\x12output_cost_per_1m\x18\x08 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x19\n\x11max_output_tokens\x18\n \x01(\x05\x12\x1a\n\x12supports_streaming\x18\x0b \x01(\x08\x12\x1a\n\x12supports_functions\x18\x0c \x01(\x08\x12\x17\n\x0fsupports_vision\x18\r \x01(\x08\x12\x0e\n\x06status\x18\x0e \x01(\t\x12\x0f\n\x07\x61liases\x18\x0f \x03(\t\x12*\n\x06routes\x18\x10 \x03(\x0b\x32\x1a.relay.admin.v1.ModelRoute\x12\x1e\n\x16\x63\x61\x63he_read_cost_per_1m\x18\x11 \x01(\t\x12\x1f\n\x17\x63\x61\x63he_write_cost_per_1m\x18\x12 \x01(\t\x12\x1c\n\x14\x65mbedding_dimensions\x18\x13 \x01(\x05\x12\x1c\n\x14supports_json_schema\x18\x14 \x01(\x08\"j\n\nModelRoute\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\"\xf3\x01\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x15\n\rcircuit_state\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\x12\x17\n\x0frecent_requests\x18\t \x01(\x05\x12\x17\n\x0frecent_failures\x18\n \x01(\x05\x12\x15\n\rrecent_p95_ms\x18\x0b \x01(\x05\x12\x0e\n\x06region\x18\x0c \x01(\t\"V\n\x18ListCatalogModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\"b\n\x19ListCatalogModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.relay.admin.v1.CatalogModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14ListProvidersRequest\"D\n\x15ListProvidersResponse\x12+\n\tproviders\x18\x01 \x03(\x0b\x32\x18.relay.admin.v1.Provider\"\x93\x01\n\x19UpsertCatalogModelRequest\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\x1c.relay.admin.v1.CatalogModelB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"I\n\x1aUpsertCatalogModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.relay.admin.v1.CatalogModel\"I\n\x19\x44\x65leteCatalogModelRequest\x12\x18\n\nrelay_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteCatalogModelResponse2\xd4\x04\n\x13ModelCatalogService\x12\x84\x01\n\x11ListCatalogModels\x12(.relay.admin.v1.ListCatalogModelsRequest\x1a).relay.admin.v1.ListCatalogModelsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/catalog/models\x12{\n\rListProviders\x12$.relay.admin.v1.ListProvidersRequest\x1a%.relay.admin.v1.ListProvidersResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/catalog/providers\x12\xa1\x01\n\x12UpsertCatalogModel\x12).relay.admin.v1.UpsertCatalogModelRequest\x1a*.relay.admin.v1.UpsertCatalogModelResponse\"4\x82\xd3\xe4\x93\x02.\x1a%/v1/catalog/models/{model.relay_name}:\x05model\x12\x94\x01\n\x12\x44\x65leteCatalogModel\x12).relay.admin.v1.DeleteCatalogModelRequest\x1a*.relay.admin.v1.DeleteCatalogModelResponse\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/catalog/models/{relay_name}B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1crelay/admin/v1/catalog.proto\x12\x0erelay.admin.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x83\x04\n\x0c\x43\x61talogModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x12\n\nrelay_name\x18\x03 \x01(\t\x12\x15\n\rprovider_name\x18\x04 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x05 \x01(\t\x12\x0c\n\x04kind\x18\x06 \x01(\t\x12\x19\n\x11input_cost_per_1m\x18\x07 \x01(\t\x12\x1a\n\x12output_cost_per_1m\x18\x08 \x01(\t\x12\x16\n\x0e\x63ontext_window\x18\t \x01(\x05\x12\x19\n\x11max_output_tokens\x18\n \x01(\x05\x12\x1a\n\x12supports_streaming\x18\x0b \x01(\x08\x12\x1a\n\x12supports_functions\x18\x0c \x01(\x08\x12\x17\n\x0fsupports_vision\x18\r \x01(\x08\x12\x0e\n\x06status\x18\x0e \x01(\t\x12\x0f\n\x07\x61liases\x18\x0f \x03(\t\x12*\n\x06routes\x18\x10 \x03(\x0b\x32\x1a.relay.admin.v1.ModelRoute\x12\x1e\n\x16\x63\x61\x63he_read_cost_per_1m\x18\x11 \x01(\t\x12\x1f\n\x17\x63\x61\x63he_write_cost_per_1m\x18\x12 \x01(\t\x12\x1c\n\x14\x65mbedding_dimensions\x18\x13 \x01(\x05\x12\x1c\n\x14supports_json_schema\x18\x14 \x01(\x08\"j\n\nModelRoute\x12\x13\n\x0bprovider_id\x18\x01 \x01(\t\x12\x15\n\rprovider_name\x18\x02 \x01(\t\x12\x10\n\x08priority\x18\x03 \x01(\x05\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0e\n\x06region\x18\x05 \x01(\t\"\xf3\x01\n\x08Provider\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0b\n\x03\x61pi\x18\x03 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x10\n\x08priority\x18\x06 \x01(\x05\x12\x15\n\rcircuit_state\x18\x07 \x01(\t\x12\x1c\n\x14\x63onsecutive_failures\x18\x08 \x01(\x05\x12\x17\n\x0frecent_requests\x18\t \x01(\x05\x12\x17\n\x0frecent_failures\x18\n \x01(\x05\x12\x15\n\rrecent_p95_ms\x18\x0b \x01(\x05\x12\x0e\n\x06region\x18\x0c \x01(\t\"\xb4\x01\n\rProviderEvent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06status\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nerror_rate\x18\x06 \x01(\t\x12\x0e\n\x06p95_ms\x18\x07 \x01(\x05\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc3\x01\n\x19ListProviderEventsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"d\n\x1aListProviderEventsResponse\x12-\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x1d.relay.admin.v1.ProviderEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"V\n\x18ListCatalogModelsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x13\n\x0bprovider_id\x18\x03 \x01(\t\"b\n\x19ListCatalogModelsResponse\x12,\n\x06models\x18\x01 \x03(\x0b\x32\x1c.relay.admin.v1.CatalogModel\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x16\n\x14ListProvidersRequest\"D\n\x15ListProvidersResponse\x12+\n\tproviders\x18\x01 \x03(\x0b\x32\x18.relay.admin.v1.Provider\"\x8e\x01\n\x15UpdateProviderRequest\x12\x30\n\x08provider\x18\x01 \x01(\x0b\x32\x18.relay.admin.v1.ProviderB\x04\xe2\x41\x01\x02\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"D\n\x16UpdateProviderResponse\x12*\n\x08provider\x18\x01 \x01(\x0b\x32\x18.relay.admin.v1.Provider\"\x93\x01\n\x19UpsertCatalogModelRequest\x12\x31\n\x05model\x18\x01 \x01(\x0b\x32\x1c.relay.admin.v1.CatalogModelB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12/\n\x0bupdate_mask\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"I\n\x1aUpsertCatalogModelResponse\x12+\n\x05model\x18\x01 \x01(\x0b\x32\x1c.relay.admin.v1.CatalogModel\"I\n\x19\x44\x65leteCatalogModelRequest\x12\x18\n\nrelay_name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"\x1c\n\x1a\x44\x65leteCatalogModelResponse2\x80\x07\n\x13ModelCatalogService\x12\x84\x01\n\x11ListCatalogModels\x12(.relay.admin.v1.ListCatalogModelsRequest\x1a).relay.admin.v1.ListCatalogModelsResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/catalog/models\x12{\n\rListProviders\x12$.relay.admin.v1.ListProvidersRequest\x1a%.relay.admin.v1.ListProvidersResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/catalog/providers\x12\x96\x01\n\x0eUpdateProvider\x12%.relay.admin.v1.UpdateProviderRequest\x1a&.relay.admin.v1.UpdateProviderResponse\"5\x82\xd3\xe4\x93\x02/2#/v1/catalog/providers/{provider.id}:\x08provider\x12\x90\x01\n\x12ListProviderEvents\x12).relay.admin.v1.ListProviderEventsRequest\x1a*.relay.admin.v1.ListProviderEventsResponse\"#\x82\xd3\xe4\x93\x02\x1d\x12\x1b/v1/catalog/provider-events\x12\xa1\x01\n\x12UpsertCatalogModel\x12).relay.admin.v1.UpsertCatalogModelRequest\x1a*.relay.admin.v1.UpsertCatalogModelResponse\"4\x82\xd3\xe4\x93\x02.\x1a%/v1/catalog/models/{model.relay_name}:\x05model\x12\x94\x01\n\x12\x44\x65leteCatalogModel\x12).relay.admin.v1.DeleteCatalogModelRequest\x1a*.relay.admin.v1.DeleteCatalogModelResponse\"\'\x82\xd3\xe4\x93\x02!*\x1f/v1/catalog/models/{relay_name}B;Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +36,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'relay.admin.v1.catalog_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z9github.com/relay-gateway/relay/gen/relay/admin/v1;adminv1'
+  _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['provider']._loaded_options = None
+  _globals['_UPDATEPROVIDERREQUEST'].fields_by_name['provider']._serialized_options = b'\342A\001\002'
   _globals['_UPSERTCATALOGMODELREQUEST'].fields_by_name['model']._loaded_options = None
   _globals['_UPSERTCATALOGMODELREQUEST'].fields_by_name['model']._serialized_options = b'\342A\001\002'
   _globals['_DELETECATALOGMODELREQUEST'].fields_by_name['relay_name']._loaded_options = None
@@ -43,32 +46,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCATALOGSERVICE'].methods_by_name['ListCatalogModels']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/catalog/models'
   _globals['_MODELCATALOGSERVICE'].methods_by_name['ListProviders']._loaded_options = None
   _globals['_MODELCATALOGSERVICE'].methods_by_name['ListProviders']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/catalog/providers'
+  _globals['_MODELCATALOGSERVICE'].methods_by_name['UpdateProvider']._loaded_options = None
+  _globals['_MODELCATALOGSERVICE'].methods_by_name['UpdateProvider']._serialized_options = b'\202\323\344\223\002/2#/v1/catalog/providers/{provider.id}:\010provider'
+  _globals['_MODELCATALOGSERVICE'].methods_by_name['ListProviderEvents']._loaded_options = None
+  _globals['_MODELCATALOGSERVICE'].methods_by_name['ListProviderEvents']._serialized_options = b'\202\323\344\223\002\035\022\033/v1/catalog/provider-events'
   _globals['_MODELCATALOGSERVICE'].methods_by_name['UpsertCatalogModel']._loaded_options = None
   _globals['_MODELCATALOGSERVICE'].methods_by_name['UpsertCatalogModel']._serialized_options = b'\202\323\344\223\002.\032%/v1/catalog/models/{model.relay_name}:\005model'
   _globals['_MODELCATALOGSERVICE'].methods_by_name['DeleteCatalogModel']._loaded_options = None
   _globals['_MODELCATALOGSERVICE'].methods_by_name['DeleteCatalogModel']._serialized_options = b'\202\323\344\223\002!*\037/v1/catalog/models/{relay_name}'
-  _globals['_CATALOGMODEL']._serialized_start=146
-  _globals['_CATALOGMODEL']._serialized_end=661
-  _globals['_MODELROUTE']._serialized_start=663
-  _globals['_MODELROUTE']._serialized_end=769
-  _globals['_PROVIDER']._serialized_start=772
-  _globals['_PROVIDER']._serialized_end=1015
-  _globals['_LISTCATALOGMODELSREQUEST']._serialized_start=1017
-  _globals['_LISTCATALOGMODELSREQUEST']._serialized_end=1103
-  _globals['_LISTCATALOGMODELSRESPONSE']._serialized_start=1105
-  _globals['_LISTCATALOGMODELSRESPONSE']._serialized_end=1203
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1205
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1227
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1229
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1297
-  _globals['_UPSERTCATALOGMODELREQUEST']._serialized_start=1300
-  _globals['_UPSERTCATALOGMODELREQUEST']._serialized_end=1447
-  _globals['_UPSERTCATALOGMODELRESPONSE']._serialized_start=1449
-  _globals['_UPSERTCATALOGMODELRESPONSE']._serialized_end=1522
-  _globals['_DELETECATALOGMODELREQUEST']._serialized_start=1524
-  _globals['_DELETECATALOGMODELREQUEST']._serialized_end=1597
-  _globals['_DELETECATALOGMODELRESPONSE']._serialized_start=1599
-  _globals['_DELETECATALOGMODELRESPONSE']._serialized_end=1627
-  _globals['_MODELCATALOGSERVICE']._serialized_start=1630
-  _globals['_MODELCATALOGSERVICE']._serialized_end=2226
+  _globals['_CATALOGMODEL']._serialized_start=179
+  _globals['_CATALOGMODEL']._serialized_end=694
+  _globals['_MODELROUTE']._serialized_start=696
+  _globals['_MODELROUTE']._serialized_end=802
+  _globals['_PROVIDER']._serialized_start=805
+  _globals['_PROVIDER']._serialized_end=1048
+  _globals['_PROVIDEREVENT']._serialized_start=1051
+  _globals['_PROVIDEREVENT']._serialized_end=1231
+  _globals['_LISTPROVIDEREVENTSREQUEST']._serialized_start=1234
+  _globals['_LISTPROVIDEREVENTSREQUEST']._serialized_end=1429
+  _globals['_LISTPROVIDEREVENTSRESPONSE']._serialized_start=1431
+  _globals['_LISTPROVIDEREVENTSRESPONSE']._serialized_end=1531
+  _globals['_LISTCATALOGMODELSREQUEST']._serialized_start=1533
+  _globals['_LISTCATALOGMODELSREQUEST']._serialized_end=1619
+  _globals['_LISTCATALOGMODELSRESPONSE']._serialized_start=1621
+  _globals['_LISTCATALOGMODELSRESPONSE']._serialized_end=1719
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1721
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1743
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1745
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1813
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_start=1816
+  _globals['_UPDATEPROVIDERREQUEST']._serialized_end=1958
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_start=1960
+  _globals['_UPDATEPROVIDERRESPONSE']._serialized_end=2028
+  _globals['_UPSERTCATALOGMODELREQUEST']._serialized_start=2031
+  _globals['_UPSERTCATALOGMODELREQUEST']._serialized_end=2178
+  _globals['_UPSERTCATALOGMODELRESPONSE']._serialized_start=2180
+  _globals['_UPSERTCATALOGMODELRESPONSE']._serialized_end=2253
+  _globals['_DELETECATALOGMODELREQUEST']._serialized_start=2255
+  _globals['_DELETECATALOGMODELREQUEST']._serialized_end=2328
+  _globals['_DELETECATALOGMODELRESPONSE']._serialized_start=2330
+  _globals['_DELETECATALOGMODELRESPONSE']._serialized_end=2358
+  _globals['_MODELCATALOGSERVICE']._serialized_start=2361
+  _globals['_MODELCATALOGSERVICE']._serialized_end=3257
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,9 @@
+import datetime
+
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -95,6 +98,50 @@ class Provider(_message.Message):
     region: str
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., api: _Optional[str] = ..., base_url: _Optional[str] = ..., status: _Optional[str] = ..., priority: _Optional[int] = ..., circuit_state: _Optional[str] = ..., consecutive_failures: _Optional[int] = ..., recent_requests: _Optional[int] = ..., recent_failures: _Optional[int] = ..., recent_p95_ms: _Optional[int] = ..., region: _Optional[str] = ...) -> None: ...
 
+class ProviderEvent(_message.Message):
+    __slots__ = ("id", "provider_id", "kind", "status", "message", "error_rate", "p95_ms", "create_time")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    P95_MS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    provider_id: str
+    kind: str
+    status: str
+    message: str
+    error_rate: str
+    p95_ms: int
+    create_time: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., provider_id: _Optional[str] = ..., kind: _Optional[str] = ..., status: _Optional[str] = ..., message: _Optional[str] = ..., error_rate: _Optional[str] = ..., p95_ms: _Optional[int] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListProviderEventsRequest(_message.Message):
+    __slots__ = ("page_size", "page_token", "provider_id", "kind", "start_time", "end_time")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    END_TIME_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    provider_id: str
+    kind: str
+    start_time: _timestamp_pb2.Timestamp
+    end_time: _timestamp_pb2.Timestamp
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., provider_id: _Optional[str] = ..., kind: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListProviderEventsResponse(_message.Message):
+    __slots__ = ("events", "next_page_token")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[ProviderEvent]
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[ProviderEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
 class ListCatalogModelsRequest(_message.Message):
     __slots__ = ("page_size", "page_token", "provider_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +169,22 @@ class ListProvidersResponse(_message.Message):
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     providers: _containers.RepeatedCompositeFieldContainer[Provider]
     def __init__(self, providers: _Optional[_Iterable[_Union[Provider, _Mapping]]] = ...) -> None: ...
+
+class UpdateProviderRequest(_message.Message):
+    __slots__ = ("provider", "update_mask", "request_id")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    provider: Provider
+    update_mask: _field_mask_pb2.FieldMask
+    request_id: str
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class UpdateProviderResponse(_message.Message):
+    __slots__ = ("provider",)
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    provider: Provider
+    def __init__(self, provider: _Optional[_Union[Provider, _Mapping]] = ...) -> None: ...
 
 class UpsertCatalogModelRequest(_message.Message):
     __slots__ = ("model", "request_id", "update_mask")

@@ -47,6 +47,16 @@ class ModelCatalogServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersResponse.FromString,
                 _registered_method=True)
+        self.UpdateProvider = channel.unary_unary(
+                '/relay.admin.v1.ModelCatalogService/UpdateProvider',
+                request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.FromString,
+                _registered_method=True)
+        self.ListProviderEvents = channel.unary_unary(
+                '/relay.admin.v1.ModelCatalogService/ListProviderEvents',
+                request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.FromString,
+                _registered_method=True)
         self.UpsertCatalogModel = channel.unary_unary(
                 '/relay.admin.v1.ModelCatalogService/UpsertCatalogModel',
                 request_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpsertCatalogModelRequest.SerializeToString,
@@ -74,6 +84,26 @@ class ModelCatalogServiceServicer:
 
     def ListProviders(self, request, context):
         """List providers with their priority, health status and circuit state.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateProvider(self, request, context):
+        """Change a provider's operator settings (platform operators only): name,
+        base_url, priority, region and status (active | disabled).  Only the
+        fields named in update_mask change; an empty mask changes the fields
+        given (non-empty strings, a non-zero priority).  A disabled provider is
+        not routed to; enabling it hands its status back to the health monitor.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListProviderEvents(self, request, context):
+        """List provider health events, newest first (platform operators only):
+        circuit transitions, failure bursts, anomaly detections and health
+        status changes, filtered by provider, kind and time range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,6 +139,16 @@ def add_ModelCatalogServiceServicer_to_server(servicer, server):
                     servicer.ListProviders,
                     request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersResponse.SerializeToString,
+            ),
+            'UpdateProvider': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateProvider,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.SerializeToString,
+            ),
+            'ListProviderEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListProviderEvents,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.SerializeToString,
             ),
             'UpsertCatalogModel': grpc.unary_unary_rpc_method_handler(
                     servicer.UpsertCatalogModel,
@@ -178,6 +218,60 @@ class ModelCatalogService:
             '/relay.admin.v1.ModelCatalogService/ListProviders',
             relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_catalog__pb2.ListProvidersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateProvider(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.ModelCatalogService/UpdateProvider',
+            relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_catalog__pb2.UpdateProviderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListProviderEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.ModelCatalogService/ListProviderEvents',
+            relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_catalog__pb2.ListProviderEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

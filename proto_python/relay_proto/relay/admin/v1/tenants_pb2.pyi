@@ -414,6 +414,22 @@ class RecordSignInResponse(_message.Message):
     event_count: int
     def __init__(self, event_count: _Optional[int] = ...) -> None: ...
 
+class RecordPasswordChangeRequest(_message.Message):
+    __slots__ = ("email", "change", "ip_address")
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    IP_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    email: str
+    change: str
+    ip_address: str
+    def __init__(self, email: _Optional[str] = ..., change: _Optional[str] = ..., ip_address: _Optional[str] = ...) -> None: ...
+
+class RecordPasswordChangeResponse(_message.Message):
+    __slots__ = ("event_count",)
+    EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
+    event_count: int
+    def __init__(self, event_count: _Optional[int] = ...) -> None: ...
+
 class SendTestWebhookRequest(_message.Message):
     __slots__ = ("tenant_id", "request_id")
     TENANT_ID_FIELD_NUMBER: _ClassVar[int]

@@ -106,6 +106,11 @@ class TenantServiceStub:
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.SerializeToString,
                 response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.FromString,
                 _registered_method=True)
+        self.RecordPasswordChange = channel.unary_unary(
+                '/relay.admin.v1.TenantService/RecordPasswordChange',
+                request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeRequest.SerializeToString,
+                response_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeResponse.FromString,
+                _registered_method=True)
         self.ListTenantFeatures = channel.unary_unary(
                 '/relay.admin.v1.TenantService/ListTenantFeatures',
                 request_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.ListTenantFeaturesRequest.SerializeToString,
@@ -234,6 +239,16 @@ class TenantServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordPasswordChange(self, request, context):
+        """Record a web console password change (a password set through an
+        invitation link, or reset through a reset link) in the audit log of
+        every tenant the email belongs to, or as a platform event when it
+        belongs to none (platform operators only).  Never the password or link.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTenantFeatures(self, request, context):
         """The tenant's effective feature flags: plan defaults and overrides.
         """
@@ -329,6 +344,11 @@ def add_TenantServiceServicer_to_server(servicer, server):
                     servicer.RecordSignIn,
                     request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.FromString,
                     response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.SerializeToString,
+            ),
+            'RecordPasswordChange': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordPasswordChange,
+                    request_deserializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeRequest.FromString,
+                    response_serializer=relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeResponse.SerializeToString,
             ),
             'ListTenantFeatures': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTenantFeatures,
@@ -726,6 +746,33 @@ class TenantService:
             '/relay.admin.v1.TenantService/RecordSignIn',
             relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInRequest.SerializeToString,
             relay_dot_admin_dot_v1_dot_tenants__pb2.RecordSignInResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordPasswordChange(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/relay.admin.v1.TenantService/RecordPasswordChange',
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeRequest.SerializeToString,
+            relay_dot_admin_dot_v1_dot_tenants__pb2.RecordPasswordChangeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -123,7 +123,7 @@ class GetApiKeyUsageResponse(_message.Message):
     def __init__(self, days: _Optional[_Iterable[_Union[UsageRow, _Mapping]]] = ..., total: _Optional[_Union[UsageRow, _Mapping]] = ..., cap_spent: _Optional[_Union[Money, _Mapping]] = ..., cap_remaining: _Optional[_Union[Money, _Mapping]] = ..., cap_window: _Optional[str] = ..., cap: _Optional[_Union[Money, _Mapping]] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
-    __slots__ = ("id", "api_key_id", "model_id", "provider_id", "request_type", "stream", "input_tokens", "output_tokens", "total_cost", "status", "error_code", "http_status", "latency_ms", "ttft_ms", "cache_hit", "end_user_id", "create_time", "environment", "requested_model", "cache_read_tokens", "cache_write_tokens", "input_cost", "output_cost", "relay_revenue", "markup_rate", "error_message", "attempts", "usage_source", "door", "cache_kind")
+    __slots__ = ("id", "api_key_id", "model_id", "provider_id", "request_type", "stream", "input_tokens", "output_tokens", "total_cost", "status", "error_code", "http_status", "latency_ms", "ttft_ms", "cache_hit", "end_user_id", "create_time", "environment", "requested_model", "cache_read_tokens", "cache_write_tokens", "input_cost", "output_cost", "relay_revenue", "markup_rate", "error_message", "attempts", "usage_source", "door", "cache_kind", "guardrails")
     ID_FIELD_NUMBER: _ClassVar[int]
     API_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +154,7 @@ class RequestRecord(_message.Message):
     USAGE_SOURCE_FIELD_NUMBER: _ClassVar[int]
     DOOR_FIELD_NUMBER: _ClassVar[int]
     CACHE_KIND_FIELD_NUMBER: _ClassVar[int]
+    GUARDRAILS_FIELD_NUMBER: _ClassVar[int]
     id: str
     api_key_id: str
     model_id: str
@@ -184,7 +185,20 @@ class RequestRecord(_message.Message):
     usage_source: str
     door: str
     cache_kind: str
-    def __init__(self, id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., request_type: _Optional[str] = ..., stream: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_cost: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ..., http_status: _Optional[int] = ..., latency_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., end_user_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., environment: _Optional[str] = ..., requested_model: _Optional[str] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., input_cost: _Optional[_Union[Money, _Mapping]] = ..., output_cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., markup_rate: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., usage_source: _Optional[str] = ..., door: _Optional[str] = ..., cache_kind: _Optional[str] = ...) -> None: ...
+    guardrails: _containers.RepeatedCompositeFieldContainer[GuardrailDecision]
+    def __init__(self, id: _Optional[str] = ..., api_key_id: _Optional[str] = ..., model_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., request_type: _Optional[str] = ..., stream: _Optional[bool] = ..., input_tokens: _Optional[int] = ..., output_tokens: _Optional[int] = ..., total_cost: _Optional[_Union[Money, _Mapping]] = ..., status: _Optional[str] = ..., error_code: _Optional[str] = ..., http_status: _Optional[int] = ..., latency_ms: _Optional[int] = ..., ttft_ms: _Optional[int] = ..., cache_hit: _Optional[bool] = ..., end_user_id: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., environment: _Optional[str] = ..., requested_model: _Optional[str] = ..., cache_read_tokens: _Optional[int] = ..., cache_write_tokens: _Optional[int] = ..., input_cost: _Optional[_Union[Money, _Mapping]] = ..., output_cost: _Optional[_Union[Money, _Mapping]] = ..., relay_revenue: _Optional[_Union[Money, _Mapping]] = ..., markup_rate: _Optional[str] = ..., error_message: _Optional[str] = ..., attempts: _Optional[int] = ..., usage_source: _Optional[str] = ..., door: _Optional[str] = ..., cache_kind: _Optional[str] = ..., guardrails: _Optional[_Iterable[_Union[GuardrailDecision, _Mapping]]] = ...) -> None: ...
+
+class GuardrailDecision(_message.Message):
+    __slots__ = ("guardrail", "stage", "action", "count")
+    GUARDRAIL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    guardrail: str
+    stage: str
+    action: str
+    count: int
+    def __init__(self, guardrail: _Optional[str] = ..., stage: _Optional[str] = ..., action: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ListRequestsRequest(_message.Message):
     __slots__ = ("tenant_id", "page_size", "page_token", "api_key_id", "model_id", "status", "start_time", "end_time", "end_user_id", "environment", "request_id")

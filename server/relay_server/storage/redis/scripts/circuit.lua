@@ -10,7 +10,7 @@
 --            time, who holds the probe lease until it reports or the lease ends.
 --   release: give back a probe lease unused.
 -- Reply: failure/success -> {state, failures, open_until, changed (1 if opened/closed now)};
---        probe -> {1|0}; release -> {1}.
+--        probe -> {1|0}, and a second 1 when the yes took the half-open probe lease; release -> {1}.
 
 local key, op, now = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local threshold, cooldown, lease = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -45,7 +45,7 @@ elseif op == 'probe' then
   if state ~= 'open' then return {1} end
   if now < open_until or probe_until > now then return {0} end
   redis.call('HSET', key, 'probe_until', now + lease)
-  return {1}
+  return {1, 1}
 elseif op == 'release' then
   if probe_until > 0 then redis.call('HSET', key, 'probe_until', 0) end
   return {1}

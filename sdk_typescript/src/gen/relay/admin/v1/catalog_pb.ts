@@ -6,15 +6,15 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import { file_google_api_annotations } from "../../../google/api/annotations_pb.js";
 import { file_google_api_field_behavior } from "../../../google/api/field_behavior_pb.js";
-import type { FieldMask } from "@bufbuild/protobuf/wkt";
-import { file_google_protobuf_field_mask } from "@bufbuild/protobuf/wkt";
+import type { FieldMask, Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_field_mask, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file relay/admin/v1/catalog.proto.
  */
 export const file_relay_admin_v1_catalog: GenFile = /*@__PURE__*/
-  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSKDBAoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJEg8KB2FsaWFzZXMYDyADKAkSKgoGcm91dGVzGBAgAygLMhoucmVsYXkuYWRtaW4udjEuTW9kZWxSb3V0ZRIeChZjYWNoZV9yZWFkX2Nvc3RfcGVyXzFtGBEgASgJEh8KF2NhY2hlX3dyaXRlX2Nvc3RfcGVyXzFtGBIgASgJEhwKFGVtYmVkZGluZ19kaW1lbnNpb25zGBMgASgFEhwKFHN1cHBvcnRzX2pzb25fc2NoZW1hGBQgASgIImoKCk1vZGVsUm91dGUSEwoLcHJvdmlkZXJfaWQYASABKAkSFQoNcHJvdmlkZXJfbmFtZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZzdGF0dXMYBCABKAkSDgoGcmVnaW9uGAUgASgJIvMBCghQcm92aWRlchIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA2FwaRgDIAEoCRIQCghiYXNlX3VybBgEIAEoCRIOCgZzdGF0dXMYBSABKAkSEAoIcHJpb3JpdHkYBiABKAUSFQoNY2lyY3VpdF9zdGF0ZRgHIAEoCRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgIIAEoBRIXCg9yZWNlbnRfcmVxdWVzdHMYCSABKAUSFwoPcmVjZW50X2ZhaWx1cmVzGAogASgFEhUKDXJlY2VudF9wOTVfbXMYCyABKAUSDgoGcmVnaW9uGAwgASgJIlYKGExpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRITCgtwcm92aWRlcl9pZBgDIAEoCSJiChlMaXN0Q2F0YWxvZ01vZGVsc1Jlc3BvbnNlEiwKBm1vZGVscxgBIAMoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLnJlbGF5LmFkbWluLnYxLlByb3ZpZGVyIpMBChlVcHNlcnRDYXRhbG9nTW9kZWxSZXF1ZXN0EjEKBW1vZGVsGAEgASgLMhwucmVsYXkuYWRtaW4udjEuQ2F0YWxvZ01vZGVsQgTiQQECEhIKCnJlcXVlc3RfaWQYAiABKAkSLwoLdXBkYXRlX21hc2sYAyABKAsyGi5nb29nbGUucHJvdG9idWYuRmllbGRNYXNrIkkKGlVwc2VydENhdGFsb2dNb2RlbFJlc3BvbnNlEisKBW1vZGVsGAEgASgLMhwucmVsYXkuYWRtaW4udjEuQ2F0YWxvZ01vZGVsIkkKGURlbGV0ZUNhdGFsb2dNb2RlbFJlcXVlc3QSGAoKcmVsYXlfbmFtZRgBIAEoCUIE4kEBAhISCgpyZXF1ZXN0X2lkGAIgASgJIhwKGkRlbGV0ZUNhdGFsb2dNb2RlbFJlc3BvbnNlMtQEChNNb2RlbENhdGFsb2dTZXJ2aWNlEoQBChFMaXN0Q2F0YWxvZ01vZGVscxIoLnJlbGF5LmFkbWluLnYxLkxpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBopLnJlbGF5LmFkbWluLnYxLkxpc3RDYXRhbG9nTW9kZWxzUmVzcG9uc2UiGoLT5JMCFBISL3YxL2NhdGFsb2cvbW9kZWxzEnsKDUxpc3RQcm92aWRlcnMSJC5yZWxheS5hZG1pbi52MS5MaXN0UHJvdmlkZXJzUmVxdWVzdBolLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlcnNSZXNwb25zZSIdgtPkkwIXEhUvdjEvY2F0YWxvZy9wcm92aWRlcnMSoQEKElVwc2VydENhdGFsb2dNb2RlbBIpLnJlbGF5LmFkbWluLnYxLlVwc2VydENhdGFsb2dNb2RlbFJlcXVlc3QaKi5yZWxheS5hZG1pbi52MS5VcHNlcnRDYXRhbG9nTW9kZWxSZXNwb25zZSI0gtPkkwIuGiUvdjEvY2F0YWxvZy9tb2RlbHMve21vZGVsLnJlbGF5X25hbWV9OgVtb2RlbBKUAQoSRGVsZXRlQ2F0YWxvZ01vZGVsEikucmVsYXkuYWRtaW4udjEuRGVsZXRlQ2F0YWxvZ01vZGVsUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLkRlbGV0ZUNhdGFsb2dNb2RlbFJlc3BvbnNlIieC0+STAiEqHy92MS9jYXRhbG9nL21vZGVscy97cmVsYXlfbmFtZX1CO1o5Z2l0aHViLmNvbS9yZWxheS1nYXRld2F5L3JlbGF5L2dlbi9yZWxheS9hZG1pbi92MTthZG1pbnYxYgZwcm90bzM", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask]);
+  fileDesc("ChxyZWxheS9hZG1pbi92MS9jYXRhbG9nLnByb3RvEg5yZWxheS5hZG1pbi52MSKDBAoMQ2F0YWxvZ01vZGVsEgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEhIKCnJlbGF5X25hbWUYAyABKAkSFQoNcHJvdmlkZXJfbmFtZRgEIAEoCRIUCgxkaXNwbGF5X25hbWUYBSABKAkSDAoEa2luZBgGIAEoCRIZChFpbnB1dF9jb3N0X3Blcl8xbRgHIAEoCRIaChJvdXRwdXRfY29zdF9wZXJfMW0YCCABKAkSFgoOY29udGV4dF93aW5kb3cYCSABKAUSGQoRbWF4X291dHB1dF90b2tlbnMYCiABKAUSGgoSc3VwcG9ydHNfc3RyZWFtaW5nGAsgASgIEhoKEnN1cHBvcnRzX2Z1bmN0aW9ucxgMIAEoCBIXCg9zdXBwb3J0c192aXNpb24YDSABKAgSDgoGc3RhdHVzGA4gASgJEg8KB2FsaWFzZXMYDyADKAkSKgoGcm91dGVzGBAgAygLMhoucmVsYXkuYWRtaW4udjEuTW9kZWxSb3V0ZRIeChZjYWNoZV9yZWFkX2Nvc3RfcGVyXzFtGBEgASgJEh8KF2NhY2hlX3dyaXRlX2Nvc3RfcGVyXzFtGBIgASgJEhwKFGVtYmVkZGluZ19kaW1lbnNpb25zGBMgASgFEhwKFHN1cHBvcnRzX2pzb25fc2NoZW1hGBQgASgIImoKCk1vZGVsUm91dGUSEwoLcHJvdmlkZXJfaWQYASABKAkSFQoNcHJvdmlkZXJfbmFtZRgCIAEoCRIQCghwcmlvcml0eRgDIAEoBRIOCgZzdGF0dXMYBCABKAkSDgoGcmVnaW9uGAUgASgJIvMBCghQcm92aWRlchIKCgJpZBgBIAEoCRIMCgRuYW1lGAIgASgJEgsKA2FwaRgDIAEoCRIQCghiYXNlX3VybBgEIAEoCRIOCgZzdGF0dXMYBSABKAkSEAoIcHJpb3JpdHkYBiABKAUSFQoNY2lyY3VpdF9zdGF0ZRgHIAEoCRIcChRjb25zZWN1dGl2ZV9mYWlsdXJlcxgIIAEoBRIXCg9yZWNlbnRfcmVxdWVzdHMYCSABKAUSFwoPcmVjZW50X2ZhaWx1cmVzGAogASgFEhUKDXJlY2VudF9wOTVfbXMYCyABKAUSDgoGcmVnaW9uGAwgASgJIrQBCg1Qcm92aWRlckV2ZW50EgoKAmlkGAEgASgJEhMKC3Byb3ZpZGVyX2lkGAIgASgJEgwKBGtpbmQYAyABKAkSDgoGc3RhdHVzGAQgASgJEg8KB21lc3NhZ2UYBSABKAkSEgoKZXJyb3JfcmF0ZRgGIAEoCRIOCgZwOTVfbXMYByABKAUSLwoLY3JlYXRlX3RpbWUYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIsMBChlMaXN0UHJvdmlkZXJFdmVudHNSZXF1ZXN0EhEKCXBhZ2Vfc2l6ZRgBIAEoBRISCgpwYWdlX3Rva2VuGAIgASgJEhMKC3Byb3ZpZGVyX2lkGAMgASgJEgwKBGtpbmQYBCABKAkSLgoKc3RhcnRfdGltZRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX3RpbWUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wImQKGkxpc3RQcm92aWRlckV2ZW50c1Jlc3BvbnNlEi0KBmV2ZW50cxgBIAMoCzIdLnJlbGF5LmFkbWluLnYxLlByb3ZpZGVyRXZlbnQSFwoPbmV4dF9wYWdlX3Rva2VuGAIgASgJIlYKGExpc3RDYXRhbG9nTW9kZWxzUmVxdWVzdBIRCglwYWdlX3NpemUYASABKAUSEgoKcGFnZV90b2tlbhgCIAEoCRITCgtwcm92aWRlcl9pZBgDIAEoCSJiChlMaXN0Q2F0YWxvZ01vZGVsc1Jlc3BvbnNlEiwKBm1vZGVscxgBIAMoCzIcLnJlbGF5LmFkbWluLnYxLkNhdGFsb2dNb2RlbBIXCg9uZXh0X3BhZ2VfdG9rZW4YAiABKAkiFgoUTGlzdFByb3ZpZGVyc1JlcXVlc3QiRAoVTGlzdFByb3ZpZGVyc1Jlc3BvbnNlEisKCXByb3ZpZGVycxgBIAMoCzIYLnJlbGF5LmFkbWluLnYxLlByb3ZpZGVyIo4BChVVcGRhdGVQcm92aWRlclJlcXVlc3QSMAoIcHJvdmlkZXIYASABKAsyGC5yZWxheS5hZG1pbi52MS5Qcm92aWRlckIE4kEBAhIvCgt1cGRhdGVfbWFzaxgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2sSEgoKcmVxdWVzdF9pZBgDIAEoCSJEChZVcGRhdGVQcm92aWRlclJlc3BvbnNlEioKCHByb3ZpZGVyGAEgASgLMhgucmVsYXkuYWRtaW4udjEuUHJvdmlkZXIikwEKGVVwc2VydENhdGFsb2dNb2RlbFJlcXVlc3QSMQoFbW9kZWwYASABKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWxCBOJBAQISEgoKcmVxdWVzdF9pZBgCIAEoCRIvCgt1cGRhdGVfbWFzaxgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5GaWVsZE1hc2siSQoaVXBzZXJ0Q2F0YWxvZ01vZGVsUmVzcG9uc2USKwoFbW9kZWwYASABKAsyHC5yZWxheS5hZG1pbi52MS5DYXRhbG9nTW9kZWwiSQoZRGVsZXRlQ2F0YWxvZ01vZGVsUmVxdWVzdBIYCgpyZWxheV9uYW1lGAEgASgJQgTiQQECEhIKCnJlcXVlc3RfaWQYAiABKAkiHAoaRGVsZXRlQ2F0YWxvZ01vZGVsUmVzcG9uc2UygAcKE01vZGVsQ2F0YWxvZ1NlcnZpY2UShAEKEUxpc3RDYXRhbG9nTW9kZWxzEigucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXF1ZXN0GikucmVsYXkuYWRtaW4udjEuTGlzdENhdGFsb2dNb2RlbHNSZXNwb25zZSIagtPkkwIUEhIvdjEvY2F0YWxvZy9tb2RlbHMSewoNTGlzdFByb3ZpZGVycxIkLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlcnNSZXF1ZXN0GiUucmVsYXkuYWRtaW4udjEuTGlzdFByb3ZpZGVyc1Jlc3BvbnNlIh2C0+STAhcSFS92MS9jYXRhbG9nL3Byb3ZpZGVycxKWAQoOVXBkYXRlUHJvdmlkZXISJS5yZWxheS5hZG1pbi52MS5VcGRhdGVQcm92aWRlclJlcXVlc3QaJi5yZWxheS5hZG1pbi52MS5VcGRhdGVQcm92aWRlclJlc3BvbnNlIjWC0+STAi8yIy92MS9jYXRhbG9nL3Byb3ZpZGVycy97cHJvdmlkZXIuaWR9Oghwcm92aWRlchKQAQoSTGlzdFByb3ZpZGVyRXZlbnRzEikucmVsYXkuYWRtaW4udjEuTGlzdFByb3ZpZGVyRXZlbnRzUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLkxpc3RQcm92aWRlckV2ZW50c1Jlc3BvbnNlIiOC0+STAh0SGy92MS9jYXRhbG9nL3Byb3ZpZGVyLWV2ZW50cxKhAQoSVXBzZXJ0Q2F0YWxvZ01vZGVsEikucmVsYXkuYWRtaW4udjEuVXBzZXJ0Q2F0YWxvZ01vZGVsUmVxdWVzdBoqLnJlbGF5LmFkbWluLnYxLlVwc2VydENhdGFsb2dNb2RlbFJlc3BvbnNlIjSC0+STAi4aJS92MS9jYXRhbG9nL21vZGVscy97bW9kZWwucmVsYXlfbmFtZX06BW1vZGVsEpQBChJEZWxldGVDYXRhbG9nTW9kZWwSKS5yZWxheS5hZG1pbi52MS5EZWxldGVDYXRhbG9nTW9kZWxSZXF1ZXN0GioucmVsYXkuYWRtaW4udjEuRGVsZXRlQ2F0YWxvZ01vZGVsUmVzcG9uc2UiJ4LT5JMCISofL3YxL2NhdGFsb2cvbW9kZWxzL3tyZWxheV9uYW1lfUI7WjlnaXRodWIuY29tL3JlbGF5LWdhdGV3YXkvcmVsYXkvZ2VuL3JlbGF5L2FkbWluL3YxO2FkbWludjFiBnByb3RvMw", [file_google_api_annotations, file_google_api_field_behavior, file_google_protobuf_field_mask, file_google_protobuf_timestamp]);
 
 /**
  * A model of the catalog.
@@ -227,13 +227,16 @@ export type Provider = Message<"relay.admin.v1.Provider"> & {
   baseUrl: string;
 
   /**
-   * active | degraded | down | disabled
+   * active | degraded | down | disabled.  Operators set active or disabled;
+   * the health monitor moves an enabled provider between active, degraded and down.
    *
    * @generated from field: string status = 5;
    */
   status: string;
 
   /**
+   * Lower is tried first.
+   *
    * @generated from field: int32 priority = 6;
    */
   priority: number;
@@ -285,6 +288,146 @@ export const ProviderSchema: GenMessage<Provider> = /*@__PURE__*/
   messageDesc(file_relay_admin_v1_catalog, 2);
 
 /**
+ * Something that happened to a provider's health.
+ *
+ * @generated from message relay.admin.v1.ProviderEvent
+ */
+export type ProviderEvent = Message<"relay.admin.v1.ProviderEvent"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string provider_id = 2;
+   */
+  providerId: string;
+
+  /**
+   * circuit_opened | circuit_half_open | circuit_closed | failure_burst |
+   * anomaly | status_changed
+   *
+   * @generated from field: string kind = 3;
+   */
+  kind: string;
+
+  /**
+   * The provider's health after a status change: healthy | degraded | down;
+   * empty for the other kinds.
+   *
+   * @generated from field: string status = 4;
+   */
+  status: string;
+
+  /**
+   * What happened, for people (e.g. "5 consecutive failures").
+   *
+   * @generated from field: string message = 5;
+   */
+  message: string;
+
+  /**
+   * The 5-minute error rate at the time (0..1, a decimal string); empty: unknown.
+   *
+   * @generated from field: string error_rate = 6;
+   */
+  errorRate: string;
+
+  /**
+   * The 5-minute p95 latency at the time; 0: unknown.
+   *
+   * @generated from field: int32 p95_ms = 7;
+   */
+  p95Ms: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp create_time = 8;
+   */
+  createTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message relay.admin.v1.ProviderEvent.
+ * Use `create(ProviderEventSchema)` to create a new message.
+ */
+export const ProviderEventSchema: GenMessage<ProviderEvent> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 3);
+
+/**
+ * Request of ListProviderEvents.
+ *
+ * @generated from message relay.admin.v1.ListProviderEventsRequest
+ */
+export type ListProviderEventsRequest = Message<"relay.admin.v1.ListProviderEventsRequest"> & {
+  /**
+   * @generated from field: int32 page_size = 1;
+   */
+  pageSize: number;
+
+  /**
+   * @generated from field: string page_token = 2;
+   */
+  pageToken: string;
+
+  /**
+   * Only this provider's events, when set.
+   *
+   * @generated from field: string provider_id = 3;
+   */
+  providerId: string;
+
+  /**
+   * Only events of this kind, when set (see ProviderEvent.kind).
+   *
+   * @generated from field: string kind = 4;
+   */
+  kind: string;
+
+  /**
+   * Only events at or after start_time and before end_time, when set.
+   *
+   * @generated from field: google.protobuf.Timestamp start_time = 5;
+   */
+  startTime?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp end_time = 6;
+   */
+  endTime?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message relay.admin.v1.ListProviderEventsRequest.
+ * Use `create(ListProviderEventsRequestSchema)` to create a new message.
+ */
+export const ListProviderEventsRequestSchema: GenMessage<ListProviderEventsRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 4);
+
+/**
+ * Response of ListProviderEvents.
+ *
+ * @generated from message relay.admin.v1.ListProviderEventsResponse
+ */
+export type ListProviderEventsResponse = Message<"relay.admin.v1.ListProviderEventsResponse"> & {
+  /**
+   * @generated from field: repeated relay.admin.v1.ProviderEvent events = 1;
+   */
+  events: ProviderEvent[];
+
+  /**
+   * @generated from field: string next_page_token = 2;
+   */
+  nextPageToken: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.ListProviderEventsResponse.
+ * Use `create(ListProviderEventsResponseSchema)` to create a new message.
+ */
+export const ListProviderEventsResponseSchema: GenMessage<ListProviderEventsResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 5);
+
+/**
  * Request of ListCatalogModels.
  *
  * @generated from message relay.admin.v1.ListCatalogModelsRequest
@@ -311,7 +454,7 @@ export type ListCatalogModelsRequest = Message<"relay.admin.v1.ListCatalogModels
  * Use `create(ListCatalogModelsRequestSchema)` to create a new message.
  */
 export const ListCatalogModelsRequestSchema: GenMessage<ListCatalogModelsRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 3);
+  messageDesc(file_relay_admin_v1_catalog, 6);
 
 /**
  * Response of ListCatalogModels.
@@ -335,7 +478,7 @@ export type ListCatalogModelsResponse = Message<"relay.admin.v1.ListCatalogModel
  * Use `create(ListCatalogModelsResponseSchema)` to create a new message.
  */
 export const ListCatalogModelsResponseSchema: GenMessage<ListCatalogModelsResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 4);
+  messageDesc(file_relay_admin_v1_catalog, 7);
 
 /**
  * Request of ListProviders.
@@ -350,7 +493,7 @@ export type ListProvidersRequest = Message<"relay.admin.v1.ListProvidersRequest"
  * Use `create(ListProvidersRequestSchema)` to create a new message.
  */
 export const ListProvidersRequestSchema: GenMessage<ListProvidersRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 5);
+  messageDesc(file_relay_admin_v1_catalog, 8);
 
 /**
  * Response of ListProviders.
@@ -369,7 +512,59 @@ export type ListProvidersResponse = Message<"relay.admin.v1.ListProvidersRespons
  * Use `create(ListProvidersResponseSchema)` to create a new message.
  */
 export const ListProvidersResponseSchema: GenMessage<ListProvidersResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 6);
+  messageDesc(file_relay_admin_v1_catalog, 9);
+
+/**
+ * Request of UpdateProvider.
+ *
+ * @generated from message relay.admin.v1.UpdateProviderRequest
+ */
+export type UpdateProviderRequest = Message<"relay.admin.v1.UpdateProviderRequest"> & {
+  /**
+   * provider.id names the provider; the other fields are the new values.
+   *
+   * @generated from field: relay.admin.v1.Provider provider = 1;
+   */
+  provider?: Provider | undefined;
+
+  /**
+   * name | base_url | priority | region | status
+   *
+   * @generated from field: google.protobuf.FieldMask update_mask = 2;
+   */
+  updateMask?: FieldMask | undefined;
+
+  /**
+   * @generated from field: string request_id = 3;
+   */
+  requestId: string;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateProviderRequest.
+ * Use `create(UpdateProviderRequestSchema)` to create a new message.
+ */
+export const UpdateProviderRequestSchema: GenMessage<UpdateProviderRequest> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 10);
+
+/**
+ * Response of UpdateProvider.
+ *
+ * @generated from message relay.admin.v1.UpdateProviderResponse
+ */
+export type UpdateProviderResponse = Message<"relay.admin.v1.UpdateProviderResponse"> & {
+  /**
+   * @generated from field: relay.admin.v1.Provider provider = 1;
+   */
+  provider?: Provider | undefined;
+};
+
+/**
+ * Describes the message relay.admin.v1.UpdateProviderResponse.
+ * Use `create(UpdateProviderResponseSchema)` to create a new message.
+ */
+export const UpdateProviderResponseSchema: GenMessage<UpdateProviderResponse> = /*@__PURE__*/
+  messageDesc(file_relay_admin_v1_catalog, 11);
 
 /**
  * Request of UpsertCatalogModel.
@@ -401,7 +596,7 @@ export type UpsertCatalogModelRequest = Message<"relay.admin.v1.UpsertCatalogMod
  * Use `create(UpsertCatalogModelRequestSchema)` to create a new message.
  */
 export const UpsertCatalogModelRequestSchema: GenMessage<UpsertCatalogModelRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 7);
+  messageDesc(file_relay_admin_v1_catalog, 12);
 
 /**
  * Response of UpsertCatalogModel.
@@ -420,7 +615,7 @@ export type UpsertCatalogModelResponse = Message<"relay.admin.v1.UpsertCatalogMo
  * Use `create(UpsertCatalogModelResponseSchema)` to create a new message.
  */
 export const UpsertCatalogModelResponseSchema: GenMessage<UpsertCatalogModelResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 8);
+  messageDesc(file_relay_admin_v1_catalog, 13);
 
 /**
  * Request of DeleteCatalogModel.
@@ -446,7 +641,7 @@ export type DeleteCatalogModelRequest = Message<"relay.admin.v1.DeleteCatalogMod
  * Use `create(DeleteCatalogModelRequestSchema)` to create a new message.
  */
 export const DeleteCatalogModelRequestSchema: GenMessage<DeleteCatalogModelRequest> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 9);
+  messageDesc(file_relay_admin_v1_catalog, 14);
 
 /**
  * Response of DeleteCatalogModel.
@@ -461,7 +656,7 @@ export type DeleteCatalogModelResponse = Message<"relay.admin.v1.DeleteCatalogMo
  * Use `create(DeleteCatalogModelResponseSchema)` to create a new message.
  */
 export const DeleteCatalogModelResponseSchema: GenMessage<DeleteCatalogModelResponse> = /*@__PURE__*/
-  messageDesc(file_relay_admin_v1_catalog, 10);
+  messageDesc(file_relay_admin_v1_catalog, 15);
 
 /**
  * The model catalog and the providers behind it.  Every change is audited and
@@ -490,6 +685,32 @@ export const ModelCatalogService: GenService<{
     methodKind: "unary";
     input: typeof ListProvidersRequestSchema;
     output: typeof ListProvidersResponseSchema;
+  },
+  /**
+   * Change a provider's operator settings (platform operators only): name,
+   * base_url, priority, region and status (active | disabled).  Only the
+   * fields named in update_mask change; an empty mask changes the fields
+   * given (non-empty strings, a non-zero priority).  A disabled provider is
+   * not routed to; enabling it hands its status back to the health monitor.
+   *
+   * @generated from rpc relay.admin.v1.ModelCatalogService.UpdateProvider
+   */
+  updateProvider: {
+    methodKind: "unary";
+    input: typeof UpdateProviderRequestSchema;
+    output: typeof UpdateProviderResponseSchema;
+  },
+  /**
+   * List provider health events, newest first (platform operators only):
+   * circuit transitions, failure bursts, anomaly detections and health
+   * status changes, filtered by provider, kind and time range.
+   *
+   * @generated from rpc relay.admin.v1.ModelCatalogService.ListProviderEvents
+   */
+  listProviderEvents: {
+    methodKind: "unary";
+    input: typeof ListProviderEventsRequestSchema;
+    output: typeof ListProviderEventsResponseSchema;
   },
   /**
    * Create or update a catalog model: prices, limits, status (active |

@@ -3,6 +3,8 @@ export * from "./api_keys_pb.js";
 export * from "./audit_pb.js";
 export * from "./catalog_pb.js";
 export * from "./credentials_pb.js";
+export * from "./plans_pb.js";
 export * from "./routing_pb.js";
 export * from "./tenants_pb.js";
+export * from "./threads_pb.js";
 export * from "./usage_pb.js";
