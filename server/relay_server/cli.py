@@ -13,6 +13,14 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from relay_server import logging_setup  # noqa: PLC0415  (keep `relay --help` fast)
 
     logging_setup.configure(settings.log_level)
+    if settings.redis_url:
+        from relay_server.storage.redis.urls import check_redis_url  # noqa: PLC0415
+
+        try:
+            check_redis_url(settings.redis_url)
+        except ValueError as exc:  # a configuration mistake: say which, no traceback (never the URL itself)
+            print(f"relay serve: REDIS_URL: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1:
         from relay_server.workers_supervisor import supervise  # noqa: PLC0415
 

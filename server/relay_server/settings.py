@@ -52,7 +52,7 @@ class Settings:
     # may create subscriptions (default: the silo's DSN).
     silo_publisher_url: str = field(default="", repr=False)
     silo_subscriber_url: str = field(default="", repr=False)
-    redis_url: str = ""
+    redis_url: str = field(default="", repr=False)  # may hold the data nodes' password (any URL form)
     db_pool_min: int = 1
     db_pool_max: int = 10
     # The DSNs go through a transaction-mode pooler (PgBouncer): no server-side prepared

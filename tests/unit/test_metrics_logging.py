@@ -94,6 +94,10 @@ async def test_secrets_are_masked_wherever_they_slip_in() -> None:
         ("rly_live_sk_short", "rly_live_sk_short"),  # not a key: too short to be one
         ('{"h":"bearer abc.def.ghi"}', '{"h":"bearer [redacted]"}'),
         ("the bearer of news", "the bearer of news"),
+        ("redis at redis+sentinel://relay:s3cr/t@h1:26379,h2/relay down",
+         "redis at redis+sentinel://relay:[redacted]@h1:26379,h2/relay down"),
+        ("dsn 'postgresql://u:pw@db:5432/x'", "dsn 'postgresql://u:[redacted]@db:5432/x'"),
+        ("see https://docs.example/a@b and mail x@y", "see https://docs.example/a@b and mail x@y"),
     ],
 )
 async def test_scrub(raw: str, expected: str) -> None:

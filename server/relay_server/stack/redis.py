@@ -14,10 +14,14 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import redis as redis_client
+from redis.sentinel import Sentinel
 
 from relay_server.stack import processes
+from relay_server.stack.redact import redact
+from relay_server.storage.redis.urls import is_sentinel_url, parse_sentinel_url
 
 
 def find_redis_server() -> Path:
@@ -106,8 +110,10 @@ def start_redis_argv(
     pid_path: Path | None = None,
     log_path: Path | None = None,
     timeout: float = 15.0,
+    password: str | None = None,
 ) -> RedisHandle:
-    """``start_redis`` with its command line given (cluster nodes add their own options)."""
+    """``start_redis`` with its command line given (cluster, replica and sentinel nodes add their own
+    options; ``password``: the one the command line sets, so the readiness PING can log in)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_path or data_dir / "redis.log"
     if processes.port_open("127.0.0.1", port):
@@ -121,7 +127,8 @@ def start_redis_argv(
         with log_path.open("ab") as log:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir)
         pid = proc.pid
-    handle = RedisHandle(url=f"redis://127.0.0.1:{port}/0", port=port, pid=pid, _proc=proc, _pid_path=pid_path)
+    auth = f":{quote(password, safe='')}@" if password else ""
+    handle = RedisHandle(url=f"redis://{auth}127.0.0.1:{port}/0", port=port, pid=pid, _proc=proc, _pid_path=pid_path)
     try:
         processes.wait_until(lambda: ping(handle.url), timeout=timeout, what="redis", pid=pid, log_path=log_path)
     except BaseException:
@@ -131,7 +138,9 @@ def start_redis_argv(
 
 
 def ping(url: str) -> bool:
-    """True when the Redis at ``url`` answers PING."""
+    """True when the Redis at ``url`` answers PING (for a Sentinel URL: the master the sentinels name)."""
+    if is_sentinel_url(url):
+        return _ping_sentinel_master(url)
     client = redis_client.Redis.from_url(url, socket_connect_timeout=0.5, socket_timeout=1.0)
     try:
         return bool(client.ping())
@@ -141,6 +150,23 @@ def ping(url: str) -> bool:
         client.close()
 
 
+def _ping_sentinel_master(url: str) -> bool:
+    target = parse_sentinel_url(url)
+    timeouts = {"socket_connect_timeout": 0.5, "socket_timeout": 1.0}
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs={**timeouts, "ssl": target.tls})
+    client = sentinel.master_for(
+        target.master, db=target.db, username=target.username, password=target.password, ssl=target.tls, **timeouts
+    )
+    try:
+        return bool(client.ping())
+    except redis_client.RedisError:
+        return False
+    finally:
+        client.close()
+        for asked in sentinel.sentinels:
+            asked.close()
+
+
 def wait_for_redis(url: str, timeout: float = 15.0) -> None:
     """Wait until the Redis at ``url`` (ours or an external one) answers PING."""
-    processes.wait_until(lambda: ping(url), timeout=timeout, what=f"redis at {url}")
+    processes.wait_until(lambda: ping(url), timeout=timeout, what=f"redis at {redact(url)}")

@@ -33,6 +33,7 @@ from relay_server.stack import envoy as stack_envoy
 from relay_server.stack import redis as stack_redis
 from relay_server.stack.dashboard import ensure_dashboard
 from relay_server.stack.dashboard import healthy as dashboard_healthy
+from relay_server.stack.redact import redact
 
 REPO = Path(__file__).resolve().parents[3]
 DESCRIPTOR = REPO / "envoy" / "relay.pb"
@@ -394,15 +395,6 @@ def _dial_host(host: str) -> str:
 def _pythonpath() -> list[Path]:
     # Until Relay is installed as a package: the server and the generated stubs.
     return [REPO / "server", REPO / "proto_python"]
-
-
-def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***``."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _show(path: Path) -> str:

@@ -294,10 +294,10 @@ async def _set_config(conn: AsyncConnection[Any], tenant_id: str, key: str, valu
 
 async def move_with_settings(settings: Any, tenant_id: str, silo: str, **options: Any) -> MoveReport:
     """The command's entry point: DSNs from settings, the invalidation bus over the server's Redis."""
-    from redis.asyncio import Redis  # noqa: PLC0415
 
     from relay_server.storage.postgres.pool import Database  # noqa: PLC0415
     from relay_server.storage.postgres.silos import parse_silo_databases  # noqa: PLC0415
+    from relay_server.storage.redis.client import create_redis  # noqa: PLC0415
     from relay_server.tenancy.auth_cache import RedisKeyCache  # noqa: PLC0415
     from relay_server.tenancy.policy_bus import PolicyBus  # noqa: PLC0415
 
@@ -314,7 +314,8 @@ async def move_with_settings(settings: Any, tenant_id: str, silo: str, **options
     )  # fmt: skip
     db = Database.from_settings(settings)
     await db.open()
-    redis = Redis.from_url(settings.redis_url)
+    # Any REDIS_URL form (one Redis, a cluster, Sentinel); a command, not a request: patient timeouts.
+    redis = create_redis(settings.redis_url, timeout_s=5.0)
     try:
         bus = PolicyBus(db, key_cache=RedisKeyCache(redis, ttl_s=settings.auth_redis_ttl_s), redis=redis)
         return await SiloMove(config, bus.tenant_changed).run()

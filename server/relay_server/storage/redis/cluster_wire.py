@@ -30,7 +30,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from relay_server.detached import fresh_task
-from relay_server.storage.redis.client import is_cluster_url, parse_cluster_url
+from relay_server.storage.redis.sentinel_wire import SentinelWire
+from relay_server.storage.redis.urls import is_cluster_url, is_sentinel_url, parse_cluster_url
 from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, is_noscript
 
 SLOTS = 16384
@@ -238,8 +239,10 @@ class ClusterWire:
                 fresh_task(node.close())
 
 
-def create_wire(url: str, *, timeout_s: float = 0.25) -> RedisWire | ClusterWire:
+def create_wire(url: str, *, timeout_s: float = 0.25) -> RedisWire | ClusterWire | SentinelWire:
     """The hot-path client the URL asks for (see ``storage/redis/client.py``)."""
+    if is_sentinel_url(url):
+        return SentinelWire.from_url(url, timeout_s=timeout_s)
     if is_cluster_url(url):
         return ClusterWire.from_url(url, timeout_s=timeout_s)
     return RedisWire.from_url(url, timeout_s=timeout_s)

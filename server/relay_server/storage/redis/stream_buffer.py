@@ -26,7 +26,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from relay_server.storage.redis.client import create_redis, is_cluster_url, tenant_key
+from relay_server.storage.redis.client import create_redis, tenant_key
+from relay_server.storage.redis.urls import is_cluster_url, is_sentinel_url
 
 BUFFER_TTL_S = 3600
 LEASES_KEY = "relay:thread_stream_leases"
@@ -45,7 +46,7 @@ class BufferedEvent:
 
 def create_stream_redis(url: str, *, block_ms: int, max_connections: int = 1024) -> aioredis.Redis:
     """A client for blocking reads: its timeout outlasts a block, and a full pool waits instead of failing."""
-    if is_cluster_url(url):
+    if is_cluster_url(url) or is_sentinel_url(url):
         return create_redis(url, timeout_s=block_ms / 1000 + 2.0, max_connections=max_connections)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,

@@ -2,7 +2,8 @@
 
 The broadcasts every worker must act on (policy invalidations, catalog changes) share this loop:
 subscribe, hand each message to ``on_message``, and after any failure reconnect with capped
-exponential back-off.  ``on_subscribed`` runs each time the subscription is (re)established,
+exponential back-off (and, on a Sentinel-watched master, when the sentinels name a new master:
+``client.master_moved``).  ``on_subscribed`` runs each time the subscription is (re)established,
 before ``subscribed`` is set: messages sent while a worker was not listening are lost, so that
 is where a listener catches up (reload, or forget what it cached).
 """
@@ -15,7 +16,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from relay_server.storage.redis.client import ready
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from relay_server.storage.redis.client import master_moved, ready
+from relay_server.storage.redis.urls import RECHECK_S
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +50,15 @@ async def listen_forever(
                 await caught_up
             subscribed.set()
             backoff = _FIRST_BACKOFF_S
+            recheck_at = asyncio.get_running_loop().time() + RECHECK_S
             while True:
-                message = await pubsub.get_message(timeout=1.0)
+                message = await pubsub.get_message(timeout=RECHECK_S)
                 if message is not None and message.get("type") == "message":
                     await on_message(message["data"])
+                if asyncio.get_running_loop().time() >= recheck_at:
+                    recheck_at = asyncio.get_running_loop().time() + RECHECK_S
+                    if await master_moved(client):  # Sentinel failover: resubscribe on the new master
+                        raise RedisConnectionError("the Sentinel master moved")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 (keep listening whatever happened)

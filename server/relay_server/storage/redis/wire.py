@@ -164,8 +164,13 @@ class _Protocol(asyncio.Protocol):
 class RedisWire:
     """A lazily (re)connected pipelined connection.  Use inside one event loop."""
 
-    def __init__(self, endpoint: Endpoint, *, timeout_s: float = 0.25, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, endpoint: Endpoint, *, timeout_s: float = 0.25, ssl_context: ssl.SSLContext | None = None,
+        require_master: bool = False,
+    ) -> None:  # fmt: skip
         self._endpoint = endpoint
+        # Sentinel: a server the sentinels still name may have been demoted; ROLE on connect refuses it.
+        self._require_master = require_master
         self._timeout_s = timeout_s
         self._ssl = ssl_context if ssl_context is not None else (ssl.create_default_context() if endpoint.tls else None)
         self._conn: _Protocol | None = None
@@ -175,6 +180,15 @@ class RedisWire:
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = 0.25) -> RedisWire:
         return cls(Endpoint.parse(url), timeout_s=timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed
+
+    async def connect(self) -> None:
+        """Open the connection now (a caller that must know a command never left: Sentinel's re-resolve)."""
+        if not self.connected:
+            await self._connect()
 
     async def execute(self, *command: Any) -> Any:
         """One command's reply; an error reply raises ``ResponseError``."""
@@ -269,6 +283,8 @@ class RedisWire:
             commands.append(("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password))
         if ep.db:
             commands.append(("SELECT", ep.db))
+        if self._require_master:
+            commands.append(("ROLE",))
         if not commands:
             return
         futures = conn.send(_pack(commands), len(commands))
@@ -276,6 +292,9 @@ class RedisWire:
             if isinstance(reply, ResponseError):
                 conn.abort(RedisConnectionError(f"Redis refused the connection: {reply}"))
                 raise RedisConnectionError(f"Redis refused the connection: {reply}")
+        if self._require_master and not (reply and reply[0] == b"master"):
+            conn.abort(RedisConnectionError("Redis at the master's address is not a master (failover under way)"))
+            raise RedisConnectionError(f"Redis at {ep.host}:{ep.port} is not a master (failover under way)")
 
 
 def is_noscript(exc: BaseException) -> bool:
