@@ -32,7 +32,7 @@ from redis.exceptions import RedisError, ResponseError
 from relay_server.detached import fresh_task
 from relay_server.storage.redis.sentinel_wire import SentinelWire
 from relay_server.storage.redis.urls import is_cluster_url, is_sentinel_url, parse_cluster_url
-from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, is_noscript
+from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, call_script, only_reply
 
 SLOTS = 16384
 _MAX_REDIRECTS = 3
@@ -97,10 +97,7 @@ class ClusterWire:
     # --- the RedisWire contract ---------------------------------------------------------
 
     async def execute(self, *command: Any) -> Any:
-        (reply,) = await self.batch([command])
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return only_reply(await self.batch([command]))
 
     async def batch(self, commands: Sequence[Command]) -> list[Any]:
         if not commands:
@@ -127,14 +124,10 @@ class ClusterWire:
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA, loading the script on the key's node if it does not know it (new master, flush)."""
-        try:
-            return await self.execute(*script.call(keys, args))
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
         addr = self._addr_for(_bytes(keys[0]) if keys else None)
-        await self._node(addr).execute("SCRIPT", "LOAD", script.source)
-        return await self.execute(*script.call(keys, args))
+        return await call_script(
+            self, script, keys, args, lambda: self._node(addr).execute("SCRIPT", "LOAD", script.source)
+        )
 
     async def close(self) -> None:
         self._closed = True

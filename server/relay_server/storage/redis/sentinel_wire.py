@@ -41,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from relay_server.detached import fresh_task
 from relay_server.storage.redis.urls import RECHECK_S, Addr, SentinelUrl, parse_sentinel_url
-from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, is_noscript
+from relay_server.storage.redis.wire import Command, Endpoint, RedisWire, Script, call_script, only_reply
 
 _NOT_MASTER = ("READONLY", "LOADING")
 
@@ -82,10 +82,7 @@ class SentinelWire:
     # --- the RedisWire contract ---------------------------------------------------------
 
     async def execute(self, *command: Any) -> Any:
-        (reply,) = await self.batch([command])
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return only_reply(await self.batch([command]))
 
     async def batch(self, commands: Sequence[Command]) -> list[Any]:
         if not commands:
@@ -106,13 +103,7 @@ class SentinelWire:
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA, loading the script once if the master does not know it (a promoted replica, a flush)."""
-        try:
-            return await self.execute(*script.call(keys, args))
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute(*script.call(keys, args))
+        return await call_script(self, script, keys, args, lambda: self.execute("SCRIPT", "LOAD", script.source))
 
     async def close(self) -> None:
         self._closed = True

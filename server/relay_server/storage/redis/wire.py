@@ -28,7 +28,7 @@ import collections
 import functools
 import hashlib
 import ssl
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
@@ -192,10 +192,7 @@ class RedisWire:
 
     async def execute(self, *command: Any) -> Any:
         """One command's reply; an error reply raises ``ResponseError``."""
-        (reply,) = await self.batch([command])
-        if isinstance(reply, ResponseError):
-            raise reply
-        return reply
+        return only_reply(await self.batch([command]))
 
     async def batch(self, commands: Sequence[Command]) -> list[Any]:
         """Every reply in order, one round trip; error replies are returned as ``ResponseError``
@@ -224,13 +221,7 @@ class RedisWire:
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
         """EVALSHA, loading the script once if Redis does not know it (restart, flush)."""
-        try:
-            return await self.execute(*script.call(keys, args))
-        except ResponseError as exc:
-            if not is_noscript(exc):
-                raise
-        await self.execute("SCRIPT", "LOAD", script.source)
-        return await self.execute(*script.call(keys, args))
+        return await call_script(self, script, keys, args, lambda: self.execute("SCRIPT", "LOAD", script.source))
 
     async def close(self) -> None:
         self._closed = True
@@ -295,6 +286,28 @@ class RedisWire:
         if self._require_master and not (reply and reply[0] == b"master"):
             conn.abort(RedisConnectionError("Redis at the master's address is not a master (failover under way)"))
             raise RedisConnectionError(f"Redis at {ep.host}:{ep.port} is not a master (failover under way)")
+
+
+def only_reply(replies: list[Any]) -> Any:
+    """The reply of a one-command batch; an error reply raises ``ResponseError``."""
+    (reply,) = replies
+    if isinstance(reply, ResponseError):
+        raise reply
+    return reply
+
+
+async def call_script(
+    wire: Wire, script: Script, keys: Sequence[str], args: Sequence[Any], load: Callable[[], Awaitable[Any]]
+) -> Any:
+    """EVALSHA; on NOSCRIPT (a restart, a flush, a promoted replica) ``load`` the script where the
+    keys live, once, and call it again.  Every wire kind shares this; only where to load differs."""
+    try:
+        return await wire.execute(*script.call(keys, args))
+    except ResponseError as exc:
+        if not is_noscript(exc):
+            raise
+    await load()
+    return await wire.execute(*script.call(keys, args))
 
 
 def is_noscript(exc: BaseException) -> bool:
