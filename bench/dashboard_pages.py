@@ -3,8 +3,9 @@
     .venv/bin/python bench/dashboard_pages.py [--requests 1000000] [--keys 10000] [--runs 20]
 
 Starts its own stack (embedded Postgres, server, console, Envoy) in a temporary directory, seeds one
-tenant once with SQL (keys, request-log rows over 30 days, daily usage rows), signs its owner in
-through the real invitation and sign-in forms, then GETs each page ``--runs`` times through Envoy.
+tenant once with SQL (keys, request-log rows over 30 days, daily usage rows, one thread of ten messages
+per key), signs its owner in through the real invitation and sign-in forms, then GETs each page
+``--runs`` times through Envoy.
 Prints, per page, the median and p95 of the console's own ``Server-Timing: app`` (its API calls and
 rendering) and of the whole round trip.  The budget is 300 ms server time per page.
 """
@@ -30,7 +31,8 @@ from tests.support.pg import start_cluster  # noqa: E402
 from tests.support.stack import start_stack  # noqa: E402
 
 PAGES = ["/", "/?environment=test", "/keys", "/requests", "/requests?status=error", "/requests/req_bench_1",
-         "/billing", "/members", "/audit", "/settings"]
+         "/billing", "/members", "/audit", "/settings", "/threads", "/threads/thr_bench_1"]
+MESSAGES_PER_THREAD = 10
 BUDGET_MS = 300.0
 
 
@@ -69,6 +71,23 @@ def seed(dsn: str, tenant_id: str, keys: int, requests: int) -> None:
                       sum(output_tokens), sum(total_tokens)
                  FROM usage_daily WHERE tenant_id = %s GROUP BY 1, 2, 3, 4""",
             (tenant_id,),
+        )
+        # One thread per key, each with MESSAGES_PER_THREAD messages (user and assistant turns).
+        conn.execute(
+            """INSERT INTO threads (id, tenant_id, api_key_id, title, next_seq, message_count, total_tokens)
+               SELECT 'thr_bench_' || g, %s, 'key_bench_' || g, 'bench thread ' || g, %s, %s, %s * 60
+                 FROM generate_series(1, %s) g""",
+            (tenant_id, MESSAGES_PER_THREAD, MESSAGES_PER_THREAD, MESSAGES_PER_THREAD, keys),
+        )
+        conn.execute(
+            """INSERT INTO thread_messages (id, tenant_id, thread_id, seq, role, content, model_id,
+                                            input_tokens, output_tokens)
+               SELECT 'msg_bench_' || g || '_' || s, %s, 'thr_bench_' || g, s,
+                      CASE WHEN s %% 2 = 1 THEN 'user' ELSE 'assistant' END,
+                      jsonb_build_array(jsonb_build_object('type', 'text', 'text', 'message ' || s || ' of thread ' || g)),
+                      CASE WHEN s %% 2 = 0 THEN 'gpt-4o-mini' END, 20, 40
+                 FROM generate_series(1, %s) g, generate_series(1, %s) s""",
+            (tenant_id, keys, MESSAGES_PER_THREAD),
         )
         conn.execute("ANALYZE")
 
