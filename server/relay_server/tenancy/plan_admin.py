@@ -113,18 +113,20 @@ class PlanAdmin:
                     await store.set_quota(conn, plan, resource, limit)
             for feature in feature_changes:
                 await store.set_feature(conn, plan, feature, features[feature])
-            changes, hashes = list(_PLAN_CHANGED), []
+            changes, plan_keys = list(_PLAN_CHANGED), None
             metadata: dict[str, object] = {"quotas": quota_changes, "features": feature_changes}
             if models != before.allowed_models:
                 await store.set_models(conn, plan, models)
                 metadata["allowed_models"] = [list(before.allowed_models), list(models)]
-                # The allowed models ride in every cached key record of the plan's tenants.
+                # The allowed models ride in every cached key record of the plan's tenants: every
+                # worker drops its key records, and the bus tombstones the plan's shared ones (their
+                # hashes read at publish time, not carried in the staged job: a plan may have many).
                 changes.append(("key", ""))
-                hashes = await store.key_hashes_on_plan(conn, plan)
+                plan_keys = plan
             await call.audit(conn, None, "plan.updated", resource_type="plan", resource_id=plan, metadata=metadata)
-            staged = await self._bus.stage(conn, None, changes, hashes)
+            staged = await self._bus.stage(conn, None, changes, plan_keys=plan_keys)
             after = (await store.list_plans(conn))[plan]
-        await self._bus.publish(None, changes, key_hashes=hashes, staged=staged)
+        await self._bus.publish(None, changes, staged=staged, plan_keys=plan_keys)
         return after
 
 

@@ -49,6 +49,7 @@ from redis.exceptions import RedisError
 from relay_server.cache.policy_cache import SCOPES, Tag
 from relay_server.storage.postgres import jobs
 from relay_server.storage.postgres.api_keys import tenant_key_hashes
+from relay_server.storage.postgres.plans import key_hashes_on_plan
 from relay_server.storage.postgres.pool import Conn, Database
 from relay_server.storage.redis.client import publish
 from relay_server.storage.redis.subscriber import listen_forever
@@ -117,24 +118,42 @@ class PolicyBus:
     # --- the writing side -----------------------------------------------------------
 
     async def stage(
-        self, conn: Conn, tenant_id: str | None, changes: Sequence[Tag], key_hashes: Sequence[str] | None = None
+        self,
+        conn: Conn,
+        tenant_id: str | None,
+        changes: Sequence[Tag],
+        key_hashes: Sequence[str] | None = None,
+        *,
+        plan_keys: str | None = None,
     ) -> int | None:
         """In the change's own transaction: a durable reminder to publish (see module doc)."""
         if self._redis is None:
             return None
-        payload = {"changes": [list(c) for c in changes], **({"key_hashes": list(key_hashes)} if key_hashes else {})}
+        payload: dict[str, object] = {"changes": [list(c) for c in changes]}
+        if key_hashes:
+            payload["key_hashes"] = list(key_hashes)
+        if plan_keys:
+            payload["plan_keys"] = plan_keys
         return await jobs.enqueue(conn, PURGE_JOB, tenant_id=tenant_id, payload=payload, delay=timedelta(seconds=10))
 
     async def publish(
-        self, tenant_id: str | None, changes: Sequence[Tag], *, key_hashes: Sequence[str] = (), staged: int | None = None
+        self,
+        tenant_id: str | None,
+        changes: Sequence[Tag],
+        *,
+        key_hashes: Sequence[str] = (),
+        staged: int | None = None,
+        plan_keys: str | None = None,
     ) -> bool:
-        """After commit: apply ``changes`` on every worker.  False if Redis could not be reached."""
+        """After commit: apply ``changes`` on every worker.  False if Redis could not be reached.
+        ``plan_keys``: a plan whose tenants' shared key records are stale too (they carry the
+        plan's allowed models); their hashes are read now, like a tenant change's."""
         changes = [(str(s), str(i)) for s, i in changes]
         self.apply_locally(changes)
         if self._redis is None:
             return True  # single-process mode: the local purge was everything
         try:
-            await self._purge_shared_keys(tenant_id, changes, key_hashes)
+            await self._purge_shared_keys(tenant_id, changes, key_hashes, plan_keys)
             nonce = secrets.token_hex(8)
             receivers = await publish(self._redis, CHANNEL, orjson.dumps({"c": changes, "ack": nonce}))
             await self._await_acks(nonce, int(receivers))
@@ -162,7 +181,9 @@ class PolicyBus:
         """A provider credential changed: ``owner`` None is a pooled key, which every tenant routes to."""
         return await self.publish(owner, [("credentials", owner or "")])
 
-    async def _purge_shared_keys(self, tenant_id: str | None, changes: Sequence[Tag], key_hashes: Sequence[str]) -> None:
+    async def _purge_shared_keys(
+        self, tenant_id: str | None, changes: Sequence[Tag], key_hashes: Sequence[str], plan_keys: str | None
+    ) -> None:
         if self._key_cache is None:
             return
         hashes = list(key_hashes)
@@ -170,6 +191,9 @@ class PolicyBus:
             # A key's shared record carries its tenant's status, plan and config.
             async with self._db.system_tx() as conn:
                 hashes += await tenant_key_hashes(conn, tenant_id)
+        if plan_keys:
+            async with self._db.system_tx() as conn:
+                hashes += await key_hashes_on_plan(conn, plan_keys)
         if hashes:
             await self._key_cache.purge(hashes)
 
@@ -193,7 +217,8 @@ class PolicyBus:
             changes = [(str(s), str(i)) for s, i in job.payload["changes"]]
         else:  # LEGACY_PURGE_JOB
             changes = [("key", h) for h in hashes] if hashes else [("tenant", str(job.tenant_id))]
-        if not await self.publish(job.tenant_id, changes, key_hashes=hashes):
+        plan_keys = job.payload.get("plan_keys") or None
+        if not await self.publish(job.tenant_id, changes, key_hashes=hashes, plan_keys=plan_keys):
             raise RuntimeError("redis unavailable: policy cache purge postponed")
 
     # --- the listening side -----------------------------------------------------------
