@@ -98,6 +98,8 @@ async def fake_server() -> AsyncIterator[Callable[..., asyncio.Future[int]]]:
                 writer.close()
             elif behaviour == "extra":
                 writer.write(b"+PONG\r\n+UNASKED\r\n")
+            elif behaviour == "answer-once":
+                writer.write(b"+PONG\r\n")
             await asyncio.sleep(30)  # "silent": never answer
 
         server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -120,6 +122,21 @@ async def test_a_silent_redis_times_out_and_the_connection_is_dropped(fake_serve
                 await call
         with pytest.raises(RedisTimeoutError):
             await wire.execute("PING")  # a new connection, silent again: no reply for the wrong caller
+    finally:
+        await wire.close()
+
+
+async def test_a_call_behind_answered_ones_still_times_out(fake_server) -> None:  # noqa: ANN001
+    """One watchdog per connection follows the oldest unanswered call, whoever armed it."""
+    wire = RedisWire(Endpoint(port=await fake_server("answer-once")), timeout_s=0.2)
+    try:
+        assert await wire.execute("PING") == b"PONG"
+        await asyncio.sleep(0.1)  # the first call's deadline passes while the next one waits
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(RedisTimeoutError):
+            await wire.execute("PING")
+        assert 0.15 <= loop.time() - started < 1.0  # its own deadline, not the first call's
     finally:
         await wire.close()
 

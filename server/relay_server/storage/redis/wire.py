@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import functools
 import hashlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -106,10 +105,16 @@ def _pack(commands: Sequence[Command]) -> bytes:
 class _Protocol(asyncio.Protocol):
     """One connection: writes coalesced per loop tick, replies matched to waiters in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout_s: float) -> None:
         self._loop = loop
+        self._timeout_s = timeout_s
         self._reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
         self._waiters: collections.deque[asyncio.Future[Any]] = collections.deque()
+        # (deadline, last reply of a batch), oldest first.  Replies come in order, so only the
+        # oldest unanswered batch can be late: one timer watches it (``_watch``) instead of a
+        # timer armed and cancelled per call, which cost as much as the call itself.
+        self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
+        self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._transport: asyncio.Transport | None = None
         self.closed = False
@@ -117,7 +122,7 @@ class _Protocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
+    def send(self, payload: bytes, replies: int, *, watch: bool = True) -> list[asyncio.Future[Any]]:
         if self.closed:
             raise RedisConnectionError("Redis connection closed")
         futures = [self._loop.create_future() for _ in range(replies)]
@@ -125,7 +130,30 @@ class _Protocol(asyncio.Protocol):
         if not self._out:
             self._loop.call_soon(self._flush)
         self._out.append(payload)
+        if watch:
+            deadline = self._loop.time() + self._timeout_s
+            self._deadlines.append((deadline, futures[-1]))
+            if self._watchdog is None:
+                self._arm(deadline)
         return futures
+
+    def _arm(self, when: float) -> None:
+        # A timer keeps the context it was armed in until it fires: arm it in an empty one.
+        self._watchdog = timer_at(self._loop, when, self._watch)
+
+    def _watch(self) -> None:
+        """The oldest unanswered batch's deadline came: late means the connection is dropped."""
+        self._watchdog = None
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][1].done():  # answered, or its caller gave up
+            deadlines.popleft()
+        if not deadlines or self.closed:
+            return
+        deadline = deadlines[0][0]
+        if deadline <= self._loop.time():
+            self.abort(RedisTimeoutError(f"Redis did not answer within {self._timeout_s * 1000:.0f} ms"))
+        else:
+            self._arm(deadline)
 
     def _flush(self) -> None:
         if self._out and self._transport is not None and not self.closed:
@@ -153,6 +181,10 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         self.closed = True
         self._out.clear()
+        self._deadlines.clear()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -200,10 +232,7 @@ class RedisWire:
         if not commands:
             return []
         conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
-        futures = conn.send(_pack(commands), len(commands))
-        loop = asyncio.get_running_loop()
-        # A cancelled timer can linger in the loop until its time: keep the request's context out of it.
-        timer = timer_at(loop, loop.time() + self._timeout_s, functools.partial(self._late, conn, futures[-1]))
+        futures = conn.send(_pack(commands), len(commands))  # the connection's watchdog times it out
         try:
             await futures[-1]  # replies arrive in order: the last one done means all are
         except BaseException:
@@ -215,8 +244,6 @@ class RedisWire:
                 elif not f.cancelled():
                     f.exception()
             raise
-        finally:
-            timer.cancel()
         return [f.result() for f in futures]
 
     async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
@@ -228,10 +255,6 @@ class RedisWire:
         if self._conn is not None:
             self._conn.abort(RedisConnectionError("Redis connection closed by Relay"))
             self._conn = None
-
-    def _late(self, conn: _Protocol, last: asyncio.Future[Any]) -> None:
-        if not last.done():
-            conn.abort(RedisTimeoutError(f"Redis did not answer within {self._timeout_s * 1000:.0f} ms"))
 
     async def _connect(self) -> _Protocol:
         if self._closed:
@@ -254,11 +277,11 @@ class RedisWire:
         try:
             async with asyncio.timeout(self._timeout_s):
                 if ep.unix_path is not None:
-                    _, conn = await loop.create_unix_connection(lambda: _Protocol(loop), ep.unix_path)
+                    _, conn = await loop.create_unix_connection(lambda: _Protocol(loop, self._timeout_s), ep.unix_path)
                 else:
                     server_hostname = ep.host if self._ssl is not None else None
                     _, conn = await loop.create_connection(
-                        lambda: _Protocol(loop), ep.host, ep.port, ssl=self._ssl, server_hostname=server_hostname
+                        lambda: _Protocol(loop, self._timeout_s), ep.host, ep.port, ssl=self._ssl, server_hostname=server_hostname
                     )
                 await self._handshake(conn)
         except TimeoutError:
@@ -278,7 +301,8 @@ class RedisWire:
             commands.append(("ROLE",))
         if not commands:
             return
-        futures = conn.send(_pack(commands), len(commands))
+        # Inside ``_open``'s own timeout.
+        futures = conn.send(_pack(commands), len(commands), watch=False)
         for reply in [await f for f in futures]:
             if isinstance(reply, ResponseError):
                 conn.abort(RedisConnectionError(f"Redis refused the connection: {reply}"))
