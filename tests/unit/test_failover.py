@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,12 @@ class Ticket:
 @dataclass
 class Served:
     credential_id: str | None = None
+    after_answer: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    async def metered(self) -> None:
+        """What the pipeline's metering task does first: the answering attempt's bookkeeping."""
+        for bookkeeping in self.after_answer:
+            await bookkeeping()
 
 
 class Sleeps:
@@ -154,7 +160,11 @@ async def test_a_5xx_fails_over_to_the_next_key_after_the_backoff() -> None:
     reply = await complete_with_failover(c, plan(attempt(a, ga, "k1"), attempt(b, gb, "k2"), sleeps=sleeps), served=served)
     assert reply is OK and c.attempts == 2 and served.credential_id == "k2"
     assert sleeps.waits == [0.1]
-    assert [r.outcome for r in ga.results] == ["failure"] and [r.outcome for r in gb.results] == ["success"]
+    # The failed attempt was closed before the next one (its breaker and key state steer the walk);
+    # the answering one is closed after the answer, by the metering task.
+    assert [r.outcome for r in ga.results] == ["failure"] and gb.results == []
+    await served.metered()
+    assert [r.outcome for r in gb.results] == ["success"] and gb.results[0].ended_at is not None
     assert gb.results[0].tokens == 5
     # Each call carried its own gate's credential; the planned call itself stays without one.
     assert a.calls[0].credential.api_key == "secret-k1" and b.calls[0].credential.api_key == "secret-k2"
@@ -265,6 +275,8 @@ async def test_a_stream_fails_over_before_its_first_chunk() -> None:
     ga, gb, served, c = Gate("k1"), Gate("k2"), Served(), ctx()
     chunks = await collect(stream_with_failover(c, plan(attempt(a, ga, "k1"), attempt(b, gb, "k2")), served=served))
     assert chunks == CHUNKS and served.credential_id == "k2" and c.attempts == 2
+    assert gb.results == [] and [r.outcome for r in ga.results] == ["failure"]
+    await served.metered()
     assert [r.outcome for r in gb.results] == ["success"] and gb.results[0].tokens == 4
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
 
@@ -64,6 +64,8 @@ class Admitted:
     """The live route, planned while admission ran (``InferencePipeline._prefetch_route``)."""
     output: OutputFilter | None = None
     """The request's output guardrails (None, the common case: items pass untouched)."""
+    after_answer: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Bookkeeping of the attempt that answered, run by the metering task (``_finish``)."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -240,11 +242,13 @@ class InferencePipeline:
             await asyncio.gather(*list(self._metering), return_exceptions=True)
 
     async def _finish(self, admitted: Admitted, error: BaseException | None, counter: OutputCounter) -> None:
+        for bookkeeping in admitted.after_answer:
+            await bookkeeping()  # the answering attempt's ticket: closing never raises
         if admitted.cache is not None and admitted.cache.hit is not None:
             # Served from the response cache: billed nothing, no provider tokens; the record keeps the saving.
             self._recorder.record(cached_metered(admitted, error, _outcome(error)))
             if self._gate is not None and admitted.ticket is not None:
-                await self._gate.settle(admitted.ticket, cost_micros=0, total_tokens=0)
+                await self._gate.settle(admitted.ticket, cost_micros=0, total_tokens=0, tracked=True)
             return
         outcome = _outcome(error)
         reconciled = await self._billable_usage(admitted, outcome, counter)
@@ -267,6 +271,7 @@ class InferencePipeline:
                 admitted.ticket,
                 cost_micros=cost.total_micros if cost else 0,
                 total_tokens=usage.total_tokens if usage else 0,
+                tracked=True,  # this is the metering task (``settle``)
             )
 
     async def _billable_usage(self, admitted: Admitted, outcome: Outcome, counter: OutputCounter) -> Reconciled | None:

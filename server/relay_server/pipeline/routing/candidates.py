@@ -201,7 +201,7 @@ class KeyTicket:
                 gate.state.suspect.add(gate.cred.provider_id)
             if gate.latency is not None and result.latency_ms is not None and result.outcome in ("success", "failure"):
                 # A failure's latency counts too: a route that times out must look slow.
-                total = int((time.monotonic() - self._opened) * 1000)
+                total = int(((result.ended_at or time.monotonic()) - self._opened) * 1000)
                 gate.latency.note(gate.model_id, gate.cred.provider_id, result.latency_ms, max(total, result.latency_ms))
             cool = 0
             if result.outcome == "limited":

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from relay_server.domain.catalog import CatalogEntry
@@ -44,10 +45,16 @@ log = logging.getLogger(__name__)
 class Served(Protocol):
     """Where the loop notes what serves the request: the credential (the request log's
     ``credential_id``) and the catalog model, which differs from the requested one when a
-    fallback model serves it — the meter prices the model that actually answered."""
+    fallback model serves it — the meter prices the model that actually answered.
+
+    ``after_answer`` collects the bookkeeping of the attempt that answered (its ticket's
+    close: outbound window settlement, breaker, route latency), which the pipeline's
+    metering task runs once the answer has gone: nothing the client waits for.
+    """
 
     credential_id: str | None
     entry: CatalogEntry
+    after_answer: list[Callable[[], Awaitable[None]]]
 
 
 def outcome_of(err: RelayError) -> AttemptOutcome:
@@ -171,6 +178,15 @@ async def _close(ticket: Ticket | None, result: AttemptResult) -> None:
         await ticket.close(result)
 
 
+async def _close_answered(served: Served | None, ticket: Ticket | None, result: AttemptResult) -> None:
+    """The answering attempt's ticket: closed after the answer has gone when the request has a
+    metering task to do it (its Redis round trip is then off the client's path), else now."""
+    if served is not None and ticket is not None:
+        served.after_answer.append(functools.partial(ticket.close, dataclasses.replace(result, ended_at=time.monotonic())))
+    else:
+        await _close(ticket, result)
+
+
 def _elapsed_ms(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
 
@@ -204,7 +220,7 @@ async def complete_with_failover(
         if isinstance(response, dict):
             observed.chunk(response)  # gen_ai.response.* (id, model, finish reasons) on the attempt's span
         observed.finish("success")
-        await _close(ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(usage)))
+        await _close_answered(served, ticket, AttemptResult("success", _elapsed_ms(started), _usage_tokens(usage)))
         return response
     raise walk.final_error()
 
@@ -329,7 +345,10 @@ class FailoverStream:
             self._observed.finish(result.outcome)
         if self._upstream is not None:
             await _aclose_quietly(self._upstream)
-        await _close(self._ticket, result)
+        if result.outcome == "success":
+            await _close_answered(self._walk.served, self._ticket, result)
+        else:
+            await _close(self._ticket, result)
 
     async def aclose(self) -> None:
         """Close upstream; a stream left before its end counts as a cancelled attempt."""

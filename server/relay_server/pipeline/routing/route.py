@@ -42,6 +42,8 @@ class AttemptResult:
     tokens: int | None = None
     """Tokens the provider reported (input + output), when known."""
     retry_after_s: int | None = None
+    ended_at: float | None = None
+    """``time.monotonic()`` when the call ended, if the result is reported later than that."""
 
 
 class Ticket(Protocol):

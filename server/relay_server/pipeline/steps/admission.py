@@ -260,12 +260,20 @@ class AdmissionGate:
             self._last_warning = now
             log.warning(message, extra={"error": repr(exc), "stats": vars(self.stats)})
 
-    async def settle(self, ticket: Ticket, *, cost_micros: int, total_tokens: int) -> None:
-        """Reconcile TPM and replace reservations by the real cost.  Never raises; runs at most once."""
+    async def settle(self, ticket: Ticket, *, cost_micros: int, total_tokens: int, tracked: bool = False) -> None:
+        """Reconcile TPM and replace reservations by the real cost.  Never raises; runs at most once.
+
+        ``tracked``: the caller already runs in a task of its own that is drained at shutdown and
+        that a client's cancellation does not reach (the pipeline's metering task): the settlement
+        then runs in it, without a second task.
+        """
         if ticket.settled:
             return
         ticket.settled = True
         if self._redis is None or (not ticket.token_windows and not ticket.caps):
+            return
+        if tracked:
+            await self._settle(ticket, cost_micros, total_tokens)
             return
         task = asyncio.get_running_loop().create_task(self._settle(ticket, cost_micros, total_tokens))
         self._tasks.add(task)
