@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -336,3 +337,14 @@ async def test_a_stream_with_nothing_admitted_is_a_503_before_any_chunk() -> Non
     with pytest.raises(RelayError) as info:
         await collect(stream_with_failover(ctx(), plan(attempt(Scripted("p"), Gate("k1", admit=False), "k1"))))
     assert info.value.kind is ErrorKind.NO_PROVIDER_AVAILABLE
+
+
+async def test_a_call_with_its_credential_keeps_every_other_field() -> None:
+    """``ProviderCall.with_credential`` lists the fields by hand: a new field must not be dropped."""
+    call = ProviderCall(
+        kind="chat", body={"model": "m"}, provider_model="pm", request_id="r", timeout_s=3.0, door="anthropic",
+        native_body={"x": 1}, native_headers={"anthropic-version": "v"},
+    )  # fmt: skip
+    cred = Credential("k", "secret")
+    assert call.with_credential(cred) == dataclasses.replace(call, credential=cred)
+    assert len(dataclasses.fields(ProviderCall)) == 9  # a new field: add it to ``with_credential`` too

@@ -55,6 +55,13 @@ class ProviderCall:
     native_headers: Mapping[str, str] | None = field(default=None, repr=False)
     """The client's headers of that dialect (``anthropic-version``, ``anthropic-beta``), for a native pair."""
 
+    def with_credential(self, credential: Credential) -> ProviderCall:
+        """This call with ``credential`` (every attempt: ``dataclasses.replace`` costs 3× more)."""
+        return ProviderCall(
+            self.kind, self.body, self.provider_model, self.request_id, credential, self.timeout_s, self.door,
+            self.native_body, self.native_headers,
+        )  # fmt: skip
+
 
 @dataclass(frozen=True, slots=True)
 class NativeEvent:

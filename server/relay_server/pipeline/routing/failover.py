@@ -24,7 +24,6 @@ cancellation — which closes the provider connection at once.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import logging
 import time
@@ -111,7 +110,7 @@ class _Walk:
                     self.excluded.add(attempt.credential_key)
                     continue
                 if ticket.credential is not None:
-                    call = dataclasses.replace(call, credential=ticket.credential)
+                    call = call.with_credential(ticket.credential)
             self.made += 1
             if self.made > 1 and not self.skip_backoff:
                 try:
@@ -182,7 +181,8 @@ async def _close_answered(served: Served | None, ticket: Ticket | None, result: 
     """The answering attempt's ticket: closed after the answer has gone when the request has a
     metering task to do it (its Redis round trip is then off the client's path), else now."""
     if served is not None and ticket is not None:
-        served.after_answer.append(functools.partial(ticket.close, dataclasses.replace(result, ended_at=time.monotonic())))
+        ended = AttemptResult(result.outcome, result.latency_ms, result.tokens, result.retry_after_s, time.monotonic())
+        served.after_answer.append(functools.partial(ticket.close, ended))
     else:
         await _close(ticket, result)
 
