@@ -32,7 +32,7 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from relay_server.storage.postgres.pool import Database
-from relay_server.storage.postgres.request_log import COLUMNS, RequestLogStore, RequestRow, utc_day
+from relay_server.storage.postgres.request_log import COLUMNS, RequestLogStore, RequestRow
 from tests.support.metering import make_key, make_tenant
 from tests.support.pg import start_cluster
 
@@ -68,6 +68,10 @@ ON CONFLICT (tenant_id, date, environment) DO UPDATE SET marked_at = now()
 _JSONB = ("request_metadata", "guardrails")
 
 
+def utc_day(moment: datetime) -> Any:
+    return moment.astimezone(UTC).date()
+
+
 def _old_params(row: RequestRow) -> tuple[Any, ...]:
     return tuple(
         Jsonb(getattr(row, name)) if name in _JSONB and getattr(row, name) is not None else getattr(row, name)
@@ -96,7 +100,9 @@ def executemany_insert(store: RequestLogStore) -> Callable[[list[RequestRow]], A
 # -- the measurement -----------------------------------------------------------------------------
 
 
-async def _measure(insert: Callable[[list[RequestRow]], Awaitable[None]], tenant: str, key: str, batch: int, rows: int) -> dict:
+async def _measure(
+    insert: Callable[[list[RequestRow]], Awaitable[None]], tenant: str, key: str, batch: int, rows: int
+) -> dict:
     batches = max(rows // batch, 20)
     for _ in range(5):  # warm-up: pool connections, prepared statements, type caches
         await insert([_row(tenant, key) for _ in range(batch)])
@@ -106,7 +112,12 @@ async def _measure(insert: Callable[[list[RequestRow]], Awaitable[None]], tenant
         await insert(rows_)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     n = batches * batch
-    return {"batch": batch, "rows": n, "cpu_us_per_row": round(cpu / n * 1e6, 1), "wall_us_per_row": round(wall / n * 1e6, 1)}
+    return {
+        "batch": batch,
+        "rows": n,
+        "cpu_us_per_row": round(cpu / n * 1e6, 1),
+        "wall_us_per_row": round(wall / n * 1e6, 1),
+    }
 
 
 async def main(rows: int, variants: list[str]) -> dict:
@@ -125,7 +136,9 @@ async def main(rows: int, variants: list[str]) -> dict:
             for name in variants:
                 out[name] = [await _measure(inserts[name], tenant, key, b, rows) for b in BATCHES]
             async with db.system_tx() as conn:
-                got = await (await conn.execute("SELECT count(*) AS n FROM requests WHERE tenant_id = %s", (tenant,))).fetchone()
+                got = await (
+                    await conn.execute("SELECT count(*) AS n FROM requests WHERE tenant_id = %s", (tenant,))
+                ).fetchone()
             out["rows_written"] = got["n"] if got else 0
         finally:
             await db.close()
