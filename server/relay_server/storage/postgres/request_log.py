@@ -226,18 +226,19 @@ class RequestLogStore:
         before a move to a silo are written to the silo once the move switched.
         """
         groups = await self._plane.group(r.tenant_id for r in rows)
+        if len(groups) == 1:  # the usual case: one database
+            [db] = groups
+            await self._insert(db, rows)
+            return
         for db, tenants in groups.items():
             mine = set(tenants)
             await self._insert(db, [r for r in rows if r.tenant_id in mine])
 
     async def _insert(self, db: Database, rows: list[RequestRow]) -> None:
         payload = Json(encode_rows(rows), dumps=_as_is)  # encoded before a connection is held
-
-        async def run() -> None:
+        async with asyncio.timeout(self._timeout * 3):  # no task per batch, unlike wait_for
             async with db.system.connection(timeout=self._timeout) as conn:
                 await conn.execute(_WRITE, (payload,))
-
-        await asyncio.wait_for(run(), timeout=self._timeout * 3)
 
     async def ping(self) -> None:
         async def run() -> None:
