@@ -39,8 +39,8 @@ from relay_server.storage.spool import Spool
 log = logging.getLogger(__name__)
 
 
-# No __slots__: orjson encodes a dataclass with a __dict__ straight from it, twice as fast as one it
-# must read attribute by attribute (≈ 1.6 against 3.2 µs a row, bench/request_log_bench.py).
+# No __slots__: orjson encodes a dataclass that has a __dict__ straight from it, about twice as fast
+# as one it must read attribute by attribute (a chat request's row: ≈ 1.6 µs against 3.2).
 @dataclass(frozen=True)
 class RequestRow:
     """Every column of ``requests`` (migration 0005)."""
