@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
@@ -21,6 +23,7 @@ from relay_server.stack.pgbouncer import PgBouncerHandle, pgbouncer_available, s
 from relay_server.stack.processes import free_port
 from relay_server.storage.postgres.migrate import APP_ROLE
 from relay_server.storage.postgres.pool import Database
+from relay_server.storage.postgres.request_log import RequestLogStore, RequestRow
 from tests.support.metering import make_key, make_tenant
 from tests.support.pg import OWNER_ROLE, PgCluster, TestDatabase
 
@@ -106,3 +109,55 @@ async def test_the_owner_role_keeps_its_session(pooled_db: Database) -> None:
                 assert again is not None and first is not None and again["pid"] == first["pid"]
         assert first is not None and first["ok"]
         await conn.execute("SELECT pg_advisory_unlock(4242)")
+
+
+async def test_the_request_log_writes_through_transaction_pooling(
+    pg_cluster: PgCluster, pg_db: TestDatabase, tmp_path: Path
+) -> None:
+    """The request-log writer's batch statement leaves nothing on the session: with the owner role in
+    transaction mode too, concurrent batches (more than psycopg's prepare threshold) on a few shared
+    server connections all land, repeated rows once, with their marks."""
+    server = pg_cluster.server
+    handle = start_pgbouncer(
+        tmp_path / "pgbouncer-tx", free_port(), upstream_host=server.host, upstream_port=server.port,
+        users={APP_ROLE: pg_cluster.app_password, OWNER_ROLE: pg_cluster.owner_password}, pool_size=2,
+        transaction_roles=(APP_ROLE, OWNER_ROLE),
+    )  # fmt: skip
+    try:
+        db = Database(
+            handle.dsn(pg_db.name, OWNER_ROLE, pg_cluster.owner_password),
+            handle.dsn(pg_db.name, APP_ROLE, pg_cluster.app_password),
+            min_size=2, max_size=8, transaction_pooling=True,
+        )  # fmt: skip
+        await db.open()
+        try:
+            tenant = make_tenant(pg_db.owner_dsn)
+            key = make_key(pg_db.owner_dsn, tenant).key_id
+            store = RequestLogStore(db)
+            now = datetime.now(UTC)
+            rows = [
+                RequestRow(
+                    id=f"req_pgb{i:04d}", created_at=now, tenant_id=tenant, api_key_id=key, environment="live",
+                    request_type="chat", stream=False, started_at=now, status="success", cost_micros=i,
+                    input_cost=Decimal("0.00000150"), request_metadata={"i": i},
+                )
+                for i in range(120)
+            ]
+            batches = [rows[i : i + 10] for i in range(0, len(rows), 10)]
+            await asyncio.wait_for(asyncio.gather(*(store.insert(b) for b in batches + batches)), 60)
+            async with db.system_tx() as conn:
+                got = await (
+                    await conn.execute(
+                        "SELECT count(*) AS n, sum(cost_micros) AS micros, sum(input_cost) AS cost"
+                        " FROM requests WHERE tenant_id = %s", (tenant,),
+                    )
+                ).fetchone()  # fmt: skip
+                marks = await (
+                    await conn.execute("SELECT count(*) AS n FROM usage_rollup_pending WHERE tenant_id = %s", (tenant,))
+                ).fetchone()
+            assert got == {"n": 120, "micros": sum(range(120)), "cost": Decimal("0.00018000")}
+            assert marks == {"n": 1}
+        finally:
+            await db.close()
+    finally:
+        handle.stop()

@@ -9,9 +9,10 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import orjson
 import pytest
 
-from relay_server.storage.postgres.request_log import COLUMNS, RequestRow
+from relay_server.storage.postgres.request_log import COLUMNS, RequestRow, encode_rows
 from relay_server.storage.spool import Spool
 from relay_server.workers.webhooks import derived_secret, sign, verify
 
@@ -93,7 +94,8 @@ def test_a_request_row_survives_the_spool_exactly() -> None:
     again = RequestRow.from_json(row.to_json())
     assert again == row
     assert again.created_at.utcoffset() == timedelta(0) and again.total_cost == Decimal("0.00000451")
-    assert len(row.params()) == len(COLUMNS) == 42  # + route_alias, route_target, route_reason (0025), guardrails (0026)
+    [encoded] = orjson.loads(encode_rows([row]))  # what the store sends: every column, by name
+    assert list(encoded) == list(COLUMNS) and len(COLUMNS) == 42  # + route_*, (0025), guardrails (0026)
     assert row.without_references().model_id is None and row.without_references().requested_model == row.requested_model
 
 

@@ -151,6 +151,7 @@ def start_pgbouncer(
     upstream_port: int,
     users: Mapping[str, str],
     pool_size: int = 50,
+    transaction_roles: tuple[str, ...] = ("relay_app",),
     detach: bool = False,
     pid_path: Path | None = None,
     timeout: float = 15.0,
@@ -163,8 +164,9 @@ def start_pgbouncer(
     # directory of that user's own.
     run_dir = Path(tempfile.mkdtemp(prefix=_RUN_DIR_PREFIX)) if user else work_dir
     ini = write_config(
-        run_dir, port, upstream_host=upstream_host, upstream_port=upstream_port, users=users, pool_size=pool_size
-    )
+        run_dir, port, upstream_host=upstream_host, upstream_port=upstream_port, users=users, pool_size=pool_size,
+        transaction_roles=transaction_roles,
+    )  # fmt: skip
     argv = [str(find_pgbouncer()), *(["-u", user] if user else []), str(ini)]
     log_path = work_dir / "pgbouncer.out"
     proc: subprocess.Popen[bytes] | None = None

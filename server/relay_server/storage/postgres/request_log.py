@@ -23,12 +23,13 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import psycopg
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json
 from psycopg_pool import PoolTimeout
 
 from relay_server.storage.postgres.pool import Database
@@ -38,7 +39,9 @@ from relay_server.storage.spool import Spool
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+# No __slots__: orjson encodes a dataclass that has a __dict__ straight from it, about twice as fast
+# as one it must read attribute by attribute (a chat request's row: ≈ 1.6 µs against 3.2).
+@dataclass(frozen=True)
 class RequestRow:
     """Every column of ``requests`` (migration 0005)."""
 
@@ -111,12 +114,6 @@ class RequestRow:
             values[f.name] = value
         return cls(**values)
 
-    def params(self) -> tuple[Any, ...]:
-        return tuple(
-            Jsonb(getattr(self, name)) if name in _JSONB and getattr(self, name) is not None else getattr(self, name)
-            for name in COLUMNS
-        )
-
     def without_references(self) -> RequestRow:
         """The row with its optional catalog references cleared (requested_model keeps the name)."""
         return _replace(self, model_id=None, provider_id=None, credential_id=None)
@@ -137,7 +134,6 @@ class RequestRow:
 
 
 _TEXT_LIMIT = 2000
-_JSONB = ("request_metadata", "guardrails")
 
 
 def _storable(text: str, limit: int) -> str:
@@ -156,16 +152,59 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(RequestRow))
 _DECIMALS = {"input_cost", "output_cost", "total_cost", "markup_rate", "relay_revenue"}
 _DATETIMES = {"created_at", "started_at", "first_token_at", "completed_at"}
 
-_INSERT = (
-    f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))}) "
-    "ON CONFLICT (id, created_at) DO NOTHING"
+# One statement per database and batch: the rows travel as ONE json parameter (orjson encodes the
+# frozen dataclasses natively, in C), Postgres expands them with json_populate_recordset into
+# ``requests``' own column types, and the marks are derived from the same rows.  One round trip, no
+# BEGIN/COMMIT (a statement is its own transaction), no per-row Python in psycopg, nothing left on
+# the session (PgBouncer's transaction pooling is fine).  Semantics as an executemany of single-row
+# inserts had them:
+# * ON CONFLICT DO NOTHING also skips a key repeated inside the batch (the first one wins: the
+#   function returns the array in order);
+# * the marks are upserted only once every row is in (they read ``written``'s count), in the order
+#   Python's ``sorted`` gave them before (code-point order = COLLATE "C"), so writers still lock
+#   marks in one order; DO UPDATE (not NOTHING) keeps each mark locked until this statement
+#   commits: the rollup worker skips locked marks, so it never recomputes a day without these rows.
+_WRITE = f"""
+WITH batch AS MATERIALIZED (SELECT * FROM json_populate_recordset(NULL::requests, %s)),
+written AS (
+    INSERT INTO requests ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM batch
+    ON CONFLICT (id, created_at) DO NOTHING
+    RETURNING 1
 )
-# DO UPDATE (not NOTHING) so the mark stays locked until this transaction commits:
-# the rollup worker skips locked marks, so it never recomputes a day without these rows.
-_MARK = """
-INSERT INTO usage_rollup_pending (tenant_id, date, environment) VALUES (%s, %s, %s)
+INSERT INTO usage_rollup_pending (tenant_id, date, environment)
+SELECT tenant_id, date, environment FROM (
+    SELECT DISTINCT tenant_id, (created_at AT TIME ZONE 'UTC')::date AS date, environment FROM batch
+     WHERE (SELECT count(*) FROM written) >= 0
+) marks
+ORDER BY tenant_id COLLATE "C", date, environment COLLATE "C"
 ON CONFLICT (tenant_id, date, environment) DO UPDATE SET marked_at = now()
 """
+
+
+def _money(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)  # exact: numeric's input parses it digit for digit
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def encode_rows(rows: list[RequestRow]) -> bytes:
+    """The batch as a JSON array of row objects (key = column): what ``_WRITE`` expands.
+
+    Datetimes go as RFC 3339 with their offset (microseconds kept), Decimals as strings, None as
+    null (SQL NULL, also for the jsonb columns), dict keys that are not strings as strings (as
+    every Jsonb parameter, storage/postgres/pool.py).  A row orjson cannot encode (a lone
+    surrogate, an integer beyond 64 bits) is refused like a row Postgres refuses, so it takes the
+    repair path.
+    """
+    try:
+        return orjson.dumps(rows, default=_money, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise psycopg.DataError(f"request log row cannot be encoded: {exc}") from exc
+
+
+def _as_is(payload: Any) -> Any:
+    return payload  # already JSON (encode_rows)
+
 
 _POLL_S = 0.05
 # Postgres unreachable, restarting, or too slow: the batch goes to the spool.
@@ -173,10 +212,6 @@ TRANSIENT = (psycopg.OperationalError, PoolTimeout, OSError, asyncio.TimeoutErro
 # The row itself is refused (checked BEFORE TRANSIENT: ProgramLimitExceeded, e.g. an
 # index entry too large, is an OperationalError, yet retrying the same row never helps).
 REJECTED = (psycopg.IntegrityError, psycopg.DataError, psycopg.errors.ProgramLimitExceeded, UnicodeEncodeError)
-
-
-def utc_day(moment: datetime) -> Any:
-    return moment.astimezone(UTC).date()
 
 
 class RequestLogStore:
@@ -193,21 +228,19 @@ class RequestLogStore:
         before a move to a silo are written to the silo once the move switched.
         """
         groups = await self._plane.group(r.tenant_id for r in rows)
+        if len(groups) == 1:  # the usual case: one database
+            [db] = groups
+            await self._insert(db, rows)
+            return
         for db, tenants in groups.items():
             mine = set(tenants)
             await self._insert(db, [r for r in rows if r.tenant_id in mine])
 
     async def _insert(self, db: Database, rows: list[RequestRow]) -> None:
-        marks = sorted({(r.tenant_id, utc_day(r.created_at), r.environment) for r in rows})
-        params = [r.params() for r in rows]
-
-        async def run() -> None:
-            async with db.system.connection(timeout=self._timeout) as conn, conn.transaction():
-                async with conn.cursor() as cur:
-                    await cur.executemany(_INSERT, params)
-                    await cur.executemany(_MARK, marks)
-
-        await asyncio.wait_for(run(), timeout=self._timeout * 3)
+        payload = Json(encode_rows(rows), dumps=_as_is)  # encoded before a connection is held
+        async with asyncio.timeout(self._timeout * 3):  # no task per batch, unlike wait_for
+            async with db.system.connection(timeout=self._timeout) as conn:
+                await conn.execute(_WRITE, (payload,))
 
     async def ping(self) -> None:
         async def run() -> None:
