@@ -39,8 +39,17 @@ class JsonFormatter(logging.Formatter):
             "msg": clip(record.getMessage(), MAX_FIELD_CHARS),
         }
         for key, value in record.__dict__.items():
-            if key not in _STANDARD and value is not None:
-                entry[key] = MASK if is_secret_field(key) else _clipped(value)
+            if value is None or key in _STANDARD:
+                continue
+            secret = _SECRET_NAMES.get(key)
+            if secret is None:
+                secret = _remember_secret_name(key)
+            if secret:
+                entry[key] = MASK
+            elif value.__class__ is str and len(value) > MAX_FIELD_CHARS:
+                entry[key] = clip(value, MAX_FIELD_CHARS)
+            else:
+                entry[key] = value
         for key, value in log_fields().items():
             entry.setdefault(key, _clipped(value))  # explicit ``extra`` wins
         if record.exc_info:
@@ -50,6 +59,18 @@ class JsonFormatter(logging.Formatter):
 
 def _clipped(value: object) -> object:
     return clip(value, MAX_FIELD_CHARS) if isinstance(value, str) else value
+
+
+# ``extra`` names come from the code, a small fixed set: whether each is a secret's name is
+# decided once (the per-record check cost as much as the rest of the line).
+_SECRET_NAMES: dict[str, bool] = {}
+
+
+def _remember_secret_name(key: str) -> bool:
+    secret = is_secret_field(key)
+    if len(_SECRET_NAMES) < 4096:  # bounded, whatever a caller passes as ``extra``
+        _SECRET_NAMES[key] = secret
+    return secret
 # procrastinate names a job as ``task[id](kwarg=value, ...)`` in its messages and
 # puts the job (arguments included) in its log fields.  Relay's job arguments
 # carry no secrets, but they are tenant data: logs get the job's name and id only.
@@ -132,4 +153,7 @@ def configure(level: str = "INFO") -> None:
     # The JSON line uses none of these; computing them costs a frame walk and lookups per record.
     logging.logThreads = False
     logging.logProcesses = False
+    # Nor the caller's file and line: the logging HOWTO's "set logging._srcfile to None" skips
+    # the frame walk every record otherwise makes.
+    logging._srcfile = None  # noqa: SLF001
     logging.logMultiprocessing = False
