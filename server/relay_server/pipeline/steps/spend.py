@@ -174,11 +174,16 @@ def caps_for(
     return caps
 
 
+@functools.lru_cache(maxsize=16)
+def _margin_factor(input_margin: float) -> Decimal:
+    return 1 + Decimal(str(input_margin))  # the float as written (0.1 → 1.1 exactly), once per setting
+
+
 def reservation_micros(
     entry: CatalogEntry, input_tokens: int, output_tokens: int, markup: Decimal, *, input_margin: float = 0.10
 ) -> int:
     """Worst-case billed cost in micro-USD, rounded up: never below what the same usage is billed."""
-    padded_input = math.ceil(input_tokens * (1 + Decimal(str(input_margin)))) + _INPUT_SLACK_TOKENS
+    padded_input = math.ceil(input_tokens * _margin_factor(input_margin)) + _INPUT_SLACK_TOKENS
     cost = price(entry, Usage(padded_input, output_tokens), markup)
     return int((cost.total_cost * _MICROS).to_integral_value(rounding=ROUND_CEILING))
 
