@@ -1,0 +1,133 @@
+"""Relay's own per-request CPU, without gRPC and Envoy: the servicer called in process.
+
+The bench's stack (Postgres, Redis, the mock upstream, a seeded tenant, key and
+sealed credential) is started as ``bench/run.py`` starts it; this process then
+builds a second, in-process app from the same settings (``app.build``) and calls
+``OpenAIServicer.CreateChatCompletion`` directly with a minimal servicer context
+— what a request costs in Relay's own Python: auth, admission, routing, the
+upstream call (over Relay's HTTP client, to the mock), metering, the request log.
+What it leaves out is exactly the architecture's floor (bench/floor_gateway.py:
+Envoy, grpc.aio), so the two add up to the whole.
+
+    PYTHONPATH=server:proto_python:. .venv/bin/python -m bench.inprocess --requests 3000 --concurrency 32
+    ... --profile out.prof   # cProfile of the measured requests (deterministic call counts)
+
+Prints CPU µs per request (this process: the event loop, Relay's Python, the
+drivers' socket I/O; not Postgres, Redis or the mock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from google.api import httpbody_pb2
+
+from bench.stack import StackOptions, new_stack
+
+_BODY = (
+    b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}'
+)
+
+
+class Context:
+    """What the OpenAI door uses of ``grpc.aio.ServicerContext``."""
+
+    def __init__(self, metadata: Sequence[tuple[str, str]]) -> None:
+        self._metadata = tuple(metadata)
+        self.headers: Any = None
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._metadata
+
+    async def send_initial_metadata(self, headers: Any) -> None:
+        self.headers = headers
+
+    async def abort(self, code: Any, details: str = "", trailing_metadata: Any = ()) -> None:
+        raise RuntimeError(f"request refused: {code} {details}")
+
+    def set_trailing_metadata(self, metadata: Any) -> None:
+        pass
+
+
+async def _measure(stack: Any, args: argparse.Namespace) -> None:
+    from relay_server import logging_setup  # noqa: PLC0415 (after the environment is set)
+    from relay_server.api.openai_service import OpenAIServicer  # noqa: PLC0415
+    from relay_server.app import build, start_observability  # noqa: PLC0415
+    from relay_server.pipeline.routing.model_names import ModelNames  # noqa: PLC0415
+    from relay_server.settings import Settings  # noqa: PLC0415
+
+    settings = Settings.from_env(stack.server_env(1))
+    logging_setup.configure(settings.log_level)  # as a worker: one JSON line per request (to stderr)
+    app = await build(settings)
+    await app.tenancy.start()
+    start_observability(app)
+    models = ModelNames(app.catalog, app.routing.virtual)
+    servicer = OpenAIServicer(app.pipeline, app.authenticator, models, observability=app.observability)
+    metadata = [("authorization", f"Bearer {stack.seeded.live_key}"), ("content-type", "application/json")]
+    request = httpbody_pb2.HttpBody(content_type="application/json", data=_BODY)
+
+    async def one() -> None:
+        frames = [f async for f in servicer.CreateChatCompletion(request, Context(metadata))]
+        assert frames and b'"choices"' in frames[0].data, frames
+
+    async def drive(n: int) -> None:
+        per = max(1, n // args.concurrency)
+        await asyncio.gather(*(_loop(one, per) for _ in range(args.concurrency)))
+
+    await drive(min(500, args.requests))  # warm: caches, pools, the upstream connections
+    await app.pipeline.drain()
+    profiler = cProfile.Profile() if args.profile else None
+    cpu, wall = time.process_time(), time.perf_counter()
+    if profiler is not None:
+        profiler.enable()
+    await drive(args.requests)
+    await app.pipeline.drain()  # metering and settlement belong to the request's cost
+    if profiler is not None:
+        profiler.disable()
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    n = max(1, args.requests // args.concurrency) * args.concurrency
+    print(
+        f"in-process chat c={args.concurrency}: {n} requests, {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:.0f} req/s"
+    )
+    if profiler is not None:
+        profiler.dump_stats(args.profile)
+        stats = pstats.Stats(profiler).sort_stats("tottime")
+        stats.print_stats(args.top)
+    await app.close()
+
+
+async def _loop(one: Any, n: int) -> None:
+    for _ in range(n):
+        await one()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--profile", default="", help="write a cProfile of the measured requests here")
+    p.add_argument("--top", type=int, default=40)
+    args = p.parse_args(argv)
+    stack = new_stack(StackOptions())
+    try:
+        stack.start()
+        for key, value in stack.server_env(1).items():
+            os.environ[key] = value
+        import uvloop  # noqa: PLC0415
+
+        uvloop.run(_measure(stack, args))
+    finally:
+        stack.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
