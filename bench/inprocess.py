@@ -32,6 +32,10 @@ from google.api import httpbody_pb2
 
 from bench.stack import StackOptions, new_stack
 
+_STREAM_BODY = (
+    b'{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello in one short sentence."}],'
+    b'"max_tokens":32}'
+)
 _BODY = (
     b'{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32}'
 )
@@ -64,7 +68,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     from relay_server.pipeline.routing.model_names import ModelNames  # noqa: PLC0415
     from relay_server.settings import Settings  # noqa: PLC0415
 
-    settings = Settings.from_env(stack.server_env(1))
+    settings = Settings.from_env(os.environ)
     logging_setup.configure(settings.log_level)  # as a worker: one JSON line per request (to stderr)
     app = await build(settings)
     await app.tenancy.start()
@@ -72,11 +76,13 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     models = ModelNames(app.catalog, app.routing.virtual)
     servicer = OpenAIServicer(app.pipeline, app.authenticator, models, observability=app.observability)
     metadata = [("authorization", f"Bearer {stack.seeded.live_key}"), ("content-type", "application/json")]
-    request = httpbody_pb2.HttpBody(content_type="application/json", data=_BODY)
+    body = _STREAM_BODY if args.stream else _BODY
+    request = httpbody_pb2.HttpBody(content_type="application/json", data=body)
 
     async def one() -> None:
         frames = [f async for f in servicer.CreateChatCompletion(request, Context(metadata))]
         assert frames and b'"choices"' in frames[0].data, frames
+        assert not args.stream or frames[-1].data.endswith(b"data: [DONE]\n\n"), frames[-1]
 
     async def drive(n: int) -> None:
         per = max(1, n // args.concurrency)
@@ -95,7 +101,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
     n = max(1, args.requests // args.concurrency) * args.concurrency
     print(
-        f"in-process chat c={args.concurrency}: {n} requests, {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:.0f} req/s"
+        f"in-process {'stream' if args.stream else 'chat'} c={args.concurrency}: {n} requests, {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:.0f} req/s"
     )
     if profiler is not None:
         profiler.dump_stats(args.profile)
@@ -113,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.inprocess", description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=3000)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--stream", action="store_true", help="streamed chat (the mock's chunks, without its pause between them)"
+    )
     p.add_argument("--profile", default="", help="write a cProfile of the measured requests here")
     p.add_argument("--top", type=int, default=40)
     args = p.parse_args(argv)
-    stack = new_stack(StackOptions())
+    stack = new_stack(StackOptions(chunk_interval_ms=0) if args.stream else StackOptions())
     try:
         stack.start()
         for key, value in stack.server_env(1).items():
             os.environ[key] = value
+        os.environ["RELAY_METRICS_PORT"] = "0"  # the stack's own worker serves the port; metrics are still kept
         import uvloop  # noqa: PLC0415
 
         uvloop.run(_measure(stack, args))
