@@ -1,0 +1,54 @@
+"""Decrypted provider secrets kept in worker memory, so a request does not pay two AES-GCM
+decryptions (unwrap the data key, then the secret) for a credential it used a moment ago.
+
+An entry is keyed by everything its plaintext is a function of: the record it belongs to
+(credential id, tenant, provider: what the ciphertext is bound to) and the sealed bytes
+themselves (ciphertext, nonce, wrapped data key, master key id).  A rotated or updated secret
+is new ciphertext, a re-wrapped data key is new bytes under another master key id: either is a
+different key here, so a change is never answered from an old entry, and one tenant's record
+can never match another's.  The cache belongs to one ``Keyring`` (the master keys it was opened
+with) and lives as long as it does; only successful opens are kept.
+
+Plaintext stays in process memory only: never logged, persisted, or put in a repr or an
+exception message.  Bounded: the least recently used entry goes first.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from relay_server.crypto.envelope import RecordRef, Sealed
+
+MAX_OPENED = 4096
+
+
+class OpenedSecrets:
+    __slots__ = ("_entries", "_max")
+
+    def __init__(self, max_entries: int = MAX_OPENED) -> None:
+        self._entries: OrderedDict[tuple[RecordRef, Sealed], str] = OrderedDict()
+        self._max = max_entries
+
+    def get(self, ref: RecordRef, sealed: Sealed) -> str | None:
+        key = (ref, sealed)
+        secret = self._entries.get(key)
+        if secret is not None:
+            self._entries.move_to_end(key)
+        return secret
+
+    def put(self, ref: RecordRef, sealed: Sealed, secret: str) -> None:
+        self._entries[(ref, sealed)] = secret
+        self._entries.move_to_end((ref, sealed))
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"OpenedSecrets({len(self._entries)} of {self._max})"
