@@ -90,29 +90,56 @@ _WELL_KNOWN: dict[str, Callable[[Any], bool]] = {
 }
 
 
+# What ``nul_field`` does with a field, decided once per field descriptor (``_plan``): the
+# descriptor's properties are Python-level lookups, and most fields need no check at all.
+_SKIP, _TEXT, _NUMBER, _CHECKED, _MAP, _NESTED = range(6)
+_PLANS: dict[Any, tuple[int, bool, Callable[[Any], bool] | None]] = {}
+
+
+def _plan(field: FieldDescriptor) -> tuple[int, bool, Callable[[Any], bool] | None]:
+    plan = _PLANS.get(field)
+    if plan is None:
+        check = None
+        if field.type == _STRING:
+            kind = _TEXT
+        elif field.type in _FLOATS:
+            kind = _NUMBER
+        elif field.type == _MESSAGE:
+            message_type: Any = field.message_type
+            check = _WELL_KNOWN.get(message_type.full_name)
+            kind = _CHECKED if check is not None else _MAP if message_type.GetOptions().map_entry else _NESTED
+        else:
+            kind = _SKIP
+        plan = _PLANS[field] = (kind, field.is_repeated, check)
+    return plan
+
+
 def nul_field(message: Message, prefix: str = "") -> str | None:
     """The path of the first field (at any depth, map keys included) holding text with a NUL
     or a non-finite number, or None."""
     for field, value in message.ListFields():
-        path = f"{prefix}{field.name}"
-        if field.type == _STRING:
-            values = value if field.is_repeated else (value,)
+        kind, repeated, check = _PLANS.get(field) or _plan(field)
+        if kind == _SKIP:
+            continue
+        if kind == _MAP:
+            found = _nul_in_map(field, value, f"{prefix}{field.name}")
+            if found:
+                return found
+            continue
+        values = value if repeated else (value,)
+        if kind == _TEXT:
             if any("\x00" in v for v in values):
-                return path
-        elif field.type in _FLOATS:
-            values = value if field.is_repeated else (value,)
+                return f"{prefix}{field.name}"
+        elif kind == _NUMBER:
             if not all(math.isfinite(v) for v in values):
-                return path
-        elif field.type == _MESSAGE:
-            message_type: Any = field.message_type
-            if (check := _WELL_KNOWN.get(message_type.full_name)) is not None:
-                values = value if field.is_repeated else (value,)
-                if not all(check(v) for v in values):
-                    return path
-                continue
-            if message_type.GetOptions().map_entry:
-                found = _nul_in_map(field, value, path)
-            elif field.is_repeated:
+                return f"{prefix}{field.name}"
+        elif kind == _CHECKED:
+            assert check is not None
+            if not all(check(v) for v in values):
+                return f"{prefix}{field.name}"
+        else:
+            path = f"{prefix}{field.name}"
+            if repeated:
                 found = next((p for i, m in enumerate(value) if (p := nul_field(m, f"{path}[{i}]."))), None)
             else:
                 found = nul_field(value, f"{path}.")
