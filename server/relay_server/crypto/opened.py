@@ -16,10 +16,7 @@ exception message.  Bounded: the least recently used entry goes first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from relay_server.crypto.envelope import RecordRef, Sealed
+from collections.abc import Hashable
 
 MAX_OPENED = 4096
 
@@ -27,18 +24,21 @@ MAX_OPENED = 4096
 class OpenedSecrets:
     __slots__ = ("_entries", "_max")
 
+    """Keyed by an envelope ``RecordRef`` and its ``Sealed`` (both frozen, hashable: every field
+    takes part in the key)."""
+
     def __init__(self, max_entries: int = MAX_OPENED) -> None:
-        self._entries: OrderedDict[tuple[RecordRef, Sealed], str] = OrderedDict()
+        self._entries: OrderedDict[tuple[Hashable, Hashable], str] = OrderedDict()
         self._max = max_entries
 
-    def get(self, ref: RecordRef, sealed: Sealed) -> str | None:
+    def get(self, ref: Hashable, sealed: Hashable) -> str | None:
         key = (ref, sealed)
         secret = self._entries.get(key)
         if secret is not None:
             self._entries.move_to_end(key)
         return secret
 
-    def put(self, ref: RecordRef, sealed: Sealed, secret: str) -> None:
+    def put(self, ref: Hashable, sealed: Hashable, secret: str) -> None:
         self._entries[(ref, sealed)] = secret
         self._entries.move_to_end((ref, sealed))
         while len(self._entries) > self._max:
