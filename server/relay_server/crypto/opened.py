@@ -10,13 +10,16 @@ can never match another's.  The cache belongs to one ``Keyring`` (the master key
 with) and lives as long as it does; only successful opens are kept.
 
 Plaintext stays in process memory only: never logged, persisted, or put in a repr or an
-exception message.  Bounded: the least recently used entry goes first.
+exception message.  Bounded: the least recently used entry goes first.  Used from the
+event loop; a call from another thread at the same time can at worst evict the wrong entry
+(each dict operation is atomic), never fail or answer another record's secret.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
+from contextlib import suppress
 
 MAX_OPENED = 4096
 
@@ -35,14 +38,20 @@ class OpenedSecrets:
         key = (ref, sealed)
         secret = self._entries.get(key)
         if secret is not None:
-            self._entries.move_to_end(key)
+            with suppress(KeyError):  # evicted meanwhile by another thread: the answer stands
+                self._entries.move_to_end(key)
         return secret
 
     def put(self, ref: Hashable, sealed: Hashable, secret: str) -> None:
-        self._entries[(ref, sealed)] = secret
-        self._entries.move_to_end((ref, sealed))
+        key = (ref, sealed)
+        self._entries[key] = secret
+        with suppress(KeyError):
+            self._entries.move_to_end(key)
         while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+            try:
+                self._entries.popitem(last=False)
+            except KeyError:  # emptied meanwhile by another thread
+                break
 
     def clear(self) -> None:
         self._entries.clear()
