@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Hashable
-from contextlib import suppress
 
 MAX_OPENED = 4096
 
@@ -38,15 +37,19 @@ class OpenedSecrets:
         key = (ref, sealed)
         secret = self._entries.get(key)
         if secret is not None:
-            with suppress(KeyError):  # evicted meanwhile by another thread: the answer stands
+            try:
                 self._entries.move_to_end(key)
+            except KeyError:  # evicted meanwhile by another thread: the answer stands
+                pass
         return secret
 
     def put(self, ref: Hashable, sealed: Hashable, secret: str) -> None:
         key = (ref, sealed)
         self._entries[key] = secret
-        with suppress(KeyError):
+        try:
             self._entries.move_to_end(key)
+        except KeyError:
+            pass
         while len(self._entries) > self._max:
             try:
                 self._entries.popitem(last=False)
