@@ -85,13 +85,37 @@ async def test_generated_registrations_are_served_guarded_through_one_method_tab
                 assert "service" in (err.details() or "")
             else:
                 raise AssertionError("a NUL in a text field must be refused by the guard")
-            unknown = channel.unary_unary("/relay.v1.Nope/Missing")
-            try:
-                await unknown(b"", timeout=5)
-            except grpc.aio.AioRpcError as err:
-                assert err.code() == grpc.StatusCode.UNIMPLEMENTED
-            else:
-                raise AssertionError("an unknown method must stay UNIMPLEMENTED")
+            for i in range(3):
+                unknown = channel.unary_unary(f"/relay.v1.Nope/Missing{i}")
+                try:
+                    await unknown(b"", timeout=5)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+                else:
+                    raise AssertionError("an unknown method must stay UNIMPLEMENTED")
     finally:
         await server.stop(None)
     assert registered == []
+
+
+def test_made_up_method_names_are_not_remembered() -> None:
+    """Any client can send any number of method names: the guard keeps only real methods."""
+    import grpc
+
+    from relay_server.api.request_guard import _GuardedGenericHandler
+
+    inner = grpc.method_handlers_generic_handler(
+        "relay.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    guarded = _GuardedGenericHandler(inner)
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    for i in range(100):
+        assert guarded.service(Details(f"/made.up/M{i}")) is None
+    first = guarded.service(Details("/relay.v1.Echo/Say"))
+    assert first is not None and guarded.service(Details("/relay.v1.Echo/Say")) is first
+    assert list(guarded._cache) == ["/relay.v1.Echo/Say"]

@@ -238,13 +238,17 @@ def guard_handler(handler: Any) -> Any:
 class _GuardedGenericHandler(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler) -> None:
         self._inner = inner
-        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method not in self._cache:
-            self._cache[method] = guard_handler(self._inner.service(handler_call_details))
-        return self._cache[method]
+        guarded = self._cache.get(method)
+        if guarded is None:
+            inner = self._inner.service(handler_call_details)
+            if inner is None:
+                return None  # not remembered: any client can send any number of made-up method names
+            guarded = self._cache[method] = guard_handler(inner)
+        return guarded
 
 
 class _MethodTable(grpc.GenericRpcHandler):
