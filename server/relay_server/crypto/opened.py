@@ -24,10 +24,10 @@ MAX_OPENED = 4096
 
 
 class OpenedSecrets:
-    __slots__ = ("_entries", "_max")
-
     """Keyed by an envelope ``RecordRef`` and its ``Sealed`` (both frozen, hashable: every field
     takes part in the key)."""
+
+    __slots__ = ("_entries", "_max")
 
     def __init__(self, max_entries: int = MAX_OPENED) -> None:
         self._entries: OrderedDict[tuple[Hashable, Hashable], str] = OrderedDict()
