@@ -100,6 +100,27 @@ async def test_the_database_never_holds_the_plaintext_key(seeded: TestDatabase, 
     assert open_sealed(keyring, routable.sealed, routable.ref) == SECRET + "-next"
 
 
+async def test_the_router_opens_the_new_secret_after_a_rotation_though_it_cached_the_old(
+    seeded: TestDatabase, database: Database
+) -> None:
+    keyring = new_keyring(raw_key("k1"))  # one keyring, as in a worker: the vault's and the router's
+    vault = CredentialVault(database, keyring)
+    enable_byok(seeded.owner_dsn)
+    pooled = await vault.create(operator(), "", CredentialSpec("openai", name="pool"), SECRET)
+    own = await vault.create(member("admin"), "", CredentialSpec("openai", name="byok"), SECRET + "-tenant")
+    source = PostgresCredentialSource(database)
+
+    async def opened() -> dict[str, str]:
+        rows = await source.pooled() + [c for c in await source.routable(DEMO_TENANT_ID) if c.tenant_id]
+        return {c.id: open_sealed(keyring, c.sealed, c.ref) for c in rows}
+
+    assert await opened() == {pooled.id: SECRET, own.id: SECRET + "-tenant"}
+    assert len(keyring.opened) == 2
+    await vault.rotate(operator("req_rot"), "", pooled.id, SECRET + "-next")
+    await vault.rotate(member("admin", request_id="req_rot2"), "", own.id, SECRET + "-tenant-next")
+    assert await opened() == {pooled.id: SECRET + "-next", own.id: SECRET + "-tenant-next"}
+
+
 async def test_operators_manage_pooled_keys_with_an_audit_trail(seeded: TestDatabase, database: Database) -> None:
     changes: list[str | None] = []
     vault = CredentialVault(database, new_keyring(raw_key("k1")), on_change=changes.append)

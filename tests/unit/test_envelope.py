@@ -9,6 +9,7 @@ import pytest
 
 from relay_server.crypto.envelope import DecryptionError, RecordRef, Sealed, open_sealed, rewrap, seal
 from relay_server.crypto.keyring import Keyring, KeyringError, MasterKey, fingerprint, parse_master_key
+from relay_server.crypto.opened import OpenedSecrets
 from relay_server.domain.provider import Credential
 
 SECRET = "sk-proj-very-secret-provider-key-9f3a"
@@ -101,6 +102,7 @@ def test_each_record_gets_its_own_data_key_and_nonce() -> None:
 def test_a_ciphertext_does_not_open_on_another_row(other: RecordRef) -> None:
     ring = keyring()
     sealed = seal(ring, SECRET, REF)
+    assert open_sealed(ring, sealed, REF) == SECRET  # opened (and cached) for its own row first
     with pytest.raises(DecryptionError):
         open_sealed(ring, sealed, other)
 
@@ -108,6 +110,7 @@ def test_a_ciphertext_does_not_open_on_another_row(other: RecordRef) -> None:
 def test_tampering_or_a_wrong_master_key_fails_closed() -> None:
     ring = keyring()
     sealed = seal(ring, SECRET, REF)
+    assert open_sealed(ring, sealed, REF) == SECRET  # the intact row is in the cache of opened secrets
     flipped = bytes([sealed.key_encrypted[0] ^ 1]) + sealed.key_encrypted[1:]
     with pytest.raises(DecryptionError):
         open_sealed(ring, Sealed(flipped, sealed.key_nonce, sealed.dek_wrapped, sealed.master_key_id), REF)
@@ -136,3 +139,54 @@ def test_rewrap_moves_a_row_to_the_new_master_key_without_touching_its_ciphertex
 
 def test_a_credential_never_shows_its_key_in_repr() -> None:
     assert SECRET not in repr(Credential("pcred_1", SECRET, "https://example.test/v1"))
+
+
+# --- the cache of opened secrets --------------------------------------------------------
+
+
+def test_an_opened_secret_is_served_from_memory_until_its_bytes_change() -> None:
+    ring = keyring()
+    sealed = seal(ring, SECRET, REF)
+    assert open_sealed(ring, sealed, REF) == SECRET
+    assert len(ring.opened) == 1
+    # The same bytes again (a fresh RecordRef, as the router builds one per call) hit the cache:
+    # an entry under a poisoned value proves the second answer came from it.
+    ring.opened.put(REF, sealed, "from-the-cache")
+    assert open_sealed(ring, sealed, RecordRef("pcred_1", None, "openai")) == "from-the-cache"
+    # An updated secret is new ciphertext: opened afresh, never answered from the old entry.
+    updated = seal(ring, SECRET + "-next", REF)
+    assert open_sealed(ring, updated, REF) == SECRET + "-next"
+
+
+def test_a_rewrapped_row_is_a_new_entry_and_a_new_keyring_starts_empty() -> None:
+    old_key, new_key = b64key(), b64key()
+    during = keyring(f"new:{new_key}", f"old:{old_key}")
+    sealed = seal(keyring(f"old:{old_key}"), SECRET, REF)
+    assert open_sealed(during, sealed, REF) == SECRET
+    wrapped, master_id = rewrap(during, sealed.dek_wrapped, sealed.master_key_id, REF.credential_id)
+    moved = Sealed(sealed.key_encrypted, sealed.key_nonce, wrapped, master_id)
+    assert open_sealed(during, moved, REF) == SECRET
+    assert len(during.opened) == 2
+    after = keyring(f"new:{new_key}")
+    assert len(after.opened) == 0
+    with pytest.raises(DecryptionError):  # what ``during`` opened is not ``after``'s to answer
+        open_sealed(after, sealed, REF)
+
+
+def test_failures_are_not_cached_and_the_cache_is_bounded_and_never_shows_a_secret() -> None:
+    ring = keyring()
+    sealed = seal(ring, SECRET, REF)
+    with pytest.raises(DecryptionError) as info:
+        open_sealed(ring, sealed, RecordRef("pcred_1", "ten_evil", "openai"))
+    assert SECRET not in str(info.value) and len(ring.opened) == 0
+    small = OpenedSecrets(max_entries=2)
+    refs = [RecordRef(f"pcred_{i}", None, "openai") for i in range(3)]
+    sealed_rows = [seal(ring, f"{SECRET}-{i}", ref) for i, ref in enumerate(refs)]
+    for i, (ref, row) in enumerate(zip(refs, sealed_rows, strict=True)):
+        small.put(ref, row, f"{SECRET}-{i}")
+        if i == 1:
+            assert small.get(refs[0], sealed_rows[0]) == f"{SECRET}-0"  # used: now the most recent
+    assert len(small) == 2
+    assert small.get(refs[1], sealed_rows[1]) is None  # the least recently used went first
+    assert small.get(refs[0], sealed_rows[0]) == f"{SECRET}-0"
+    assert SECRET not in repr(small) and SECRET not in repr(ring)

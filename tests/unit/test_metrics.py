@@ -74,6 +74,28 @@ async def test_a_successful_request_counts_tokens_cost_and_latency(registry: Col
     assert value(registry, "relay_errors_total", kind="chat", code="provider_error", http_status="502") == 0
 
 
+async def test_repeated_requests_add_up_on_their_own_series(registry: CollectorRegistry, metrics: RelayMetrics) -> None:
+    """The per-request observations reuse remembered children: each repeat must still land on the
+    registry's live series for its labels, and other labels on theirs."""
+    usage = Usage(prompt_tokens=10, completion_tokens=5)
+    for _ in range(3):
+        metrics.observe_request(Metered(ctx(), ENTRY, Outcome("success", 200), usage=usage))
+    metrics.observe_request(Metered(ctx(provider="anthropic"), ENTRY, Outcome("success", 200), usage=usage))
+    metrics.observe_attempt("openai", "success", 0.2)
+    metrics.observe_attempt("openai", "success", 0.3)
+    metrics.observe_overhead("chat", 0.001)
+    metrics.observe_overhead("chat", 0.002)
+    labels = {"kind": "chat", "model": "gpt-4o-mini", "provider": "openai"}
+    assert value(registry, "relay_requests_total", **labels, status="success") == 3
+    assert value(registry, "relay_tokens_total", **labels, direction="input") == 30
+    assert value(registry, "relay_request_duration_seconds_count", **labels) == 3
+    assert value(registry, "relay_requests_total", **{**labels, "provider": "anthropic"}, status="success") == 1
+    assert value(registry, "relay_provider_attempts_total", provider="openai", outcome="success") == 2
+    assert value(registry, "relay_provider_latency_seconds_sum", provider="openai") == pytest.approx(0.5)
+    assert value(registry, "relay_overhead_seconds_count", kind="chat") == 2
+    assert value(registry, "relay_overhead_seconds_sum", kind="chat") == pytest.approx(0.003)
+
+
 async def test_errors_are_counted_by_code_and_limit_refusals_apart(registry: CollectorRegistry, metrics: RelayMetrics) -> None:
     refused = ctx(provider=None, attempts=0)
     metrics.observe_request(Metered(refused, ENTRY, Outcome("error", 429, "rate_limit_exceeded")))

@@ -50,3 +50,72 @@ def test_out_of_range_timestamps_and_durations_are_found() -> None:
         bad = tenants_pb2.SetFeatureOverrideRequest(feature="f")
         bad.expire_time.seconds, bad.expire_time.nanos = seconds, nanos
         assert nul_field(bad) == "expire_time"
+
+
+async def test_generated_registrations_are_served_guarded_through_one_method_table() -> None:
+    """Generated ``add_*_to_server`` code registers each method twice (generic + registered); the
+    guarded server serves both from its own table and leaves grpc's registered-method path
+    (which makes the accept loop wait on one pending call per method) empty."""
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from relay_server.api.request_guard import GuardedServer
+    from relay_server.stack.processes import free_port
+
+    inner = grpc.aio.server()
+    registered: list[str] = []
+    original = inner.add_registered_method_handlers
+    inner.add_registered_method_handlers = lambda name, handlers: (registered.append(name), original(name, handlers))  # type: ignore[method-assign]
+    server = GuardedServer(inner)
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = free_port()
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        await servicer.set("relay", health_pb2.HealthCheckResponse.SERVING)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service="relay"), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            try:
+                await stub.Check(health_pb2.HealthCheckRequest(service="re\x00lay"), timeout=5)
+            except grpc.aio.AioRpcError as err:
+                assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "service" in (err.details() or "")
+            else:
+                raise AssertionError("a NUL in a text field must be refused by the guard")
+            for i in range(3):
+                unknown = channel.unary_unary(f"/relay.v1.Nope/Missing{i}")
+                try:
+                    await unknown(b"", timeout=5)
+                except grpc.aio.AioRpcError as err:
+                    assert err.code() == grpc.StatusCode.UNIMPLEMENTED
+                else:
+                    raise AssertionError("an unknown method must stay UNIMPLEMENTED")
+    finally:
+        await server.stop(None)
+    assert registered == []
+
+
+def test_made_up_method_names_are_not_remembered() -> None:
+    """Any client can send any number of method names: the guard keeps only real methods."""
+    import grpc
+
+    from relay_server.api.request_guard import _GuardedGenericHandler
+
+    inner = grpc.method_handlers_generic_handler(
+        "relay.v1.Echo", {"Say": grpc.unary_unary_rpc_method_handler(lambda request, context: request)}
+    )
+    guarded = _GuardedGenericHandler(inner)
+
+    class Details(grpc.HandlerCallDetails):
+        def __init__(self, method: str) -> None:
+            self.method = method
+            self.invocation_metadata = ()
+
+    for i in range(100):
+        assert guarded.service(Details(f"/made.up/M{i}")) is None
+    first = guarded.service(Details("/relay.v1.Echo/Say"))
+    assert first is not None and guarded.service(Details("/relay.v1.Echo/Say")) is first
+    assert list(guarded._cache) == ["/relay.v1.Echo/Say"]

@@ -17,7 +17,10 @@ _MAX_HEADER = 256
 
 
 def _ascii(value: str) -> str:
-    # gRPC metadata (and HTTP/1 headers through Envoy) carry printable ASCII only.
+    # gRPC metadata (and HTTP/1 headers through Envoy) carry printable ASCII only.  Route names
+    # almost always are already: two C checks say so; only the rest is filtered per character.
+    if value.isascii() and value.isprintable():
+        return value[:_MAX_HEADER]
     return "".join(c if " " <= c <= "~" else "?" for c in value)[:_MAX_HEADER]
 
 

@@ -12,6 +12,7 @@ client sees never comes from here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -36,6 +37,15 @@ _JSON_STRUCT = "google.protobuf.Struct"
 _JSON_LIST = "google.protobuf.ListValue"
 
 
+# A check of one JSON value against one field: ``check(value, depth) -> bool``.
+Check = Callable[[Any, int], bool]
+# Per message descriptor, built once (``_plan``): each field name's check (None: a field of a
+# oneof with siblings, which ParseDict must judge) and the descriptor's JSON (camelCase) names.
+# Reading descriptor properties (type, message_type, options, oneof) on every request cost more
+# than the walk itself.
+_PLANS: dict[Descriptor, tuple[dict[str, Check | None], Any]] = {}
+
+
 class SchemaCheck:
     def __init__(self, descriptor: Descriptor) -> None:
         self._descriptor = descriptor
@@ -50,58 +60,117 @@ class SchemaCheck:
 def _message(descriptor: Descriptor, value: Any, depth: int) -> bool:
     if not isinstance(value, dict) or depth > _MAX_DEPTH:
         return False
-    fields = descriptor.fields_by_name
+    checks, camelcase = _PLANS.get(descriptor) or _plan(descriptor)
     for name, item in value.items():
-        field = fields.get(name)
-        if field is None:
-            if name in descriptor.fields_by_camelcase_name:
+        check = checks.get(name, _ABSENT)
+        if check is _ABSENT:
+            if name in camelcase:
                 return False  # a JSON name: ParseDict's rules on duplicates apply
             continue  # unknown fields are ignored (and forwarded to the provider)
         if item is None:
             continue  # null: the field stays unset
-        if field.containing_oneof is not None and len(field.containing_oneof.fields) > 1:
-            return False
-        if not _field(field, item, depth):
+        if check is None or not check(item, depth):
             return False
     return True
 
 
-def _field(field: FieldDescriptor, value: Any, depth: int) -> bool:
+_ABSENT: Any = object()  # not a field of the message (``checks.get`` default)
+
+
+def _unknown(value: Any, depth: int) -> bool:
+    """A field whose JSON form only ParseDict judges."""
+    return False
+
+
+def _plan(descriptor: Descriptor) -> tuple[dict[str, Check | None], Any]:
+    checks: dict[str, Check | None] = {}
+    for name, field in descriptor.fields_by_name.items():
+        oneof = field.containing_oneof
+        checks[name] = None if oneof is not None and len(oneof.fields) > 1 else _field(field)
+    plan = _PLANS[descriptor] = (checks, descriptor.fields_by_camelcase_name)
+    return plan
+
+
+def _field(field: FieldDescriptor) -> Check:
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
-        if not isinstance(value, dict):
-            return False
-        value_field = field.message_type.fields_by_name["value"]
-        return all(v is not None and _single(value_field, v, depth + 1) for v in value.values())
+        entry = _single(field.message_type.fields_by_name["value"])
+
+        def check_map(value: Any, depth: int) -> bool:
+            return isinstance(value, dict) and all(v is not None and entry(v, depth + 1) for v in value.values())
+
+        return check_map
+    single = _single(field)
     if field.is_repeated:
-        return isinstance(value, list) and all(v is not None and _single(field, v, depth + 1) for v in value)
-    return _single(field, value, depth)
+
+        def check_list(value: Any, depth: int) -> bool:
+            return isinstance(value, list) and all(v is not None and single(v, depth + 1) for v in value)
+
+        return check_list
+    return single
 
 
-def _single(field: FieldDescriptor, value: Any, depth: int) -> bool:
+def _is_str(value: Any, depth: int) -> bool:
+    return isinstance(value, str)
+
+
+def _is_bool(value: Any, depth: int) -> bool:
+    return isinstance(value, bool)
+
+
+def _is_double(value: Any, depth: int) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_float(value: Any, depth: int) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX
+
+
+def _is_json_value(value: Any, depth: int) -> bool:
+    return _json(value, depth + 1)
+
+
+def _is_json_struct(value: Any, depth: int) -> bool:
+    return isinstance(value, dict) and _json(value, depth + 1)
+
+
+def _is_json_list(value: Any, depth: int) -> bool:
+    return isinstance(value, list) and _json(value, depth + 1)
+
+
+def _single(field: FieldDescriptor) -> Check:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        return isinstance(value, str)
+        return _is_str
     if kind == FieldDescriptor.TYPE_BOOL:
-        return isinstance(value, bool)
+        return _is_bool
     if kind in _INT_RANGES:
         low, high = _INT_RANGES[kind]
-        return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+        def is_int(value: Any, depth: int) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+        return is_int
     if kind == FieldDescriptor.TYPE_DOUBLE:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return _is_double
     if kind == FieldDescriptor.TYPE_FLOAT:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= _FLOAT32_MAX
+        return _is_float
     if kind == FieldDescriptor.TYPE_MESSAGE and field.message_type is not None:
-        name = field.message_type.full_name
+        message_type = field.message_type
+        name = message_type.full_name
         if name == _JSON_VALUE:
-            return _json(value, depth + 1)
+            return _is_json_value
         if name == _JSON_STRUCT:
-            return isinstance(value, dict) and _json(value, depth + 1)
+            return _is_json_struct
         if name == _JSON_LIST:
-            return isinstance(value, list) and _json(value, depth + 1)
+            return _is_json_list
         if name.startswith("google.protobuf."):
-            return False  # wrappers, Timestamp, Duration, Any, …: ParseDict's own rules
-        return _message(field.message_type, value, depth + 1)
-    return False  # enums, bytes, groups
+            return _unknown  # wrappers, Timestamp, Duration, Any, …: ParseDict's own rules
+
+        def is_message(value: Any, depth: int) -> bool:
+            return _message(message_type, value, depth + 1)
+
+        return is_message
+    return _unknown  # enums, bytes, groups
 
 
 def _json(value: Any, depth: int) -> bool:

@@ -10,8 +10,9 @@ a ciphertext copied onto another row — another tenant's, say — fails to
 decrypt instead of lending that tenant someone else's key.  Rotating the
 master key only re-wraps the DEK (``rewrap``); the secret's ciphertext stays.
 
-Plaintext secrets exist only as return values handed straight to a
-``Credential`` for one call; nothing here logs or stores them.
+Plaintext secrets are handed to a ``Credential`` for one call and kept in the
+keyring's bounded in-memory cache of opened secrets (crypto/opened.py), so a
+credential used again is not decrypted again; nothing here logs or persists them.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def seal(keyring: Keyring, secret: str, ref: RecordRef) -> Sealed:
 
 
 def open_sealed(keyring: Keyring, sealed: Sealed, ref: RecordRef) -> str:
+    """The secret; from the keyring's ``opened`` cache when these very bytes were opened before
+    (crypto/opened.py says why that is exact)."""
+    secret = keyring.opened.get(ref, sealed)
+    if secret is None:
+        secret = _open(keyring, sealed, ref)
+        keyring.opened.put(ref, sealed, secret)
+    return secret
+
+
+def _open(keyring: Keyring, sealed: Sealed, ref: RecordRef) -> str:
     dek = _unwrap(keyring, sealed.dek_wrapped, sealed.master_key_id, ref.credential_id)
     try:
         return AESGCM(dek).decrypt(sealed.key_nonce, sealed.key_encrypted, ref.aad()).decode()

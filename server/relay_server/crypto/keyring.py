@@ -21,6 +21,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from relay_server.crypto.opened import OpenedSecrets
+
 KEY_BYTES = 32
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -67,6 +69,8 @@ class Keyring:
             keys[key.id] = key
         self.current = current
         self._keys: Mapping[str, MasterKey] = keys
+        # Secrets opened with these keys (envelope.open_sealed): valid exactly as long as the keys.
+        self.opened = OpenedSecrets()
 
     @classmethod
     def parse(cls, current: str, old: str = "") -> Keyring | None:

@@ -15,7 +15,7 @@ API answer per-tenant questions without a series per tenant).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -31,6 +31,29 @@ OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 LIMIT_CODES = frozenset({"rate_limit_exceeded", "quota_exceeded", "spend_cap_exceeded", "spend_cap_unavailable"})
 
 CIRCUIT_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class _Children:
+    """``metric.labels(*values)``, remembered per label tuple.
+
+    prometheus_client's ``labels()`` validates and converts the values and takes
+    the metric's lock on every call (≈ 1 µs); the per-request observations ask
+    for the same few children over and over.  Label values are bounded (see the
+    module docstring), so this holds no more children than the metric itself,
+    and Relay never removes a child, so a remembered one stays the live one.
+    """
+
+    __slots__ = ("_cache", "_labels")
+
+    def __init__(self, metric: Any) -> None:
+        self._labels = metric.labels
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def __call__(self, *values: str) -> Any:
+        child = self._cache.get(values)
+        if child is None:
+            child = self._cache[values] = self._labels(*values)
+        return child
 
 
 class RelayMetrics:
@@ -108,41 +131,58 @@ class RelayMetrics:
         )  # fmt: skip
         self.anomalies = Counter("relay_provider_anomalies", "Provider anomalies that started.", ["provider", "signal"], registry=r)
 
+        self._per_request()
+
+    def _per_request(self) -> None:
+        """The children the per-request observations use, remembered (``_Children``)."""
+        self._requests = _Children(self.requests)
+        self._errors = _Children(self.errors)
+        self._limit_refusals = _Children(self.limit_refusals)
+        self._guardrails = _Children(self.guardrails)
+        self._cache_hits = _Children(self.cache_hits)
+        self._latency = _Children(self.latency)
+        self._ttft = _Children(self.ttft)
+        self._tokens = _Children(self.tokens)
+        self._cost = _Children(self.cost)
+        self._attempts = _Children(self.attempts)
+        self._provider_latency = _Children(self.provider_latency)
+        self._overhead = _Children(self.overhead)
+
     def observe_request(self, m: Metered) -> None:
         """One finished request (called exactly once per request, by the recorder)."""
         ctx, outcome, usage = m.ctx, m.outcome, m.usage
         kind = ctx.kind
         model = m.entry.relay_name if m.entry is not None else "unknown"
         provider = ctx.provider_id or ("cache" if outcome.status == "cached" else "none")
-        self.requests.labels(kind, model, provider, outcome.status).inc()
+        self._requests(kind, model, provider, outcome.status).inc()
         if outcome.status in ("error", "timeout"):
             code = outcome.error_code or "unknown"
-            self.errors.labels(kind, code, str(outcome.http_status)).inc()
+            self._errors(kind, code, str(outcome.http_status)).inc()
             if code in LIMIT_CODES and ctx.attempts == 0:
-                self.limit_refusals.labels(code).inc()
+                self._limit_refusals(code).inc()
         if ctx.guardrails:
             for (guardrail, _stage, action), n in ctx.guardrails.items():
-                self.guardrails.labels(guardrail, action).inc(n)
+                self._guardrails(guardrail, action).inc(n)
         cache_kind = getattr(m, "cache_kind", None)
         if cache_kind:
-            self.cache_hits.labels(kind, cache_kind).inc()
+            self._cache_hits(kind, cache_kind).inc()
         if m.entry is not None:  # authenticated and resolved: its duration says something about serving
-            self.latency.labels(kind, model, provider).observe(max(0.0, m.completed_at - ctx.started_at))
+            self._latency(kind, model, provider).observe(max(0.0, m.completed_at - ctx.started_at))
         ttft = ctx.ttft_ms()
         if ttft is not None:
-            self.ttft.labels(kind, model, provider).observe(ttft / 1000)
+            self._ttft(kind, model, provider).observe(ttft / 1000)
         if usage is not None:
             if usage.prompt_tokens:
-                self.tokens.labels(kind, model, provider, "input").inc(usage.prompt_tokens)
+                self._tokens(kind, model, provider, "input").inc(usage.prompt_tokens)
             if usage.completion_tokens:
-                self.tokens.labels(kind, model, provider, "output").inc(usage.completion_tokens)
+                self._tokens(kind, model, provider, "output").inc(usage.completion_tokens)
         if m.cost is not None and m.cost.total_micros > 0:
-            self.cost.labels(model, provider).inc(m.cost.total_micros)
+            self._cost(model, provider).inc(m.cost.total_micros)
 
     def observe_attempt(self, provider: str, outcome: str, latency_s: float | None) -> None:
-        self.attempts.labels(provider, outcome).inc()
+        self._attempts(provider, outcome).inc()
         if latency_s is not None and outcome != "cancelled":
-            self.provider_latency.labels(provider).observe(latency_s)
+            self._provider_latency(provider).observe(latency_s)
 
     def observe_overhead(self, kind: str, seconds: float) -> None:
-        self.overhead.labels(kind).observe(seconds)
+        self._overhead(kind).observe(seconds)
