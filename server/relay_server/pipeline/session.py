@@ -204,8 +204,9 @@ class StreamSession:
             self._counter.add_text(response.text)
         else:
             raw_usage = response.get("usage")
-            ctx.usage = Usage.from_openai(raw_usage) if isinstance(raw_usage, Mapping) else None
-            self._counter.note_reported(raw_usage if isinstance(raw_usage, Mapping) else None)
+            reported = raw_usage if isinstance(raw_usage, dict) or isinstance(raw_usage, Mapping) else None
+            ctx.usage = Usage.from_openai(reported) if reported is not None else None
+            self._counter.note_reported(reported)
             self._counter.add_response(response)
             if self._admitted.output is None:
                 await self._store(response)

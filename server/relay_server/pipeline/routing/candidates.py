@@ -252,7 +252,8 @@ class KeyGate:
                 await self.health.release_probe(pid)
             return None
         try:
-            # Decrypted for this one call only: plaintext never outlives the attempt.
+            # The ticket holds the plaintext for this call only; the keyring's opened-secrets
+            # cache (crypto/opened.py) keeps it in worker memory so the next call skips decryption.
             secret = open_sealed(self.keyring, self.cred.sealed, self.cred.ref)
         except DecryptionError:
             log.error("provider credential does not decrypt; skipping it", extra={"credential_id": self.cred.id})
