@@ -204,7 +204,7 @@ class StreamSession:
             self._counter.add_text(response.text)
         else:
             raw_usage = response.get("usage")
-            reported = raw_usage if isinstance(raw_usage, dict) or isinstance(raw_usage, Mapping) else None
+            reported = raw_usage if isinstance(raw_usage, (dict, Mapping)) else None  # dict first: no ABC check
             ctx.usage = Usage.from_openai(reported) if reported is not None else None
             self._counter.note_reported(reported)
             self._counter.add_response(response)
