@@ -76,6 +76,10 @@ async def test_circuit_transitions_are_buffered_then_written_once(database: Data
     ], rows
     assert rows[0]["message"] == "3 consecutive failures" and rows[0]["status"] is None
     assert "probe failed" in rows[2]["message"] and "probe succeeded" in rows[4]["message"]
+    # Their buffered attempt samples would otherwise land in Redis a second later, inside the
+    # next test's window (same fake clock, same provider).
+    await worker_a.close()
+    await worker_b.close()
 
 
 async def test_a_failed_flush_keeps_the_events_and_a_full_buffer_drops_the_oldest(database: Database) -> None:
@@ -149,6 +153,7 @@ async def test_the_monitor_notes_a_failure_burst_once(database: Database, redis_
     await monitor.run_once()
     await monitor.run_once()  # the same burst: not noted again
     await events.flush()
+    await health.close()
     rows = await _rows(database)
     assert [r["kind"] for r in rows] == ["failure_burst"]
     assert rows[0]["message"].startswith("5 of 6 attempts failed")
