@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -166,7 +167,7 @@ def test_wrk_summary_parsing() -> None:
 
 def test_profile_parsing_ranks_frames_and_skips_idle_pool_threads() -> None:
     text = "\n".join([
-        "<module> (/x/server/relay_server/__main__.py:5);admit (/x/server/relay_server/pipeline/admission.py:200);"
+        "<module> (/x/server/relay_server/__main__.py:5);admit (/x/server/relay_server/pipeline/steps/admission.py:200);"
         "pack_command (/v/lib/python3.11/site-packages/redis/asyncio/connection.py:1357) 6",
         "<module> (/x/server/relay_server/__main__.py:5);dumps (/v/lib/python3.11/site-packages/orjson/x.py:1) 2",
         "_bootstrap (/usr/lib/python3.11/threading.py:1002);run (/usr/lib/python3.11/threading.py:982) 5",
@@ -177,7 +178,7 @@ def test_profile_parsing_ranks_frames_and_skips_idle_pool_threads() -> None:
     prof = profile.parse(text)
     assert prof.samples == 13 and prof.idle_skipped == 7
     assert prof.self_time.most_common(1)[0] == ("pack_command (redis/asyncio/connection.py:1357)", 6)
-    assert prof.inclusive["admit (relay_server/pipeline/admission.py)"] == 6
+    assert prof.inclusive["admit (relay_server/pipeline/steps/admission.py)"] == 6
     assert prof.areas["redis"] == 6 and prof.areas["orjson"] == 2
     assert "pack_command" in profile.render(prof)
 
@@ -310,12 +311,12 @@ _R = "/x/server/relay_server/"
 def test_stage_classification_innermost_rule_wins() -> None:
     text = "\n".join([
         # Redis wire code under the admission step counts as admission.
-        (f"run (a/asyncio/runners.py:1);serve ({_R}api/door.py:77);admit ({_R}pipeline/admission.py:146);"
+        (f"run (a/asyncio/runners.py:1);serve ({_R}api/door.py:77);admit ({_R}pipeline/steps/admission.py:146);"
          f"_flush ({_R}storage/redis/wire.py:119) 4"),
         # The Redis protocol's own callback, straight from the loop: its own row.
         f"Runner.run (a/asyncio/runners.py:118);_Protocol._flush ({_R}storage/redis/wire.py:119) 3",
         "Runner.run (a/asyncio/runners.py:118) 10",
-        f"serve ({_R}api/door.py:77);AdmissionGate.settle ({_R}pipeline/admission.py:300) 2",
+        f"serve ({_R}api/door.py:77);AdmissionGate.settle ({_R}pipeline/steps/admission.py:300) 2",
         f"serve ({_R}api/door.py:92) 5",
         "Thread.run (/usr/lib/python3.11/threading.py:982) 7",
         # The log flusher asleep between batches is idle; its write is the log stage.
@@ -403,3 +404,19 @@ async def test_floor_gateway_passes_the_upstream_bytes_through_envoy(mock_port: 
     finally:
         gateway.stop()
     assert gateway.proc.poll() is not None
+
+
+def test_every_stage_rule_names_a_module_that_exists() -> None:
+    """A rule for a moved module matches nothing, and its stage's samples land in another row."""
+    from bench import stages
+
+    server = Path(__file__).resolve().parents[2] / "server" / "relay_server"
+    relay_paths = {
+        path
+        for rules in (stages.NON_STREAM_RULES, stages.STREAM_RULES, stages.IO_RULES)
+        for _, path, _ in rules
+        if path.split("/")[0] in {"api", "pipeline", "providers", "text", "storage", "observability", "crypto"}
+        or path == "logging_setup.py"
+    }
+    missing = sorted(p for p in relay_paths if not (server / p.rstrip("/")).exists())
+    assert relay_paths and missing == [], missing
