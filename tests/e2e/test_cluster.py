@@ -24,6 +24,7 @@ import redis as sync_redis
 from redis.crc import key_slot
 
 from relay_server.stack.pgbouncer import pgbouncer_available
+from relay_server.stack.processes import wait_until
 from relay_server.storage.redis.client import tenant_key
 from relay_server.storage.redis.spend import cap_keys
 from tests.support.cluster import RelayCluster, start_relay_cluster
@@ -230,6 +231,9 @@ async def test_a_node_killed_under_load(topology: RelayCluster) -> None:
     tenant = make_tenant(topology.db.owner_dsn)
     key = make_key(topology.db.owner_dsn, tenant)
     victim = topology.nodes[0]
+    # An earlier test (a Redis failover, a node restart) may have left a node out of the front Envoy's
+    # rotation for a few health-check rounds: the first wave must spread over both nodes.
+    wait_until(lambda: topology.healthy_nodes() == len(topology.nodes), timeout=30, what="both nodes in rotation")
     results: list[tuple[str | None, str]] = []  # (request id, outcome)
 
     async def streamed(http: httpx.AsyncClient) -> None:
