@@ -87,6 +87,25 @@ def test_the_counter_ignores_junk_and_knows_reasoning_tokens() -> None:
     assert counter.tokens("gpt-4o") == 2 and counter.reasoning_tokens == 64 and counter.chars == 11
 
 
+@pytest.mark.parametrize("chunk", [
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]},
+    {"choices": [{"index": 2, "delta": {"content": " there"}}]},
+    {"choices": [{"delta": {"content": None, "role": "assistant"}}]},
+    {"choices": [{"index": 0, "delta": {"content": "a", "refusal": "no"}}]},
+    {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{}"}}]}}]},
+    {"choices": [{"index": 0, "text": "legacy", "delta": {"content": "x"}}]},
+    {"choices": [{"index": True, "delta": {"content": "bool index"}}]},
+])  # fmt: skip
+def test_one_plain_choice_counts_as_the_general_walk_does(chunk: dict) -> None:
+    """add_chunk's plain-delta path (one choice, content and role only) agrees with the walk over
+    any other shape: the same text, under the same choice."""
+    plain, walked = OutputCounter(), OutputCounter()
+    plain.add_chunk(chunk)
+    walked.add_chunk({"choices": [*chunk["choices"], None]})  # two entries: always the general walk
+    assert (plain.chars, plain.empty, plain.tokens("gpt-4o")) == (walked.chars, walked.empty, walked.tokens("gpt-4o"))
+    assert plain._choices.keys() == walked._choices.keys()  # noqa: SLF001
+
+
 def test_provider_usage_is_billed_as_reported() -> None:
     reported = Usage(100, 50, cache_read_tokens=40)
     assert reconcile(reported, 90, 45).usage is reported

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 _MAX_CHOICES = 128
 _LEGACY_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
+_PLAIN_DELTA = frozenset(("content", "role"))
 
 
 def estimate_input_tokens(kind: RequestKind, body: Mapping[str, Any], model: str) -> int:
@@ -92,7 +93,20 @@ class OutputCounter:
         return self._choices.setdefault(key, _ChoiceText())
 
     def add_chunk(self, chunk: Mapping[str, Any]) -> None:
-        for choice in chunk.get("choices") or ():
+        choices = chunk.get("choices")
+        if type(choices) is list and len(choices) == 1:
+            # Nearly every streamed chunk: one choice whose delta is plain content (and the role).
+            # Exact types and a key-set test keep the per-chunk cost off the general walk below.
+            choice = choices[0]
+            if type(choice) is dict and "text" not in choice:
+                delta = choice.get("delta")
+                if type(delta) is dict and delta.keys() <= _PLAIN_DELTA:
+                    slot = self._choice(choice.get("index"))
+                    content = delta.get("content")
+                    if type(content) is str:
+                        slot.text.append(content)
+                    return
+        for choice in choices or ():
             if not isinstance(choice, Mapping):
                 continue
             slot = self._choice(choice.get("index"))
