@@ -90,6 +90,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
 
     await drive(min(500, args.requests))  # warm: caches, pools, the upstream connections
     await app.pipeline.drain()
+    redis = _redis_stats(stack.redis_url)
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler is not None:
@@ -103,11 +104,30 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     print(
         f"in-process {'stream' if args.stream else 'chat'} c={args.concurrency}: {n} requests, {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:.0f} req/s"
     )
+    print(redis.per_request(n))
     if profiler is not None:
         profiler.dump_stats(args.profile)
         stats = pstats.Stats(profiler).sort_stats("tottime")
         stats.print_stats(args.top)
     await app.close()
+
+
+class _redis_stats:  # noqa: N801 (used as a function: starts counting, then reports)
+    """Redis commands per request, from the server's own counters (reset before the measured run)."""
+
+    def __init__(self, url: str) -> None:
+        import redis  # noqa: PLC0415
+
+        self._client = redis.Redis.from_url(url)
+        self._client.config_resetstat()
+
+    def per_request(self, n: int) -> str:
+        stats = self._client.info("commandstats")
+        calls = {name.removeprefix("cmdstat_"): row["calls"] for name, row in stats.items()}
+        calls.pop("info", None)
+        total = sum(calls.values())
+        top = ", ".join(f"{name} {count / n:.2f}" for name, count in sorted(calls.items(), key=lambda kv: -kv[1]))
+        return f"Redis: {total / n:.2f} commands per request ({top})"
 
 
 async def _loop(one: Any, n: int) -> None:
