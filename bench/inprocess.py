@@ -142,10 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--stream", action="store_true", help="streamed chat (the mock's chunks, without its pause between them)"
     )
+    p.add_argument("--chunk-interval-ms", type=float, default=0.0,
+                   help="--stream: the mock's pause between chunks (0: back to back; run.py's streams use 5)")
     p.add_argument("--profile", default="", help="write a cProfile of the measured requests here")
     p.add_argument("--top", type=int, default=40)
     args = p.parse_args(argv)
-    stack = new_stack(StackOptions(chunk_interval_ms=0) if args.stream else StackOptions())
+    stack = new_stack(StackOptions(chunk_interval_ms=args.chunk_interval_ms) if args.stream else StackOptions())
     try:
         stack.start()
         for key, value in stack.server_env(1).items():

@@ -16,7 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from bench import compare, peers, pinning, profile, report, soak, stages, wrkdriver
+from bench import compare, floor_compare, peers, pinning, profile, report, soak, stages, wrkdriver
 from bench.http1 import Connection, Target, render_request
 from bench.loadgen import LoadResult, RequestSpec, drive_async, percentile
 from bench.mock_upstream import MockConfig, start
@@ -181,6 +181,23 @@ def test_profile_parsing_ranks_frames_and_skips_idle_pool_threads() -> None:
     assert prof.inclusive["admit (relay_server/pipeline/steps/admission.py)"] == 6
     assert prof.areas["redis"] == 6 and prof.areas["orjson"] == 2
     assert "pack_command" in profile.render(prof)
+
+
+def test_floor_compare_splits_the_loop_from_the_gateways_python_and_leaves_threads_out() -> None:
+    text = "\n".join([
+        "<module> (/x/server/relay_server/__main__.py:5);_serve (/x/server/relay_server/cli.py:37) 6",
+        "<module> (/x/server/relay_server/__main__.py:5);_serve (/x/server/relay_server/cli.py:37);"
+        "admit (/x/server/relay_server/pipeline/steps/admission.py:200) 3",
+        "serve (/x/server/relay_server/api/door.py:105) 1",
+        "Thread._bootstrap (/usr/lib/python3.11/threading.py:1002);Thread.run (/usr/lib/python3.11/threading.py:982) 9",
+        "not a stack line",
+    ])  # fmt: skip
+    row = floor_compare.split("relay", text, requests=100, cpu_us=1000.0)
+    assert (row.loop, row.python) == (6, 4)
+    assert row.us(row.loop) == 600.0 and row.us(row.python) == 400.0  # the measured CPU shared by samples
+    assert row.top.most_common(1)[0] == ("admit (relay_server/pipeline/steps/admission.py:200)", 3)
+    table = floor_compare.render([row], "request", top=1)
+    assert "| event loop + gRPC core | 600 |" in table and "admit" in table
 
 
 def test_soak_verdict_flat_and_growing() -> None:
