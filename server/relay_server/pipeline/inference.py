@@ -27,6 +27,7 @@ from relay_server.pipeline.routing.catalog import Catalog
 from relay_server.pipeline.routing.resolve import ModelResolver
 from relay_server.pipeline.routing.route import Attempt, Router
 from relay_server.pipeline.session import OutputFilter, StreamSession
+from relay_server.pipeline.started import Started
 from relay_server.pipeline.steps.admission import AdmissionGate, Ticket
 from relay_server.pipeline.steps.authenticate import Authenticator
 from relay_server.pipeline.steps.budget_route import budget_share
@@ -60,7 +61,7 @@ class Admitted:
     dispatched: bool = False
     cache: CacheLookup | None = None
     """What the response cache decided (None when no cache is configured)."""
-    route: asyncio.Future[Sequence[Attempt]] | None = None
+    route: Started[Sequence[Attempt]] | None = None
     """The live route, planned while admission ran (``InferencePipeline._prefetch_route``)."""
     output: OutputFilter | None = None
     """The request's output guardrails (None, the common case: items pass untouched)."""
@@ -158,9 +159,10 @@ class InferencePipeline:
             raise
         return admitted
 
-    def _prefetch_route(self, ctx: RequestContext, entry: CatalogEntry) -> asyncio.Future[Sequence[Attempt]] | None:
+    def _prefetch_route(self, ctx: RequestContext, entry: CatalogEntry) -> Started[Sequence[Attempt]] | None:
         """Plan a live request while admission runs: the planner's Redis reads (circuits,
-        outbound usage) leave with admission's script, one round trip for both.
+        outbound usage) leave with admission's script, one round trip for both.  The plan
+        runs in the request's own task up to its reads (``started.py``), no task of its own.
 
         Planning reads only, so planning a request that admission then refuses costs
         nothing but the reads; its errors surface after admission's, as before.
@@ -168,7 +170,7 @@ class InferencePipeline:
         assert ctx.principal is not None
         if ctx.principal.is_test:
             return None  # test keys plan without I/O
-        return asyncio.ensure_future(self._router.plan(ctx, entry))
+        return Started(self._router.plan(ctx, entry))
 
     async def count_tokens(
         self, body: Mapping[str, Any], metadata: Mapping[str, str], request_id: str,
@@ -310,23 +312,17 @@ class _Planner(Protocol):
 class _Prefetched:
     """A router whose plan was already started (``_prefetch_route``)."""
 
-    def __init__(self, route: asyncio.Future[Sequence[Attempt]]) -> None:
+    def __init__(self, route: Started[Sequence[Attempt]]) -> None:
         self._route = route
 
     async def plan(self, ctx: RequestContext, entry: CatalogEntry) -> Sequence[Attempt]:
         return await self._route
 
 
-def _discard(route: asyncio.Future[Sequence[Attempt]] | None) -> None:
-    """Drop a prefetched plan nobody will use; its result or error is consumed, never reported."""
-    if route is None:
-        return
-    if route.done():
-        if not route.cancelled():
-            route.exception()  # marks it retrieved (usually it was awaited already)
-        return
-    route.cancel()
-    route.add_done_callback(lambda f: f.cancelled() or f.exception())
+def _discard(route: Started[Sequence[Attempt]] | None) -> None:
+    """Drop a prefetched plan nobody will use (usually it was awaited already): never reported."""
+    if route is not None:
+        route.discard()
 
 
 def _outcome(error: BaseException | None) -> Outcome:
