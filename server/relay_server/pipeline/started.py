@@ -39,6 +39,9 @@ class Started(Generic[T]):
             waiting = self._coro.send(None) if error is None else self._coro.throw(error)
         except StopIteration as stop:
             self._finished, self._result = True, stop.value
+        except (KeyboardInterrupt, SystemExit):
+            self._finished = True
+            raise  # as a task does: these stop the program, not the request
         except BaseException as err:  # noqa: BLE001 (kept, raised to whoever awaits)
             self._finished, self._error = True, err
         else:
