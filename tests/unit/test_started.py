@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import warnings
 
 import pytest
 
@@ -101,11 +99,19 @@ async def test_discard_unwinds_a_waiting_coroutine_even_when_its_clean_up_waits(
     assert cleaned == ["closed"]
 
 
-async def test_discarding_a_finished_one_drops_its_error_without_a_warning() -> None:
-    async def fails() -> int:
-        raise ValueError("unused")
+async def test_discard_cancels_a_waiting_coroutine_at_once_without_a_task() -> None:
+    reply: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    cleaned: list[str] = []
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        Started(fails()).discard()
-        gc.collect()
+    async def plan() -> int:
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            cleaned.append("cancelled")
+            raise
+
+    tasks_before = len(asyncio.all_tasks())
+    started = Started(plan())
+    started.discard()
+    assert cleaned == ["cancelled"] and reply.cancelled() and started.done()  # before any loop pass
+    assert len(asyncio.all_tasks()) == tasks_before

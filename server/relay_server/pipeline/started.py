@@ -65,13 +65,15 @@ class Started(Generic[T]):
         return self._result
 
     def discard(self) -> None:
-        """Nobody will await it: cancel what it waits for and let it unwind (in a task of its own,
-        since its clean-up may wait too); its result or error is dropped."""
+        """Nobody will await it: cancel it where it waits, as a task is cancelled.  Its result or
+        error is dropped; only a coroutine whose clean-up waits too unwinds in a task of its own."""
+        if not self._finished:
+            if isinstance(self._waiting, asyncio.Future):
+                self._waiting.cancel()
+            self._step(asyncio.CancelledError())
         if self._finished:
             self._error = None
             return
-        if isinstance(self._waiting, asyncio.Future):
-            self._waiting.cancel()
         task = asyncio.ensure_future(_unwind(self))
         _UNWINDING.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(_UNWINDING.discard)
