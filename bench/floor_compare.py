@@ -60,7 +60,7 @@ def split(name: str, collapsed: str, requests: int, cpu_us: float) -> Split:
         if not stack or not count_text.isdigit():
             continue
         frames = [f for f in (spy._parse_frame(raw) for raw in stack.split(";")) if f is not None]  # noqa: SLF001
-        if not frames or any(f.func == "Thread._bootstrap" for f in frames[:1]):
+        if not frames or frames[0].func == "Thread._bootstrap":
             continue  # the gRPC poller and other threads
         leaf, count = frames[-1], int(count_text)
         if any(leaf.func == func and leaf.file.endswith(tail) for func, tail in _LOOP_LEAVES):

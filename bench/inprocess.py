@@ -90,7 +90,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
 
     await drive(min(500, args.requests))  # warm: caches, pools, the upstream connections
     await app.pipeline.drain()
-    redis = _redis_stats(stack.redis_url)
+    redis = _RedisCommands(stack.redis_url)
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler is not None:
@@ -112,7 +112,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     await app.close()
 
 
-class _redis_stats:  # noqa: N801 (used as a function: starts counting, then reports)
+class _RedisCommands:
     """Redis commands per request, from the server's own counters (reset before the measured run)."""
 
     def __init__(self, url: str) -> None:
