@@ -172,3 +172,60 @@ def test_urls() -> None:
     assert Endpoint.parse("unix:///run/redis.sock?db=3") == Endpoint(unix_path="/run/redis.sock", db=3)
     with pytest.raises(ValueError):
         Endpoint.parse("http://127.0.0.1:6379")
+
+
+async def _reads_processed(client: Redis) -> int:
+    return int((await client.info("stats"))["total_reads_processed"])
+
+
+async def test_a_deferred_call_travels_with_the_next_write_and_replies_stay_in_order(tmp_path) -> None:  # noqa: ANN001
+    """A settlement may wait for company: it leaves in the next call's write (one read for Redis,
+    not two) and every caller still gets its own reply."""
+    server = start_redis(tmp_path / "redis", free_port())
+    wire = RedisWire.from_url(server.url)
+    client = Redis.from_url(server.url)
+    try:
+        assert await wire.execute("PING") == b"PONG"  # connected
+        before = await _reads_processed(client)
+        deferred = asyncio.ensure_future(wire.batch([("ECHO", "deferred"), ("INCR", "relay:{t}:d")], defer_s=5.0))
+        await asyncio.sleep(0.05)  # several loop ticks: still waiting for company, not sent
+        assert not deferred.done()
+        assert await client.get("relay:{t}:d") is None
+        now = await asyncio.gather(*(wire.execute("ECHO", f"now-{i}") for i in range(3)))
+        assert now == [f"now-{i}".encode() for i in range(3)]
+        assert await deferred == [b"deferred", 1]
+        # The GET, the one write that carried the three calls and the deferred batch, and this INFO
+        # (the first INFO counted itself).  Sent on its own, the deferred batch would make it 4.
+        assert await _reads_processed(client) - before == 3
+    finally:
+        await client.aclose()
+        await wire.close()
+        server.stop()
+
+
+async def test_a_deferred_call_alone_leaves_when_its_wait_is_over(redis_wire: RedisWire) -> None:
+    loop = asyncio.get_running_loop()
+    await redis_wire.execute("PING")
+    started = loop.time()
+    assert await redis_wire.script(COUNTER, ["relay:{t}:n"], [3], defer_s=0.05) == 3  # NOSCRIPT, loaded, again
+    assert await redis_wire.script(COUNTER, ["relay:{t}:n"], [4], defer_s=0.05) == 7
+    assert 0.09 <= loop.time() - started < 1.0
+
+
+async def test_a_deferred_call_to_a_silent_redis_times_out(fake_server) -> None:  # noqa: ANN001
+    """The watchdog covers a deferred call from its write: it fails, it does not hang."""
+    wire = RedisWire(Endpoint(port=await fake_server("silent")), timeout_s=0.05)
+    try:
+        with pytest.raises(RedisTimeoutError):
+            await asyncio.wait_for(wire.batch([("PING",)], defer_s=0.02), timeout=2)
+    finally:
+        await wire.close()
+
+
+async def test_a_lost_connection_fails_the_calls_still_waiting_for_company(redis_wire: RedisWire) -> None:
+    await redis_wire.execute("PING")
+    deferred = asyncio.ensure_future(redis_wire.batch([("PING",)], defer_s=5.0))
+    await asyncio.sleep(0.01)
+    await redis_wire.close()
+    with pytest.raises(RedisConnectionError):
+        await asyncio.wait_for(deferred, timeout=2)

@@ -99,7 +99,8 @@ class ClusterWire:
     async def execute(self, *command: Any) -> Any:
         return only_reply(await self.batch([command]))
 
-    async def batch(self, commands: Sequence[Command]) -> list[Any]:
+    async def batch(self, commands: Sequence[Command], *, defer_s: float = 0.0) -> list[Any]:
+        # ``defer_s`` is a permission, not a promise: calls here leave at once.
         if not commands:
             return []
         if self._stale:
@@ -122,7 +123,7 @@ class ClusterWire:
             pending = list(redirects)
         return replies  # still redirected after several hops: the caller sees the error reply
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, defer_s: float = 0.0) -> Any:
         """EVALSHA, loading the script on the key's node if it does not know it (new master, flush)."""
         addr = self._addr_for(_bytes(keys[0]) if keys else None)
         return await call_script(

@@ -33,6 +33,11 @@ T = TypeVar("T")
 # a burst of admissions waits for a free connection, up to ~250 ms in total.
 _POOL_WAITS_S = (0.002, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.05, 0.05)
 
+# A settlement runs after the answer has gone, its reservation still bounding spend: it may wait
+# this long for another call's write (usually the next admission) and share its round trip —
+# one write and one reply read fewer for the worker and for Redis (bench/README.md, round 11).
+SETTLE_COMPANY_S = 0.002
+
 
 def load_script(name: str) -> str:
     return resources.files("relay_server.storage.redis").joinpath("scripts", name).read_text(encoding="utf-8")
@@ -132,7 +137,7 @@ class RedisAdmission:
         for c in caps:
             keys += [c.hash_key, c.zset_key]
             args += [c.actual_micros, c.warn_at_micros]
-        reply = [int(v) for v in await self._wire.script(self._settle, keys, args)]
+        reply = [int(v) for v in await self._wire.script(self._settle, keys, args, defer_s=SETTLE_COMPANY_S)]
         return [(reply[i], reply[i + 1] == 1) for i in range(0, len(reply), 2)]
 
 

@@ -84,7 +84,8 @@ class SentinelWire:
     async def execute(self, *command: Any) -> Any:
         return only_reply(await self.batch([command]))
 
-    async def batch(self, commands: Sequence[Command]) -> list[Any]:
+    async def batch(self, commands: Sequence[Command], *, defer_s: float = 0.0) -> list[Any]:
+        # ``defer_s`` is a permission, not a promise: calls here leave at once.
         if not commands:
             return []
         self._recheck()
@@ -101,7 +102,7 @@ class SentinelWire:
             replies[i] = reply
         return replies
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, defer_s: float = 0.0) -> Any:
         """EVALSHA, loading the script once if the master does not know it (a promoted replica, a flush)."""
         return await call_script(self, script, keys, args, lambda: self.execute("SCRIPT", "LOAD", script.source))
 

@@ -47,9 +47,9 @@ class Wire(Protocol):
 
     async def execute(self, *command: Any) -> Any: ...
 
-    async def batch(self, commands: Sequence[Command]) -> list[Any]: ...
+    async def batch(self, commands: Sequence[Command], *, defer_s: float = 0.0) -> list[Any]: ...
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any: ...
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, defer_s: float = 0.0) -> Any: ...
 
     async def close(self) -> None: ...
 
@@ -116,16 +116,30 @@ class _Protocol(asyncio.Protocol):
         self._deadlines: collections.deque[tuple[float, asyncio.Future[Any]]] = collections.deque()
         self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
+        # Calls that may wait for company (``send(..., defer_s=…)``): written with the next
+        # write, or when the oldest of them has waited ``defer_s``.  Their waiters join the
+        # FIFO when they are written, so replies still match in order.
+        self._later: list[bytes] = []
+        self._later_waiters: list[asyncio.Future[Any]] = []
+        self._later_timer: asyncio.TimerHandle | None = None
         self._transport: asyncio.Transport | None = None
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
 
-    def send(self, payload: bytes, replies: int, *, watch: bool = True) -> list[asyncio.Future[Any]]:
+    def send(
+        self, payload: bytes, replies: int, *, watch: bool = True, defer_s: float = 0.0
+    ) -> list[asyncio.Future[Any]]:
         if self.closed:
             raise RedisConnectionError("Redis connection closed")
         futures = [self._loop.create_future() for _ in range(replies)]
+        if defer_s > 0.0:
+            self._later.append(payload)
+            self._later_waiters.extend(futures)
+            if self._later_timer is None:
+                self._later_timer = timer_at(self._loop, self._loop.time() + defer_s, self._flush_later)
+            return futures
         self._waiters.extend(futures)
         if not self._out:
             self._loop.call_soon(self._flush)
@@ -156,9 +170,27 @@ class _Protocol(asyncio.Protocol):
             self._arm(deadline)
 
     def _flush(self) -> None:
+        if self._later:
+            self._take_later()
         if self._out and self._transport is not None and not self.closed:
             self._transport.write(b"".join(self._out))
         self._out.clear()
+
+    def _take_later(self) -> None:
+        """Deferred calls join the write being made, after the calls already queued for it."""
+        self._out.extend(self._later)
+        self._later.clear()
+        self._waiters.extend(self._later_waiters)
+        deadline = self._loop.time() + self._timeout_s
+        self._deadlines.append((deadline, self._later_waiters[-1]))
+        if self._watchdog is None:
+            self._arm(deadline)
+        self._later_waiters = []
+
+    def _flush_later(self) -> None:
+        self._later_timer = None
+        if self._later and not self._out:  # otherwise the flush already scheduled takes them
+            self._flush()
 
     def data_received(self, data: bytes) -> None:
         self._reader.feed(data)
@@ -181,6 +213,12 @@ class _Protocol(asyncio.Protocol):
     def _fail(self, exc: Exception) -> None:
         self.closed = True
         self._out.clear()
+        self._later.clear()
+        self._waiters.extend(self._later_waiters)  # never written: they fail with the rest
+        self._later_waiters = []
+        if self._later_timer is not None:
+            self._later_timer.cancel()
+            self._later_timer = None
         self._deadlines.clear()
         if self._watchdog is not None:
             self._watchdog.cancel()
@@ -226,13 +264,14 @@ class RedisWire:
         """One command's reply; an error reply raises ``ResponseError``."""
         return only_reply(await self.batch([command]))
 
-    async def batch(self, commands: Sequence[Command]) -> list[Any]:
+    async def batch(self, commands: Sequence[Command], *, defer_s: float = 0.0) -> list[Any]:
         """Every reply in order, one round trip; error replies are returned as ``ResponseError``
-        values (the caller decides), transport failures raise."""
+        values (the caller decides), transport failures raise.  ``defer_s``: the commands may wait
+        that long for another call's write to travel with (work off the answer's path)."""
         if not commands:
             return []
         conn = self._conn if self._conn is not None and not self._conn.closed else await self._connect()
-        futures = conn.send(_pack(commands), len(commands))  # the connection's watchdog times it out
+        futures = conn.send(_pack(commands), len(commands), defer_s=defer_s)  # the watchdog times it out
         try:
             await futures[-1]  # replies arrive in order: the last one done means all are
         except BaseException:
@@ -246,9 +285,10 @@ class RedisWire:
             raise
         return [f.result() for f in futures]
 
-    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[Any], *, defer_s: float = 0.0) -> Any:
         """EVALSHA, loading the script once if Redis does not know it (restart, flush)."""
-        return await call_script(self, script, keys, args, lambda: self.execute("SCRIPT", "LOAD", script.source))
+        load = lambda: self.execute("SCRIPT", "LOAD", script.source)  # noqa: E731
+        return await call_script(self, script, keys, args, load, defer_s=defer_s)
 
     async def close(self) -> None:
         self._closed = True
@@ -321,17 +361,19 @@ def only_reply(replies: list[Any]) -> Any:
 
 
 async def call_script(
-    wire: Wire, script: Script, keys: Sequence[str], args: Sequence[Any], load: Callable[[], Awaitable[Any]]
+    wire: Wire, script: Script, keys: Sequence[str], args: Sequence[Any], load: Callable[[], Awaitable[Any]],
+    *, defer_s: float = 0.0,
 ) -> Any:
     """EVALSHA; on NOSCRIPT (a restart, a flush, a promoted replica) ``load`` the script where the
     keys live, once, and call it again.  Every wire kind shares this; only where to load differs."""
+    call = script.call(keys, args)
     try:
-        return await wire.execute(*script.call(keys, args))
+        return only_reply(await wire.batch([call], defer_s=defer_s))
     except ResponseError as exc:
         if not is_noscript(exc):
             raise
     await load()
-    return await wire.execute(*script.call(keys, args))
+    return only_reply(await wire.batch([call]))
 
 
 def is_noscript(exc: BaseException) -> bool:
