@@ -368,6 +368,36 @@ def test_sse_parser_any_chunking(size: int) -> None:
     assert parse_in_pieces(RAW, size) == EXPECTED
 
 
+# Line feeds only (what providers send): the parser's fast path, same rules.
+RAW_LF = (
+    b": keep-alive comment\n\n"
+    b"event: message_start\ndata: {\"a\": 1}\n\n"
+    b"data: line one\ndata:line two\ndata:  two spaces\n\n"
+    b"data: caf\xc3\xa9\n\n"
+    b"\n\n"
+    b"id: 5\nretry: 100\ndata: [DONE]\n\n"
+    b"data: never terminated"
+)
+EXPECTED_LF = [
+    SSEEvent("message_start", '{"a": 1}'),
+    SSEEvent("message", "line one\nline two\n two spaces"),
+    SSEEvent("message", "caf\u00e9"),
+    SSEEvent("message", "[DONE]"),
+]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
+def test_sse_parser_line_feeds_any_chunking(size: int) -> None:
+    assert parse_in_pieces(RAW_LF, size) == EXPECTED_LF
+
+
+def test_sse_parser_switches_line_endings_mid_stream() -> None:
+    parser = SSEParser()
+    assert parser.feed(b"data: a\n\ndata: b") == [SSEEvent("message", "a")]
+    assert parser.feed(b"\r\n\r\ndata: c\n") == [SSEEvent("message", "b")]
+    assert parser.feed(b"\n") == [SSEEvent("message", "c")]
+
+
 def test_sse_event_name_resets_between_events() -> None:
     events = SSEParser().feed(b"event: ping\ndata: {}\n\ndata: x\n\n")
     assert [e.event for e in events] == ["ping", "message"]

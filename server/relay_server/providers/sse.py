@@ -30,6 +30,26 @@ class SSEParser:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            return self._feed_lines(buffer)
+        # Providers end lines with "\n" only: one split, and a "data: " line (nearly every
+        # line of a provider stream) taken without the general field parsing.
+        *lines, self._buffer = buffer.split(b"\n")
+        events: list[SSEEvent] = []
+        data = self._data
+        for raw in lines:
+            if raw[:6] == b"data: ":
+                data.append(raw[6:].decode("utf-8", errors="replace"))
+            elif not raw and data:  # the blank line that ends an event
+                events.append(SSEEvent(self._event or "message", data[0] if len(data) == 1 else "\n".join(data)))
+                self._event = ""
+                self._data = data = []
+            else:
+                self._line(raw)  # a blank line with no data, a comment, another field: nothing to dispatch
+        return events
+
+    def _feed_lines(self, buffer: bytes) -> list[SSEEvent]:
+        """Any line endings ("\r\n", "\n" or a lone "\r"), one line at a time."""
         events: list[SSEEvent] = []
         start = 0
         end = len(buffer)
