@@ -21,8 +21,8 @@ from relay_server.app.metering import Metering, build_metering
 from relay_server.app.observability import Observability, build_observability
 from relay_server.domain.request import new_request_id
 from relay_server.errors import RelayError
-from relay_server.logging_setup import JsonFormatter
 from relay_server.observability.anomaly import AnomalyDetector, AnomalyWatcher
+from relay_server.observability.log_lines import JsonFormatter
 from relay_server.observability.request_context import bind_request
 from relay_server.pipeline.inference import InferencePipeline
 from relay_server.pipeline.routing.catalog import Catalog

@@ -13,7 +13,7 @@ from pathlib import Path
 import procrastinate
 import pytest
 
-from relay_server.logging_setup import drop_job_arguments
+from relay_server.observability.log_lines import drop_job_arguments
 from relay_server.workers.job_app import PermanentJobError, _Retry, cron_for, default_backoff
 
 MIGRATION = Path(__file__).resolve().parents[2] / "migrations" / "0021_procrastinate.sql"

@@ -1,11 +1,15 @@
-"""The buffered log handler: info lines batched, warnings at once, nothing lost on flush."""
+"""The buffered log handler: info lines batched, warnings at once, nothing lost on flush; ``info_line``."""
 
 from __future__ import annotations
 
 import io
 import logging
 
-from relay_server.logging_setup import BufferedLineHandler, JsonFormatter
+import orjson
+
+from relay_server.observability.log_lines import BufferedLineHandler, JsonFormatter, drop_job_arguments, info_line
+from relay_server.observability.redaction import MASK
+from relay_server.observability.request_context import bind_request
 
 
 def _logger(handler: logging.Handler) -> logging.Logger:
@@ -66,3 +70,56 @@ def test_a_closed_stream_does_not_raise_into_the_caller() -> None:
     log = _logger(handler)
     stream.close()
     log.warning("nowhere to go")  # must not raise
+
+
+# -- info_line: the per-request line without a LogRecord -------------------------------------
+
+FIELDS = {"request_id": "req_1", "status": "success", "error_code": None, "api_key": "rly_live_sk_abcdefghijkl",
+          "model": "m" * 3000, "note": "Bearer abcdefghijklmnop", "latency_ms": 12}  # fmt: skip
+
+
+def _json_logger(stream: io.StringIO) -> tuple[logging.Logger, BufferedLineHandler]:
+    handler = BufferedLineHandler(stream, flush_s=3600)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(drop_job_arguments)
+    return _logger(handler), handler
+
+
+def _written(stream: io.StringIO, handler: BufferedLineHandler) -> list[dict[str, object]]:
+    handler.flush()
+    return [orjson.loads(line) for line in stream.getvalue().splitlines()]
+
+
+def test_info_line_writes_what_a_log_record_would() -> None:
+    stream = io.StringIO()
+    log, handler = _json_logger(stream)
+    log.info("request", extra=FIELDS)
+    info_line(log, "request", FIELDS)
+    with bind_request("req_outer", "chat"):  # the request's own fields are added, explicit ones win
+        info_line(log, "request", {"status": "success"})
+    by_record, direct, bound = _written(stream, handler)
+    assert {k: v for k, v in by_record.items() if k != "ts"} == {k: v for k, v in direct.items() if k != "ts"}
+    assert direct["api_key"] == MASK and "abcdefghijkl" not in str(direct)  # secret name, and scrubbed text
+    assert len(str(direct["model"])) < 2100 and "error_code" not in direct
+    assert direct["level"] == "info" and direct["logger"] == log.name and str(direct["ts"]).endswith("Z")
+    assert bound["request_id"] == "req_outer"
+
+
+def test_info_line_leaves_other_handlers_to_the_ordinary_record() -> None:
+    stream = io.StringIO()
+    log, handler = _json_logger(stream)
+    seen: list[logging.LogRecord] = []
+    capture = logging.Handler()
+    capture.emit = seen.append  # type: ignore[method-assign]
+    log.addHandler(capture)
+    info_line(log, "request", {"status": "success"})
+    assert [r.getMessage() for r in seen] == ["request"] and seen[0].status == "success"
+    assert [line["msg"] for line in _written(stream, handler)] == ["request"]
+
+
+def test_info_line_respects_the_level() -> None:
+    stream = io.StringIO()
+    log, handler = _json_logger(stream)
+    log.setLevel(logging.WARNING)
+    info_line(log, "request", {"status": "success"})
+    assert _written(stream, handler) == []

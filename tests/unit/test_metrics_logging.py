@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from relay_server.domain.request import Principal, RequestContext
-from relay_server.logging_setup import JsonFormatter
+from relay_server.observability.log_lines import JsonFormatter
 from relay_server.observability.redaction import scrub
 from relay_server.observability.request_context import attach, bind_request, log_fields
 

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from relay_server.domain.metered import Metered, RequestRecorder
 from relay_server.domain.pricing import DEFAULT_MARKUP, Cost
+from relay_server.observability.log_lines import info_line
 from relay_server.storage.postgres.request_log import RequestRow
 
 log = logging.getLogger("relay.requests")
@@ -118,9 +119,10 @@ class LogRecorder:
     def record(self, metered: Metered) -> None:
         ctx, entry, outcome, cost, usage = metered.ctx, metered.entry, metered.outcome, metered.cost, metered.usage
         principal = ctx.principal
-        log.info(
+        info_line(
+            log,
             "request",
-            extra={
+            {
                 "request_id": ctx.request_id,
                 "tenant_id": principal.tenant_id if principal else None,
                 "key_hint": principal.key_hint if principal else None,
