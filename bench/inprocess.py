@@ -64,7 +64,7 @@ class Context:
 async def _measure(stack: Any, args: argparse.Namespace) -> None:
     from relay_server import logging_setup  # noqa: PLC0415 (after the environment is set)
     from relay_server.api.openai_service import OpenAIServicer  # noqa: PLC0415
-    from relay_server.app import build, start_observability  # noqa: PLC0415
+    from relay_server.app import build, freeze_startup_heap, relax_young_gc, start_observability  # noqa: PLC0415
     from relay_server.pipeline.routing.model_names import ModelNames  # noqa: PLC0415
     from relay_server.settings import Settings  # noqa: PLC0415
 
@@ -73,6 +73,8 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     app = await build(settings)
     await app.tenancy.start()
     start_observability(app)
+    freeze_startup_heap()  # as a worker does once it serves
+    relax_young_gc()
     models = ModelNames(app.catalog, app.routing.virtual)
     servicer = OpenAIServicer(app.pipeline, app.authenticator, models, observability=app.observability)
     metadata = [("authorization", f"Bearer {stack.seeded.live_key}"), ("content-type", "application/json")]
