@@ -95,10 +95,15 @@ def info_line(logger: logging.Logger, message: str, fields: Mapping[str, object]
     if not logger.isEnabledFor(logging.INFO):
         return
     handler = _sole_line_handler(logger)
-    if handler is None:
-        logger.info(message, extra=fields)
-        return
-    handler.add_line(json_line(time.time(), "INFO", logger.name, message, fields.items()), logging.INFO)
+    if handler is not None:
+        try:
+            line = json_line(time.time(), "INFO", logger.name, message, fields.items())
+        except Exception:  # noqa: BLE001 (a line that cannot be built goes the ordinary way, which reports it)
+            pass
+        else:
+            handler.add_line(line, logging.INFO)
+            return
+    logger.info(message, extra=fields)
 
 
 def _sole_line_handler(logger: logging.Logger) -> BufferedLineHandler | None:
@@ -135,6 +140,8 @@ def _remember_secret_name(key: str) -> bool:
     if len(_SECRET_NAMES) < 4096:  # bounded, whatever a caller passes as ``extra``
         _SECRET_NAMES[key] = secret
     return secret
+
+
 # procrastinate names a job as ``task[id](kwarg=value, ...)`` in its messages and
 # puts the job (arguments included) in its log fields.  Relay's job arguments
 # carry no secrets, but they are tenant data: logs get the job's name and id only.
