@@ -16,7 +16,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from bench import compare, floor_compare, peers, pinning, profile, report, soak, stages, wrkdriver
+from bench import before_after, compare, floor_compare, peers, pinning, profile, report, soak, stages, wrkdriver
 from bench.http1 import Connection, Target, render_request
 from bench.loadgen import LoadResult, RequestSpec, drive_async, percentile
 from bench.mock_upstream import MockConfig, start
@@ -437,3 +437,37 @@ def test_every_stage_rule_names_a_module_that_exists() -> None:
     }
     missing = sorted(p for p in relay_paths if not (server / p.rstrip("/")).exists())
     assert relay_paths and missing == [], missing
+
+
+# -- before_after: interleaved runs of two builds ------------------------------------------------
+
+
+def _payload(workers: float, rps: float, added: float | None = 1.0) -> dict[str, Any]:
+    row = {
+        "scenario": "chat", "concurrency": 32, "relay": {"rps": rps}, "added_p50_ms": added,
+        "cpu_ms_per_request": {"envoy_plus_workers": workers + 0.4, "workers": workers, "envoy": 0.4, "redis": 0.1},
+    }  # fmt: skip
+    return {"rows": [row]}
+
+
+def test_before_after_medians_each_builds_runs() -> None:
+    runs: before_after.Runs = {}
+    for base, this in ((1.30, 1.20), (1.10, 1.00), (1.50, 1.40)):  # drift moves both builds alike
+        before_after.collect(runs, "base", _payload(base, 800))
+        before_after.collect(runs, "this", _payload(this, 850, added=None))
+    found = {c.metric: c for c in before_after.changes(runs)}
+    workers = found["cpu ms/req workers"]
+    assert (workers.scenario, workers.concurrency, workers.before, workers.after) == (
+        "chat", 32, [1.30, 1.10, 1.50], [1.20, 1.00, 1.40],
+    )  # fmt: skip
+    assert workers.medians == (1.30, 1.20) and round(workers.percent or 0, 1) == -7.7
+    assert round(found["rps"].percent or 0, 1) == 6.2
+    assert "added p50 ms" not in found  # measured by one build only: nothing to compare
+    assert "median 1.300 → 1.200 (-7.7 %)" in workers.line()
+
+
+def test_before_after_ignores_rows_only_one_build_has() -> None:
+    runs: before_after.Runs = {}
+    before_after.collect(runs, "base", _payload(1.0, 800))
+    before_after.collect(runs, "this", {"rows": [{**_payload(1.0, 800)["rows"][0], "scenario": "stream"}]})
+    assert before_after.changes(runs) == []
