@@ -107,8 +107,10 @@ def checkout(base: str) -> Iterator[Path]:
     """``base`` checked out beside this repository, sharing its virtualenv."""
     with tempfile.TemporaryDirectory(prefix="relay-base-") as tmp:
         tree = Path(tmp) / "tree"
-        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), base], check=True,
-                       capture_output=True)  # fmt: skip
+        added = subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), base],
+                               capture_output=True, text=True, check=False)  # fmt: skip
+        if added.returncode != 0:
+            raise SystemExit(f"cannot check out {base!r}: {added.stderr.strip()}")
         try:
             (tree / ".venv").symlink_to(REPO / ".venv")
             yield tree
@@ -133,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base", required=True, help="the commit to compare with (e.g. HEAD~1)")
     p.add_argument("--runs", type=int, default=4, help="runs of each build, alternated")
     args = p.parse_args(own)
+    if args.runs < 1:
+        p.error("--runs must be at least 1")
     for flag in DEFAULT_RUN_ARGS[:2]:
         if flag not in run_args:
             run_args.append(flag)
