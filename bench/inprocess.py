@@ -13,7 +13,8 @@ Envoy, grpc.aio), so the two add up to the whole.
     ... --profile out.prof   # cProfile of the measured requests (deterministic call counts)
 
 Prints CPU µs per request (this process: the event loop, Relay's Python, the
-drivers' socket I/O; not Postgres, Redis or the mock).
+drivers' socket I/O; not Postgres, Redis or the mock), Redis commands per request
+and the garbage collector's share.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import os
 import pstats
 import sys
@@ -93,6 +95,7 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     await drive(min(500, args.requests))  # warm: caches, pools, the upstream connections
     await app.pipeline.drain()
     redis = _RedisCommands(stack.redis_url)
+    collector = GcTimer()
     profiler = cProfile.Profile() if args.profile else None
     cpu, wall = time.process_time(), time.perf_counter()
     if profiler is not None:
@@ -102,16 +105,43 @@ async def _measure(stack: Any, args: argparse.Namespace) -> None:
     if profiler is not None:
         profiler.disable()
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    collector.stop()
     n = max(1, args.requests // args.concurrency) * args.concurrency
     print(
         f"in-process {'stream' if args.stream else 'chat'} c={args.concurrency}: {n} requests, {cpu / n * 1e6:.0f} µs CPU per request, {n / wall:.0f} req/s"
     )
     print(redis.per_request(n))
+    print(collector.per_request(n))
     if profiler is not None:
         profiler.dump_stats(args.profile)
         stats = pstats.Stats(profiler).sort_stats("tottime")
         stats.print_stats(args.top)
     await app.close()
+
+
+class GcTimer:
+    """The garbage collector's runs and CPU time while it is on (``gc.callbacks``), by generation."""
+
+    def __init__(self) -> None:
+        self.runs = [0, 0, 0]
+        self.cpu_s = [0.0, 0.0, 0.0]
+        self._started = 0.0
+        gc.callbacks.append(self._note)
+
+    def _note(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.process_time()
+            return
+        generation = info["generation"]
+        self.runs[generation] += 1
+        self.cpu_s[generation] += time.process_time() - self._started
+
+    def stop(self) -> None:
+        gc.callbacks.remove(self._note)
+
+    def per_request(self, n: int) -> str:
+        parts = ", ".join(f"gen {g} {self.runs[g]} runs {self.cpu_s[g] / n * 1e6:.1f} µs" for g in range(3))
+        return f"GC: {sum(self.cpu_s) / n * 1e6:.1f} µs per request ({parts})"
 
 
 class _RedisCommands:

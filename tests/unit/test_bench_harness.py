@@ -471,3 +471,24 @@ def test_before_after_ignores_rows_only_one_build_has() -> None:
     before_after.collect(runs, "base", _payload(1.0, 800))
     before_after.collect(runs, "this", {"rows": [{**_payload(1.0, 800)["rows"][0], "scenario": "stream"}]})
     assert before_after.changes(runs) == []
+
+
+def test_gc_timer_counts_collections_by_generation_until_stopped() -> None:
+    import gc  # noqa: PLC0415
+
+    from bench.inprocess import GcTimer  # noqa: PLC0415
+
+    enabled = gc.isenabled()
+    gc.disable()  # only the collections the test asks for
+    try:
+        timer = GcTimer()
+        gc.collect(0)
+        gc.collect(2)
+        timer.stop()
+        gc.collect(2)  # after stop: not counted
+    finally:
+        if enabled:
+            gc.enable()
+    assert timer.runs == [1, 0, 1]
+    line = timer.per_request(2)
+    assert line.startswith("GC: ") and "gen 0 1 runs" in line and "gen 2 1 runs" in line
