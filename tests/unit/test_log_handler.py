@@ -95,7 +95,7 @@ def test_info_line_writes_what_a_log_record_would() -> None:
     log, handler = _json_logger(stream)
     log.info("request", extra=FIELDS)
     info_line(log, "request", FIELDS)
-    with bind_request("req_outer", "chat"):  # the request's own fields are added, explicit ones win
+    with bind_request("req_outer", "chat"):  # inside a request, its own fields are added
         info_line(log, "request", {"status": "success"})
     by_record, direct, bound = _written(stream, handler)
     assert {k: v for k, v in by_record.items() if k != "ts"} == {k: v for k, v in direct.items() if k != "ts"}
