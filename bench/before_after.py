@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag in DEFAULT_RUN_ARGS[:2]:
         if flag not in run_args:
             run_args.append(flag)
-    if "--duration" not in run_args:
+    if not any(a == "--duration" or a.startswith("--duration=") for a in run_args):
         run_args += list(DEFAULT_RUN_ARGS[2:])
     runs: Runs = {}
     with checkout(args.base) as base_tree, tempfile.TemporaryDirectory(prefix="relay-ab-") as out:

@@ -363,11 +363,6 @@ EXPECTED = [
 ]
 
 
-@pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
-def test_sse_parser_any_chunking(size: int) -> None:
-    assert parse_in_pieces(RAW, size) == EXPECTED
-
-
 # Line feeds only (what providers send): the parser's fast path, same rules.
 RAW_LF = (
     b": keep-alive comment\n\n"
@@ -386,9 +381,10 @@ EXPECTED_LF = [
 ]
 
 
+@pytest.mark.parametrize("raw, expected", [(RAW, EXPECTED), (RAW_LF, EXPECTED_LF)], ids=["any line endings", "line feeds"])
 @pytest.mark.parametrize("size", [1, 2, 3, 7, 1000])
-def test_sse_parser_line_feeds_any_chunking(size: int) -> None:
-    assert parse_in_pieces(RAW_LF, size) == EXPECTED_LF
+def test_sse_parser_any_chunking(raw: bytes, expected: list[SSEEvent], size: int) -> None:
+    assert parse_in_pieces(raw, size) == expected
 
 
 def test_sse_parser_switches_line_endings_mid_stream() -> None:
